@@ -1,0 +1,29 @@
+# The two commands of the quick start. Each installs what it needs on first use:
+# libtorch (PyPI torch==2.11.0) into $MIXGAN_CACHE (default ~/.cache/mixgan), outside the clone.
+WITH_TORCH := scripts/with-torch
+OUT ?= out
+
+.PHONY: run test build bench setup clean
+
+setup:
+	@scripts/setup-torch >/dev/null
+
+build: setup
+	$(WITH_TORCH) cargo build --release
+
+run: build
+	@for m in models/*/; do \
+	  name=$$(basename $$m); \
+	  target/release/mixgan generate --model $$m --seeds 0-7 --outdir $(OUT)/$$name || exit 1; \
+	done
+	@echo "pictures: $(OUT)/<model>/seedNNNN.png"
+
+test: setup
+	$(WITH_TORCH) cargo test --release
+
+bench: build
+	$(WITH_TORCH) target/release/mixgan bench --models models --batches 1,8
+
+clean:
+	cargo clean
+	rm -rf $(OUT)

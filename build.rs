@@ -1,0 +1,20 @@
+//! Links the binaries against the libtorch that `torch-sys` found, with an rpath so they run
+//! without `LD_LIBRARY_PATH`, and keeps `libtorch_cuda` as a needed library so CUDA is usable
+//! at run time on a GPU machine (the linker would otherwise drop it as unreferenced).
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        println!("cargo:warning=torch-sys did not report a libtorch folder; binaries need LD_LIBRARY_PATH");
+        return;
+    };
+    let lib = PathBuf::from(lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

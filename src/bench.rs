@@ -1,0 +1,165 @@
+//! The generator benchmark: mixgan's native generator and the Python reference on the same
+//! weights, batch sizes, device and thread count, in one run, with their ratio.
+//! It only measures; it changes no model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use tch::Device;
+
+use crate::model::{to_pixels, GenerationParams, Model, ModelError};
+
+pub struct BenchConfig {
+    pub models: Vec<PathBuf>,
+    pub batches: Vec<usize>,
+    pub iters: usize,
+    pub warmup: usize,
+    pub threads: usize,
+    pub device: Device,
+    /// Python with PyTorch and NumPy, for the baseline; `None` skips it.
+    pub python: Option<PathBuf>,
+    pub reference: PathBuf,
+}
+
+pub struct BenchRow {
+    pub model: String,
+    pub resolution: i64,
+    pub batch: usize,
+    /// Median seconds per batch.
+    pub mixgan_s: f64,
+    pub python_s: Option<f64>,
+}
+
+impl BenchRow {
+    pub fn ratio(&self) -> Option<f64> {
+        self.python_s.map(|p| self.mixgan_s / p)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, ModelError> {
+    let d = &model.spec.defaults;
+    let params: Vec<GenerationParams> = (0..batch as u32)
+        .map(|s| {
+            let mut p = GenerationParams::with_defaults(s, d);
+            p.trunc = 0.7;
+            if model.spec.generator.c_dim > 0 {
+                p.class_index = Some(0);
+            }
+            p
+        })
+        .collect();
+    let run = || -> Result<f64, ModelError> {
+        let t0 = Instant::now();
+        let _pixels = to_pixels(&model.generate(&params)?)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    for _ in 0..cfg.warmup {
+        run()?;
+    }
+    let times = (0..cfg.iters.max(1)).map(|_| run()).collect::<Result<Vec<_>, _>>()?;
+    Ok(median(times))
+}
+
+fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, String> {
+    let Some(python) = &cfg.python else { return Ok(vec![None; cfg.batches.len()]) };
+    let settings = serde_json::to_string(&model.spec.generator).map_err(|e| e.to_string())?;
+    let device = match cfg.device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    let batches: Vec<String> = cfg.batches.iter().map(|b| b.to_string()).collect();
+    let out = Command::new(python)
+        .arg(&cfg.reference)
+        .args(["bench", "--model"])
+        .arg(&model.dir)
+        .args(["--config", &settings, "--batches", &batches.join(","), "--device", &device])
+        .args(["--threads", &cfg.threads.to_string(), "--iters", &cfg.iters.to_string(), "--warmup", &cfg.warmup.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let times: std::collections::HashMap<String, f64> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable reference output: {e}"))?;
+    Ok(cfg.batches.iter().map(|b| times.get(&b.to_string()).copied()).collect())
+}
+
+/// Runs the benchmark; warnings (such as a missing baseline) go to `warn`.
+pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchRow>, ModelError> {
+    tch::set_num_threads(cfg.threads as i32);
+    let mut rows = Vec::new();
+    for dir in &cfg.models {
+        let model = Model::load(dir, cfg.device)?;
+        let mut ours = Vec::new();
+        for &b in &cfg.batches {
+            ours.push(time_mixgan(&model, b, cfg)?);
+        }
+        let theirs = time_python(&model, cfg).unwrap_or_else(|e| {
+            warn(format!("{}: baseline skipped: {e}", model.name()));
+            vec![None; cfg.batches.len()]
+        });
+        for ((&batch, mixgan_s), python_s) in cfg.batches.iter().zip(ours).zip(theirs) {
+            rows.push(BenchRow {
+                model: model.name().to_string(),
+                resolution: model.spec.generator.img_resolution,
+                batch,
+                mixgan_s,
+                python_s,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The table the command prints.
+pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String {
+    let mut s = format!(
+        "device {device:?}, {threads} thread(s); median of timed runs; ratio = mixgan / Python reference (< 1 is faster)\n"
+    );
+    s += &format!(
+        "{:<12} {:>5} {:>6} {:>14} {:>10} {:>14} {:>10} {:>7}\n",
+        "model", "res", "batch", "mixgan ms/img", "img/s", "python ms/img", "img/s", "ratio"
+    );
+    for r in rows {
+        let per = |t: f64| t * 1e3 / r.batch as f64;
+        let (pm, pr, ratio) = match r.python_s {
+            Some(p) => (format!("{:.2}", per(p)), format!("{:.1}", r.batch as f64 / p), format!("{:.2}", r.ratio().unwrap())),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        s += &format!(
+            "{:<12} {:>5} {:>6} {:>14.2} {:>10.1} {:>14} {:>10} {:>7}\n",
+            r.model,
+            r.resolution,
+            r.batch,
+            per(r.mixgan_s),
+            r.batch as f64 / r.mixgan_s,
+            pm,
+            pr,
+            ratio
+        );
+    }
+    s
+}
+
+/// The reference script next to the working directory, or next to the binary's repository.
+pub fn find_reference() -> PathBuf {
+    let local = Path::new("tools/sg2_reference.py");
+    if local.is_file() {
+        return local.to_path_buf();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1) {
+            let p = dir.join("tools/sg2_reference.py");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    local.to_path_buf()
+}

@@ -1,0 +1,178 @@
+//! The `mixgan` command line: parses arguments and hands each sub-command to the library.
+//! No model math or image handling lives here.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use mixgan::bench::{self, BenchConfig};
+use mixgan::encode::write_png;
+use mixgan::latent::parse_seeds;
+use mixgan::model::{model_dirs, parse_device, to_pixels, GenerationParams, Model, NoiseMode, StyleMix};
+
+#[derive(Parser)]
+#[command(name = "mixgan", version, about = "A mixture of StyleGANs: expert generators composed into one picture")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from one model for a list of seeds (like NVIDIA's gen_images.py).
+    Generate(GenerateArgs),
+    /// Time each model's generator against the Python reference on the same weights.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Model directory (holding model.toml).
+    #[arg(long)]
+    model: PathBuf,
+    /// Seeds: a list and/or ranges, such as `0,1,42` or `0-9`.
+    #[arg(long)]
+    seeds: String,
+    /// Truncation psi (default: the model's default, else 1).
+    #[arg(long)]
+    trunc: Option<f64>,
+    /// Truncate only the first N ws.
+    #[arg(long)]
+    trunc_cutoff: Option<usize>,
+    /// Class index for a conditional model.
+    #[arg(long = "class")]
+    class_index: Option<usize>,
+    /// Noise mode: const, random or none (default: the model's default).
+    #[arg(long)]
+    noise_mode: Option<NoiseMode>,
+    /// Style mixing: take ws from --mix-from onwards from this seed.
+    #[arg(long, requires = "mix_from")]
+    mix_seed: Option<u32>,
+    /// First ws index replaced by the mix seed's.
+    #[arg(long, requires = "mix_seed")]
+    mix_from: Option<usize>,
+    /// Output directory.
+    #[arg(long)]
+    outdir: PathBuf,
+    /// Images generated per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A folder of model directories, or one model directory.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Batch sizes.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    batches: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Threads for both sides (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Python with PyTorch for the baseline (default: $MIXGAN_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python baseline.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+fn progress(len: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() || len < 2 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} images, {eta} left").expect("valid template"));
+    bar
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let seeds = parse_seeds(&a.seeds).map_err(|e| anyhow::anyhow!("--seeds: {e}"))?;
+    let model = Model::load(&a.model, device)?;
+    let d = &model.spec.defaults;
+    if a.class_index.is_some() && model.spec.generator.c_dim == 0 {
+        eprintln!("warning: --class ignored: model `{}` is unconditional", model.name());
+    }
+    let class_index = if model.spec.generator.c_dim == 0 { None } else { a.class_index.or(d.class_index) };
+    let params: Vec<GenerationParams> = seeds
+        .iter()
+        .map(|&seed| GenerationParams {
+            seed,
+            trunc: a.trunc.unwrap_or(d.trunc),
+            trunc_cutoff: a.trunc_cutoff.or(d.trunc_cutoff),
+            class_index,
+            noise_mode: a.noise_mode.unwrap_or(d.noise_mode),
+            mix: a.mix_seed.zip(a.mix_from).map(|(seed, from)| StyleMix { seed, from }),
+        })
+        .collect();
+    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
+    let bar = progress(params.len());
+    for chunk in params.chunks(a.batch.max(1)) {
+        let pixels = to_pixels(&model.generate(chunk)?)?;
+        for (i, p) in chunk.iter().enumerate() {
+            write_png(&pixels.get(i as i64), &a.outdir.join(format!("seed{:04}.png", p.seed)))?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!("{} image(s) from `{}` in {}", params.len(), model.name(), a.outdir.display());
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let models = if a.models.join("model.toml").is_file() { vec![a.models.clone()] } else { model_dirs(&a.models)? };
+    if models.is_empty() {
+        bail!("no model directories (with a model.toml) under {}", a.models.display());
+    }
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let python = if a.no_baseline {
+        None
+    } else {
+        Some(a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into()))
+    };
+    let cfg = BenchConfig {
+        models,
+        batches: a.batches,
+        iters: a.iters,
+        warmup: a.warmup,
+        threads,
+        device,
+        python,
+        reference: bench::find_reference(),
+    };
+    let rows = bench::run(&cfg, |w| eprintln!("warning: {w}"))?;
+    print!("{}", bench::format_table(&rows, device, threads));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Bench(a) => bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Model loading and the generators: reads a model directory (`model.toml` + weights), builds
+//! its generator on a device, and turns generation parameters (seed, truncation, class, noise,
+//! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
+
+pub mod ops;
+pub mod spec;
+pub mod stylegan2;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+use crate::latent;
+pub use spec::{GenerationDefaults, GeneratorSettings, ModelSpec, NoiseMode};
+pub use stylegan2::{ConvPath, StyleGan2};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("model setting `{field}`: {reason}")]
+    InvalidSettings { field: String, reason: String },
+    #[error("{path} does not fit the model settings:\n  - {}", problems.join("\n  - "))]
+    Weights { path: PathBuf, problems: Vec<String> },
+    #[error("generation parameter `{field}`: {reason}")]
+    InvalidParam { field: String, reason: String },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// One image to generate: NVIDIA `gen_images.py`'s options, per sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub seed: u32,
+    /// Truncation psi (1 = none).
+    pub trunc: f64,
+    /// Truncate only the first N ws.
+    pub trunc_cutoff: Option<usize>,
+    /// One-hot class label of a conditional model.
+    pub class_index: Option<usize>,
+    pub noise_mode: NoiseMode,
+    pub mix: Option<StyleMix>,
+}
+
+/// Style mixing: ws from `from` onwards come from `seed`'s latent, truncated alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StyleMix {
+    pub seed: u32,
+    pub from: usize,
+}
+
+impl GenerationParams {
+    /// The parameters for `seed` with a model's defaults.
+    pub fn with_defaults(seed: u32, d: &GenerationDefaults) -> Self {
+        Self {
+            seed,
+            trunc: d.trunc,
+            trunc_cutoff: d.trunc_cutoff,
+            class_index: d.class_index,
+            noise_mode: d.noise_mode,
+            mix: None,
+        }
+    }
+}
+
+/// A loaded model: its declaration and its generator on a device.
+pub struct Model {
+    pub spec: ModelSpec,
+    pub dir: PathBuf,
+    pub generator: StyleGan2,
+}
+
+fn bad(field: &str, reason: String) -> ModelError {
+    ModelError::InvalidParam { field: field.into(), reason }
+}
+
+impl Model {
+    /// Reads, checks and builds the model in `dir` on `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self, ModelError> {
+        let spec = ModelSpec::read(dir)?;
+        let path = spec.weights_path(dir)?;
+        let tensors = weights::load(&path, &spec.generator, device)?;
+        let generator = StyleGan2::new(spec.generator.clone(), tensors, device)?;
+        Ok(Self { spec, dir: dir.to_path_buf(), generator })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Checks one sample's parameters against this model.
+    pub fn check(&self, p: &GenerationParams) -> Result<(), ModelError> {
+        let g = &self.spec.generator;
+        if !p.trunc.is_finite() || p.trunc.abs() > 1e3 {
+            return Err(bad("trunc", format!("{} is not a finite psi", p.trunc)));
+        }
+        match (p.class_index, g.c_dim) {
+            (Some(k), 0) => return Err(bad("class_index", format!("{k} given, but model `{}` is unconditional", self.name()))),
+            (Some(k), c) if k as i64 >= c => {
+                return Err(bad("class_index", format!("{k} is not below the model's {c} classes")))
+            }
+            (None, c) if c > 0 => {
+                return Err(bad("class_index", format!("model `{}` is conditional: give a class index below {c}", self.name())))
+            }
+            _ => {}
+        }
+        if let Some(m) = p.mix {
+            if m.from as i64 > self.generator.num_ws() {
+                return Err(bad("mix_from", format!("{} is past the model's {} ws", m.from, self.generator.num_ws())));
+            }
+        }
+        Ok(())
+    }
+
+    fn latents(&self, seeds: impl Iterator<Item = u32>, classes: &[Option<usize>]) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        let g = &self.spec.generator;
+        let z: Vec<f32> = seeds.flat_map(|s| latent::randn(s, g.z_dim as usize)).map(|v| v as f32).collect();
+        let n = classes.len() as i64;
+        let device = self.generator.device();
+        let z = Tensor::from_slice(&z).f_view([n, g.z_dim])?.f_to_device(device)?;
+        let c = if g.c_dim > 0 {
+            let mut onehot = vec![0f32; (n * g.c_dim) as usize];
+            for (i, k) in classes.iter().enumerate() {
+                onehot[i * g.c_dim as usize + k.unwrap_or(0)] = 1.0;
+            }
+            Some(Tensor::from_slice(&onehot).f_view([n, g.c_dim])?.f_to_device(device)?)
+        } else {
+            None
+        };
+        Ok((z, c))
+    }
+
+    /// ws for a batch, truncated and style-mixed per sample: [N, num_ws, w_dim].
+    pub fn ws(&self, params: &[GenerationParams]) -> Result<Tensor, ModelError> {
+        for p in params {
+            self.check(p)?;
+        }
+        let gen = &self.generator;
+        let classes: Vec<Option<usize>> = params.iter().map(|p| p.class_index).collect();
+        let psi: Vec<f64> = params.iter().map(|p| p.trunc).collect();
+        let cutoff: Vec<Option<usize>> = params.iter().map(|p| p.trunc_cutoff).collect();
+        let (z, c) = self.latents(params.iter().map(|p| p.seed), &classes)?;
+        let ws = gen.truncate(&gen.mapping(&z, c.as_ref())?, &psi, &cutoff)?;
+        let mixed: Vec<(usize, StyleMix)> = params.iter().enumerate().filter_map(|(i, p)| p.mix.map(|m| (i, m))).collect();
+        if mixed.is_empty() {
+            return Ok(ws);
+        }
+        let mix_classes: Vec<Option<usize>> = mixed.iter().map(|(i, _)| classes[*i]).collect();
+        let (zm, cm) = self.latents(mixed.iter().map(|(_, m)| m.seed), &mix_classes)?;
+        let mix_psi: Vec<f64> = mixed.iter().map(|(i, _)| psi[*i]).collect();
+        let mix_cut: Vec<Option<usize>> = mixed.iter().map(|(i, _)| cutoff[*i]).collect();
+        let wm = gen.truncate(&gen.mapping(&zm, cm.as_ref())?, &mix_psi, &mix_cut)?;
+        let ws = ws.f_contiguous()?.f_detach_copy()?;
+        for (row, (i, m)) in mixed.iter().enumerate() {
+            let len = gen.num_ws() - m.from as i64;
+            if len > 0 {
+                let src = wm.f_select(0, row as i64)?.f_narrow(0, m.from as i64, len)?;
+                ws.f_select(0, *i as i64)?.f_narrow(0, m.from as i64, len)?.f_copy_(&src)?;
+            }
+        }
+        Ok(ws)
+    }
+
+    /// Generates a batch: images [N, img_channels, res, res] as floats, NVIDIA's range.
+    pub fn generate(&self, params: &[GenerationParams]) -> Result<Tensor, ModelError> {
+        if params.is_empty() {
+            return Err(bad("seeds", "no images requested".into()));
+        }
+        let _guard = tch::no_grad_guard();
+        let ws = self.ws(params)?;
+        let noise: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
+        Ok(self.generator.synthesis(&ws, &noise)?)
+    }
+}
+
+/// NVIDIA's conversion to pixels: `(x * 127.5 + 128).clamp(0, 255)` to uint8, channels last.
+pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
+    images
+        .f_permute([0, 2, 3, 1])?
+        .f_mul_scalar(127.5)?
+        .f_add_scalar(128.0)?
+        .f_clamp(0.0, 255.0)?
+        .f_to_kind(Kind::Uint8)?
+        .f_to_device(Device::Cpu)?
+        .f_contiguous()
+}
+
+/// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Device, String> {
+    let cuda_ok = |i: usize| {
+        let n = tch::Cuda::device_count() as usize;
+        if i < n {
+            Ok(Device::Cuda(i))
+        } else {
+            Err(format!("device `{text}`: CUDA has {n} device(s) here"))
+        }
+    };
+    match text {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda_ok(0),
+        _ => match text.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => cuda_ok(i),
+            None => Err(format!("device `{text}` is not auto, cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+/// The model directories under `root`: each folder holding a `model.toml`, sorted by name.
+pub fn model_dirs(root: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ModelError::Io { path: root.to_path_buf(), source })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.toml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}

@@ -1,0 +1,213 @@
+//! The tensor operations StyleGAN2 is built from: bias + activation with gain and clamp,
+//! FIR resampling, and modulated convolution. Each follows the arithmetic of NVIDIA's
+//! reference ops (`bias_act`, `upfirdn2d`, `conv2d_resample`) in the same order, so results
+//! agree to float rounding. Stateless: weights come in as arguments.
+
+use tch::{Kind, TchError, Tensor};
+
+use super::spec::Activation;
+
+type Result<T> = std::result::Result<T, TchError>;
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Linear => Ok(x.shallow_clone()),
+        Activation::Relu => x.f_relu(),
+        // max(x, 0.2x) is leaky ReLU with slope 0.2, value for value.
+        Activation::Lrelu => x.f_maximum(&x.f_mul_scalar(0.2)?),
+        Activation::Tanh => x.f_tanh(),
+        Activation::Sigmoid => x.f_sigmoid(),
+        Activation::Elu => x.f_elu(),
+        Activation::Selu => x.f_selu(),
+        Activation::Softplus => x.f_softplus(),
+        Activation::Swish => x.f_sigmoid()?.f_mul(x),
+    }
+}
+
+/// `act(x + b) * gain`, clamped to ±clamp; `b` runs along dimension 1.
+pub fn bias_act(x: &Tensor, b: Option<&Tensor>, act: Activation, gain: f64, clamp: Option<f64>) -> Result<Tensor> {
+    let mut y = match b {
+        Some(b) => {
+            let mut shape = vec![1i64; x.dim()];
+            shape[1] = -1;
+            x.f_add(&b.f_reshape(&shape)?)?
+        }
+        None => x.shallow_clone(),
+    };
+    y = activate(&y, act)?;
+    if gain != 1.0 {
+        y = y.f_mul_scalar(gain)?;
+    }
+    if let Some(c) = clamp {
+        y = y.f_clamp(-c, c)?;
+    }
+    Ok(y)
+}
+
+/// A fully connected layer with its gains folded into the stored weight and bias.
+pub struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    act: Activation,
+}
+
+impl Dense {
+    /// `weight` [out, in] and `bias` [out] as stored; `lr` is the learning-rate multiplier.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, lr: f64, act: Activation) -> Result<Self> {
+        let fan_in = weight.size()[1] as f64;
+        let weight = weight.f_mul_scalar(lr / fan_in.sqrt())?;
+        let bias = match bias {
+            Some(b) if lr != 1.0 => Some(b.f_mul_scalar(lr)?),
+            Some(b) => Some(b.shallow_clone()),
+            None => None,
+        };
+        Ok(Self { weight, bias, act })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match (&self.bias, self.act) {
+            (Some(b), Activation::Linear) => b.f_unsqueeze(0)?.f_addmm(x, &self.weight.f_tr()?),
+            (b, act) => {
+                let y = x.f_matmul(&self.weight.f_tr()?)?;
+                bias_act(&y, b.as_ref(), act, act.default_gain(), None)
+            }
+        }
+    }
+}
+
+pub fn normalize_2nd_moment(x: &Tensor) -> Result<Tensor> {
+    let ms = x.f_square()?.f_mean_dim(1, true, Kind::Float)?;
+    x.f_mul(&ms.f_add_scalar(1e-8)?.f_rsqrt()?)
+}
+
+/// A FIR filter prepared for resampling: the 2-D kernel, normalised to unit sum.
+pub struct Filter {
+    /// [taps, taps], already flipped (the ops convolve) and scaled by the upsampling gain 4.
+    up_kernel: Tensor,
+    taps: i64,
+}
+
+impl Filter {
+    /// From a stored `resample_filter` buffer: [taps, taps], or [taps] when separable.
+    pub fn from_buffer(f: &Tensor) -> Result<Self> {
+        let f2 = if f.dim() == 1 { f.f_outer(f)? } else { f.shallow_clone() };
+        let taps = f2.size()[0];
+        let up_kernel = f2.f_mul_scalar(4.0)?.f_flip([0, 1])?;
+        Ok(Self { up_kernel, taps })
+    }
+
+    /// Pads (negative: crops) both spatial axes by `before`/`after`, then filters each channel.
+    fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
+        let x = pad_or_crop(x, before, after)?;
+        let ch = x.size()[1];
+        let k = self.up_kernel.f_view([1, 1, self.taps, self.taps])?.f_expand([ch, 1, self.taps, self.taps], false)?;
+        x.f_conv2d(&k.f_contiguous()?, None::<Tensor>, [1, 1], [0, 0], [1, 1], ch)
+    }
+
+    /// NVIDIA's `upsample2d`: 2x zero insertion, padding and the filter, with gain 4. Done as
+    /// one depthwise transposed convolution followed by a crop to the same footprint.
+    pub fn upsample2d(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, size) = (self.taps, x.size());
+        let (ch, h, w) = (size[1], size[2], size[3]);
+        let p0 = (t + 1) / 2;
+        let p1 = (t - 2) / 2;
+        let pad = t - 1 - p0;
+        // The transposed convolution correlates with the kernel as given, so un-flip it.
+        let k = self.up_kernel.f_flip([0, 1])?.f_view([1, 1, t, t])?.f_expand([ch, 1, t, t], false)?.f_contiguous()?;
+        let y = x.f_conv_transpose2d(&k, None::<Tensor>, [2, 2], [pad, pad], [0, 0], ch, [1, 1])?;
+        let (oh, ow) = (2 * h + p0 + p1 - t + 1, 2 * w + p0 + p1 - t + 1);
+        y.f_narrow(2, 0, oh)?.f_narrow(3, 0, ow)
+    }
+}
+
+fn pad_or_crop(x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
+    let pad = [before.max(0), after.max(0), before.max(0), after.max(0)];
+    let mut y = if pad.iter().any(|&p| p > 0) { x.f_constant_pad_nd(pad)? } else { x.shallow_clone() };
+    if before < 0 || after < 0 {
+        let (h, w) = (y.size()[2], y.size()[3]);
+        let (c0, c1) = ((-before).max(0), (-after).max(0));
+        y = y.f_narrow(2, c0, h - c0 - c1)?.f_narrow(3, c0, w - c0 - c1)?;
+    }
+    Ok(y)
+}
+
+/// NVIDIA's `conv2d_resample` for up=2: a strided transposed convolution, then the FIR
+/// filter over the padded result. `w` is [out, in/groups, k, k]; `padding` is the layer's.
+pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64) -> Result<Tensor> {
+    let s = w.size();
+    let (cout, cin_g, k) = (s[0], s[1], s[2]);
+    let t = f.taps;
+    let p0 = padding + (t + 1) / 2 - (k - 1);
+    let p1 = padding + (t - 2) / 2 - (k - 2);
+    let pt = (-p0).min(-p1).max(0);
+    let wt = if groups == 1 {
+        w.f_transpose(0, 1)?
+    } else {
+        w.f_reshape([groups, cout / groups, cin_g, k, k])?
+            .f_transpose(1, 2)?
+            .f_reshape([groups * cin_g, cout / groups, k, k])?
+    };
+    let y = x.f_conv_transpose2d(&wt, None::<Tensor>, [2, 2], [pt, pt], [0, 0], groups, [1, 1])?;
+    f.pad_and_filter(&y, p0 + pt, p1 + pt)
+}
+
+/// Modulated convolution (StyleGAN2's weight modulation and demodulation).
+///
+/// `fused` runs each sample's own weights as one grouped convolution (NVIDIA's inference
+/// path); otherwise activations are scaled before and after one shared convolution, which
+/// is the faster of the two for batches on CPU. Both are the same function to float rounding.
+pub struct ModConv<'a> {
+    pub weight: &'a Tensor,
+    pub demodulate: bool,
+    pub up: Option<&'a Filter>,
+    pub padding: i64,
+    pub fused: bool,
+}
+
+impl ModConv<'_> {
+    pub fn forward(&self, x: &Tensor, styles: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+        let n = x.size()[0];
+        let ws = self.weight.size();
+        let (cout, cin, k) = (ws[0], ws[1], ws[2]);
+        let need_w = self.demodulate || self.fused;
+        let modulated = if need_w {
+            Some(self.weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?)
+        } else {
+            None
+        };
+        let dcoefs = match (&modulated, self.demodulate) {
+            (Some(w), true) => Some(w.f_square()?.f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?.f_add_scalar(1e-8)?.f_rsqrt()?),
+            _ => None,
+        };
+        if !self.fused {
+            let xs = x.f_mul(&styles.f_reshape([n, cin, 1, 1])?)?;
+            let mut y = self.conv(&xs, self.weight, 1)?;
+            if let Some(d) = &dcoefs {
+                y = y.f_mul(&d.f_reshape([n, cout, 1, 1])?)?;
+            }
+            if let Some(nz) = noise {
+                y = y.f_add(nz)?;
+            }
+            return Ok(y);
+        }
+        let mut w = modulated.expect("fused path modulates");
+        if let Some(d) = &dcoefs {
+            w = w.f_mul(&d.f_reshape([n, cout, 1, 1, 1])?)?;
+        }
+        let xg = x.f_reshape([1, n * cin, x.size()[2], x.size()[3]])?;
+        let wg = w.f_reshape([n * cout, cin, k, k])?;
+        let y = self.conv(&xg, &wg, n)?;
+        let mut y = y.f_reshape([n, cout, y.size()[2], y.size()[3]])?;
+        if let Some(nz) = noise {
+            y = y.f_add(nz)?;
+        }
+        Ok(y)
+    }
+
+    fn conv(&self, x: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
+        match self.up {
+            Some(f) => conv2d_up2(x, w, f, self.padding, groups),
+            None => x.f_conv2d(w, None::<Tensor>, [1, 1], [self.padding, self.padding], [1, 1], groups),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The StyleGAN2 generator (mapping + synthesis) on libtorch, built from a checked weights
+//! map. Owns the network's structure and forward pass; it does not read files, pick seeds
+//! or encode images.
+
+use std::collections::HashMap;
+
+use tch::{Device, Kind, TchError, Tensor};
+
+use super::ops::{bias_act, normalize_2nd_moment, Dense, Filter, ModConv};
+use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+fn take(w: &mut HashMap<String, Tensor>, name: &str) -> Tensor {
+    w.remove(name).unwrap_or_else(|| panic!("weights were checked, yet `{name}` is missing"))
+}
+
+struct Mapping {
+    embed: Option<Dense>,
+    layers: Vec<Dense>,
+    w_avg: Tensor,
+}
+
+impl Mapping {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>) -> Result<Self> {
+        let m = &g.mapping_kwargs;
+        let act = Activation::parse(&m.activation, "").expect("validated");
+        let embed = if g.c_dim > 0 {
+            let (wt, b) = (take(w, "mapping.embed.weight"), take(w, "mapping.embed.bias"));
+            Some(Dense::new(&wt, Some(&b), 1.0, Activation::Linear)?)
+        } else {
+            None
+        };
+        let layers = (0..m.num_layers)
+            .map(|i| {
+                let wt = take(w, &format!("mapping.fc{i}.weight"));
+                let b = take(w, &format!("mapping.fc{i}.bias"));
+                Dense::new(&wt, Some(&b), m.lr_multiplier, act)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { embed, layers, w_avg: take(w, "mapping.w_avg") })
+    }
+
+    /// z [N, z_dim] and one-hot c [N, c_dim] to w [N, w_dim].
+    fn forward(&self, z: &Tensor, c: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = normalize_2nd_moment(z)?;
+        if let (Some(embed), Some(c)) = (&self.embed, c) {
+            let y = normalize_2nd_moment(&embed.forward(c)?)?;
+            x = Tensor::f_cat(&[x, y], 1)?;
+        }
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Per-layer noise for a batch whose samples may each ask for another noise mode.
+#[derive(Clone, Copy)]
+enum NoisePlan<'a> {
+    Uniform(NoiseMode),
+    PerSample(&'a [NoiseMode]),
+}
+
+impl<'a> NoisePlan<'a> {
+    fn new(modes: &'a [NoiseMode]) -> Self {
+        match modes.first() {
+            Some(&m) if modes.iter().all(|&x| x == m) => Self::Uniform(m),
+            Some(_) => Self::PerSample(modes),
+            None => Self::Uniform(NoiseMode::None),
+        }
+    }
+}
+
+struct StyledLayer {
+    affine: Dense,
+    weight: Tensor,
+    bias: Tensor,
+    noise: Option<(Tensor, Tensor)>, // (noise_const [res, res], noise_strength [])
+    up: Option<Filter>,
+    padding: i64,
+    act: Activation,
+    clamp: Option<f64>,
+}
+
+impl StyledLayer {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, p: &str, up: bool) -> Result<Self> {
+        let s = &g.synthesis_kwargs;
+        let affine_w = take(w, &format!("{p}.affine.weight"));
+        let affine_b = take(w, &format!("{p}.affine.bias"));
+        let filter = take(w, &format!("{p}.resample_filter"));
+        let noise = if s.use_noise {
+            Some((take(w, &format!("{p}.noise_const")), take(w, &format!("{p}.noise_strength"))))
+        } else {
+            None
+        };
+        Ok(Self {
+            affine: Dense::new(&affine_w, Some(&affine_b), 1.0, Activation::Linear)?,
+            weight: take(w, &format!("{p}.weight")),
+            bias: take(w, &format!("{p}.bias")),
+            noise,
+            up: if up { Some(Filter::from_buffer(&filter)?) } else { None },
+            padding: s.kernel_size / 2,
+            act: Activation::parse(&s.activation, "").expect("validated"),
+            clamp: s.conv_clamp,
+        })
+    }
+
+    fn noise(&self, plan: NoisePlan, n: i64, res: i64, device: Device) -> Result<Option<Tensor>> {
+        let Some((konst, strength)) = &self.noise else { return Ok(None) };
+        let random = || Tensor::f_randn([n, 1, res, res], (Kind::Float, device));
+        match plan {
+            NoisePlan::Uniform(NoiseMode::None) => Ok(None),
+            NoisePlan::Uniform(NoiseMode::Const) => Ok(Some(konst.f_mul(strength)?)),
+            NoisePlan::Uniform(NoiseMode::Random) => Ok(Some(random()?.f_mul(strength)?)),
+            NoisePlan::PerSample(modes) => {
+                let fresh = random()?;
+                let per: Vec<Tensor> = modes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| match m {
+                        NoiseMode::Const => konst.f_view([1, 1, res, res]),
+                        NoiseMode::Random => fresh.f_narrow(0, i as i64, 1),
+                        NoiseMode::None => konst.f_zeros_like()?.f_view([1, 1, res, res]),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?))
+            }
+        }
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor, plan: NoisePlan, fused: bool, gain: f64) -> Result<Tensor> {
+        let styles = self.affine.forward(w)?;
+        let size = x.size();
+        let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
+        let noise = self.noise(plan, size[0], res, x.device())?;
+        let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused };
+        let y = conv.forward(x, &styles, noise.as_ref())?;
+        bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
+    }
+}
+
+struct ToRgb {
+    affine: Dense,
+    weight: Tensor,
+    bias: Tensor,
+    weight_gain: f64,
+    clamp: Option<f64>,
+}
+
+impl ToRgb {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, p: &str) -> Result<Self> {
+        let affine_w = take(w, &format!("{p}.affine.weight"));
+        let affine_b = take(w, &format!("{p}.affine.bias"));
+        let weight = take(w, &format!("{p}.weight"));
+        let weight_gain = 1.0 / (weight.size()[1] as f64).sqrt();
+        Ok(Self {
+            affine: Dense::new(&affine_w, Some(&affine_b), 1.0, Activation::Linear)?,
+            weight,
+            bias: take(w, &format!("{p}.bias")),
+            weight_gain,
+            clamp: g.synthesis_kwargs.conv_clamp,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
+        let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
+        let conv = ModConv { weight: &self.weight, demodulate: false, up: None, padding: 0, fused };
+        let y = conv.forward(x, &styles, None)?;
+        bias_act(&y, Some(&self.bias), Activation::Linear, 1.0, self.clamp)
+    }
+}
+
+struct Block {
+    konst: Option<Tensor>,
+    conv0: Option<StyledLayer>,
+    conv1: StyledLayer,
+    torgb: Option<ToRgb>,
+    skip: Option<Tensor>, // resnet: 1x1 weight with its gain folded in
+    filter: Filter,
+    num_conv: i64,
+}
+
+impl Block {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, res: i64) -> Result<Self> {
+        let b = format!("synthesis.b{res}");
+        let first = res == 4;
+        let skip = if !first && g.synthesis_kwargs.architecture == Architecture::Resnet {
+            let wt = take(w, &format!("{b}.skip.weight"));
+            let _ = take(w, &format!("{b}.skip.resample_filter"));
+            let gain = 1.0 / (wt.size()[1] as f64).sqrt();
+            Some(wt.f_mul_scalar(gain)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            konst: if first { Some(take(w, &format!("{b}.const"))) } else { None },
+            conv0: if first { None } else { Some(StyledLayer::new(g, w, &format!("{b}.conv0"), true)?) },
+            conv1: StyledLayer::new(g, w, &format!("{b}.conv1"), false)?,
+            torgb: if g.has_torgb(res) { Some(ToRgb::new(g, w, &format!("{b}.torgb"))?) } else { None },
+            skip,
+            filter: Filter::from_buffer(&take(w, &format!("{b}.resample_filter")))?,
+            num_conv: if first { 1 } else { 2 },
+        })
+    }
+
+    fn forward(&self, x: Option<Tensor>, img: Option<Tensor>, ws: &Tensor, plan: NoisePlan, fused: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let n = ws.size()[0];
+        let w = |i: i64| ws.f_select(1, i);
+        let half = std::f64::consts::FRAC_1_SQRT_2;
+        let x = match (&self.konst, x, &self.conv0) {
+            (Some(k), _, _) => {
+                let x = k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?;
+                self.conv1.forward(&x, &w(0)?, plan, fused, 1.0)?
+            }
+            (None, Some(x), Some(conv0)) => {
+                if let Some(skip) = &self.skip {
+                    let y = x.f_conv2d(skip, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
+                    let y = self.filter.upsample2d(&y)?.f_mul_scalar(half)?;
+                    let h = conv0.forward(&x, &w(0)?, plan, fused, 1.0)?;
+                    y.f_add(&self.conv1.forward(&h, &w(1)?, plan, fused, half)?)?
+                } else {
+                    let h = conv0.forward(&x, &w(0)?, plan, fused, 1.0)?;
+                    self.conv1.forward(&h, &w(1)?, plan, fused, 1.0)?
+                }
+            }
+            _ => unreachable!("a block after the first always receives features"),
+        };
+        let mut img = match img {
+            Some(i) => Some(self.filter.upsample2d(&i)?),
+            None => None,
+        };
+        if let Some(torgb) = &self.torgb {
+            let y = torgb.forward(&x, &w(self.num_conv)?, fused)?;
+            img = Some(match img {
+                Some(i) => i.f_add(&y)?,
+                None => y,
+            });
+        }
+        Ok((x, img))
+    }
+}
+
+/// How the modulated convolutions run for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvPath {
+    /// Grouped convolution with per-sample weights (NVIDIA's inference path).
+    Fused,
+    /// One shared convolution between activation scalings.
+    Unfused,
+    /// Fused for a single image, unfused for batches (fastest on CPU).
+    Auto,
+}
+
+pub struct StyleGan2 {
+    pub settings: GeneratorSettings,
+    mapping: Mapping,
+    blocks: Vec<Block>,
+    num_ws: i64,
+    device: Device,
+    pub conv_path: ConvPath,
+}
+
+impl StyleGan2 {
+    /// Builds the network from a weights map that `weights::load` has checked.
+    pub fn new(settings: GeneratorSettings, mut weights: HashMap<String, Tensor>, device: Device) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let mapping = Mapping::new(&settings, &mut weights)?;
+        let blocks = settings
+            .block_resolutions()
+            .into_iter()
+            .map(|res| Block::new(&settings, &mut weights, res))
+            .collect::<Result<_>>()?;
+        let num_ws = settings.num_ws();
+        Ok(Self { settings, mapping, blocks, num_ws, device, conv_path: ConvPath::Auto })
+    }
+
+    pub fn num_ws(&self) -> i64 {
+        self.num_ws
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// z [N, z_dim] (and one-hot c [N, c_dim] for conditional models) to ws [N, num_ws, w_dim].
+    pub fn mapping(&self, z: &Tensor, c: Option<&Tensor>) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let w = self.mapping.forward(z, c)?;
+        w.f_unsqueeze(1)?.f_repeat([1, self.num_ws, 1])
+    }
+
+    /// Truncation toward `w_avg`: sample i's first `cutoff[i]` ws (all when `None`) move by
+    /// `psi[i]`. The arithmetic is `torch.lerp`'s, branch for branch.
+    pub fn truncate(&self, ws: &Tensor, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let n = self.num_ws as usize;
+        if psi.iter().all(|&p| p == 1.0) {
+            return Ok(ws.shallow_clone());
+        }
+        let mut weight = Vec::with_capacity(psi.len() * n);
+        for (&p, &c) in psi.iter().zip(cutoff) {
+            let upto = c.unwrap_or(n).min(n);
+            weight.extend((0..n).map(|l| if l < upto { p as f32 } else { 1.0 }));
+        }
+        let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, self.num_ws, 1])?.f_to_device(self.device)?;
+        let w_avg = &self.mapping.w_avg;
+        let diff = ws.f_sub(w_avg)?;
+        let low = w_avg.f_add(&diff.f_mul(&weight)?)?;
+        let high = ws.f_sub(&diff.f_mul(&weight.f_neg()?.f_add_scalar(1.0)?)?)?;
+        low.f_where_self(&weight.f_abs()?.f_lt(0.5)?, &high)
+    }
+
+    /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1].
+    pub fn synthesis(&self, ws: &Tensor, noise: &[NoiseMode]) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let n = ws.size()[0];
+        let fused = match self.conv_path {
+            ConvPath::Fused => true,
+            ConvPath::Unfused => false,
+            ConvPath::Auto => n == 1,
+        };
+        let plan = NoisePlan::new(noise);
+        let (mut x, mut img) = (None, None);
+        let mut idx = 0;
+        for block in &self.blocks {
+            let count = block.num_conv + i64::from(block.torgb.is_some());
+            let bws = ws.f_narrow(1, idx, count)?;
+            idx += block.num_conv;
+            let (nx, nimg) = block.forward(x, img, &bws, plan, fused)?;
+            x = Some(nx);
+            img = nimg;
+        }
+        Ok(img.expect("the last block has a toRGB layer"))
+    }
+}
