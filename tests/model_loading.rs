@@ -1,0 +1,120 @@
+//! Loading a model directory: every mismatch between settings and weights is reported
+//! precisely, and a missing or corrupt file is an error naming it, never a panic.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use mixgan::model::{Model, ModelError};
+use tch::Device;
+
+const SETTINGS: &str = r#"{"z_dim":8,"c_dim":0,"w_dim":8,"img_resolution":16,"img_channels":3,
+    "mapping_kwargs":{"num_layers":3},"synthesis_kwargs":{"channel_base":128,"channel_max":8}}"#;
+
+fn model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    make_model(dir.path(), SETTINGS, 1);
+    dir
+}
+
+fn edit_toml(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("model.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "model.toml lacks `{from}`:\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    match Model::load(dir, Device::Cpu) {
+        Ok(_) => panic!("loading should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_bundled_models_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["face", "hand", "background"] {
+        let m = Model::load(&root.join(name), Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(m.name(), name);
+        assert_eq!(m.spec.classes, vec![name.to_string()]);
+    }
+}
+
+#[test]
+fn missing_tensors_are_listed() {
+    let dir = model_dir();
+    edit_toml(dir.path(), "num_layers = 3", "num_layers = 4");
+    let err = load_err(dir.path());
+    assert!(err.contains("missing tensor `mapping.fc3.weight`"), "{err}");
+    assert!(err.contains("missing tensor `mapping.fc3.bias`"), "{err}");
+    assert!(err.contains("weights.safetensors"), "{err}");
+}
+
+#[test]
+fn extra_tensors_are_listed() {
+    let dir = model_dir();
+    edit_toml(dir.path(), "num_layers = 3", "num_layers = 2");
+    let err = load_err(dir.path());
+    assert!(err.contains("unexpected tensor `mapping.fc2.weight`"), "{err}");
+}
+
+#[test]
+fn misshaped_tensors_are_listed_with_both_shapes() {
+    let dir = model_dir();
+    edit_toml(dir.path(), "w_dim = 8", "w_dim = 9");
+    let err = load_err(dir.path());
+    assert!(err.contains("tensor `mapping.w_avg` has shape [8], the settings need [9]"), "{err}");
+}
+
+#[test]
+fn corrupt_and_missing_files_name_the_file() {
+    let dir = model_dir();
+    let weights = dir.path().join("weights.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("weights.safetensors") && err.contains("safetensors"), "{err}");
+
+    std::fs::write(&weights, b"not a safetensors file at all").unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("weights.safetensors"), "{err}");
+
+    std::fs::remove_file(&weights).unwrap();
+    assert!(matches!(Model::load(dir.path(), Device::Cpu), Err(ModelError::Io { .. })));
+
+    std::fs::remove_file(dir.path().join("model.toml")).unwrap();
+    let err = load_err(dir.path());
+    assert!(err.contains("model.toml"), "{err}");
+}
+
+#[test]
+fn unknown_and_invalid_settings_name_the_key() {
+    let dir = model_dir();
+    edit_toml(dir.path(), "num_layers = 3", "num_layers = 3\nmapping_depth = 2");
+    let err = load_err(dir.path());
+    assert!(err.contains("mapping_depth"), "{err}");
+
+    let dir = model_dir();
+    edit_toml(dir.path(), "img_resolution = 16", "img_resolution = 24");
+    let err = load_err(dir.path());
+    assert!(err.contains("img_resolution"), "{err}");
+}
+
+#[test]
+fn bad_generation_parameters_are_refused_by_name() {
+    use mixgan::model::{GenerationParams, NoiseMode, StyleMix};
+    let dir = model_dir();
+    let model = Model::load(dir.path(), Device::Cpu).unwrap();
+    let ok = GenerationParams { seed: 1, trunc: 1.0, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None };
+    let cases = [
+        (GenerationParams { trunc: f64::NAN, ..ok.clone() }, "trunc"),
+        (GenerationParams { class_index: Some(0), ..ok.clone() }, "class_index"),
+        (GenerationParams { mix: Some(StyleMix { seed: 2, from: 99 }), ..ok.clone() }, "mix_from"),
+    ];
+    for (p, field) in cases {
+        let err = model.generate(&[p]).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+    }
+}
