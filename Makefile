@@ -22,7 +22,7 @@ test: setup
 	$(WITH_TORCH) cargo test --release
 
 bench: build
-	$(WITH_TORCH) target/release/mixgan bench --models models --batches 1,8
+	$(WITH_TORCH) target/release/mixgan bench --models models --batches 1,8 --iters 20
 
 clean:
 	cargo clean

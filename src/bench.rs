@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tch::Device;
 
-use crate::model::{to_pixels, GenerationParams, Model, ModelError};
+use crate::model::{to_pixels, ConvPath, GenerationParams, Model, ModelError};
 
 pub struct BenchConfig {
     pub models: Vec<PathBuf>,
@@ -20,10 +20,13 @@ pub struct BenchConfig {
     /// Python with PyTorch and NumPy, for the baseline; `None` skips it.
     pub python: Option<PathBuf>,
     pub reference: PathBuf,
+    pub conv_path: ConvPath,
 }
 
 pub struct BenchRow {
     pub model: String,
+    /// Largest |device - CPU| over a few images, when the device is not the CPU.
+    pub cpu_diff: Option<f64>,
     pub resolution: i64,
     pub batch: usize,
     /// Median seconds per batch.
@@ -66,6 +69,27 @@ fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, Mo
     Ok(median(times))
 }
 
+/// The same images on the benchmark device and on the CPU: the largest absolute difference.
+fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelError> {
+    if cfg.device == Device::Cpu {
+        return Ok(None);
+    }
+    let cpu = Model::load(&model.dir, Device::Cpu)?;
+    let params: Vec<GenerationParams> = (0..4)
+        .map(|s| {
+            let mut p = GenerationParams::with_defaults(s, &model.spec.defaults);
+            p.noise_mode = crate::model::NoiseMode::Const;
+            if model.spec.generator.c_dim > 0 {
+                p.class_index = Some(0);
+            }
+            p
+        })
+        .collect();
+    let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
+    let b = cpu.generate(&params)?;
+    Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
+}
+
 fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, String> {
     let Some(python) = &cfg.python else { return Ok(vec![None; cfg.batches.len()]) };
     let settings = serde_json::to_string(&model.spec.generator).map_err(|e| e.to_string())?;
@@ -95,11 +119,13 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
     tch::set_num_threads(cfg.threads as i32);
     let mut rows = Vec::new();
     for dir in &cfg.models {
-        let model = Model::load(dir, cfg.device)?;
+        let mut model = Model::load(dir, cfg.device)?;
+        model.generator.conv_path = cfg.conv_path;
         let mut ours = Vec::new();
         for &b in &cfg.batches {
             ours.push(time_mixgan(&model, b, cfg)?);
         }
+        let cpu_diff = device_vs_cpu(&model, cfg)?;
         let theirs = time_python(&model, cfg).unwrap_or_else(|e| {
             warn(format!("{}: baseline skipped: {e}", model.name()));
             vec![None; cfg.batches.len()]
@@ -107,6 +133,7 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
         for ((&batch, mixgan_s), python_s) in cfg.batches.iter().zip(ours).zip(theirs) {
             rows.push(BenchRow {
                 model: model.name().to_string(),
+                cpu_diff,
                 resolution: model.spec.generator.img_resolution,
                 batch,
                 mixgan_s,
@@ -143,6 +170,12 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
             pr,
             ratio
         );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in rows {
+        if let (Some(d), true) = (r.cpu_diff, seen.insert(&r.model)) {
+            s += &format!("{}: max |{device:?} - CPU| = {d:.2e} on 4 images (fp32)\n", r.model);
+        }
     }
     s
 }

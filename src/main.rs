@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mixgan::bench::{self, BenchConfig};
 use mixgan::encode::write_png;
 use mixgan::latent::parse_seeds;
-use mixgan::model::{model_dirs, parse_device, to_pixels, GenerationParams, Model, NoiseMode, StyleMix};
+use mixgan::model::{model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix};
 
 #[derive(Parser)]
 #[command(name = "mixgan", version, about = "A mixture of StyleGANs: expert generators composed into one picture")]
@@ -90,6 +90,18 @@ struct BenchArgs {
     /// Skip the Python baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Modulated convolutions: auto, fused (grouped, per-sample weights) or unfused.
+    #[arg(long, default_value = "auto", value_parser = parse_conv_path)]
+    conv_path: ConvPath,
+}
+
+fn parse_conv_path(s: &str) -> Result<ConvPath, String> {
+    match s {
+        "auto" => Ok(ConvPath::Auto),
+        "fused" => Ok(ConvPath::Fused),
+        "unfused" => Ok(ConvPath::Unfused),
+        _ => Err(format!("`{s}` is not auto, fused or unfused")),
+    }
 }
 
 fn progress(len: usize) -> ProgressBar {
@@ -156,6 +168,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         device,
         python,
         reference: bench::find_reference(),
+        conv_path: a.conv_path,
     };
     let rows = bench::run(&cfg, |w| eprintln!("warning: {w}"))?;
     print!("{}", bench::format_table(&rows, device, threads));

@@ -129,12 +129,12 @@ impl StyledLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, w: &Tensor, plan: NoisePlan, fused: bool, gain: f64) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, w: &Tensor, pass: Pass, gain: f64) -> Result<Tensor> {
         let styles = self.affine.forward(w)?;
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
-        let noise = self.noise(plan, size[0], res, x.device())?;
-        let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused };
+        let noise = self.noise(pass.noise, size[0], res, x.device())?;
+        let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused: pass.fused };
         let y = conv.forward(x, &styles, noise.as_ref())?;
         bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
     }
@@ -204,24 +204,27 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: Option<Tensor>, img: Option<Tensor>, ws: &Tensor, plan: NoisePlan, fused: bool) -> Result<(Tensor, Option<Tensor>)> {
+    fn forward(&self, x: Option<Tensor>, img: Option<Tensor>, ws: &Tensor, pass: Pass) -> Result<(Tensor, Option<Tensor>)> {
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
         let x = match (&self.konst, x, &self.conv0) {
             (Some(k), _, _) => {
                 let x = k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?;
-                self.conv1.forward(&x, &w(0)?, plan, fused, 1.0)?
+                // Channels-last features let oneDNN pick its fast convolution kernels on CPU;
+                // the layout then carries through every following op.
+                let x = if pass.channels_last { x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])? } else { x };
+                self.conv1.forward(&x, &w(0)?, pass, 1.0)?
             }
             (None, Some(x), Some(conv0)) => {
                 if let Some(skip) = &self.skip {
                     let y = x.f_conv2d(skip, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
                     let y = self.filter.upsample2d(&y)?.f_mul_scalar(half)?;
-                    let h = conv0.forward(&x, &w(0)?, plan, fused, 1.0)?;
-                    y.f_add(&self.conv1.forward(&h, &w(1)?, plan, fused, half)?)?
+                    let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
+                    y.f_add(&self.conv1.forward(&h, &w(1)?, pass, half)?)?
                 } else {
-                    let h = conv0.forward(&x, &w(0)?, plan, fused, 1.0)?;
-                    self.conv1.forward(&h, &w(1)?, plan, fused, 1.0)?
+                    let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
+                    self.conv1.forward(&h, &w(1)?, pass, 1.0)?
                 }
             }
             _ => unreachable!("a block after the first always receives features"),
@@ -231,7 +234,7 @@ impl Block {
             None => None,
         };
         if let Some(torgb) = &self.torgb {
-            let y = torgb.forward(&x, &w(self.num_conv)?, fused)?;
+            let y = torgb.forward(&x, &w(self.num_conv)?, pass.fused)?;
             img = Some(match img {
                 Some(i) => i.f_add(&y)?,
                 None => y,
@@ -241,6 +244,14 @@ impl Block {
     }
 }
 
+/// How one synthesis pass runs.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    noise: NoisePlan<'a>,
+    fused: bool,
+    channels_last: bool,
+}
+
 /// How the modulated convolutions run for a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvPath {
@@ -248,7 +259,7 @@ pub enum ConvPath {
     Fused,
     /// One shared convolution between activation scalings.
     Unfused,
-    /// Fused for a single image, unfused for batches (fastest on CPU).
+    /// Unfused on CPU; on CUDA fused for a single image, unfused for batches.
     Auto,
 }
 
@@ -315,19 +326,20 @@ impl StyleGan2 {
     pub fn synthesis(&self, ws: &Tensor, noise: &[NoiseMode]) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let n = ws.size()[0];
+        let on_cpu = self.device == Device::Cpu;
         let fused = match self.conv_path {
             ConvPath::Fused => true,
             ConvPath::Unfused => false,
-            ConvPath::Auto => n == 1,
+            ConvPath::Auto => n == 1 && !on_cpu,
         };
-        let plan = NoisePlan::new(noise);
+        let pass = Pass { noise: NoisePlan::new(noise), fused, channels_last: on_cpu && !fused };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
         for block in &self.blocks {
             let count = block.num_conv + i64::from(block.torgb.is_some());
             let bws = ws.f_narrow(1, idx, count)?;
             idx += block.num_conv;
-            let (nx, nimg) = block.forward(x, img, &bws, plan, fused)?;
+            let (nx, nimg) = block.forward(x, img, &bws, pass)?;
             x = Some(nx);
             img = nimg;
         }
