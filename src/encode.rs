@@ -35,6 +35,33 @@ pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
     let (h, w, c) = (size[0] as u32, size[1] as u32, size[2]);
     let mut data = vec![0u8; pixels.numel()];
     pixels.f_contiguous()?.f_copy_data_u8(&mut data, pixels.numel())?;
+    encode_raw(&data, w, h, c as u8, format)
+}
+
+/// NVIDIA's conversion of a [C, H, W] float image in generator units to interleaved uint8
+/// (`(x * 127.5 + 128).clamp(0, 255)`, truncated), done in one pass on the CPU.
+pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), EncodeError> {
+    let size = image.size();
+    if size.len() != 3 || ![1, 3, 4].contains(&size[0]) {
+        return Err(EncodeError::Shape(size));
+    }
+    let (c, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
+    let plane = h * w;
+    let mut floats = vec![0f32; c * plane];
+    image.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_copy_data(&mut floats, c * plane)?;
+    let mut out = vec![0u8; c * plane];
+    for ch in 0..c {
+        let src = &floats[ch * plane..(ch + 1) * plane];
+        for (i, &x) in src.iter().enumerate() {
+            out[i * c + ch] = (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
+        }
+    }
+    Ok((out, w as u32, h as u32, c as u8))
+}
+
+/// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4).
+pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> Result<Vec<u8>, EncodeError> {
+    let c = channels;
     let color = match c {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
@@ -42,11 +69,17 @@ pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
     };
     let mut out = Vec::new();
     match format {
-        Format::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(&data, w, h, color)?,
+        // Fast deflate: a model server's pictures are made to be sent, not archived.
+        Format::Png => image::codecs::png::PngEncoder::new_with_quality(
+            &mut out,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::Paeth,
+        )
+        .write_image(data, w, h, color)?,
         Format::Jpeg { quality } => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(&data, w, h, color)?
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(data, w, h, color)?
         }
-        Format::WebP => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(&data, w, h, color)?,
+        Format::WebP => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(data, w, h, color)?,
     }
     Ok(out)
 }

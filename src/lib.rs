@@ -1,12 +1,19 @@
 //! mixgan: a mixture of StyleGANs behind one API.
 //!
-//! The pipeline, one module per stage:
-//! - [`latent`]: seeds to latent vectors exactly as NumPy makes them;
-//! - [`model`]: model directories, weights and the native StyleGAN2 generator;
-//! - [`encode`]: pixels to PNG/JPEG/WebP;
-//! - [`bench`]: the side-by-side benchmark against the Python reference.
+//! Data flows one way, one module per stage:
+//! [`layout`] (the JSON a client sends) → [`router`] (validation, regions, masks, one
+//! generation job per model) → [`model`] (the generators, through [`registry`]) →
+//! [`compositor`] (blending on the device) → [`encode`] (PNG/JPEG/WebP).
+//! [`render`] runs that pipeline; [`latent`] makes NumPy-compatible latents; [`bench`]
+//! measures the generator against the Python reference; [`error`] holds the shared errors.
 
 pub mod bench;
+pub mod compositor;
 pub mod encode;
+pub mod error;
 pub mod latent;
+pub mod layout;
 pub mod model;
+pub mod registry;
+pub mod render;
+pub mod router;

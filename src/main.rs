@@ -9,7 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use std::sync::Arc;
+
 use mixgan::bench::{self, BenchConfig};
+use mixgan::compositor::ownership_map;
+use mixgan::registry::ModelRegistry;
+use mixgan::render::{DirectSource, Renderer};
+use mixgan::router::RouterLimits;
 use mixgan::encode::write_png;
 use mixgan::latent::parse_seeds;
 use mixgan::model::{model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix};
@@ -27,6 +33,36 @@ enum Command {
     Generate(GenerateArgs),
     /// Time each model's generator against the Python reference on the same weights.
     Bench(BenchArgs),
+    /// Render a layout (JSON) into one picture, offline, with the server's code path.
+    Render(RenderArgs),
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// The layout file (JSON); `-` reads standard input.
+    layout: PathBuf,
+    /// Output picture.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Folder of model directories.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Print per-stage timings (route, generate, composite, encode).
+    #[arg(long)]
+    timings: bool,
+    /// Also write the ownership map (a picture coloured by region) here.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Largest generation batch.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Render this many times; --timings then shows the median run (the first pays one-time
+    /// start-up costs that a running server does not).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -95,6 +131,12 @@ struct BenchArgs {
     conv_path: ConvPath,
 }
 
+/// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 fn parse_conv_path(s: &str) -> Result<ConvPath, String> {
     match s {
         "auto" => Ok(ConvPath::Auto),
@@ -143,7 +185,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    println!("{} image(s) from `{}` in {}", params.len(), model.name(), a.outdir.display());
+    say(&format!("{} image(s) from `{}` in {}\n", params.len(), model.name(), a.outdir.display()));
     Ok(())
 }
 
@@ -171,7 +213,46 @@ fn bench(a: BenchArgs) -> Result<()> {
         conv_path: a.conv_path,
     };
     let rows = bench::run(&cfg, |w| eprintln!("warning: {w}"))?;
-    print!("{}", bench::format_table(&rows, device, threads));
+    say(&bench::format_table(&rows, device, threads));
+    Ok(())
+}
+
+fn render(a: RenderArgs) -> Result<()> {
+    let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let layout = if a.layout.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?
+    };
+    let registry = ModelRegistry::load(&a.models, device)?;
+    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device };
+    let source = DirectSource { max_batch: a.max_batch };
+    let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by_key(|r| r.timings.total());
+    let out = runs.swap_remove(runs.len() / 2);
+    std::fs::write(&a.output, &out.bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    if let Some(path) = &a.masks {
+        ownership_map(&out.plan).save(path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut text = format!(
+        "{}x{} {} with {} region(s) -> {}\n",
+        out.plan.width,
+        out.plan.height,
+        out.format.mime(),
+        out.plan.regions.len(),
+        a.output.display()
+    );
+    if a.timings {
+        let t = out.timings;
+        let total = t.total().as_secs_f64();
+        for (name, d) in [("route", t.route), ("generate", t.generate), ("composite", t.composite), ("encode", t.encode)] {
+            text += &format!("{name:>10} {:8.2} ms {:5.1} %\n", d.as_secs_f64() * 1e3, 100.0 * d.as_secs_f64() / total);
+        }
+        text += &format!("{:>10} {:8.2} ms\n", "total", total * 1e3);
+    }
+    say(&text);
     Ok(())
 }
 
@@ -180,6 +261,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
+        Command::Render(a) => render(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

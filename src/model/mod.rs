@@ -74,6 +74,12 @@ pub struct Model {
     pub generator: StyleGan2,
 }
 
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Model({})", self.name())
+    }
+}
+
 fn bad(field: &str, reason: String) -> ModelError {
     ModelError::InvalidParam { field: field.into(), reason }
 }

@@ -1,0 +1,141 @@
+//! Blending a patch into a canvas window: feathered alpha, multi-band (Laplacian pyramid,
+//! Burt and Adelson) and colour matching. All on tensors on the canvas's device; windows are
+//! [C, h, w] and masks [1, h, w] in [0, 1].
+
+use tch::{Kind, TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// Separable blur with the 1-D `taps` (odd length), replicating edge pixels. Done as
+/// shifted multiply-adds, which beat depthwise convolution for these small kernels on CPU.
+fn blur(x: &Tensor, taps: &[f32]) -> Result<Tensor> {
+    blur_step(x, taps, 1)
+}
+
+/// `blur`, keeping every `step`-th output along each axis (a pyramid's reduce step when 2).
+fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
+    let p = (taps.len() / 2) as i64;
+    let mut y = x.shallow_clone();
+    for dim in [2i64, 1] {
+        let len = y.size()[dim as usize];
+        let mut pad = [0i64; 4];
+        pad[if dim == 2 { 0 } else { 2 }] = p;
+        pad[if dim == 2 { 1 } else { 3 }] = p;
+        let padded = y.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
+        let tap = |k: i64| padded.f_slice(dim, k, k + len, step);
+        let mut acc = tap(0)?.f_mul_scalar(f64::from(taps[0]))?;
+        for (k, &t) in taps.iter().enumerate().skip(1) {
+            acc = acc.f_add(&tap(k as i64)?.f_mul_scalar(f64::from(t))?)?;
+        }
+        y = acc;
+    }
+    Ok(y)
+}
+
+/// Max over a (2r+1)-square neighbourhood of [C, h, w], in two 1-D passes.
+pub fn dilate(x: &Tensor, r: i64) -> Result<Tensor> {
+    let k = 2 * r + 1;
+    x.f_unsqueeze(0)?
+        .f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?
+        .f_max_pool2d([k, 1], [1, 1], [r, 0], [1, 1], false)?
+        .f_squeeze_dim(0)
+}
+
+pub fn gaussian_taps(sigma: f64) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil().max(1.0) as i64;
+    let w: Vec<f64> = (-r..=r).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp()).collect();
+    let s: f64 = w.iter().sum();
+    w.into_iter().map(|v| (v / s) as f32).collect()
+}
+
+pub fn gaussian_blur(x: &Tensor, sigma: f64) -> Result<Tensor> {
+    if sigma <= 0.0 {
+        return Ok(x.shallow_clone());
+    }
+    blur(x, &gaussian_taps(sigma))
+}
+
+/// A mask whose edge ramps from 0 at the shape's boundary to 1 about `feather` pixels in.
+pub fn feathered(mask: &Tensor, feather: f64) -> Result<Tensor> {
+    if feather < 0.5 {
+        return Ok(mask.shallow_clone());
+    }
+    gaussian_blur(mask, feather / 2.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_clamp(0.0, 1.0)
+}
+
+/// `alpha * patch + (1 - alpha) * base`.
+pub fn mix(base: &Tensor, patch: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    base.f_add(&patch.f_sub(base)?.f_mul(alpha)?)
+}
+
+const BURT_ADELSON: [f32; 5] = [1.0 / 16.0, 4.0 / 16.0, 6.0 / 16.0, 4.0 / 16.0, 1.0 / 16.0];
+
+fn down(x: &Tensor) -> Result<Tensor> {
+    blur_step(x, &BURT_ADELSON, 2)
+}
+
+fn up(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    x.f_unsqueeze(0)?.f_upsample_bilinear2d([h, w], false, None, None)?.f_squeeze_dim(0)
+}
+
+/// Pyramid levels for a region of `side` pixels (its shorter side).
+pub fn levels_for(side: i64) -> usize {
+    ((side.max(1) as f64).log2().floor() as i64 - 4).clamp(1, 5) as usize
+}
+
+/// Multi-band blending: the Laplacian pyramids of `base` and `patch` mixed level by level
+/// under the Gaussian pyramid of `mask`, then collapsed. The three pyramids are built as one
+/// stacked tensor, which keeps the number of small tensor ops (and their overhead) down.
+pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
+    let c = base.size()[0];
+    let mut pyramid = vec![Tensor::f_cat(&[base, patch, mask], 0)?];
+    for _ in 0..levels {
+        let last = pyramid.last().expect("non-empty");
+        if last.size()[1] < 4 || last.size()[2] < 4 {
+            break;
+        }
+        let next = down(last)?;
+        pyramid.push(next);
+    }
+    let split = |t: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
+        Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, c)?, t.f_narrow(0, 2 * c, 1)?))
+    };
+    let top = pyramid.len() - 1;
+    let (b, p, m) = split(&pyramid[top])?;
+    let mut out = mix(&b, &p, &m)?;
+    for k in (0..top).rev() {
+        let (h, w) = (pyramid[k].size()[1], pyramid[k].size()[2]);
+        let band = pyramid[k].f_sub(&up(&pyramid[k + 1], h, w)?)?;
+        let (lb, lp, _) = split(&band)?;
+        let (_, _, m) = split(&pyramid[k])?;
+        out = mix(&lb, &lp, &m)?.f_add(&up(&out, h, w)?)?;
+    }
+    Ok(out)
+}
+
+/// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5.
+fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+    let sel = weight.f_gt(0.5)?.f_to_kind(Kind::Float)?;
+    let n = sel.f_sum(Kind::Float)?.f_double_value(&[])?;
+    if n < 8.0 {
+        return Ok(None);
+    }
+    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
+    let var = x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
+    Ok(Some((mean, var.f_add_scalar(1e-8)?.f_sqrt()?)))
+}
+
+/// Colour matching: the patch's per-channel mean and deviation (inside `inside`) moved to
+/// those of `base` over `ring`.
+pub fn match_colors(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tensor) -> Result<Tensor> {
+    match (masked_stats(patch, inside)?, masked_stats(base, ring)?) {
+        (Some((mp, sp)), Some((mr, sr))) => patch.f_sub(&mp)?.f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?.f_add(&mr),
+        _ => Ok(patch.shallow_clone()),
+    }
+}
+
+/// Pixels within `r` of the hard mask but outside it.
+pub fn ring(mask: &Tensor, r: i64) -> Result<Tensor> {
+    let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
+    dilate(&hard, r)?.f_sub(&hard)
+}

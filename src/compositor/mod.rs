@@ -1,0 +1,205 @@
+//! The compositor: paints the background, then each region's patch in paint order, fitted to
+//! its rectangle and blended under its mask. Works on tensors on the generators' device; only
+//! the finished canvas leaves it. It never runs a model or reads the layout JSON.
+
+pub mod blend;
+pub mod poisson;
+pub mod seam;
+
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::layout::{BlendMode, Fit};
+use crate::router::geometry::{contained, Rect};
+use crate::router::{Background, Region, RoutePlan};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// The generated patches of a plan, each [C, S, S] on the device in generator units.
+pub struct Patches {
+    pub background: Option<Tensor>,
+    /// Indexed like `RoutePlan::regions`.
+    pub regions: Vec<Option<Tensor>>,
+}
+
+pub struct Compositor {
+    pub device: Device,
+}
+
+/// A colour in generator units, chosen so NVIDIA's uint8 conversion gives it back exactly.
+fn color_units(c: u8) -> f64 {
+    (f64::from(c) + 0.5 - 128.0) / 127.5
+}
+
+fn rgb(patch: &Tensor) -> Result<Tensor> {
+    match patch.size()[0] {
+        1 => patch.f_repeat([3, 1, 1]),
+        3 => Ok(patch.shallow_clone()),
+        _ => patch.f_narrow(0, 0, 3),
+    }
+}
+
+/// Bilinear resize of [C, h, w], antialiased when it shrinks either side.
+fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    let (xh, xw) = (x.size()[1], x.size()[2]);
+    if xh == h && xw == w {
+        return Ok(x.shallow_clone());
+    }
+    let x4 = x.f_unsqueeze(0)?;
+    let y = if h < xh || w < xw {
+        x4.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)?
+    } else {
+        x4.f_upsample_bilinear2d([h, w], false, None, None)?
+    };
+    y.f_squeeze_dim(0)
+}
+
+/// The patch scaled into a `w` x `h` rectangle, with its coverage when it does not fill it.
+pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit) -> Result<(Tensor, Option<Tensor>)> {
+    let p = rgb(patch)?;
+    let (ph, pw) = (p.size()[1] as f64, p.size()[2] as f64);
+    match fit {
+        Fit::Stretch => Ok((resize(&p, h, w)?, None)),
+        Fit::Cover => {
+            let s = (w as f64 / pw).max(h as f64 / ph);
+            let (rh, rw) = (((ph * s).ceil() as i64).max(h), ((pw * s).ceil() as i64).max(w));
+            let r = resize(&p, rh, rw)?;
+            Ok((r.f_narrow(1, (rh - h) / 2, h)?.f_narrow(2, (rw - w) / 2, w)?, None))
+        }
+        Fit::Contain => {
+            let at = contained(pw as i64, ph as i64, w, h);
+            let (rh, rw, oy, ox) = (at.h, at.w, at.y, at.x);
+            let r = resize(&p, rh, rw)?;
+            let img = Tensor::f_zeros([3, h, w], (Kind::Float, p.device()))?;
+            let cov = Tensor::f_zeros([1, h, w], (Kind::Float, p.device()))?;
+            img.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_copy_(&r)?;
+            let _ = cov.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_fill_(1.0)?;
+            Ok((img, Some(cov)))
+        }
+    }
+}
+
+fn window(t: &Tensor, r: &Rect) -> Result<Tensor> {
+    t.f_narrow(1, r.y, r.h)?.f_narrow(2, r.x, r.w)
+}
+
+/// `inner` (a [C, h, w] over rect `at`) placed in a copy of `base`, which covers `win`.
+fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor> {
+    let out = base.f_detach_copy()?;
+    window(&out, &Rect { x: at.x - win.x, y: at.y - win.y, w: at.w, h: at.h })?.f_copy_(inner)?;
+    Ok(out)
+}
+
+impl Compositor {
+    /// The finished canvas, [3, H, W] in generator units.
+    pub fn compose(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let (h, w) = (plan.height, plan.width);
+        let mut canvas = match (&plan.background, &patches.background) {
+            (Background::Generated { fit, .. }, Some(p)) => {
+                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit)?;
+                match cov {
+                    Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
+                    None => img.f_contiguous()?,
+                }
+            }
+            (Background::Color(c), _) => self.solid(*c, h, w)?,
+            (Background::Generated { .. }, None) => self.solid([128, 128, 128], h, w)?,
+        };
+        let bounds = Rect { x: 0, y: 0, w, h };
+        for (region, patch) in plan.regions.iter().zip(&patches.regions) {
+            if let Some(p) = patch {
+                canvas = self.paint(canvas, region, &p.f_to_device(self.device)?, &bounds)?;
+            }
+        }
+        Ok(canvas)
+    }
+
+    fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
+        let v: Vec<f32> = c.iter().map(|&x| color_units(x) as f32).collect();
+        Tensor::from_slice(&v).f_to_device(self.device)?.f_view([3, 1, 1])?.f_expand([3, h, w], false)?.f_contiguous()
+    }
+
+    /// The region's mask placed in window `win` (zeros elsewhere), [1, win.h, win.w]. The
+    /// router has already limited it to where a `contain` patch lands.
+    fn mask_in(&self, region: &Region, win: &Rect) -> Result<Tensor> {
+        let v = &region.visible;
+        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
+        let zeros = Tensor::f_zeros([1, win.h, win.w], (Kind::Float, self.device))?;
+        paste(&zeros, &m, v, win)
+    }
+
+    fn paint(&self, canvas: Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Tensor> {
+        let (r, v) = (&region.rect, &region.visible);
+        let (full, _) = fit_patch(patch, r.w, r.h, region.fit)?;
+        let mut p = window(&full, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
+        if region.color_match {
+            let reach = (region.feather.ceil() as i64).max(4);
+            let win = v.expand(reach, bounds);
+            let m = self.mask_in(region, &win)?;
+            let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;
+            p = blend::match_colors(&p, &inner, &window(&canvas, &win)?, &blend::ring(&m, reach)?)?;
+        }
+        let margin = match region.blend {
+            BlendMode::None => 0,
+            BlendMode::Alpha => region.feather.ceil() as i64 + 1,
+            BlendMode::Laplacian => 2 << blend::levels_for(v.w.min(v.h)),
+            BlendMode::Poisson => 2,
+        };
+        let win = v.expand(margin, bounds);
+        let base = window(&canvas, &win)?;
+        let m = self.mask_in(region, &win)?;
+        let layer = paste(&base, &p, v, &win)?;
+        let out = match region.blend {
+            BlendMode::None => layer.f_where_self(&m.f_gt(0.5)?, &base)?,
+            BlendMode::Alpha => blend::mix(&base, &layer, &blend::feathered(&m, region.feather)?)?,
+            BlendMode::Laplacian => {
+                let soft = blend::feathered(&m, region.feather / 2.0)?;
+                blend::laplacian(&base, &layer, &soft, blend::levels_for(v.w.min(v.h)))?
+            }
+            BlendMode::Poisson => {
+                let solved = poisson::clone(&base, &layer, &m)?;
+                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?.f_mul_scalar(4.0)?.f_clamp(0.0, 1.0)?;
+                blend::mix(&base, &solved, &reach)?
+            }
+        };
+        window(&canvas, &win)?.f_copy_(&out)?;
+        Ok(canvas)
+    }
+
+    /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).
+    pub fn seam_score(&self, canvas: &Tensor, region: &Region, plan: &RoutePlan) -> Result<f64> {
+        let bounds = Rect { x: 0, y: 0, w: plan.width, h: plan.height };
+        let win = region.visible.expand(4, &bounds);
+        let m = self.mask_in(region, &win)?;
+        seam::seam_score(&window(canvas, &win)?, &m, 3)
+    }
+}
+
+/// A picture of which region owns each pixel (the topmost with coverage over one half), for
+/// debugging layouts: each region its own colour, the background black.
+pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
+    const COLORS: [[u8; 3]; 10] = [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ];
+    let mut img = image::RgbImage::new(plan.width as u32, plan.height as u32);
+    for (i, r) in plan.regions.iter().enumerate() {
+        let v = &r.visible;
+        for y in 0..v.h {
+            for x in 0..v.w {
+                if r.mask[(y * v.w + x) as usize] > 0.5 {
+                    img.put_pixel((v.x + x) as u32, (v.y + y) as u32, image::Rgb(COLORS[i % COLORS.len()]));
+                }
+            }
+        }
+    }
+    img
+}

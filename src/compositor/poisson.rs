@@ -1,0 +1,86 @@
+//! Poisson (seamless) cloning, Pérez et al.: inside the mask the result keeps the patch's
+//! gradients, outside it the canvas's, and on the window's border it equals the canvas. The
+//! Poisson equation on the window is solved exactly by the discrete sine transform (through
+//! the FFT), so it takes the same bounded time for every input.
+
+use tch::{Kind, TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// DST-I along the last dimension: X_k = sum_j x_j sin(pi j k / (n + 1)).
+fn dst1(x: &Tensor) -> Result<Tensor> {
+    let n = *x.size().last().expect("a last dimension");
+    let mut shape = x.size();
+    *shape.last_mut().expect("a last dimension") = 1;
+    let zero = Tensor::f_zeros(&shape, (x.kind(), x.device()))?;
+    let ext = Tensor::f_cat(&[&zero, x, &zero, &x.f_flip([-1])?.f_neg()?], -1)?;
+    let spec = ext.f_fft_rfft(None::<i64>, -1, "backward")?;
+    let im = spec.f_view_as_real()?.f_select(-1, 1)?;
+    im.f_narrow(-1, 1, n)?.f_mul_scalar(-0.5)
+}
+
+/// DST-I over both spatial dimensions of [C, h, w].
+fn dst2(x: &Tensor) -> Result<Tensor> {
+    dst1(&dst1(x)?.f_transpose(-1, -2)?)?.f_transpose(-1, -2)
+}
+
+/// Guidance divergence: per edge the patch's difference where both ends are inside `hard`,
+/// else the base's; summed around each interior pixel. Shape [C, h-2, w-2].
+fn guidance_divergence(base: &Tensor, patch: &Tensor, hard: &Tensor) -> Result<Tensor> {
+    let (h, w) = (base.size()[1], base.size()[2]);
+    let dx = |t: &Tensor| -> Result<Tensor> { t.f_narrow(2, 1, w - 1)?.f_sub(&t.f_narrow(2, 0, w - 1)?) };
+    let dy = |t: &Tensor| -> Result<Tensor> { t.f_narrow(1, 1, h - 1)?.f_sub(&t.f_narrow(1, 0, h - 1)?) };
+    let in_x = hard.f_narrow(2, 1, w - 1)?.f_logical_and(&hard.f_narrow(2, 0, w - 1)?)?;
+    let in_y = hard.f_narrow(1, 1, h - 1)?.f_logical_and(&hard.f_narrow(1, 0, h - 1)?)?;
+    let gx = dx(patch)?.f_where_self(&in_x, &dx(base)?)?;
+    let gy = dy(patch)?.f_where_self(&in_y, &dy(base)?)?;
+    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
+    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
+    div_x.f_add(&div_y)
+}
+
+/// The 5-point Laplacian of [C, h, w] at interior pixels: [C, h-2, w-2].
+pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
+    let (h, w) = (x.size()[1], x.size()[2]);
+    let c = x.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?;
+    let sh = |dy: i64, dx: i64| -> Result<Tensor> { x.f_narrow(1, 1 + dy, h - 2)?.f_narrow(2, 1 + dx, w - 2) };
+    sh(-1, 0)?.f_add(&sh(1, 0)?)?.f_add(&sh(0, -1)?)?.f_add(&sh(0, 1)?)?.f_sub(&c.f_mul_scalar(4.0)?)
+}
+
+/// Seamless clone of `patch` into `base` (both [C, h, w]) over `mask` [1, h, w]; returns
+/// the solved window, equal to `base` on its one-pixel border. Windows smaller than 3x3
+/// come back as `base`.
+pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (h, w) = (base.size()[1], base.size()[2]);
+    if h < 3 || w < 3 {
+        return Ok(base.shallow_clone());
+    }
+    let kind = base.kind();
+    let (base, patch) = (base.f_to_kind(Kind::Float)?, patch.f_to_kind(Kind::Float)?);
+    let hard = mask.f_gt(0.5)?;
+    let div = guidance_divergence(&base, &patch, &hard)?;
+    // Known border values move to the right-hand side: the Laplacian of the window with its
+    // interior zeroed is, at each interior pixel, the sum of its border neighbours.
+    let frame = base.f_detach_copy()?;
+    let _ = frame.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?.f_fill_(0.0)?;
+    let rhs = div.f_sub(&laplacian5(&frame)?)?;
+    let (n, m) = (h - 2, w - 2);
+    let jj = Tensor::f_arange_start(1, n + 1, (Kind::Float, base.device()))?;
+    let kk = Tensor::f_arange_start(1, m + 1, (Kind::Float, base.device()))?;
+    let lj = jj.f_mul_scalar(std::f64::consts::PI / (n + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
+    let lk = kk.f_mul_scalar(std::f64::consts::PI / (m + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
+    let eig = lj.f_view([n, 1])?.f_add(&lk.f_view([1, m])?)?.f_sub_scalar(4.0)?;
+    let coef = dst2(&rhs)?.f_div(&eig)?;
+    let solved = dst2(&coef)?.f_mul_scalar(4.0 / ((n + 1) * (m + 1)) as f64)?;
+    frame.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?.f_copy_(&solved)?;
+    frame.f_to_kind(kind)
+}
+
+/// Largest |Laplacian(result) - guidance divergence| at interior pixels: how well `result`
+/// solves the Poisson equation for (`base`, `patch`, `mask`).
+pub fn residual(result: &Tensor, base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<f64> {
+    let hard = mask.f_gt(0.5)?;
+    let d = |t: &Tensor| t.f_to_kind(Kind::Double);
+    let div = guidance_divergence(&d(base)?, &d(patch)?, &hard)?;
+    laplacian5(&d(result)?)?.f_sub(&div)?.f_abs()?.f_max()?.f_double_value(&[])
+}

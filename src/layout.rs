@@ -1,0 +1,173 @@
+//! The layout a client sends: a canvas, an optional background and regions (or a label map),
+//! as JSON. This module only parses into typed structs (unknown keys are errors); what the
+//! values mean and whether they make sense is the router's business.
+
+use serde::Deserialize;
+
+use crate::error::LayoutError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub width: f64,
+    pub height: f64,
+    /// Seeds regions that name none.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub format: ImageFormat,
+    /// JPEG quality, 1 to 100 (default 90).
+    pub quality: Option<f64>,
+    pub background: Option<BackgroundSpec>,
+    #[serde(default)]
+    pub regions: Vec<RegionSpec>,
+    pub label_map: Option<LabelMapSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Scale to cover the region, centre crop.
+    #[default]
+    Cover,
+    /// Scale to fit inside the region; the rest stays transparent.
+    Contain,
+    /// Scale each axis to the region.
+    Stretch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlendMode {
+    #[default]
+    Laplacian,
+    Poisson,
+    Alpha,
+    None,
+}
+
+/// Generation parameters, the same as `mixgan generate`'s options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    pub seed: Option<u64>,
+    pub trunc: Option<f64>,
+    pub trunc_cutoff: Option<u64>,
+    pub class_index: Option<u64>,
+    pub noise_mode: Option<crate::model::NoiseMode>,
+    pub mix_seed: Option<u64>,
+    pub mix_from: Option<u64>,
+}
+
+/// A generator over the whole canvas, or a solid colour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundSpec {
+    pub color: Option<String>,
+    pub class: Option<String>,
+    pub model: Option<String>,
+    pub fit: Option<Fit>,
+    pub seed: Option<u64>,
+    pub trunc: Option<f64>,
+    pub trunc_cutoff: Option<u64>,
+    pub class_index: Option<u64>,
+    pub noise_mode: Option<crate::model::NoiseMode>,
+    pub mix_seed: Option<u64>,
+    pub mix_from: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionSpec {
+    pub class: Option<String>,
+    pub model: Option<String>,
+    #[serde(rename = "box")]
+    pub rect: Option<Vec<f64>>,
+    pub ellipse: Option<Vec<f64>>,
+    pub polygon: Option<Vec<Vec<f64>>>,
+    /// Base64 PNG, grey or alpha, placed on `box`.
+    pub mask: Option<String>,
+    pub z: Option<f64>,
+    pub fit: Option<Fit>,
+    pub blend: Option<BlendMode>,
+    pub feather: Option<f64>,
+    #[serde(default)]
+    pub color_match: bool,
+    pub seed: Option<u64>,
+    pub trunc: Option<f64>,
+    pub trunc_cutoff: Option<u64>,
+    pub class_index: Option<u64>,
+    pub noise_mode: Option<crate::model::NoiseMode>,
+    pub mix_seed: Option<u64>,
+    pub mix_from: Option<u64>,
+}
+
+/// A segmentation map: each palette colour's connected areas become regions of that class.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelMapSpec {
+    /// Base64 PNG; scaled (nearest) to the canvas when its size differs.
+    pub png: String,
+    /// Class name to `#rrggbb`.
+    pub palette: std::collections::BTreeMap<String, String>,
+    /// Components smaller than this many canvas pixels are dropped (default 64).
+    pub min_area: Option<f64>,
+    pub blend: Option<BlendMode>,
+    pub feather: Option<f64>,
+    #[serde(default)]
+    pub color_match: bool,
+}
+
+impl BackgroundSpec {
+    pub fn generation(&self) -> GenerationSpec {
+        GenerationSpec {
+            seed: self.seed,
+            trunc: self.trunc,
+            trunc_cutoff: self.trunc_cutoff,
+            class_index: self.class_index,
+            noise_mode: self.noise_mode,
+            mix_seed: self.mix_seed,
+            mix_from: self.mix_from,
+        }
+    }
+}
+
+impl RegionSpec {
+    pub fn generation(&self) -> GenerationSpec {
+        GenerationSpec {
+            seed: self.seed,
+            trunc: self.trunc,
+            trunc_cutoff: self.trunc_cutoff,
+            class_index: self.class_index,
+            noise_mode: self.noise_mode,
+            mix_seed: self.mix_seed,
+            mix_from: self.mix_from,
+        }
+    }
+}
+
+impl Layout {
+    /// Parses a layout; syntax errors and unknown keys come back with their position.
+    pub fn parse(bytes: &[u8]) -> Result<Self, LayoutError> {
+        serde_json::from_slice(bytes).map_err(|e| LayoutError::new("layout", format!("invalid JSON: {e}")))
+    }
+}

@@ -1,0 +1,67 @@
+//! The loaded models, by name and by the classes they serve. Read-only once built: the
+//! router resolves classes here, the generation stage borrows models from here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tch::Device;
+
+use crate::model::{model_dirs, Model, ModelError};
+
+pub struct ModelRegistry {
+    models: BTreeMap<String, Arc<Model>>,
+}
+
+impl ModelRegistry {
+    /// Loads every model directory under `root` onto `device`; two models of one name are an error.
+    pub fn load(root: &Path, device: Device) -> Result<Self, ModelError> {
+        let mut models = BTreeMap::new();
+        for dir in model_dirs(root)? {
+            let model = Model::load(&dir, device)?;
+            let name = model.name().to_string();
+            if models.insert(name.clone(), Arc::new(model)).is_some() {
+                return Err(ModelError::InvalidSettings {
+                    field: "name".into(),
+                    reason: format!("two models under {} are called `{name}`", root.display()),
+                });
+            }
+        }
+        if models.is_empty() {
+            return Err(ModelError::InvalidSettings {
+                field: "models".into(),
+                reason: format!("no model directories (with a model.toml) under {}", root.display()),
+            });
+        }
+        Ok(Self { models })
+    }
+
+    pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
+        Self { models: models.into_iter().map(|m| (m.name().to_string(), Arc::new(m))).collect() }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name)
+    }
+
+    /// The model serving `class`; with several, the first by name.
+    pub fn for_class(&self, class: &str) -> Option<&Arc<Model>> {
+        self.models.values().find(|m| m.spec.classes.iter().any(|c| c == class))
+    }
+
+    /// Every class served, sorted and without repeats.
+    pub fn classes(&self) -> Vec<String> {
+        let mut c: Vec<String> = self.models.values().flat_map(|m| m.spec.classes.iter().cloned()).collect();
+        c.sort();
+        c.dedup();
+        c
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
+    }
+}

@@ -1,0 +1,119 @@
+//! The pipeline in one place: layout bytes → router → batched generation → compositor →
+//! encoder, with per-stage timings. `mixgan render` and the server both go through here; they
+//! differ only in the [`PatchSource`] that runs the generation jobs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Tensor};
+
+use crate::compositor::{Compositor, Patches};
+use crate::encode::{self, Format};
+use crate::error::{LayoutError, RenderError};
+use crate::layout::{ImageFormat, Layout};
+use crate::model::to_pixels;
+use crate::registry::ModelRegistry;
+use crate::router::{GenerationJob, PatchSlot, RoutePlan, Router, RouterLimits};
+
+/// Runs one model's generation job: the patches in item order, [N, C, S, S].
+pub trait PatchSource {
+    fn generate(&self, job: &GenerationJob) -> Result<Tensor, RenderError>;
+}
+
+/// Generates in the calling thread, in batches of at most `max_batch`.
+pub struct DirectSource {
+    pub max_batch: usize,
+}
+
+impl PatchSource for DirectSource {
+    fn generate(&self, job: &GenerationJob) -> Result<Tensor, RenderError> {
+        let params: Vec<_> = job.items.iter().map(|(_, p)| p.clone()).collect();
+        let parts = params
+            .chunks(self.max_batch.max(1))
+            .map(|chunk| job.model.generate(chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::f_cat(&parts, 0)?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub route: Duration,
+    pub generate: Duration,
+    pub composite: Duration,
+    pub encode: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.route + self.generate + self.composite + self.encode
+    }
+}
+
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    pub format: ImageFormat,
+    pub plan: RoutePlan,
+    /// [3, H, W] in generator units, on the device.
+    pub canvas: Tensor,
+    pub timings: Timings,
+}
+
+pub struct Renderer {
+    pub registry: Arc<ModelRegistry>,
+    pub limits: RouterLimits,
+    pub device: Device,
+}
+
+impl Renderer {
+    /// Parses and routes a layout: every check happens here, before any generation.
+    pub fn plan(&self, layout_json: &[u8]) -> Result<RoutePlan, LayoutError> {
+        let layout = Layout::parse(layout_json)?;
+        Router { registry: &self.registry, limits: &self.limits }.route(&layout)
+    }
+
+    pub fn render(&self, layout_json: &[u8], source: &dyn PatchSource) -> Result<Rendered, RenderError> {
+        let _guard = tch::no_grad_guard();
+        let t0 = Instant::now();
+        let plan = self.plan(layout_json)?;
+        let t1 = Instant::now();
+        let patches = self.generate(&plan, source)?;
+        let t2 = Instant::now();
+        let canvas = Compositor { device: self.device }.compose(&plan, &patches)?;
+        let t3 = Instant::now();
+        let bytes = self.encode(&canvas, &plan)?;
+        let t4 = Instant::now();
+        let timings = Timings { route: t1 - t0, generate: t2 - t1, composite: t3 - t2, encode: t4 - t3 };
+        Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
+    }
+
+    fn generate(&self, plan: &RoutePlan, source: &dyn PatchSource) -> Result<Patches, RenderError> {
+        let mut patches = Patches { background: None, regions: (0..plan.regions.len()).map(|_| None).collect() };
+        for job in &plan.jobs {
+            let batch = source.generate(job)?;
+            for (i, (slot, _)) in job.items.iter().enumerate() {
+                let patch = batch.f_get(i as i64)?;
+                match slot {
+                    PatchSlot::Background => patches.background = Some(patch),
+                    PatchSlot::Region(r) => patches.regions[*r] = Some(patch),
+                }
+            }
+        }
+        Ok(patches)
+    }
+
+    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, RenderError> {
+        let format = match plan.format {
+            ImageFormat::Png => Format::Png,
+            ImageFormat::Jpeg => Format::Jpeg { quality: plan.quality },
+            ImageFormat::Webp => Format::WebP,
+        };
+        if canvas.device() == Device::Cpu {
+            let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
+            return Ok(encode::encode_raw(&data, w, h, c, format)?);
+        }
+        // On a GPU, convert there and move a quarter of the bytes.
+        let pixels = to_pixels(&canvas.f_unsqueeze(0)?)?.f_get(0)?;
+        Ok(encode::encode(&pixels, format)?)
+    }
+}

@@ -1,0 +1,414 @@
+//! The router: validates a layout against the loaded models and turns it into a plan —
+//! regions with their models, generation parameters and anti-aliased masks in paint order,
+//! and one generation job per model so each model's patches run as one batch.
+//! Everything is checked before any generation starts. It runs no model and touches no tensor.
+
+pub mod geometry;
+pub mod label_map;
+pub mod mask;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use geometry::{polygon_area, Rect, Shape};
+use mask::PictureLimits;
+
+use crate::error::LayoutError;
+use crate::layout::{BlendMode, Fit, GenerationSpec, ImageFormat, Layout, RegionSpec};
+use crate::model::{GenerationParams, Model, ModelError, StyleMix};
+use crate::registry::ModelRegistry;
+
+/// What a layout may ask for. Part of the service configuration.
+#[derive(Debug, Clone)]
+pub struct RouterLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_regions: usize,
+    /// Base64 length of one mask or label map.
+    pub max_picture_base64: usize,
+    /// Decoded width and height of one mask or label map.
+    pub max_picture_side: u32,
+}
+
+impl Default for RouterLimits {
+    fn default() -> Self {
+        Self { max_width: 4096, max_height: 4096, max_regions: 64, max_picture_base64: 8 << 20, max_picture_side: 4096 }
+    }
+}
+
+/// Coordinates beyond this are refused as nonsense.
+const MAX_COORD: f64 = 1e6;
+
+#[derive(Debug, Clone)]
+pub enum Background {
+    /// RGB, 0 to 255.
+    Color([u8; 3]),
+    Generated { model: Arc<Model>, fit: Fit, params: GenerationParams },
+}
+
+/// One region, ready to composite.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Where it came from: `regions[i]` or `label_map` component.
+    pub source: String,
+    pub class: Option<String>,
+    pub model: Arc<Model>,
+    /// The patch's rectangle, before clipping to the canvas.
+    pub rect: Rect,
+    /// `rect` clipped to the canvas.
+    pub visible: Rect,
+    /// Coverage over `visible`, row-major, in [0, 1].
+    pub mask: Vec<f32>,
+    pub z: f64,
+    pub fit: Fit,
+    pub blend: BlendMode,
+    pub feather: f64,
+    pub color_match: bool,
+    pub params: GenerationParams,
+}
+
+/// Where a generated patch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchSlot {
+    Background,
+    Region(usize),
+}
+
+/// All patches one model generates for a layout.
+#[derive(Debug, Clone)]
+pub struct GenerationJob {
+    pub model: Arc<Model>,
+    pub items: Vec<(PatchSlot, GenerationParams)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    pub width: i64,
+    pub height: i64,
+    pub format: ImageFormat,
+    pub quality: u8,
+    pub background: Background,
+    /// In paint order: by `z`, then by order in the layout.
+    pub regions: Vec<Region>,
+    pub jobs: Vec<GenerationJob>,
+}
+
+pub struct Router<'a> {
+    pub registry: &'a ModelRegistry,
+    pub limits: &'a RouterLimits,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> LayoutError {
+    LayoutError::new(field, reason)
+}
+
+fn finite(field: &str, v: f64) -> Result<f64, LayoutError> {
+    if v.is_finite() && v.abs() <= MAX_COORD {
+        Ok(v)
+    } else {
+        Err(err(field, format!("{v} is not a finite number within ±{MAX_COORD}")))
+    }
+}
+
+/// A seed for the `index`-th patch derived from the layout's seed (SplitMix64).
+pub fn derived_seed(layout_seed: u64, index: u64) -> u32 {
+    let mut z = layout_seed ^ index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 32) as u32
+}
+
+impl Router<'_> {
+    fn picture_limits(&self) -> PictureLimits {
+        PictureLimits { max_base64_len: self.limits.max_picture_base64, max_side: self.limits.max_picture_side }
+    }
+
+    fn resolve(&self, field: &str, class: &Option<String>, model: &Option<String>) -> Result<Arc<Model>, LayoutError> {
+        match (class, model) {
+            (Some(_), Some(_)) => Err(err(field, "give `class` or `model`, not both")),
+            (None, None) => Err(err(field, "needs a `class` or a `model`")),
+            (Some(c), None) => self.registry.for_class(c).cloned().ok_or_else(|| {
+                err(format!("{field}.class"), format!("unknown class `{c}`; the loaded models serve: {}", self.registry.classes().join(", ")))
+            }),
+            (None, Some(m)) => self.registry.get(m).cloned().ok_or_else(|| {
+                err(format!("{field}.model"), format!("unknown model `{m}`; loaded: {}", self.registry.names().join(", ")))
+            }),
+        }
+    }
+
+    fn params(&self, field: &str, model: &Model, g: &GenerationSpec, seed: u32) -> Result<GenerationParams, LayoutError> {
+        let d = &model.spec.defaults;
+        let small = |name: &str, v: Option<u64>| -> Result<Option<u32>, LayoutError> {
+            v.map(|v| u32::try_from(v).map_err(|_| err(format!("{field}.{name}"), format!("{v} is above 4294967295"))))
+                .transpose()
+        };
+        let seed = small("seed", g.seed)?.unwrap_or(seed);
+        let trunc = match g.trunc {
+            Some(t) if !t.is_finite() || t.abs() > 100.0 => {
+                return Err(err(format!("{field}.trunc"), format!("{t} is not a truncation psi within ±100")))
+            }
+            Some(t) => t,
+            None => d.trunc,
+        };
+        let mix = match (small("mix_seed", g.mix_seed)?, small("mix_from", g.mix_from)?) {
+            (Some(seed), Some(from)) => Some(StyleMix { seed, from: from as usize }),
+            (None, None) => None,
+            _ => return Err(err(field, "`mix_seed` and `mix_from` go together")),
+        };
+        let class_index = match (g.class_index, model.spec.generator.c_dim) {
+            (Some(k), _) => Some(small("class_index", Some(k))?.unwrap_or(0) as usize),
+            (None, 0) => None,
+            (None, _) => Some(d.class_index.unwrap_or(0)),
+        };
+        let p = GenerationParams {
+            seed,
+            trunc,
+            trunc_cutoff: small("trunc_cutoff", g.trunc_cutoff)?.map(|v| v as usize).or(d.trunc_cutoff),
+            class_index,
+            noise_mode: g.noise_mode.unwrap_or(d.noise_mode),
+            mix,
+        };
+        model.check(&p).map_err(|e| match e {
+            ModelError::InvalidParam { field: f, reason } => err(format!("{field}.{f}"), reason),
+            other => err(field, other.to_string()),
+        })?;
+        Ok(p)
+    }
+
+    fn shape(&self, field: &str, r: &RegionSpec) -> Result<Shape, LayoutError> {
+        let given = [r.rect.is_some(), r.ellipse.is_some(), r.polygon.is_some()].iter().filter(|&&b| b).count();
+        if given != 1 {
+            return Err(err(field, "needs exactly one of `box`, `ellipse`, `polygon`"));
+        }
+        if r.mask.is_some() && r.rect.is_none() {
+            return Err(err(format!("{field}.mask"), "is placed on a `box`: give one"));
+        }
+        let four = |name: &str, v: &Vec<f64>| -> Result<[f64; 4], LayoutError> {
+            let f = format!("{field}.{name}");
+            if v.len() != 4 {
+                return Err(err(&f, format!("needs 4 numbers, got {}", v.len())));
+            }
+            Ok([finite(&f, v[0])?, finite(&f, v[1])?, finite(&f, v[2])?, finite(&f, v[3])?])
+        };
+        if let Some(b) = &r.rect {
+            let [x, y, w, h] = four("box", b)?;
+            if w < 1.0 || h < 1.0 {
+                return Err(err(format!("{field}.box"), format!("width and height must be at least 1, got {w} x {h}")));
+            }
+            return Ok(Shape::Box { x, y, w, h });
+        }
+        if let Some(e) = &r.ellipse {
+            let [cx, cy, rx, ry] = four("ellipse", e)?;
+            if rx < 0.5 || ry < 0.5 {
+                return Err(err(format!("{field}.ellipse"), format!("radii must be at least 0.5, got {rx} and {ry}")));
+            }
+            return Ok(Shape::Ellipse { cx, cy, rx, ry });
+        }
+        let poly = r.polygon.as_ref().expect("one geometry");
+        let f = format!("{field}.polygon");
+        if poly.len() < 3 || poly.len() > 4096 {
+            return Err(err(&f, format!("needs 3 to 4096 points, got {}", poly.len())));
+        }
+        let mut pts = Vec::with_capacity(poly.len());
+        for (i, p) in poly.iter().enumerate() {
+            let pf = format!("{f}[{i}]");
+            if p.len() != 2 {
+                return Err(err(&pf, "a point is [x, y]"));
+            }
+            pts.push((finite(&pf, p[0])?, finite(&pf, p[1])?));
+        }
+        if polygon_area(&pts).abs() < 0.5 {
+            return Err(err(&f, "is degenerate: it encloses no area"));
+        }
+        Ok(Shape::Polygon(pts))
+    }
+
+    fn feather(field: &str, v: Option<f64>, rect: &Rect) -> Result<f64, LayoutError> {
+        match v {
+            Some(f) if !(f.is_finite() && (0.0..=256.0).contains(&f)) => {
+                Err(err(format!("{field}.feather"), format!("{f} is not between 0 and 256 pixels")))
+            }
+            Some(f) => Ok(f),
+            None => Ok((0.04 * rect.w.min(rect.h) as f64).clamp(1.0, 16.0)),
+        }
+    }
+
+    fn region(&self, i: usize, r: &RegionSpec, canvas: &Rect, layout_seed: u64) -> Result<Region, LayoutError> {
+        let field = format!("regions[{i}]");
+        let model = self.resolve(&field, &r.class, &r.model)?;
+        let shape = self.shape(&field, r)?;
+        let rect = shape.bounds();
+        let visible = rect.intersect(canvas);
+        if visible.is_empty() {
+            return Err(err(&field, format!("lies entirely off the {}x{} canvas", canvas.w, canvas.h)));
+        }
+        if rect.w > 2 * canvas.w.max(canvas.h) || rect.h > 2 * canvas.w.max(canvas.h) {
+            return Err(err(&field, format!("is {}x{}, more than twice the canvas", rect.w, rect.h)));
+        }
+        let mut mask = shape.coverage(&visible);
+        if let Some(m) = &r.mask {
+            let img = mask::decode_png(&format!("{field}.mask"), m, self.picture_limits())?;
+            let values = mask::mask_values(&img, rect.w as u32, rect.h as u32);
+            for y in 0..visible.h {
+                for x in 0..visible.w {
+                    let src = ((y + visible.y - rect.y) * rect.w + (x + visible.x - rect.x)) as usize;
+                    mask[(y * visible.w + x) as usize] *= values[src];
+                }
+            }
+        }
+        if r.fit == Some(Fit::Contain) {
+            let g = &model.spec.generator;
+            let at = geometry::contained(g.img_resolution, g.img_resolution, rect.w, rect.h);
+            let (ax, ay) = (rect.x + at.x, rect.y + at.y);
+            for y in 0..visible.h {
+                for x in 0..visible.w {
+                    let (cx, cy) = (visible.x + x, visible.y + y);
+                    if cx < ax || cx >= ax + at.w || cy < ay || cy >= ay + at.h {
+                        mask[(y * visible.w + x) as usize] = 0.0;
+                    }
+                }
+            }
+        }
+        let z = finite(&format!("{field}.z"), r.z.unwrap_or(0.0))?;
+        let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
+        Ok(Region {
+            source: field.clone(),
+            class: r.class.clone(),
+            model,
+            rect,
+            visible,
+            mask,
+            z,
+            fit: r.fit.unwrap_or_default(),
+            blend: r.blend.unwrap_or_default(),
+            feather: Self::feather(&field, r.feather, &rect)?,
+            color_match: r.color_match,
+            params,
+        })
+    }
+
+    fn label_map_regions(&self, layout: &Layout, canvas: &Rect, first_index: usize) -> Result<Vec<Region>, LayoutError> {
+        let Some(lm) = &layout.label_map else { return Ok(vec![]) };
+        let mut palette = Vec::new();
+        for (class, color) in &lm.palette {
+            let field = format!("label_map.palette.{class}");
+            let rgb = label_map::parse_color(&field, color)?;
+            if self.registry.for_class(class).is_none() {
+                return Err(err(field, format!("unknown class `{class}`; the loaded models serve: {}", self.registry.classes().join(", "))));
+            }
+            palette.push((class.clone(), rgb));
+        }
+        if palette.is_empty() {
+            return Err(err("label_map.palette", "names no class"));
+        }
+        let min_area = match lm.min_area {
+            Some(a) if !(a.is_finite() && a >= 0.0) => return Err(err("label_map.min_area", format!("{a} is not a pixel count"))),
+            Some(a) => a as i64,
+            None => 64,
+        };
+        let img = mask::decode_png("label_map.png", &lm.png, self.picture_limits())?;
+        let comps = label_map::components(&img, &palette, canvas.w, canvas.h, min_area);
+        if comps.len() > self.limits.max_regions {
+            return Err(err(
+                "label_map",
+                format!("has {} components; the limit is {} regions (raise min_area or merge specks)", comps.len(), self.limits.max_regions),
+            ));
+        }
+        comps
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let field = format!("label_map.{}[{k}]", c.class);
+                let model = self.registry.for_class(&c.class).cloned().expect("checked above");
+                let params = self.params(&field, &model, &GenerationSpec::default(), derived_seed(layout.seed, (first_index + k) as u64))?;
+                Ok(Region {
+                    source: field.clone(),
+                    class: Some(c.class),
+                    model,
+                    rect: c.rect,
+                    visible: c.rect,
+                    mask: c.mask,
+                    z: 0.0,
+                    fit: Fit::Cover,
+                    blend: lm.blend.unwrap_or_default(),
+                    feather: Self::feather(&field, lm.feather, &c.rect)?,
+                    color_match: lm.color_match,
+                    params,
+                })
+            })
+            .collect()
+    }
+
+    /// Validates `layout` and builds its plan.
+    pub fn route(&self, layout: &Layout) -> Result<RoutePlan, LayoutError> {
+        let (lim_w, lim_h) = (f64::from(self.limits.max_width), f64::from(self.limits.max_height));
+        for (field, v, lim) in [("width", layout.width, lim_w), ("height", layout.height, lim_h)] {
+            if !(v.is_finite() && v.fract() == 0.0 && v >= 1.0 && v <= lim) {
+                return Err(err(field, format!("{v} is not a whole number from 1 to {lim}")));
+            }
+        }
+        let canvas = Rect { x: 0, y: 0, w: layout.width as i64, h: layout.height as i64 };
+        let quality = match layout.quality {
+            Some(q) if !(q.is_finite() && (1.0..=100.0).contains(&q)) => {
+                return Err(err("quality", format!("{q} is not between 1 and 100")))
+            }
+            Some(q) => q.round() as u8,
+            None => 90,
+        };
+        if layout.regions.len() > self.limits.max_regions {
+            return Err(err(
+                "regions",
+                format!("has {} regions; the limit is {}", layout.regions.len(), self.limits.max_regions),
+            ));
+        }
+        if layout.regions.is_empty() && layout.label_map.is_none() && layout.background.is_none() {
+            return Err(err("layout", "has no background, regions or label_map: nothing to draw"));
+        }
+        let background = match &layout.background {
+            None => Background::Color([128, 128, 128]),
+            Some(b) => match (&b.color, &b.class, &b.model) {
+                (Some(c), None, None) => Background::Color(label_map::parse_color("background.color", c)?),
+                (Some(_), _, _) => return Err(err("background", "is either a `color` or a generator (`class`/`model`), not both")),
+                (None, class, model) => {
+                    let model = self.resolve("background", class, model)?;
+                    let params = self.params("background", &model, &b.generation(), derived_seed(layout.seed, u64::MAX))?;
+                    Background::Generated { model, fit: b.fit.unwrap_or_default(), params }
+                }
+            },
+        };
+        // Label-map regions paint first, explicit regions over them.
+        let mut regions = self.label_map_regions(layout, &canvas, layout.regions.len())?;
+        for (i, r) in layout.regions.iter().enumerate() {
+            regions.push(self.region(i, r, &canvas, layout.seed)?);
+        }
+        if regions.len() > self.limits.max_regions {
+            return Err(err("regions", format!("the layout makes {} regions; the limit is {}", regions.len(), self.limits.max_regions)));
+        }
+        // Stable sort: ties keep layout order.
+        regions.sort_by(|a, b| a.z.total_cmp(&b.z));
+
+        let mut by_model: BTreeMap<String, GenerationJob> = BTreeMap::new();
+        let mut add = |model: &Arc<Model>, slot: PatchSlot, p: &GenerationParams| {
+            by_model
+                .entry(model.name().to_string())
+                .or_insert_with(|| GenerationJob { model: model.clone(), items: vec![] })
+                .items
+                .push((slot, p.clone()));
+        };
+        if let Background::Generated { model, params, .. } = &background {
+            add(model, PatchSlot::Background, params);
+        }
+        for (i, r) in regions.iter().enumerate() {
+            add(&r.model, PatchSlot::Region(i), &r.params);
+        }
+        Ok(RoutePlan {
+            width: canvas.w,
+            height: canvas.h,
+            format: layout.format,
+            quality,
+            background,
+            regions,
+            jobs: by_model.into_values().collect(),
+        })
+    }
+}
