@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::latent;
 pub use spec::{GenerationDefaults, GeneratorSettings, ModelSpec, NoiseMode};
-pub use stylegan2::{ConvPath, StyleGan2};
+pub use stylegan2::{ConvPath, NoisePlan, StyleGan2};
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -42,6 +42,7 @@ pub struct GenerationParams {
     pub trunc_cutoff: Option<usize>,
     /// One-hot class label of a conditional model.
     pub class_index: Option<usize>,
+    /// `random` noise is seeded by `seed` too, so it repeats for the same parameters.
     pub noise_mode: NoiseMode,
     pub mix: Option<StyleMix>,
 }
@@ -178,8 +179,9 @@ impl Model {
         }
         let _guard = tch::no_grad_guard();
         let ws = self.ws(params)?;
-        let noise: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
-        Ok(self.generator.synthesis(&ws, &noise)?)
+        let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
+        let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
+        Ok(self.generator.synthesis(&ws, NoisePlan { modes: &modes, seeds: &seeds })?)
     }
 }
 

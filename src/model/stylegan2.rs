@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, TchError, Tensor};
 
 use super::ops::{bias_act, normalize_2nd_moment, Dense, Filter, ModConv};
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
@@ -55,20 +55,18 @@ impl Mapping {
     }
 }
 
-/// Per-layer noise for a batch whose samples may each ask for another noise mode.
+/// Per-layer noise for a batch: each sample's mode, and the seed of its "random" noise
+/// (random noise is a fixed function of that seed and the layer, so pictures repeat).
 #[derive(Clone, Copy)]
-enum NoisePlan<'a> {
-    Uniform(NoiseMode),
-    PerSample(&'a [NoiseMode]),
+pub struct NoisePlan<'a> {
+    pub modes: &'a [NoiseMode],
+    pub seeds: &'a [u64],
 }
 
-impl<'a> NoisePlan<'a> {
-    fn new(modes: &'a [NoiseMode]) -> Self {
-        match modes.first() {
-            Some(&m) if modes.iter().all(|&x| x == m) => Self::Uniform(m),
-            Some(_) => Self::PerSample(modes),
-            None => Self::Uniform(NoiseMode::None),
-        }
+impl NoisePlan<'_> {
+    fn uniform(&self) -> Option<NoiseMode> {
+        let first = *self.modes.first()?;
+        self.modes.iter().all(|&m| m == first).then_some(first)
     }
 }
 
@@ -77,6 +75,8 @@ struct StyledLayer {
     weight: Tensor,
     bias: Tensor,
     noise: Option<(Tensor, Tensor)>, // (noise_const [res, res], noise_strength [])
+    /// This layer's place in the network: the stream of its random noise.
+    index: u64,
     up: Option<Filter>,
     padding: i64,
     act: Activation,
@@ -84,7 +84,7 @@ struct StyledLayer {
 }
 
 impl StyledLayer {
-    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, p: &str, up: bool) -> Result<Self> {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, p: &str, up: bool, index: u64) -> Result<Self> {
         let s = &g.synthesis_kwargs;
         let affine_w = take(w, &format!("{p}.affine.weight"));
         let affine_b = take(w, &format!("{p}.affine.bias"));
@@ -99,6 +99,7 @@ impl StyledLayer {
             weight: take(w, &format!("{p}.weight")),
             bias: take(w, &format!("{p}.bias")),
             noise,
+            index,
             up: if up { Some(Filter::from_buffer(&filter)?) } else { None },
             padding: s.kernel_size / 2,
             act: Activation::parse(&s.activation, "").expect("validated"),
@@ -106,34 +107,35 @@ impl StyledLayer {
         })
     }
 
-    fn noise(&self, plan: NoisePlan, n: i64, res: i64, device: Device) -> Result<Option<Tensor>> {
+    fn noise(&self, plan: NoisePlan, res: i64, device: Device) -> Result<Option<Tensor>> {
         let Some((konst, strength)) = &self.noise else { return Ok(None) };
-        let random = || Tensor::f_randn([n, 1, res, res], (Kind::Float, device));
-        match plan {
-            NoisePlan::Uniform(NoiseMode::None) => Ok(None),
-            NoisePlan::Uniform(NoiseMode::Const) => Ok(Some(konst.f_mul(strength)?)),
-            NoisePlan::Uniform(NoiseMode::Random) => Ok(Some(random()?.f_mul(strength)?)),
-            NoisePlan::PerSample(modes) => {
-                let fresh = random()?;
-                let per: Vec<Tensor> = modes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| match m {
-                        NoiseMode::Const => konst.f_view([1, 1, res, res]),
-                        NoiseMode::Random => fresh.f_narrow(0, i as i64, 1),
-                        NoiseMode::None => konst.f_zeros_like()?.f_view([1, 1, res, res]),
-                    })
-                    .collect::<Result<_>>()?;
-                Ok(Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?))
-            }
+        let random = |seed: u64| -> Result<Tensor> {
+            let values = crate::latent::noise(seed, self.index, (res * res) as usize);
+            Tensor::from_slice(&values).f_view([1, 1, res, res])?.f_to_device(device)
+        };
+        match plan.uniform() {
+            Some(NoiseMode::None) => return Ok(None),
+            Some(NoiseMode::Const) => return Ok(Some(konst.f_mul(strength)?)),
+            _ => {}
         }
+        let per: Vec<Tensor> = plan
+            .modes
+            .iter()
+            .zip(plan.seeds)
+            .map(|(m, &seed)| match m {
+                NoiseMode::Const => konst.f_view([1, 1, res, res]),
+                NoiseMode::Random => random(seed),
+                NoiseMode::None => konst.f_zeros_like()?.f_view([1, 1, res, res]),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?))
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, pass: Pass, gain: f64) -> Result<Tensor> {
         let styles = self.affine.forward(w)?;
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
-        let noise = self.noise(pass.noise, size[0], res, x.device())?;
+        let noise = self.noise(pass.noise, res, x.device())?;
         let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused: pass.fused };
         let y = conv.forward(x, &styles, noise.as_ref())?;
         bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
@@ -184,6 +186,8 @@ struct Block {
 impl Block {
     fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, res: i64) -> Result<Self> {
         let b = format!("synthesis.b{res}");
+        // Noise streams: two per block, numbered by resolution.
+        let stream = 2 * res.trailing_zeros() as u64;
         let first = res == 4;
         let skip = if !first && g.synthesis_kwargs.architecture == Architecture::Resnet {
             let wt = take(w, &format!("{b}.skip.weight"));
@@ -195,8 +199,8 @@ impl Block {
         };
         Ok(Self {
             konst: if first { Some(take(w, &format!("{b}.const"))) } else { None },
-            conv0: if first { None } else { Some(StyledLayer::new(g, w, &format!("{b}.conv0"), true)?) },
-            conv1: StyledLayer::new(g, w, &format!("{b}.conv1"), false)?,
+            conv0: if first { None } else { Some(StyledLayer::new(g, w, &format!("{b}.conv0"), true, stream)?) },
+            conv1: StyledLayer::new(g, w, &format!("{b}.conv1"), false, stream + 1)?,
             torgb: if g.has_torgb(res) { Some(ToRgb::new(g, w, &format!("{b}.torgb"))?) } else { None },
             skip,
             filter: Filter::from_buffer(&take(w, &format!("{b}.resample_filter")))?,
@@ -272,6 +276,11 @@ pub struct StyleGan2 {
     pub conv_path: ConvPath,
 }
 
+// SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
+// `StyleGan2`'s tensors are private, written only while it is built, and only read by the
+// forward pass afterwards; libtorch allows concurrent reads of a tensor from many threads.
+unsafe impl Sync for StyleGan2 {}
+
 impl StyleGan2 {
     /// Builds the network from a weights map that `weights::load` has checked.
     pub fn new(settings: GeneratorSettings, mut weights: HashMap<String, Tensor>, device: Device) -> Result<Self> {
@@ -323,7 +332,7 @@ impl StyleGan2 {
     }
 
     /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1].
-    pub fn synthesis(&self, ws: &Tensor, noise: &[NoiseMode]) -> Result<Tensor> {
+    pub fn synthesis(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let n = ws.size()[0];
         let on_cpu = self.device == Device::Cpu;
@@ -332,7 +341,7 @@ impl StyleGan2 {
             ConvPath::Unfused => false,
             ConvPath::Auto => n == 1 && !on_cpu,
         };
-        let pass = Pass { noise: NoisePlan::new(noise), fused, channels_last: on_cpu && !fused };
+        let pass = Pass { noise, fused, channels_last: on_cpu && !fused };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
         for block in &self.blocks {
