@@ -16,7 +16,11 @@ run: build
 	  name=$$(basename $$m); \
 	  target/release/mixgan generate --model $$m --seeds 0-7 --outdir $(OUT)/$$name || exit 1; \
 	done
-	@echo "pictures: $(OUT)/<model>/seedNNNN.png"
+	@for l in examples/*.json; do \
+	  name=$$(basename $$l .json); \
+	  target/release/mixgan render $$l --outdir $(OUT) --masks $(OUT)/$$name-masks.png --timings || exit 1; \
+	done
+	@echo "pictures: $(OUT)/<model>/seedNNNN.png, composed layouts: $(OUT)/<example>.png|jpg"
 
 test: setup
 	$(WITH_TORCH) cargo test --release

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use mixgan::bench::{self, BenchConfig};
 use mixgan::compositor::ownership_map;
+use mixgan::layout::ImageFormat;
 use mixgan::registry::ModelRegistry;
 use mixgan::render::{DirectSource, Renderer};
 use mixgan::router::RouterLimits;
@@ -41,9 +42,12 @@ enum Command {
 struct RenderArgs {
     /// The layout file (JSON); `-` reads standard input.
     layout: PathBuf,
-    /// Output picture.
+    /// Output picture (default: OUTDIR/<layout name>.<png|jpg|webp>).
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// Where the picture goes when --output is not given.
+    #[arg(long, default_value = ".")]
+    outdir: PathBuf,
     /// Folder of model directories.
     #[arg(long, default_value = "models")]
     models: PathBuf,
@@ -232,7 +236,19 @@ fn render(a: RenderArgs) -> Result<()> {
     let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
     runs.sort_by_key(|r| r.timings.total());
     let out = runs.swap_remove(runs.len() / 2);
-    std::fs::write(&a.output, &out.bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    let output = a.output.clone().unwrap_or_else(|| {
+        let stem = a.layout.file_stem().map_or("layout".into(), |s| s.to_string_lossy().into_owned());
+        let ext = match out.format {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Webp => "webp",
+        };
+        a.outdir.join(format!("{stem}.{ext}"))
+    });
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&output, &out.bytes).with_context(|| format!("cannot write {}", output.display()))?;
     if let Some(path) = &a.masks {
         ownership_map(&out.plan).save(path).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -242,7 +258,7 @@ fn render(a: RenderArgs) -> Result<()> {
         out.plan.height,
         out.format.mime(),
         out.plan.regions.len(),
-        a.output.display()
+        output.display()
     );
     if a.timings {
         let t = out.timings;
