@@ -78,6 +78,10 @@ pub struct GenerationSpec {
     pub mix_from: Option<u64>,
 }
 
+// The generation fields are repeated in `BackgroundSpec` and `RegionSpec` rather than
+// flattened from `GenerationSpec`: serde cannot combine `flatten` with
+// `deny_unknown_fields`, and unknown keys must stay errors.
+
 /// A generator over the whole canvas, or a solid colour.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

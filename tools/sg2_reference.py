@@ -306,7 +306,10 @@ def to_rgb(s, sd, p, x, w):
     return bias_act(x, sd[f"{p}.bias"], "linear", 1.0, s.syn["conv_clamp"])
 
 
-def synthesis(s, sd, ws, noise_mode="const"):
+def run_blocks(s, sd, ws, layer, rgb):
+    """The synthesis network's block structure; `layer(prefix, x, w, up, gain)` and
+    `rgb(prefix, x, w)` compute its styled and toRGB layers."""
+    n = ws.shape[0]
     x = img = None
     idx = 0
     for res in s.resolutions:
@@ -316,24 +319,26 @@ def synthesis(s, sd, ws, noise_mode="const"):
         idx += convs
         f = sd[f"{b}.resample_filter"]
         if res == 4:
-            x = sd[f"{b}.const"][None].repeat(ws.shape[0], 1, 1, 1)
-            x = style_layer(s, sd, f"{b}.conv1", x, bw[:, 0], 1, noise_mode)
+            x = layer(f"{b}.conv1", sd[f"{b}.const"][None].repeat(n, 1, 1, 1), bw[:, 0], 1, 1.0)
         elif s.arch == "resnet":
             cin = sd[f"{b}.skip.weight"].shape[1]
-            y = F.conv2d(x, sd[f"{b}.skip.weight"] / math.sqrt(cin))
-            y = upsample(y, f) * math.sqrt(0.5)
-            x = style_layer(s, sd, f"{b}.conv0", x, bw[:, 0], 2, noise_mode)
-            x = style_layer(s, sd, f"{b}.conv1", x, bw[:, 1], 1, noise_mode, gain=math.sqrt(0.5))
-            x = x + y
+            y = upsample(F.conv2d(x, sd[f"{b}.skip.weight"] / math.sqrt(cin)), f) * math.sqrt(0.5)
+            x = layer(f"{b}.conv0", x, bw[:, 0], 2, 1.0)
+            x = layer(f"{b}.conv1", x, bw[:, 1], 1, math.sqrt(0.5)) + y
         else:
-            x = style_layer(s, sd, f"{b}.conv0", x, bw[:, 0], 2, noise_mode)
-            x = style_layer(s, sd, f"{b}.conv1", x, bw[:, 1], 1, noise_mode)
+            x = layer(f"{b}.conv0", x, bw[:, 0], 2, 1.0)
+            x = layer(f"{b}.conv1", x, bw[:, 1], 1, 1.0)
         if img is not None:
             img = upsample(img, f)
         if torgb:
-            y = to_rgb(s, sd, f"{b}.torgb", x, bw[:, convs])
+            y = rgb(f"{b}.torgb", x, bw[:, convs])
             img = y if img is None else img + y
     return img
+
+
+def synthesis(s, sd, ws, noise_mode="const"):
+    return run_blocks(s, sd, ws, lambda p, x, w, up, gain: style_layer(s, sd, p, x, w, up, noise_mode, gain),
+                      lambda p, x, w: to_rgb(s, sd, p, x, w))
 
 
 def legacy_z(seed, z_dim):
@@ -426,29 +431,7 @@ def fast_synthesis(s, sd, ws):
         xx = F.conv2d(xx, wt.reshape(-1, cin, 1, 1), groups=n).reshape(n, -1, x.shape[2], x.shape[3])
         return bias_act(xx, sd[f"{p}.bias"], "linear", 1.0, s.syn["conv_clamp"])
 
-    x = img = None
-    idx = 0
-    for res in s.resolutions:
-        b = f"synthesis.b{res}"
-        convs, torgb = s.block_layers(res)
-        bw = ws[:, idx: idx + convs + torgb]
-        idx += convs
-        if res == 4:
-            x = layer(f"{b}.conv1", sd[f"{b}.const"][None].repeat(n, 1, 1, 1), bw[:, 0], 1)
-        elif s.arch == "resnet":
-            cin = sd[f"{b}.skip.weight"].shape[1]
-            y = upsample(F.conv2d(x, sd[f"{b}.skip.weight"] / math.sqrt(cin)), sd[f"{b}.resample_filter"]) * math.sqrt(0.5)
-            x = layer(f"{b}.conv0", x, bw[:, 0], 2)
-            x = layer(f"{b}.conv1", x, bw[:, 1], 1, math.sqrt(0.5)) + y
-        else:
-            x = layer(f"{b}.conv0", x, bw[:, 0], 2)
-            x = layer(f"{b}.conv1", x, bw[:, 1], 1)
-        if img is not None:
-            img = upsample(img, sd[f"{b}.resample_filter"])
-        if torgb:
-            y = rgb(f"{b}.torgb", x, bw[:, convs])
-            img = y if img is None else img + y
-    return img
+    return run_blocks(s, sd, ws, layer, rgb)
 
 
 def cmd_bench(a):
