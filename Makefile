@@ -3,7 +3,7 @@
 WITH_TORCH := scripts/with-torch
 OUT ?= out
 
-.PHONY: run test build bench setup clean
+.PHONY: run test build bench setup clean samples
 
 setup:
 	@scripts/setup-torch >/dev/null
@@ -11,7 +11,12 @@ setup:
 build: setup
 	$(WITH_TORCH) cargo build --release
 
+# The service on the bundled models (Ctrl-C stops it). See the README for a curl.
 run: build
+	target/release/mixgan serve --models models --addr $${MIXGAN_ADDR:-127.0.0.1:8080}
+
+# Sample pictures of each bundled model and the example layouts, offline.
+samples: build
 	@for m in models/*/; do \
 	  name=$$(basename $$m); \
 	  target/release/mixgan generate --model $$m --seeds 0-7 --outdir $(OUT)/$$name || exit 1; \
@@ -23,6 +28,7 @@ run: build
 	@echo "pictures: $(OUT)/<model>/seedNNNN.png, composed layouts: $(OUT)/<example>.png|jpg"
 
 test: setup
+	@scripts/setup-test-tools
 	$(WITH_TORCH) cargo test --release
 
 bench: build

@@ -13,11 +13,14 @@ use crate::model::ModelError;
 pub struct LayoutError {
     pub field: String,
     pub reason: String,
+    /// Not JSON at all (a syntax error or a truncated body), rather than a layout that is
+    /// well-formed but wrong.
+    pub malformed: bool,
 }
 
 impl LayoutError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self { field: field.into(), reason: reason.into(), malformed: false }
     }
 }
 

@@ -6,9 +6,13 @@
 //! [`compositor`] (blending on the device) → [`encode`] (PNG/JPEG/WebP).
 //! [`render`] runs that pipeline; [`latent`] makes NumPy-compatible latents; [`bench`]
 //! measures the generator against the Python reference; [`error`] holds the shared errors.
+//! [`batcher`] runs the generators on worker threads with dynamic batching; [`server`] is
+//! the HTTP service around it all, configured by [`config`].
 
+pub mod batcher;
 pub mod bench;
 pub mod compositor;
+pub mod config;
 pub mod encode;
 pub mod error;
 pub mod latent;
@@ -17,3 +21,4 @@ pub mod model;
 pub mod registry;
 pub mod render;
 pub mod router;
+pub mod server;

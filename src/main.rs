@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use mixgan::bench::{self, BenchConfig};
 use mixgan::compositor::ownership_map;
+use mixgan::config::Config;
 use mixgan::layout::ImageFormat;
 use mixgan::registry::ModelRegistry;
 use mixgan::render::{DirectSource, Renderer};
@@ -36,6 +37,30 @@ enum Command {
     Bench(BenchArgs),
     /// Render a layout (JSON) into one picture, offline, with the server's code path.
     Render(RenderArgs),
+    /// Serve the HTTP API (every option also from --config and MIXGAN_* variables).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below (and more: see the README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder of model directories [default: models].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    addr: Option<String>,
+    /// auto, cpu, cuda or cuda:N [default: auto].
+    #[arg(long)]
+    device: Option<String>,
+    /// Bearer token required on /v1/* (also MIXGAN_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// text or json [default: text].
+    #[arg(long)]
+    log_format: Option<mixgan::config::LogFormat>,
 }
 
 #[derive(Args)]
@@ -272,12 +297,35 @@ fn render(a: RenderArgs) -> Result<()> {
     Ok(())
 }
 
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut config = Config::load(a.config.as_deref(), std::env::vars())?;
+    if let Some(v) = a.models {
+        config.models = v;
+    }
+    if let Some(v) = a.addr {
+        config.addr = v;
+    }
+    if let Some(v) = a.device {
+        config.device = v;
+    }
+    if let Some(v) = a.api_key {
+        config.api_key = Some(v);
+    }
+    if let Some(v) = a.log_format {
+        config.log_format = v;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(mixgan::server::serve(config)).map_err(anyhow::Error::msg)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
         Command::Render(a) => render(a),
+        Command::Serve(a) => serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,9 +77,10 @@ impl Renderer {
         let t0 = Instant::now();
         let plan = self.plan(layout_json)?;
         let t1 = Instant::now();
-        let patches = self.generate(&plan, source)?;
+        let batches = plan.jobs.iter().map(|job| source.generate(job)).collect::<Result<Vec<_>, _>>()?;
+        let patches = Self::assemble(&plan, batches)?;
         let t2 = Instant::now();
-        let canvas = Compositor { device: self.device }.compose(&plan, &patches)?;
+        let canvas = self.composite(&plan, &patches)?;
         let t3 = Instant::now();
         let bytes = self.encode(&canvas, &plan)?;
         let t4 = Instant::now();
@@ -87,10 +88,15 @@ impl Renderer {
         Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
     }
 
-    fn generate(&self, plan: &RoutePlan, source: &dyn PatchSource) -> Result<Patches, RenderError> {
+    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, RenderError> {
+        let _guard = tch::no_grad_guard();
+        Ok(Compositor { device: self.device }.compose(plan, patches)?)
+    }
+
+    /// Hands each job's batch (in `plan.jobs` order) to the patch slots it was made for.
+    pub fn assemble(plan: &RoutePlan, batches: Vec<Tensor>) -> Result<Patches, RenderError> {
         let mut patches = Patches { background: None, regions: (0..plan.regions.len()).map(|_| None).collect() };
-        for job in &plan.jobs {
-            let batch = source.generate(job)?;
+        for (job, batch) in plan.jobs.iter().zip(batches) {
             for (i, (slot, _)) in job.items.iter().enumerate() {
                 let patch = batch.f_get(i as i64)?;
                 match slot {

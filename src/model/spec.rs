@@ -24,6 +24,16 @@ pub struct ModelSpec {
     pub generator: GeneratorSettings,
     #[serde(default)]
     pub defaults: GenerationDefaults,
+    /// Dynamic batching for this model; unset keys take the server's defaults.
+    #[serde(default)]
+    pub batching: BatchingOverride,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingOverride {
+    pub max_batch: Option<usize>,
+    pub max_wait_ms: Option<u64>,
 }
 
 fn default_weights() -> String {
@@ -328,6 +338,9 @@ impl ModelSpec {
         let d = &self.defaults;
         if !d.trunc.is_finite() {
             return Err(invalid("defaults.trunc", "must be a finite number"));
+        }
+        if self.batching.max_batch == Some(0) {
+            return Err(invalid("batching.max_batch", "must be above 0"));
         }
         if let Some(k) = d.class_index {
             if k as i64 >= self.generator.c_dim {

@@ -43,3 +43,4 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mixgan")
 }
+pub mod server;

@@ -1,0 +1,141 @@
+//! The OpenAPI 3.1 document, built from the same route table the server mounts and from the
+//! published layout JSON Schema (which a test holds to the parser), so it cannot drift.
+
+use serde_json::{json, Value};
+
+/// Every endpoint: method, path, summary. The server mounts exactly these.
+pub const ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("post", "/v1/compose", "Compose a picture from a layout"),
+    ("get", "/v1/models", "The loaded models"),
+    ("get", "/healthz", "Liveness: the process answers"),
+    ("get", "/readyz", "Readiness: every model loaded and warmed up, not shutting down"),
+    ("get", "/metrics", "Prometheus metrics"),
+    ("get", "/openapi.json", "This document"),
+];
+
+const LAYOUT_SCHEMA: &str = include_str!("../../schema/layout.schema.json");
+
+/// The layout schema as OpenAPI components: the top level as `Layout`, its `$defs` as
+/// `Layout_<name>`, with references rewritten to match.
+fn layout_components() -> serde_json::Map<String, Value> {
+    let text = LAYOUT_SCHEMA.replace("\"#/$defs/", "\"#/components/schemas/Layout_");
+    let mut schema: Value = serde_json::from_str(&text).expect("the bundled layout schema is JSON");
+    let obj = schema.as_object_mut().expect("the layout schema is an object");
+    let defs = obj.remove("$defs").and_then(|d| d.as_object().cloned()).unwrap_or_default();
+    obj.remove("$schema");
+    obj.remove("$id");
+    let mut out = serde_json::Map::new();
+    out.insert("Layout".into(), schema);
+    for (name, def) in defs {
+        out.insert(format!("Layout_{name}"), def);
+    }
+    out
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+pub fn document() -> Value {
+    let mut schemas = layout_components();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object", "required": ["error"],
+            "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "enum": ["malformed_json", "invalid_layout", "body_too_large", "unsupported_media_type",
+                                                     "unauthorized", "not_ready", "overloaded", "timeout", "internal"]},
+                "message": {"type": "string"}}}}
+        }),
+    );
+    schemas.insert(
+        "ComposeResult".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "image": {"type": "string", "contentEncoding": "base64"},
+                "format": {"enum": ["png", "jpeg", "webp"]},
+                "mime": {"type": "string"},
+                "width": {"type": "integer"}, "height": {"type": "integer"},
+                "background": {"type": "object", "description": "{\"color\": \"#rrggbb\"} or {\"model\", \"seed\"}"},
+                "regions": {"type": "array", "items": {"type": "object", "properties": {
+                    "source": {"type": "string"}, "class": {"type": ["string", "null"]}, "model": {"type": "string"},
+                    "seed": {"type": "integer"}, "z": {"type": "number"},
+                    "box": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] before clipping"},
+                    "visible": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] on the canvas"}}}},
+                "timings_ms": {"type": "object", "properties": {
+                    "route": {"type": "number"}, "queue": {"type": "number"}, "generate": {"type": "number"},
+                    "composite": {"type": "number"}, "encode": {"type": "number"}, "total": {"type": "number"}}}
+            }
+        }),
+    );
+    schemas.insert(
+        "Model".into(),
+        json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "classes": {"type": "array", "items": {"type": "string"}},
+            "kind": {"type": "string"}, "resolution": {"type": "integer"}, "channels": {"type": "integer"},
+            "c_dim": {"type": "integer"}, "device": {"type": "string"},
+            "batching": {"type": "object", "properties": {"max_batch": {"type": "integer"}, "max_wait_ms": {"type": "integer"}}},
+            "queue_depth": {"type": "integer"}, "ready": {"type": "boolean"}}}),
+    );
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ENDPOINTS {
+        let op = match *path {
+            "/v1/compose" => json!({
+                "summary": summary,
+                "security": [{"bearer": []}, {}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Layout"}}}},
+                "responses": {
+                    "200": {"description": "The picture; with `Accept: application/json`, the picture in base64 with the resolved regions and timings",
+                            "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
+                                        "application/json": {"schema": {"$ref": "#/components/schemas/ComposeResult"}}}},
+                    "400": error_response("The body is not JSON"),
+                    "401": error_response("Missing or wrong bearer token"),
+                    "413": error_response("The body is too large"),
+                    "415": error_response("The body is not application/json"),
+                    "422": error_response("The router refused the layout; the message names the field"),
+                    "503": error_response("Overloaded (a queue is full) or not ready; see Retry-After"),
+                    "504": error_response("The request timed out"),
+                    "500": error_response("Anything else")
+                }
+            }),
+            "/v1/models" => json!({
+                "summary": summary, "security": [{"bearer": []}, {}],
+                "responses": {"200": {"description": "The models", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}},
+                    "401": error_response("Missing or wrong bearer token"), "503": error_response("Not ready")}
+            }),
+            "/readyz" => json!({"summary": summary, "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {}}}, "503": error_response("Not ready")}}),
+            "/metrics" => json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}),
+            _ => json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}}),
+        };
+        paths.insert(path.to_string(), json!({ *method: op }));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "mixgan", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "A mixture of StyleGANs: a layout in, one composed picture out."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let target = part.split('"').next().unwrap();
+            let name = target.split('/').next().unwrap();
+            assert!(schemas.contains_key(name), "dangling reference to {target}");
+        }
+        assert!(!text.contains("$defs"));
+        assert_eq!(doc["paths"].as_object().unwrap().len(), ENDPOINTS.len());
+    }
+}

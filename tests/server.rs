@@ -1,0 +1,272 @@
+//! The service end to end: the real binary on an ephemeral loopback port, a real HTTP client.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::server::{agent, Server};
+
+const PORTRAIT: &str = include_str!("../examples/portrait.json");
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn one_face(seed: u32) -> String {
+    format!(r##"{{"width": 96, "height": 96, "background": {{"color": "#202020"}}, "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 64, 64]}}]}}"##)
+}
+
+#[test]
+fn compose_returns_the_picture_and_on_request_its_description() {
+    let s = Server::start(&[], &[], true);
+    let r = s.post("/v1/compose", &[JSON, ("x-request-id", "req-42")], PORTRAIT.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(r.header("x-request-id"), Some("req-42"));
+    let img = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((img.width(), img.height()), (512, 512));
+    // The same layout gives the same bytes through the server as through `mixgan render`.
+    let again = s.compose(PORTRAIT);
+    assert_eq!(again.body, r.body);
+
+    let j = s.post("/v1/compose", &[JSON, ("accept", "application/json")], PORTRAIT.as_bytes());
+    assert_eq!(j.status, 200);
+    let v = j.json();
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, r.body);
+    let regions = v["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 3);
+    let face = regions.iter().find(|g| g["class"] == "face").unwrap();
+    assert_eq!(face["model"], "face");
+    assert_eq!(face["seed"], 11);
+    assert_eq!(face["box"], serde_json::json!([160, 82, 192, 236]));
+    for stage in ["route", "queue", "generate", "composite", "encode", "total"] {
+        assert!(v["timings_ms"][stage].as_f64().unwrap() >= 0.0, "{stage}");
+    }
+    assert!(r.header("x-request-id").is_some());
+    assert!(s.get("/healthz").status == 200);
+
+    let models = s.get("/v1/models").json();
+    let names: Vec<_> = models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["background", "face", "hand"]);
+    assert_eq!(models["models"][1]["resolution"], 64);
+    assert_eq!(models["models"][1]["device"], "cpu");
+    assert_eq!(models["models"][1]["batching"]["max_batch"], 8);
+    assert_eq!(models["models"][1]["ready"], true);
+}
+
+#[test]
+fn every_error_class_has_its_status_and_json_body() {
+    let s = Server::start(&[("MIXGAN_MAX_BODY_BYTES", "4096")], &[], true);
+    let cases: Vec<(u16, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+        (400, "malformed_json", vec![JSON], b"{\"width\": ".to_vec()),
+        (422, "invalid_layout", vec![JSON], br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#.to_vec()),
+        (415, "unsupported_media_type", vec![("content-type", "text/plain")], one_face(1).into_bytes()),
+        (415, "unsupported_media_type", vec![], one_face(1).into_bytes()),
+        (413, "body_too_large", vec![JSON], vec![b' '; 10_000]),
+    ];
+    for (status, code, headers, body) in cases {
+        let r = s.post("/v1/compose", &headers, &body);
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.code(), code);
+        assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let r = s.post("/v1/compose", &[JSON], br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("regions[0].class: unknown class `dragon`"));
+    let r = s.get("/v2/nothing");
+    assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
+    // Still serving after all that.
+    assert_eq!(s.compose(&one_face(2)).status, 200);
+
+    let slow = Server::start(&[("MIXGAN_REQUEST_TIMEOUT_MS", "1")], &[], true);
+    let r = slow.compose(PORTRAIT);
+    assert_eq!((r.status, r.code().as_str()), (504, "timeout"));
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    // Batches wait up to 2 s to fill, and each model queue holds one job.
+    let s = Server::start(&[("MIXGAN_QUEUE_CAPACITY", "1"), ("MIXGAN_MAX_WAIT_MS", "2000"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let base = s.base.clone();
+    let first = std::thread::spawn(move || {
+        let a = agent(Some(Duration::from_secs(30)));
+        let r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(1).as_bytes()).unwrap();
+        r.status().as_u16()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = s.compose(&one_face(2));
+    assert_eq!((r.status, r.code().as_str()), (503, "overloaded"), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(t.elapsed() < Duration::from_millis(500), "the refusal took {:?}", t.elapsed());
+    assert_eq!(first.join().unwrap(), 200);
+    let metrics = String::from_utf8(s.get("/metrics").body).unwrap();
+    assert!(metrics.contains("mixgan_rejected_total{reason=\"overload\"} 1"), "{metrics}");
+}
+
+#[test]
+fn bearer_auth_guards_v1_only() {
+    let s = Server::start(&[("MIXGAN_API_KEY", "s3cret")], &[], true);
+    assert_eq!(s.compose(&one_face(1)).status, 401);
+    assert_eq!(s.post("/v1/compose", &[JSON, ("authorization", "Bearer wrong")], one_face(1).as_bytes()).status, 401);
+    assert_eq!(s.get("/v1/models").status, 401);
+    let ok = s.post("/v1/compose", &[JSON, ("authorization", "Bearer s3cret")], one_face(1).as_bytes());
+    assert_eq!(ok.status, 200);
+    assert_eq!(s.get_with("/v1/models", &[("authorization", "Bearer s3cret")]).status, 200);
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(s.get(open).status, 200, "{open}");
+    }
+}
+
+#[test]
+fn not_ready_until_warmed_up() {
+    let s = Server::start(&[("MIXGAN_WARMUP_ITERATIONS", "60")], &[], false);
+    let r = s.get("/readyz");
+    assert_eq!(r.status, 503, "ready before warming up");
+    assert_eq!(r.code(), "not_ready");
+    assert_eq!(s.get("/healthz").status, 200, "alive while loading");
+    assert_eq!(s.compose(&one_face(1)).code(), "not_ready");
+    s.wait_ready(Duration::from_secs(120));
+    assert_eq!(s.compose(&one_face(1)).status, 200);
+}
+
+#[test]
+fn sigterm_drains_the_request_in_flight_then_exits_0() {
+    // The request waits ~1.5 s in the batcher, so SIGTERM arrives while it is in flight.
+    let mut s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let base = s.base.clone();
+    let req = std::thread::spawn(move || {
+        let a = agent(Some(Duration::from_secs(30)));
+        let mut r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(3).as_bytes()).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    s.signal("TERM");
+    let (status, body) = req.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(image::load_from_memory(&body).is_ok());
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(s.stderr().contains("SIGTERM"), "{}", s.stderr());
+}
+
+#[test]
+fn concurrent_requests_share_batches() {
+    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "30"), ("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let base = s.base.clone();
+            std::thread::spawn(move || {
+                let a = agent(Some(Duration::from_secs(60)));
+                (0..3)
+                    .map(|i| {
+                        a.post(format!("{base}/v1/compose"))
+                            .header("content-type", "application/json")
+                            .send(one_face(t * 10 + i).as_bytes())
+                            .unwrap()
+                            .status()
+                            .as_u16()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().iter().all(|&c| c == 200));
+    }
+    // Each request has one face patch: a mean batch above 1 means requests were batched together.
+    let (sum, count) = s.histogram("mixgan_batch_size", "model=\"face\"");
+    assert_eq!(sum, 24.0);
+    assert!(sum / count > 1.0, "mean face batch {}", sum / count);
+}
+
+#[test]
+fn metrics_pass_promtool_and_cover_the_pipeline() {
+    let s = Server::start(&[], &[], true);
+    assert_eq!(s.compose(PORTRAIT).status, 200);
+    assert_eq!(s.compose("{").status, 400);
+    let r = s.get("/metrics");
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(r.body).unwrap();
+    for needle in [
+        "mixgan_requests_total{route=\"/v1/compose\",status=\"200\"} 1",
+        "mixgan_requests_total{route=\"/v1/compose\",status=\"400\"} 1",
+        "mixgan_request_duration_seconds_bucket{route=\"/v1/compose\",le=\"0.1\"}",
+        "mixgan_stage_duration_seconds_count{stage=\"route\"}",
+        "mixgan_stage_duration_seconds_count{stage=\"queue\"}",
+        "mixgan_stage_duration_seconds_count{stage=\"generate\"}",
+        "mixgan_stage_duration_seconds_count{stage=\"composite\"}",
+        "mixgan_stage_duration_seconds_count{stage=\"encode\"}",
+        "mixgan_batch_size_bucket{model=\"hand\",le=\"2\"}",
+        "mixgan_queue_depth{model=\"face\"} 0",
+        "mixgan_in_flight_requests",
+        "mixgan_rejected_total",
+        "mixgan_models_loaded 3",
+        "mixgan_ready 1",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus; `make test` installs it)");
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn openapi_lists_every_endpoint_and_each_answers() {
+    let s = Server::start(&[], &[], true);
+    let doc = s.get("/openapi.json").json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["components"]["schemas"]["Layout"]["properties"]["regions"].is_object());
+    assert!(doc["components"]["schemas"]["Error"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 6);
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let r = match method.as_str() {
+                "get" => s.get(path),
+                _ => s.post(path, &[JSON], one_face(1).as_bytes()),
+            };
+            assert_ne!(r.status, 404, "{method} {path}");
+            assert_ne!(r.status, 405, "{method} {path}");
+        }
+    }
+}
+
+#[test]
+fn cors_is_off_unless_configured() {
+    let preflight = |s: &Server| {
+        let req = s.agent.options(s.url("/v1/compose")).header("origin", "http://example.com").header("access-control-request-method", "POST");
+        let r = req.call().unwrap();
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string())
+    };
+    let off = Server::start(&[], &[], true);
+    assert_eq!(preflight(&off), None);
+    let on = Server::start(&[("MIXGAN_CORS_ORIGINS", "http://example.com")], &[], true);
+    assert_eq!(preflight(&on).as_deref(), Some("http://example.com"));
+}
+
+#[test]
+fn json_logs_carry_the_request_id() {
+    let s = Server::start(&[], &["--log-format", "json"], true);
+    s.post("/v1/compose", &[JSON, ("x-request-id", "abc-123")], one_face(5).as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    let line = s.stderr().lines().find(|l| l.contains("abc-123")).map(str::to_string).unwrap_or_else(|| panic!("{}", s.stderr()));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["request_id"], "abc-123");
+    assert_eq!(v["fields"]["status"], 200);
+}
+
+#[test]
+fn a_job_whose_client_left_is_dropped() {
+    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let impatient = agent(Some(Duration::from_millis(300)));
+    let r = impatient.post(s.url("/v1/compose")).header("content-type", "application/json").send(one_face(7).as_bytes());
+    assert!(r.is_err(), "the client should give up first");
+    std::thread::sleep(Duration::from_millis(2000));
+    let text = String::from_utf8(s.get("/metrics").body).unwrap();
+    assert!(text.contains("mixgan_dropped_jobs_total{model=\"face\"} 1"), "{text}");
+    assert_eq!(s.compose(&one_face(8)).status, 200);
+}
