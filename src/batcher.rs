@@ -19,6 +19,39 @@ use tokio::sync::oneshot;
 use crate::model::{GenerationParams, Model, ModelError};
 use crate::registry::ModelRegistry;
 
+/// A counting semaphore for CPU-heavy work, shared by the generator workers and the
+/// server's routing and compositing: as many tasks run at once as there are slots, so that
+/// on a CPU-only machine they take turns on the cores instead of thrashing.
+pub struct CpuSlots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+pub struct CpuSlot<'a>(&'a CpuSlots);
+
+impl CpuSlots {
+    pub fn new(slots: usize) -> Self {
+        Self { free: std::sync::Mutex::new(slots.max(1)), freed: std::sync::Condvar::new() }
+    }
+
+    /// Blocks until a slot is free; the slot is returned when the guard drops.
+    pub fn acquire(&self) -> CpuSlot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        CpuSlot(self)
+    }
+}
+
+impl Drop for CpuSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSettings {
     pub max_batch: usize,
@@ -80,7 +113,13 @@ pub struct Batcher {
 impl Batcher {
     /// Starts one worker per model. `defaults` apply where a model's `[batching]` is silent;
     /// `capacity` bounds the patches waiting per model.
-    pub fn start(registry: &ModelRegistry, defaults: BatchSettings, capacity: usize, observer: Arc<dyn BatchObserver>) -> Self {
+    pub fn start(
+        registry: &ModelRegistry,
+        defaults: BatchSettings,
+        capacity: usize,
+        slots: Arc<CpuSlots>,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Self {
         let mut queues = HashMap::new();
         for model in registry.iter() {
             let b = &model.spec.batching;
@@ -91,10 +130,10 @@ impl Batcher {
             let (tx, rx) = mpsc::channel();
             let depth = Arc::new(AtomicUsize::new(0));
             let worker = {
-                let (model, depth, observer) = (model.clone(), depth.clone(), observer.clone());
+                let (model, depth, observer, slots) = (model.clone(), depth.clone(), observer.clone(), slots.clone());
                 std::thread::Builder::new()
                     .name(format!("gen-{}", model.name()))
-                    .spawn(move || work(model, rx, depth, settings, observer))
+                    .spawn(move || work(model, rx, depth, settings, &slots, observer))
                     .expect("spawn a worker thread")
             };
             queues.insert(model.name().to_string(), ModelQueue { tx: Some(tx), depth, settings, worker: Some(worker) });
@@ -153,13 +192,17 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
-fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: BatchSettings, observer: Arc<dyn BatchObserver>) {
+fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: BatchSettings, slots: &CpuSlots, observer: Arc<dyn BatchObserver>) {
     let _guard = tch::no_grad_guard();
     let name = model.name().to_string();
     while let Ok(first) = rx.recv() {
+        // The wait for a batch to fill counts from the first job's arrival, and the CPU slot
+        // is taken before gathering: jobs that arrive while this worker waits for its turn
+        // on the cores join the batch instead of waiting for the next one.
+        let deadline = first.enqueued + s.max_wait;
         let mut count = first.params.len();
         let mut jobs = vec![first];
-        let deadline = Instant::now() + s.max_wait;
+        let slot = slots.acquire();
         while count < s.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -180,13 +223,14 @@ fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: 
         if jobs.is_empty() {
             continue;
         }
-        let started = Instant::now();
         let params: Vec<GenerationParams> = jobs.iter().flat_map(|j| j.params.iter().cloned()).collect();
+        let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Tensor, ModelError> {
             let parts = params.chunks(s.max_batch).map(|c| model.generate(c)).collect::<Result<Vec<_>, _>>()?;
             Ok(Tensor::f_cat(&parts, 0)?)
         }));
         let seconds = started.elapsed();
+        drop(slot);
         observer.batch(&name, params.len(), seconds.as_secs_f64());
         let mut offset = 0i64;
         for job in jobs {

@@ -62,6 +62,11 @@ pub struct Config {
     pub grace_period_s: u64,
     /// Generations per model before the server reports ready.
     pub warmup_iterations: usize,
+    /// libtorch intra-op threads (0: 1 on CPU, where tasks run side by side instead;
+    /// libtorch's default on CUDA).
+    pub torch_threads: usize,
+    /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
+    pub cpu_slots: usize,
 }
 
 impl Default for Config {
@@ -83,9 +88,11 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             queue_capacity: 256,
             max_batch: 8,
-            max_wait_ms: 5,
+            max_wait_ms: 20,
             grace_period_s: 30,
             warmup_iterations: 2,
+            torch_threads: 0,
+            cpu_slots: 0,
         }
     }
 }
@@ -191,7 +198,7 @@ mod tests {
         assert_eq!(c.addr, "127.0.0.1:9000");
         assert_eq!(c.max_batch, 16);
         assert_eq!(c.cors_origins, vec!["a", "b"]);
-        assert_eq!(c.max_wait_ms, 5);
+        assert_eq!(c.max_wait_ms, 20);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`render`] runs that pipeline; [`latent`] makes NumPy-compatible latents; [`bench`]
 //! measures the generator against the Python reference; [`error`] holds the shared errors.
 //! [`batcher`] runs the generators on worker threads with dynamic batching; [`server`] is
-//! the HTTP service around it all, configured by [`config`].
+//! the HTTP service around it all, configured by [`config`]; [`loadtest`] measures it.
 
 pub mod batcher;
 pub mod bench;
@@ -17,6 +17,7 @@ pub mod encode;
 pub mod error;
 pub mod latent;
 pub mod layout;
+pub mod loadtest;
 pub mod model;
 pub mod registry;
 pub mod render;

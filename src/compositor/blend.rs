@@ -83,12 +83,13 @@ pub fn levels_for(side: i64) -> usize {
     ((side.max(1) as f64).log2().floor() as i64 - 4).clamp(1, 5) as usize
 }
 
-/// Multi-band blending: the Laplacian pyramids of `base` and `patch` mixed level by level
-/// under the Gaussian pyramid of `mask`, then collapsed. The three pyramids are built as one
-/// stacked tensor, which keeps the number of small tensor ops (and their overhead) down.
+/// Multi-band blending (Burt and Adelson): the Laplacian pyramids of `base` and `patch`
+/// mixed level by level under the Gaussian pyramid of `mask`, then collapsed. Since the
+/// Laplacian pyramid is linear, this is `base` plus the collapsed, masked pyramid of
+/// `patch - base`, which needs one pyramid instead of two.
 pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
     let c = base.size()[0];
-    let mut pyramid = vec![Tensor::f_cat(&[base, patch, mask], 0)?];
+    let mut pyramid = vec![Tensor::f_cat(&[&patch.f_sub(base)?, mask], 0)?];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
         if last.size()[1] < 4 || last.size()[2] < 4 {
@@ -97,20 +98,17 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
         let next = down(last)?;
         pyramid.push(next);
     }
-    let split = |t: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-        Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, c)?, t.f_narrow(0, 2 * c, 1)?))
-    };
+    let split = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, 1)?)) };
     let top = pyramid.len() - 1;
-    let (b, p, m) = split(&pyramid[top])?;
-    let mut out = mix(&b, &p, &m)?;
+    let (d, m) = split(&pyramid[top])?;
+    let mut out = d.f_mul(&m)?;
     for k in (0..top).rev() {
         let (h, w) = (pyramid[k].size()[1], pyramid[k].size()[2]);
-        let band = pyramid[k].f_sub(&up(&pyramid[k + 1], h, w)?)?;
-        let (lb, lp, _) = split(&band)?;
-        let (_, _, m) = split(&pyramid[k])?;
-        out = mix(&lb, &lp, &m)?.f_add(&up(&out, h, w)?)?;
+        let (d, m) = split(&pyramid[k])?;
+        let band = d.f_sub(&up(&split(&pyramid[k + 1])?.0, h, w)?)?;
+        out = band.f_mul(&m)?.f_add(&up(&out, h, w)?)?;
     }
-    Ok(out)
+    base.f_add(&out)
 }
 
 /// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5.

@@ -30,11 +30,13 @@ fn color_units(c: u8) -> f64 {
     (f64::from(c) + 0.5 - 128.0) / 127.5
 }
 
+/// The patch as three contiguous channels (generator outputs may be channels-last views,
+/// which the resize kernels handle slowly).
 fn rgb(patch: &Tensor) -> Result<Tensor> {
     match patch.size()[0] {
         1 => patch.f_repeat([3, 1, 1]),
-        3 => Ok(patch.shallow_clone()),
-        _ => patch.f_narrow(0, 0, 3),
+        3 => patch.f_contiguous(),
+        _ => patch.f_narrow(0, 0, 3)?.f_contiguous(),
     }
 }
 
@@ -133,7 +135,7 @@ impl Compositor {
         let (full, _) = fit_patch(patch, r.w, r.h, region.fit)?;
         let mut p = window(&full, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
         if region.color_match {
-            let reach = (region.feather.ceil() as i64).max(4);
+            let reach = (region.feather.ceil() as i64).max(6);
             let win = v.expand(reach, bounds);
             let m = self.mask_in(region, &win)?;
             let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;

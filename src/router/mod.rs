@@ -223,13 +223,16 @@ impl Router<'_> {
         Ok(Shape::Polygon(pts))
     }
 
-    fn feather(field: &str, v: Option<f64>, rect: &Rect) -> Result<f64, LayoutError> {
+    /// The edge softness: as given, else for `alpha` 4 % of the shorter side (1 to 16 px);
+    /// the other blends soften the edge their own way and default to none.
+    fn feather(field: &str, v: Option<f64>, rect: &Rect, blend: BlendMode) -> Result<f64, LayoutError> {
         match v {
             Some(f) if !(f.is_finite() && (0.0..=256.0).contains(&f)) => {
                 Err(err(format!("{field}.feather"), format!("{f} is not between 0 and 256 pixels")))
             }
             Some(f) => Ok(f),
-            None => Ok((0.04 * rect.w.min(rect.h) as f64).clamp(1.0, 16.0)),
+            None if blend == BlendMode::Alpha => Ok((0.04 * rect.w.min(rect.h) as f64).clamp(1.0, 16.0)),
+            None => Ok(0.0),
         }
     }
 
@@ -281,7 +284,7 @@ impl Router<'_> {
             z,
             fit: r.fit.unwrap_or_default(),
             blend: r.blend.unwrap_or_default(),
-            feather: Self::feather(&field, r.feather, &rect)?,
+            feather: Self::feather(&field, r.feather, &rect, r.blend.unwrap_or_default())?,
             color_match: r.color_match,
             params,
         })
@@ -331,7 +334,7 @@ impl Router<'_> {
                     z: 0.0,
                     fit: Fit::Cover,
                     blend: lm.blend.unwrap_or_default(),
-                    feather: Self::feather(&field, lm.feather, &c.rect)?,
+                    feather: Self::feather(&field, lm.feather, &c.rect, lm.blend.unwrap_or_default())?,
                     color_match: lm.color_match,
                     params,
                 })

@@ -19,8 +19,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::json;
+use tch::Device;
 
-use crate::batcher::{BatchSettings, Batcher};
+use crate::batcher::{BatchSettings, Batcher, CpuSlots};
 use crate::config::{Config, LogFormat};
 use crate::model::parse_device;
 use crate::registry::ModelRegistry;
@@ -37,6 +38,8 @@ pub struct Engine {
 
 pub struct AppState {
     pub config: Config,
+    /// CPU work slots shared by routing, compositing and the generator workers.
+    cpu_slots: Arc<CpuSlots>,
     pub metrics: Arc<Metrics>,
     pub engine: OnceLock<Engine>,
     ready: AtomicBool,
@@ -46,7 +49,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Arc::new(Self {
+            cpu_slots: Arc::new(CpuSlots::new(if config.cpu_slots == 0 { cores } else { config.cpu_slots })),
             config,
             metrics: Arc::new(Metrics::new()),
             engine: OnceLock::new(),
@@ -83,13 +88,20 @@ impl AppState {
 pub fn load_engine(state: &AppState) -> Result<(), String> {
     let c = &state.config;
     let device = parse_device(&c.device)?;
+    // On CPU the parallelism comes from running batches and compositing side by side (one
+    // task per CPU slot), so each libtorch call gets one thread unless told otherwise.
+    match (c.torch_threads, device) {
+        (0, Device::Cpu) => tch::set_num_threads(1),
+        (0, _) => {}
+        (n, _) => tch::set_num_threads(n as i32),
+    }
     let registry = Arc::new(ModelRegistry::load(&c.models, device).map_err(|e| e.to_string())?);
     for m in registry.iter() {
         state.metrics.register_model(m.name());
     }
     state.metrics.models_loaded.set(registry.iter().count() as i64);
     let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
-    let batcher = Batcher::start(&registry, defaults, c.queue_capacity, state.metrics.clone());
+    let batcher = Batcher::start(&registry, defaults, c.queue_capacity, state.cpu_slots.clone(), state.metrics.clone());
     for m in registry.iter() {
         let params = crate::model::GenerationParams::with_defaults(0, &m.spec.defaults);
         for _ in 0..c.warmup_iterations {
@@ -265,6 +277,8 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     let m = &state.metrics;
     let t0 = Instant::now();
     let st = state.clone();
+    // Routing is cheap and takes no CPU slot: its jobs should reach the queues at once, where
+    // they can join batches.
     let plan = tokio::task::spawn_blocking(move || st.engine().map(|e| e.renderer.plan(&body)))
         .await
         .map_err(panic_message)??
@@ -287,6 +301,7 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     let t2 = Instant::now();
     let st = state.clone();
     let (plan, bytes, composite, encode) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let _slot = st.cpu_slots.acquire();
         let engine = st.engine()?;
         let patches = Renderer::assemble(&plan, batches)?;
         let c0 = Instant::now();
