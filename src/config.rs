@@ -54,6 +54,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Patches waiting per model before new requests get 503.
     pub queue_capacity: usize,
+    /// Compose requests served at once; more get 503 at once.
+    pub max_in_flight: usize,
     /// Default largest batch per model (a model.toml `[batching]` table overrides).
     pub max_batch: usize,
     /// Default longest wait for a batch to fill, in milliseconds.
@@ -86,7 +88,8 @@ impl Default for Config {
             max_picture_base64: limits.max_picture_base64,
             max_picture_side: limits.max_picture_side,
             request_timeout_ms: 30_000,
-            queue_capacity: 256,
+            queue_capacity: 64,
+            max_in_flight: 32,
             max_batch: 8,
             max_wait_ms: 20,
             grace_period_s: 30,
@@ -157,6 +160,7 @@ impl Config {
             ("max_regions", self.max_regions as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("queue_capacity", self.queue_capacity as u64),
+            ("max_in_flight", self.max_in_flight as u64),
             ("max_batch", self.max_batch as u64),
         ];
         for (name, v) in positive {

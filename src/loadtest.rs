@@ -3,8 +3,7 @@
 //! mix of patches in-process for comparison. It only measures; it serves nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::GenerationParams;
@@ -107,53 +106,40 @@ pub fn closed_loop(t: &Target, concurrency: usize, duration: Duration) -> LoadRe
 }
 
 /// Requests started at a fixed `rate` per second for `duration`, whatever the answers
-/// (open loop), by up to `max_clients` clients at once; `sample` runs about once a second.
-pub fn open_loop(t: &Target, rate: f64, duration: Duration, max_clients: usize, mut sample: impl FnMut()) -> LoadResult {
-    let (tx, rx) = mpsc::channel::<()>();
-    let rx = Arc::new(Mutex::new(rx));
-    let stop = AtomicBool::new(false);
+/// (open loop). Client `i` of `clients` owns the request slots `i`, `i + clients`, ...; a
+/// client still busy when its slot comes sends as soon as it is free. `sample` runs about
+/// once a second.
+pub fn open_loop(t: &Target, rate: f64, duration: Duration, clients: usize, mut sample: impl FnMut()) -> LoadResult {
     let started = Instant::now();
+    let interval = 1.0 / rate.max(0.01);
     let results: Vec<LoadResult> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..max_clients)
-            .map(|_| {
-                let rx = rx.clone();
-                let stop = &stop;
+        let handles: Vec<_> = (0..clients.max(1))
+            .map(|i| {
                 scope.spawn(move || {
                     let agent = agent();
                     let mut r = LoadResult::default();
-                    loop {
-                        let next = rx.lock().expect("queue lock").recv_timeout(Duration::from_millis(100));
-                        match next {
-                            Ok(()) => {
-                                let (status, secs) = send(&agent, t);
-                                *r.statuses.entry(status).or_default() += 1;
-                                if status == 200 {
-                                    r.latencies.push(secs);
-                                }
-                            }
-                            Err(_) if stop.load(Ordering::Acquire) => break,
-                            Err(_) => {}
+                    for slot in (i..).step_by(clients.max(1)) {
+                        let at = Duration::from_secs_f64(slot as f64 * interval);
+                        if at >= duration {
+                            break;
+                        }
+                        if let Some(wait) = (started + at).checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let (status, secs) = send(&agent, t);
+                        *r.statuses.entry(status).or_default() += 1;
+                        if status == 200 {
+                            r.latencies.push(secs);
                         }
                     }
                     r
                 })
             })
             .collect();
-        let interval = Duration::from_secs_f64(1.0 / rate.max(0.01));
-        let mut next = Instant::now();
-        let mut next_sample = Instant::now();
         while started.elapsed() < duration {
-            let _ = tx.send(());
-            next += interval;
-            if Instant::now() >= next_sample {
-                sample();
-                next_sample += Duration::from_secs(1);
-            }
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+            sample();
+            std::thread::sleep(Duration::from_secs(1));
         }
-        stop.store(true, Ordering::Release);
         handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
     });
     let mut total = LoadResult { seconds: started.elapsed().as_secs_f64(), ..Default::default() };

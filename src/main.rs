@@ -352,7 +352,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         config.log_format = v;
     }
     config.validate().map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Blocking threads only route and composite (each bounded), so few are needed.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
     runtime.block_on(mixgan::server::serve(config)).map_err(anyhow::Error::msg)
 }
 

@@ -270,3 +270,17 @@ fn a_job_whose_client_left_is_dropped() {
     assert!(text.contains("mixgan_dropped_jobs_total{model=\"face\"} 1"), "{text}");
     assert_eq!(s.compose(&one_face(8)).status, 200);
 }
+
+#[test]
+fn overload_gets_pictures_or_503_and_the_server_survives() {
+    use mixgan::loadtest::{closed_loop, open_loop, Target};
+    let s = Server::start(&[("MIXGAN_LOG", "warn")], &[], true);
+    let target = Target { url: s.base.clone(), api_key: None, layout: one_face(4).into_bytes() };
+    let sustainable = closed_loop(&target, 8, Duration::from_secs(2)).rps();
+    let r = open_loop(&target, 2.0 * sustainable, Duration::from_secs(5), 64, || {});
+    let other: Vec<_> = r.statuses.keys().filter(|c| **c != 200 && **c != 503).collect();
+    assert!(other.is_empty(), "answers other than 200/503: {:?}", r.statuses);
+    assert!(r.ok() > 0, "{:?}", r.statuses);
+    assert_eq!(s.get("/healthz").status, 200);
+    assert_eq!(s.compose(&one_face(5)).status, 200);
+}

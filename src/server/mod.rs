@@ -38,8 +38,13 @@ pub struct Engine {
 
 pub struct AppState {
     pub config: Config,
-    /// CPU work slots shared by routing, compositing and the generator workers.
+    /// CPU work slots shared by compositing and the generator workers.
     cpu_slots: Arc<CpuSlots>,
+    /// Bounds the blocking threads that wait for a CPU slot, so a crowd of requests queues
+    /// here as cheap tasks instead of as parked threads.
+    compose_gate: tokio::sync::Semaphore,
+    /// Compose requests admitted at once; one more is refused at once with 503.
+    admitted: tokio::sync::Semaphore,
     pub metrics: Arc<Metrics>,
     pub engine: OnceLock<Engine>,
     ready: AtomicBool,
@@ -50,8 +55,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = if config.cpu_slots == 0 { cores } else { config.cpu_slots };
         Arc::new(Self {
-            cpu_slots: Arc::new(CpuSlots::new(if config.cpu_slots == 0 { cores } else { config.cpu_slots })),
+            cpu_slots: Arc::new(CpuSlots::new(slots)),
+            compose_gate: tokio::sync::Semaphore::new(slots),
+            admitted: tokio::sync::Semaphore::new(config.max_in_flight),
             config,
             metrics: Arc::new(Metrics::new()),
             engine: OnceLock::new(),
@@ -251,6 +259,10 @@ async fn compose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         return Err(ApiError::BodyTooLarge { limit });
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::BodyTooLarge { limit })?;
+    let Ok(_admitted) = state.admitted.try_acquire() else {
+        state.metrics.rejected.with_label_values(&["overload"]).inc();
+        return Err(ApiError::Overloaded(format!("{} requests are in flight already; try again shortly", state.config.max_in_flight)));
+    };
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     let want_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     match tokio::time::timeout(timeout, run_compose(state.clone(), bytes)).await {
@@ -300,6 +312,7 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     }
     let t2 = Instant::now();
     let st = state.clone();
+    let _gate = state.compose_gate.acquire().await.map_err(|_| ApiError::NotReady)?;
     let (plan, bytes, composite, encode) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let _slot = st.cpu_slots.acquire();
         let engine = st.engine()?;
