@@ -180,19 +180,24 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
     s
 }
 
-/// The reference script next to the working directory, or next to the binary's repository.
+/// The reference script (tools/sg2_reference.py).
 pub fn find_reference() -> PathBuf {
-    let local = Path::new("tools/sg2_reference.py");
+    find_tool("sg2_reference.py")
+}
+
+/// A script of `tools/`: under the working directory, else beside the binary's repository.
+pub fn find_tool(name: &str) -> PathBuf {
+    let local = Path::new("tools").join(name);
     if local.is_file() {
-        return local.to_path_buf();
+        return local;
     }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1) {
-            let p = dir.join("tools/sg2_reference.py");
+            let p = dir.join("tools").join(name);
             if p.is_file() {
                 return p;
             }
         }
     }
-    local.to_path_buf()
+    local
 }

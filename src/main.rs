@@ -41,6 +41,29 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test the service (starting one unless --url is given) against the bare generators.
     Loadtest(LoadArgs),
+    /// Turn an NVIDIA .pkl or rosinality .pt checkpoint into a model directory.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The checkpoint: NVIDIA `network-snapshot-*.pkl` or rosinality `.pt`.
+    src: PathBuf,
+    /// The model's name.
+    #[arg(long)]
+    name: String,
+    /// The components it serves, comma-separated (face,hand,...).
+    #[arg(long)]
+    classes: String,
+    /// Output directory [default: models/NAME].
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// auto, nvidia-pkl or rosinality.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Python with PyTorch for the conversion (default: $MIXGAN_PYTHON, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -480,6 +503,53 @@ fn loadtest(a: LoadArgs) -> Result<()> {
     Ok(())
 }
 
+fn import(a: ImportArgs) -> Result<()> {
+    let out = a.output.clone().unwrap_or_else(|| PathBuf::from("models").join(&a.name));
+    if out.join("model.toml").exists() {
+        bail!("{} already holds a model; choose another --output or remove it", out.display());
+    }
+    let python = a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
+    let tool = bench::find_tool("import_checkpoint.py");
+    eprintln!("[1/3] converting {} with {}", a.src.display(), tool.display());
+    let status = std::process::Command::new(&python)
+        .arg(&tool)
+        .arg(&a.src)
+        .args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !status.success() {
+        bail!("the checkpoint was not imported (see the message above)");
+    }
+    eprintln!("[2/3] loading {}", out.display());
+    let model = Model::load(&out, tch::Device::Cpu)?;
+    eprintln!("[3/3] generating a sample picture");
+    let mut p = GenerationParams::with_defaults(0, &model.spec.defaults);
+    if model.spec.generator.c_dim > 0 {
+        p.class_index = Some(0);
+    }
+    let sample = out.join("sample.png");
+    write_png(&to_pixels(&model.generate(&[p])?)?.get(0), &sample)?;
+    let g = &model.spec.generator;
+    say(&format!(
+        "model `{}` ({}) in {}: {}x{} px, {} channel(s), z_dim {}, w_dim {}, c_dim {}, {} ws, architecture {:?}\nsample picture (seed 0): {}\n",
+        model.name(),
+        model.spec.classes.join(", "),
+        out.display(),
+        g.img_resolution,
+        g.img_resolution,
+        g.img_channels,
+        g.z_dim,
+        g.w_dim,
+        g.c_dim,
+        g.num_ws(),
+        g.synthesis_kwargs.architecture,
+        sample.display()
+    ));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -488,6 +558,7 @@ fn main() -> ExitCode {
         Command::Render(a) => render(a),
         Command::Serve(a) => serve(a),
         Command::Loadtest(a) => loadtest(a),
+        Command::Import(a) => import(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

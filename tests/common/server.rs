@@ -54,9 +54,11 @@ impl Server {
         let stderr_path = dir.path().join("stderr.log");
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mixgan"));
-        cmd.args(["serve", "--addr", "127.0.0.1:0", "--device", "cpu", "--models"])
-            .arg(&models)
-            .args(args)
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--device", "cpu"]);
+        if !args.contains(&"--models") {
+            cmd.arg("--models").arg(&models);
+        }
+        cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap());
         for (k, v) in env {
