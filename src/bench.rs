@@ -120,7 +120,7 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
     let mut rows = Vec::new();
     for dir in &cfg.models {
         let mut model = Model::load(dir, cfg.device)?;
-        model.generator.conv_path = cfg.conv_path;
+        model.set_conv_path(cfg.conv_path);
         let mut ours = Vec::new();
         for &b in &cfg.batches {
             ours.push(time_mixgan(&model, b, cfg)?);

@@ -36,7 +36,7 @@ fn check(case: Case) {
     for (i, (args, ps)) in case.runs.iter().enumerate() {
         let expected = reference_images(&model_dir, &dir.path().join(format!("ref{i}.safetensors")), args);
         for path in [ConvPath::Fused, ConvPath::Unfused] {
-            model.generator.conv_path = path;
+            model.set_conv_path(path);
             let got = model.generate(ps).expect("generate");
             let diff = max_abs_diff(&got, &expected);
             assert!(diff <= TOLERANCE, "{} run {i} {args:?} ({path:?}): max |diff| {diff:e}", case.name);

@@ -5,6 +5,7 @@
 pub mod ops;
 pub mod spec;
 pub mod stylegan2;
+pub mod torchscript;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,53 @@ use thiserror::Error;
 use crate::latent;
 pub use spec::{GenerationDefaults, GeneratorSettings, ModelSpec, NoiseMode};
 pub use stylegan2::{ConvPath, NoisePlan, StyleGan2};
+pub use torchscript::ScriptGenerator;
+
+/// A model's generator: native StyleGAN2 or TorchScript by contract.
+pub enum Generator {
+    Native(StyleGan2),
+    Script(ScriptGenerator),
+}
+
+impl Generator {
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Native(g) => g.device(),
+            Self::Script(g) => g.device(),
+        }
+    }
+
+    pub fn num_ws(&self) -> i64 {
+        match self {
+            Self::Native(g) => g.num_ws(),
+            Self::Script(g) => g.num_ws(),
+        }
+    }
+
+    fn mapping(&self, z: &Tensor, c: Option<&Tensor>) -> Result<Tensor, tch::TchError> {
+        match self {
+            Self::Native(g) => g.mapping(z, c),
+            Self::Script(g) => {
+                let empty;
+                let c = match c {
+                    Some(c) => c,
+                    None => {
+                        empty = Tensor::f_zeros([z.size()[0], 0], (Kind::Float, g.device()))?;
+                        &empty
+                    }
+                };
+                g.mapping(z, c)
+            }
+        }
+    }
+
+    fn truncate(&self, ws: &Tensor, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor, tch::TchError> {
+        match self {
+            Self::Native(g) => g.truncate(ws, psi, cutoff),
+            Self::Script(g) => stylegan2::truncate(ws, &g.w_avg, g.num_ws(), psi, cutoff),
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -72,7 +120,7 @@ impl GenerationParams {
 pub struct Model {
     pub spec: ModelSpec,
     pub dir: PathBuf,
-    pub generator: StyleGan2,
+    pub generator: Generator,
 }
 
 impl std::fmt::Debug for Model {
@@ -90,9 +138,27 @@ impl Model {
     pub fn load(dir: &Path, device: Device) -> Result<Self, ModelError> {
         let spec = ModelSpec::read(dir)?;
         let path = spec.weights_path(dir)?;
-        let tensors = weights::load(&path, &spec.generator, device)?;
-        let generator = StyleGan2::new(spec.generator.clone(), tensors, device)?;
+        let generator = match &spec.torchscript {
+            None => {
+                let tensors = weights::load(&path, &spec.generator, device)?;
+                Generator::Native(StyleGan2::new(spec.generator.clone(), tensors, device)?)
+            }
+            Some(ts) => {
+                let mut tensors = weights::load_named(&path, &[("mapping.w_avg", vec![spec.generator.w_dim])], device)?;
+                let w_avg = tensors.remove("mapping.w_avg").expect("checked by load_named");
+                let mapping = spec::inside_dir("torchscript.mapping", &ts.mapping, dir)?;
+                let synthesis = spec::inside_dir("torchscript.synthesis", &ts.synthesis, dir)?;
+                Generator::Script(ScriptGenerator::load(&mapping, &synthesis, w_avg, ts.num_ws, device)?)
+            }
+        };
         Ok(Self { spec, dir: dir.to_path_buf(), generator })
+    }
+
+    /// How the native generator runs its modulated convolutions (TorchScript: no effect).
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        if let Generator::Native(g) = &mut self.generator {
+            g.conv_path = path;
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -114,6 +180,9 @@ impl Model {
                 return Err(bad("class_index", format!("model `{}` is conditional: give a class index below {c}", self.name())))
             }
             _ => {}
+        }
+        if matches!(self.generator, Generator::Script(_)) && p.noise_mode != NoiseMode::Const {
+            return Err(bad("noise_mode", format!("model `{}` is TorchScript and uses the noise it was exported with: give const", self.name())));
         }
         if let Some(m) = p.mix {
             if m.from as i64 > self.generator.num_ws() {
@@ -181,7 +250,10 @@ impl Model {
         let ws = self.ws(params)?;
         let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
-        Ok(self.generator.synthesis(&ws, NoisePlan { modes: &modes, seeds: &seeds })?)
+        Ok(match &self.generator {
+            Generator::Native(g) => g.synthesis(&ws, NoisePlan { modes: &modes, seeds: &seeds })?,
+            Generator::Script(g) => g.synthesis(&ws)?,
+        })
     }
 }
 

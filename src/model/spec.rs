@@ -27,6 +27,8 @@ pub struct ModelSpec {
     /// Dynamic batching for this model; unset keys take the server's defaults.
     #[serde(default)]
     pub batching: BatchingOverride,
+    /// For `kind = "torchscript"`.
+    pub torchscript: Option<TorchScriptFiles>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -45,6 +47,28 @@ fn default_weights() -> String {
 pub enum ModelKind {
     #[default]
     Stylegan2,
+    /// `mapping.pt` + `synthesis.pt` by the TorchScript contract (see `model::torchscript`).
+    Torchscript,
+}
+
+/// The files and sizes of a TorchScript model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchScriptFiles {
+    #[serde(default = "default_mapping")]
+    pub mapping: String,
+    #[serde(default = "default_synthesis")]
+    pub synthesis: String,
+    /// ws the mapping produces (NVIDIA's `G.num_ws`).
+    pub num_ws: i64,
+}
+
+fn default_mapping() -> String {
+    "mapping.pt".into()
+}
+
+fn default_synthesis() -> String {
+    "synthesis.pt".into()
 }
 
 /// NVIDIA's `Generator(z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs,
@@ -348,19 +372,43 @@ impl ModelSpec {
             }
         }
         self.weights_path(Path::new(""))?;
+        match (self.kind, &self.torchscript) {
+            (ModelKind::Torchscript, None) => return Err(invalid("torchscript", "kind = \"torchscript\" needs a [torchscript] table")),
+            (ModelKind::Torchscript, Some(t)) => {
+                inside_dir("torchscript.mapping", &t.mapping, Path::new(""))?;
+                inside_dir("torchscript.synthesis", &t.synthesis, Path::new(""))?;
+                if !(1..=64).contains(&t.num_ws) {
+                    return Err(invalid("torchscript.num_ws", format!("{} is not between 1 and 64", t.num_ws)));
+                }
+            }
+            (ModelKind::Stylegan2, Some(_)) => return Err(invalid("torchscript", "is only for kind = \"torchscript\"")),
+            (ModelKind::Stylegan2, None) => {}
+        }
         Ok(())
     }
 
     /// The weights file inside `dir`; a path that leaves the directory is refused.
     pub fn weights_path(&self, dir: &Path) -> Result<PathBuf, ModelError> {
-        let rel = Path::new(&self.weights);
-        let inside = !self.weights.is_empty()
-            && rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if !inside {
-            return Err(invalid("weights", format!("`{}` must be a file name inside the model directory", self.weights)));
-        }
-        Ok(dir.join(rel))
+        inside_dir("weights", &self.weights, dir)
     }
+
+    /// ws per sample.
+    pub fn num_ws(&self) -> i64 {
+        match &self.torchscript {
+            Some(t) => t.num_ws,
+            None => self.generator.num_ws(),
+        }
+    }
+}
+
+/// `name` joined to `dir`, refused when it would leave the directory.
+pub fn inside_dir(field: &str, name: &str, dir: &Path) -> Result<PathBuf, ModelError> {
+    let rel = Path::new(name);
+    let inside = !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(invalid(field, format!("`{name}` must be a file name inside the model directory")));
+    }
+    Ok(dir.join(rel))
 }
 
 #[cfg(test)]

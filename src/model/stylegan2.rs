@@ -310,25 +310,9 @@ impl StyleGan2 {
         w.f_unsqueeze(1)?.f_repeat([1, self.num_ws, 1])
     }
 
-    /// Truncation toward `w_avg`: sample i's first `cutoff[i]` ws (all when `None`) move by
-    /// `psi[i]`. The arithmetic is `torch.lerp`'s, branch for branch.
+    /// Truncation toward `w_avg` (see [`truncate`]).
     pub fn truncate(&self, ws: &Tensor, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor> {
-        let _guard = tch::no_grad_guard();
-        let n = self.num_ws as usize;
-        if psi.iter().all(|&p| p == 1.0) {
-            return Ok(ws.shallow_clone());
-        }
-        let mut weight = Vec::with_capacity(psi.len() * n);
-        for (&p, &c) in psi.iter().zip(cutoff) {
-            let upto = c.unwrap_or(n).min(n);
-            weight.extend((0..n).map(|l| if l < upto { p as f32 } else { 1.0 }));
-        }
-        let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, self.num_ws, 1])?.f_to_device(self.device)?;
-        let w_avg = &self.mapping.w_avg;
-        let diff = ws.f_sub(w_avg)?;
-        let low = w_avg.f_add(&diff.f_mul(&weight)?)?;
-        let high = ws.f_sub(&diff.f_mul(&weight.f_neg()?.f_add_scalar(1.0)?)?)?;
-        low.f_where_self(&weight.f_abs()?.f_lt(0.5)?, &high)
+        truncate(ws, &self.mapping.w_avg, self.num_ws, psi, cutoff)
     }
 
     /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1].
@@ -354,4 +338,24 @@ impl StyleGan2 {
         }
         Ok(img.expect("the last block has a toRGB layer"))
     }
+}
+
+/// Truncation toward `w_avg`: sample i's first `cutoff[i]` ws (all when `None`) move by
+/// `psi[i]`. The arithmetic is `torch.lerp`'s, branch for branch.
+pub fn truncate(ws: &Tensor, w_avg: &Tensor, num_ws: i64, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let n = num_ws as usize;
+    if psi.iter().all(|&p| p == 1.0) {
+        return Ok(ws.shallow_clone());
+    }
+    let mut weight = Vec::with_capacity(psi.len() * n);
+    for (&p, &c) in psi.iter().zip(cutoff) {
+        let upto = c.unwrap_or(n).min(n);
+        weight.extend((0..n).map(|l| if l < upto { p as f32 } else { 1.0 }));
+    }
+    let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, num_ws, 1])?.f_to_device(ws.device())?;
+    let diff = ws.f_sub(w_avg)?;
+    let low = w_avg.f_add(&diff.f_mul(&weight)?)?;
+    let high = ws.f_sub(&diff.f_mul(&weight.f_neg()?.f_add_scalar(1.0)?)?)?;
+    low.f_where_self(&weight.f_abs()?.f_lt(0.5)?, &high)
 }

@@ -77,14 +77,23 @@ pub fn expected_tensors(g: &GeneratorSettings) -> BTreeMap<String, Vec<i64>> {
 /// Reads the weights file and checks it against the settings; the tensors come back as fp32
 /// on `device`. Every problem is listed, not only the first.
 pub fn load(path: &Path, g: &GeneratorSettings, device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+    load_expected(path, &expected_tensors(g), device)
+}
+
+/// Reads exactly the `names` (with their shapes) from a weights file.
+pub fn load_named(path: &Path, names: &[(&str, Vec<i64>)], device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+    let expected: BTreeMap<String, Vec<i64>> = names.iter().map(|(n, s)| (n.to_string(), s.clone())).collect();
+    load_expected(path, &expected, device)
+}
+
+fn load_expected(path: &Path, expected: &BTreeMap<String, Vec<i64>>, device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
         path: path.to_path_buf(),
         problems: vec![format!("not a readable safetensors file: {e}")],
     })?;
-    let expected = expected_tensors(g);
     let mut problems = Vec::new();
-    for (name, shape) in &expected {
+    for (name, shape) in expected {
         match file.tensor(name) {
             Err(_) => problems.push(format!("missing tensor `{name}` (shape {shape:?})")),
             Ok(view) => {
