@@ -28,8 +28,7 @@ samples: build
 	@echo "pictures: $(OUT)/<model>/seedNNNN.png, composed layouts: $(OUT)/<example>.png|jpg"
 
 test: setup
-	@scripts/setup-test-tools
-	$(WITH_TORCH) cargo test --release
+	MIXGAN_TOOLS=$$(scripts/setup-test-tools) $(WITH_TORCH) cargo test --release
 
 bench: build
 	$(WITH_TORCH) target/release/mixgan bench --models models --batches 1,8 --iters 20

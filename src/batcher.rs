@@ -92,6 +92,7 @@ pub trait BatchObserver: Send + Sync {
     fn batch(&self, _model: &str, _size: usize, _seconds: f64) {}
     fn queue_depth(&self, _model: &str, _depth: usize) {}
     fn dropped(&self, _model: &str, _jobs: usize) {}
+    fn queued(&self, _model: &str, _seconds: f64) {}
 }
 
 pub struct NoObserver;
@@ -236,6 +237,7 @@ fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: 
         for job in jobs {
             let n = job.params.len() as i64;
             let report = JobReport { queued: started - job.enqueued, generate: seconds, batch_size: params.len() };
+            observer.queued(&name, report.queued.as_secs_f64());
             let reply = match &result {
                 Ok(Ok(batch)) => batch.f_narrow(0, offset, n).map(|t| (t, report)).map_err(|e| BatchError::Failed(e.to_string())),
                 Ok(Err(e)) => Err(BatchError::Failed(e.to_string())),

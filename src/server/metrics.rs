@@ -15,6 +15,7 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     pub batch_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
+    pub queue_seconds: HistogramVec,
     pub in_flight: IntGauge,
     pub rejected: IntCounterVec,
     pub dropped_jobs: IntCounterVec,
@@ -51,6 +52,12 @@ impl Metrics {
         )
         .unwrap();
         let queue_depth = IntGaugeVec::new(Opts::new("mixgan_queue_depth", "Patches waiting for a generator, by model."), &["model"]).unwrap();
+        let queue_seconds = HistogramVec::new(
+            HistogramOpts::new("mixgan_queue_duration_seconds", "Time a generation job waited for its batch, by model (the autoscaling signal).")
+                .buckets(SECONDS.to_vec()),
+            &["model"],
+        )
+        .unwrap();
         let in_flight = IntGauge::new("mixgan_in_flight_requests", "Requests being served.").unwrap();
         let rejected = IntCounterVec::new(Opts::new("mixgan_rejected_total", "Requests refused without work, by reason."), &["reason"]).unwrap();
         let dropped_jobs = IntCounterVec::new(
@@ -70,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone())).unwrap();
         registry.register(Box::new(batch_seconds.clone())).unwrap();
         registry.register(Box::new(queue_depth.clone())).unwrap();
+        registry.register(Box::new(queue_seconds.clone())).unwrap();
         registry.register(Box::new(in_flight.clone())).unwrap();
         registry.register(Box::new(rejected.clone())).unwrap();
         registry.register(Box::new(dropped_jobs.clone())).unwrap();
@@ -85,6 +93,7 @@ impl Metrics {
             batch_size,
             batch_seconds,
             queue_depth,
+            queue_seconds,
             in_flight,
             rejected,
             dropped_jobs,
@@ -106,6 +115,7 @@ impl Metrics {
         self.queue_depth.with_label_values(&[model]).set(0);
         let _ = self.batch_size.with_label_values(&[model]);
         let _ = self.batch_seconds.with_label_values(&[model]);
+        let _ = self.queue_seconds.with_label_values(&[model]);
         let _ = self.dropped_jobs.with_label_values(&[model]);
     }
 }
@@ -128,5 +138,9 @@ impl BatchObserver for Metrics {
 
     fn dropped(&self, model: &str, jobs: usize) {
         self.dropped_jobs.with_label_values(&[model]).inc_by(jobs as u64);
+    }
+
+    fn queued(&self, model: &str, seconds: f64) {
+        self.queue_seconds.with_label_values(&[model]).observe(seconds);
     }
 }
