@@ -1,10 +1,18 @@
-//! Links the binaries against the libtorch that `torch-sys` found, with an rpath so they run
+//! Generates the gRPC code from `proto/`, and links the binaries against the libtorch that `torch-sys` found, with an rpath so they run
 //! without `LD_LIBRARY_PATH`, and keeps `libtorch_cuda` as a needed library so CUDA is usable
 //! at run time on a GPU machine (the linker would otherwise drop it as unreferenced).
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=proto/mixgan.proto");
+    // The gRPC code, from proto/ by a pure-Rust protobuf compiler: no protoc needed.
+    let fds = protox::compile(["proto/mixgan.proto"], ["proto"]).expect("proto/mixgan.proto compiles");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)
+        .expect("gRPC code generation");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report a libtorch folder; binaries need LD_LIBRARY_PATH");
         return;

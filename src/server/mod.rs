@@ -3,6 +3,7 @@
 //! threads, generation on the batcher's workers, never on the async runtime.
 
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 pub mod openapi;
 
@@ -45,6 +46,10 @@ pub struct AppState {
     compose_gate: tokio::sync::Semaphore,
     /// Compose requests admitted at once; one more is refused at once with 503.
     admitted: tokio::sync::Semaphore,
+    /// grpc.health.v1: NOT_SERVING until ready, and again while shutting down.
+    health: tonic_health::server::HealthReporter,
+    /// gRPC routes so far: the health service (the API joins them in `app`).
+    grpc_health: tonic::service::Routes,
     pub metrics: Arc<Metrics>,
     pub engine: OnceLock<Engine>,
     ready: AtomicBool,
@@ -56,7 +61,10 @@ impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let slots = if config.cpu_slots == 0 { cores } else { config.cpu_slots };
+        let (health, health_service) = tonic_health::server::health_reporter();
         Arc::new(Self {
+            health,
+            grpc_health: tonic::service::Routes::new(health_service),
             cpu_slots: Arc::new(CpuSlots::new(slots)),
             compose_gate: tokio::sync::Semaphore::new(slots),
             admitted: tokio::sync::Semaphore::new(config.max_in_flight),
@@ -126,7 +134,21 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
     Ok(())
 }
 
+/// Equal lengths and bytes, compared without an early exit.
+pub(crate) fn same_secret(given: &str, key: &str) -> bool {
+    given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Sets the gRPC health of the whole server and of the Mixgan service.
+async fn set_health(state: &AppState, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    state.health.set_service_status("", status).await;
+    state.health.set_service_status("mixgan.v1.Mixgan", status).await;
+}
+
 pub fn app(state: Arc<AppState>) -> Router {
+    let grpc = state.grpc_health.clone().add_service(grpc::MixganServer::new(grpc::GrpcApi { state: state.clone() }));
     let v1 = Router::new()
         .route("/v1/compose", post(compose))
         .route("/v1/models", get(models))
@@ -138,6 +160,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
+        // gRPC on the same port (HTTP/2): tonic's routes under their service paths.
+        .route_service("/mixgan.v1.Mixgan/{*method}", grpc.clone())
+        .route_service("/grpc.health.v1.Health/{*method}", grpc)
         .fallback(not_found)
         .with_state(state.clone());
     if !state.config.cors_origins.is_empty() {
@@ -192,7 +217,7 @@ fn ms(d: Duration) -> f64 {
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.config.api_key {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+        let ok = given.is_some_and(|g| same_secret(g, key));
         if !ok {
             return ApiError::Unauthorized.into_response();
         }
@@ -221,6 +246,11 @@ async fn openapi_json() -> Json<serde_json::Value> {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "models": model_list(&state)? })))
+}
+
+/// Each model's description, for both APIs.
+pub(crate) fn model_list(state: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
     let ready = state.is_ready();
     let list: Vec<_> = engine
@@ -240,7 +270,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::V
             })
         })
         .collect();
-    Ok(Json(json!({ "models": list })))
+    Ok(list)
 }
 
 fn panic_message(e: tokio::task::JoinError) -> ApiError {
@@ -259,13 +289,19 @@ async fn compose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         return Err(ApiError::BodyTooLarge { limit });
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::BodyTooLarge { limit })?;
+    let want_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    Ok(respond(compose_layout(state, bytes).await?, want_json))
+}
+
+/// Admission, the time limit and the overload metric around one compose, for both APIs.
+pub(crate) async fn compose_layout(state: Arc<AppState>, layout: axum::body::Bytes) -> Result<Composed, ApiError> {
+    state.engine()?;
     let Ok(_admitted) = state.admitted.try_acquire() else {
         state.metrics.rejected.with_label_values(&["overload"]).inc();
         return Err(ApiError::Overloaded(format!("{} requests are in flight already; try again shortly", state.config.max_in_flight)));
     };
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
-    let want_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
-    match tokio::time::timeout(timeout, run_compose(state.clone(), bytes)).await {
+    match tokio::time::timeout(timeout, run_compose(state.clone(), layout)).await {
         Err(_) => Err(ApiError::Timeout { after_ms: state.config.request_timeout_ms }),
         Ok(Err(e)) => {
             if matches!(e, ApiError::Overloaded(_)) {
@@ -273,15 +309,15 @@ async fn compose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             }
             Err(e)
         }
-        Ok(Ok(done)) => Ok(respond(done, want_json)),
+        Ok(Ok(done)) => Ok(done),
     }
 }
 
-struct Composed {
-    bytes: Vec<u8>,
-    plan: RoutePlan,
-    timings: Timings,
-    queue: Duration,
+pub(crate) struct Composed {
+    pub bytes: Vec<u8>,
+    pub plan: RoutePlan,
+    pub timings: Timings,
+    pub queue: Duration,
 }
 
 async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Composed, ApiError> {
@@ -394,14 +430,24 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let state = AppState::new(config);
     tracing::info!(addr = %local, models = %state.config.models.display(), device = %state.config.device, "starting");
 
+    set_health(&state, false).await;
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<String>(1);
     let loader = state.clone();
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let t = Instant::now();
-        match load_engine(&loader) {
-            Ok(()) => tracing::info!(seconds = t.elapsed().as_secs_f64(), "models loaded and warmed up; ready"),
+        let st = loader.clone();
+        match tokio::task::spawn_blocking(move || load_engine(&st)).await {
+            Ok(Ok(())) => {
+                if loader.is_ready() {
+                    set_health(&loader, true).await;
+                }
+                tracing::info!(seconds = t.elapsed().as_secs_f64(), "models loaded and warmed up; ready");
+            }
+            Ok(Err(e)) => {
+                let _ = failed_tx.send(e).await;
+            }
             Err(e) => {
-                let _ = failed_tx.blocking_send(e);
+                let _ = failed_tx.send(format!("loading the models panicked: {e}")).await;
             }
         }
     });
@@ -420,6 +466,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     state.shutting_down.store(true, Ordering::Release);
     state.metrics.ready.set(0);
+    set_health(&state, false).await;
     let _ = stop_tx.send(true);
     match &reason {
         Ok(sig) => tracing::info!(signal = %sig, grace_s = grace.as_secs(), "shutting down: draining in-flight requests"),

@@ -1,0 +1,134 @@
+//! The gRPC API (tonic, `proto/mixgan.proto`), served on the HTTP port: the same compose
+//! path, admission, limits, auth and metrics as the HTTP API, and `grpc.health.v1.Health`
+//! following readiness. It maps the shared `ApiError` to gRPC codes, nothing more.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::{compose_layout, model_list, AppState, Composed};
+
+pub mod pb {
+    tonic::include_proto!("mixgan.v1");
+}
+
+use pb::mixgan_server::Mixgan;
+
+pub use pb::mixgan_server::MixganServer;
+
+pub struct GrpcApi {
+    pub state: Arc<AppState>,
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let message = e.message();
+        match e {
+            ApiError::MalformedJson(_) | ApiError::InvalidLayout(_) | ApiError::UnsupportedMediaType(_) => {
+                Status::invalid_argument(message)
+            }
+            ApiError::BodyTooLarge { .. } | ApiError::Overloaded(_) => Status::resource_exhausted(message),
+            ApiError::Unauthorized => Status::unauthenticated(message),
+            ApiError::NotReady => Status::unavailable(message),
+            ApiError::Timeout { .. } => Status::deadline_exceeded(message),
+            ApiError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+impl GrpcApi {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
+        let Some(key) = &self.state.config.api_key else { return Ok(()) };
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| super::same_secret(g, key)) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    fn observe(&self, method: &str, started: Instant, code: tonic::Code) {
+        let m = &self.state.metrics;
+        let route = format!("/mixgan.v1.Mixgan/{method}");
+        m.requests.with_label_values(&[&route, &format!("grpc_{}", code as i32)]).inc();
+        m.request_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn reply(done: Composed) -> pb::ComposeReply {
+    let Composed { bytes, plan, timings, queue } = done;
+    pb::ComposeReply {
+        image: bytes,
+        mime: plan.format.mime().to_string(),
+        width: plan.width as u32,
+        height: plan.height as u32,
+        regions: plan
+            .regions
+            .iter()
+            .map(|r| pb::Region {
+                source: r.source.clone(),
+                class: r.class.clone().unwrap_or_default(),
+                model: r.model.name().to_string(),
+                seed: r.params.seed,
+                z: r.z,
+                r#box: vec![r.rect.x, r.rect.y, r.rect.w, r.rect.h],
+                visible: vec![r.visible.x, r.visible.y, r.visible.w, r.visible.h],
+            })
+            .collect(),
+        timings: Some(pb::Timings {
+            route_ms: ms(timings.route),
+            queue_ms: ms(queue),
+            generate_ms: ms(timings.generate),
+            composite_ms: ms(timings.composite),
+            encode_ms: ms(timings.encode),
+            total_ms: ms(timings.total()),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl Mixgan for GrpcApi {
+    async fn compose(&self, req: Request<pb::ComposeRequest>) -> Result<Response<pb::ComposeReply>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.authorize(&req)?;
+            let layout = req.into_inner().layout_json.into_bytes();
+            if layout.len() > self.state.config.max_body_bytes {
+                return Err(ApiError::BodyTooLarge { limit: self.state.config.max_body_bytes });
+            }
+            compose_layout(self.state.clone(), layout.into()).await
+        }
+        .await;
+        let out = result.map(|done| Response::new(reply(done))).map_err(Status::from);
+        self.observe("Compose", started, out.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
+        out
+    }
+
+    async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
+        self.authorize(&req)?;
+        let list = model_list(&self.state)?;
+        let models = list
+            .iter()
+            .map(|m| pb::Model {
+                name: m["name"].as_str().unwrap_or_default().to_string(),
+                classes: m["classes"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default(),
+                kind: m["kind"].as_str().unwrap_or_default().to_string(),
+                resolution: m["resolution"].as_u64().unwrap_or(0) as u32,
+                channels: m["channels"].as_u64().unwrap_or(0) as u32,
+                c_dim: m["c_dim"].as_u64().unwrap_or(0) as u32,
+                device: m["device"].as_str().unwrap_or_default().to_string(),
+                max_batch: m["batching"]["max_batch"].as_u64().unwrap_or(0) as u32,
+                max_wait_ms: m["batching"]["max_wait_ms"].as_u64().unwrap_or(0) as u32,
+                queue_depth: m["queue_depth"].as_u64().unwrap_or(0) as u32,
+                ready: m["ready"].as_bool().unwrap_or(false),
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsReply { models }))
+    }
+}
