@@ -64,6 +64,10 @@ struct ImportArgs {
     /// Python with PyTorch for the conversion (default: $MIXGAN_PYTHON, else python3).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Your checkout of NVIDIA's stylegan3 (or stylegan2-ada-pytorch): export the generator
+    /// to TorchScript with it (needed for StyleGAN3). This runs NVIDIA's code.
+    #[arg(long)]
+    nvlabs_src: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -511,11 +515,12 @@ fn import(a: ImportArgs) -> Result<()> {
     let python = a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
     let tool = bench::find_tool("import_checkpoint.py");
     eprintln!("[1/3] converting {} with {}", a.src.display(), tool.display());
-    let status = std::process::Command::new(&python)
-        .arg(&tool)
-        .arg(&a.src)
-        .args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"])
-        .arg(&out)
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(&tool).arg(&a.src).args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"]).arg(&out);
+    if let Some(src) = &a.nvlabs_src {
+        cmd.arg("--nvlabs-src").arg(src);
+    }
+    let status = cmd
         .stdout(std::process::Stdio::null())
         .status()
         .with_context(|| format!("cannot run {}", python.display()))?;
@@ -532,8 +537,12 @@ fn import(a: ImportArgs) -> Result<()> {
     let sample = out.join("sample.png");
     write_png(&to_pixels(&model.generate(&[p])?)?.get(0), &sample)?;
     let g = &model.spec.generator;
+    let architecture = match model.spec.kind {
+        mixgan::model::spec::ModelKind::Torchscript => "TorchScript".to_string(),
+        _ => format!("{:?}", g.synthesis_kwargs.architecture),
+    };
     say(&format!(
-        "model `{}` ({}) in {}: {}x{} px, {} channel(s), z_dim {}, w_dim {}, c_dim {}, {} ws, architecture {:?}\nsample picture (seed 0): {}\n",
+        "model `{}` ({}) in {}: {}x{} px, {} channel(s), z_dim {}, w_dim {}, c_dim {}, {} ws, architecture {}\nsample picture (seed 0): {}\n",
         model.name(),
         model.spec.classes.join(", "),
         out.display(),
@@ -543,8 +552,8 @@ fn import(a: ImportArgs) -> Result<()> {
         g.z_dim,
         g.w_dim,
         g.c_dim,
-        g.num_ws(),
-        g.synthesis_kwargs.architecture,
+        model.spec.num_ws(),
+        architecture,
         sample.display()
     ));
     Ok(())

@@ -114,7 +114,7 @@ fn hostile_and_malformed_files_are_refused_each_with_its_reason() {
         ("deep", "no `G_ema`"),
         ("truncated", "truncated"),
         ("not-generator", "is a `Discriminator`"),
-        ("stylegan3", "StyleGAN3"),
+        ("stylegan3", "--nvlabs-src"),
     ];
     for (kind, reason) in cases {
         let file = dir.path().join(format!("{kind}.pkl"));
