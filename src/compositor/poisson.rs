@@ -50,30 +50,36 @@ pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
 /// Seamless clone of `patch` into `base` (both [C, h, w]) over `mask` [1, h, w]; returns
 /// the solved window, equal to `base` on its one-pixel border. Windows smaller than 3x3
 /// come back as `base`.
+///
+/// Solved as `base + u`: outside the mask the guidance is `base`'s own gradient, so `u`
+/// solves Δu = div(g) with g the gradient of `patch - base` on edges inside the mask (zero
+/// elsewhere), and u = 0 on the border.
 pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (h, w) = (base.size()[1], base.size()[2]);
     if h < 3 || w < 3 {
         return Ok(base.shallow_clone());
     }
     let kind = base.kind();
-    let (base, patch) = (base.f_to_kind(Kind::Float)?, patch.f_to_kind(Kind::Float)?);
-    let hard = mask.f_gt(0.5)?;
-    let div = guidance_divergence(&base, &patch, &hard)?;
-    // Known border values move to the right-hand side: the Laplacian of the window with its
-    // interior zeroed is, at each interior pixel, the sum of its border neighbours.
-    let frame = base.f_detach_copy()?;
-    let _ = frame.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?.f_fill_(0.0)?;
-    let rhs = div.f_sub(&laplacian5(&frame)?)?;
+    let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
+    let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
+    let gx = d.f_narrow(2, 1, w - 1)?.f_sub(&d.f_narrow(2, 0, w - 1)?)?.f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
+    let gy = d.f_narrow(1, 1, h - 1)?.f_sub(&d.f_narrow(1, 0, h - 1)?)?.f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
+    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
+    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
+    let rhs = div_x.f_add(&div_y)?;
     let (n, m) = (h - 2, w - 2);
-    let jj = Tensor::f_arange_start(1, n + 1, (Kind::Float, base.device()))?;
-    let kk = Tensor::f_arange_start(1, m + 1, (Kind::Float, base.device()))?;
+    let device = base.device();
+    let jj = Tensor::f_arange_start(1, n + 1, (Kind::Float, device))?;
+    let kk = Tensor::f_arange_start(1, m + 1, (Kind::Float, device))?;
     let lj = jj.f_mul_scalar(std::f64::consts::PI / (n + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
     let lk = kk.f_mul_scalar(std::f64::consts::PI / (m + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
     let eig = lj.f_view([n, 1])?.f_add(&lk.f_view([1, m])?)?.f_sub_scalar(4.0)?;
     let coef = dst2(&rhs)?.f_div(&eig)?;
-    let solved = dst2(&coef)?.f_mul_scalar(4.0 / ((n + 1) * (m + 1)) as f64)?;
-    frame.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?.f_copy_(&solved)?;
-    frame.f_to_kind(kind)
+    let u = dst2(&coef)?.f_mul_scalar(4.0 / ((n + 1) * (m + 1)) as f64)?;
+    let out = base.f_to_kind(Kind::Float)?.f_detach_copy()?;
+    let mut inner = out.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?;
+    let _ = inner.f_add_(&u)?;
+    out.f_to_kind(kind)
 }
 
 /// Largest |Laplacian(result) - guidance divergence| at interior pixels: how well `result`
