@@ -112,21 +112,20 @@ impl Mixgan for GrpcApi {
 
     async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
         self.authorize(&req)?;
-        let list = model_list(&self.state)?;
-        let models = list
-            .iter()
+        let models = model_list(&self.state)?
+            .into_iter()
             .map(|m| pb::Model {
-                name: m["name"].as_str().unwrap_or_default().to_string(),
-                classes: m["classes"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default(),
-                kind: m["kind"].as_str().unwrap_or_default().to_string(),
-                resolution: m["resolution"].as_u64().unwrap_or(0) as u32,
-                channels: m["channels"].as_u64().unwrap_or(0) as u32,
-                c_dim: m["c_dim"].as_u64().unwrap_or(0) as u32,
-                device: m["device"].as_str().unwrap_or_default().to_string(),
-                max_batch: m["batching"]["max_batch"].as_u64().unwrap_or(0) as u32,
-                max_wait_ms: m["batching"]["max_wait_ms"].as_u64().unwrap_or(0) as u32,
-                queue_depth: m["queue_depth"].as_u64().unwrap_or(0) as u32,
-                ready: m["ready"].as_bool().unwrap_or(false),
+                kind: format!("{:?}", m.kind).to_lowercase(),
+                name: m.name,
+                classes: m.classes,
+                resolution: m.resolution as u32,
+                channels: m.channels as u32,
+                c_dim: m.c_dim as u32,
+                device: m.device,
+                max_batch: m.batching.map_or(0, |b| b.max_batch as u32),
+                max_wait_ms: m.batching.map_or(0, |b| b.max_wait_ms as u32),
+                queue_depth: m.queue_depth as u32,
+                ready: m.ready,
             })
             .collect();
         Ok(Response::new(pb::ListModelsReply { models }))

@@ -249,28 +249,53 @@ async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::V
     Ok(Json(json!({ "models": model_list(&state)? })))
 }
 
-/// Each model's description, for both APIs.
-pub(crate) fn model_list(state: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
+/// One model as both APIs describe it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ModelInfo {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub kind: crate::model::spec::ModelKind,
+    pub resolution: i64,
+    pub channels: i64,
+    pub c_dim: i64,
+    pub device: String,
+    pub batching: Option<BatchingInfo>,
+    pub queue_depth: usize,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct BatchingInfo {
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+pub(crate) fn model_list(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
     let engine = state.engine()?;
     let ready = state.is_ready();
-    let list: Vec<_> = engine
+    Ok(engine
         .renderer
         .registry
         .iter()
         .map(|m| {
             let g = &m.spec.generator;
-            let b = engine.batcher.settings(m.name());
-            json!({
-                "name": m.name(), "classes": m.spec.classes, "kind": m.spec.kind,
-                "resolution": g.img_resolution, "channels": g.img_channels, "c_dim": g.c_dim,
-                "device": format!("{:?}", m.generator.device()).to_lowercase(),
-                "batching": b.map(|b| json!({"max_batch": b.max_batch, "max_wait_ms": b.max_wait.as_millis() as u64})),
-                "queue_depth": engine.batcher.queue_depth(m.name()),
-                "ready": ready,
-            })
+            ModelInfo {
+                name: m.name().to_string(),
+                classes: m.spec.classes.clone(),
+                kind: m.spec.kind,
+                resolution: g.img_resolution,
+                channels: g.img_channels,
+                c_dim: g.c_dim,
+                device: format!("{:?}", m.generator.device()).to_lowercase(),
+                batching: engine
+                    .batcher
+                    .settings(m.name())
+                    .map(|b| BatchingInfo { max_batch: b.max_batch, max_wait_ms: b.max_wait.as_millis() as u64 }),
+                queue_depth: engine.batcher.queue_depth(m.name()),
+                ready,
+            }
         })
-        .collect();
-    Ok(list)
+        .collect())
 }
 
 fn panic_message(e: tokio::task::JoinError) -> ApiError {
