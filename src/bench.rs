@@ -46,17 +46,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, ModelError> {
-    let d = &model.spec.defaults;
-    let params: Vec<GenerationParams> = (0..batch as u32)
-        .map(|s| {
-            let mut p = GenerationParams::with_defaults(s, d);
-            p.trunc = 0.7;
-            if model.spec.generator.c_dim > 0 {
-                p.class_index = Some(0);
-            }
-            p
-        })
-        .collect();
+    let params: Vec<GenerationParams> = (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
     let run = || -> Result<f64, ModelError> {
         let t0 = Instant::now();
         let _pixels = to_pixels(&model.generate(&params)?)?;
@@ -75,16 +65,8 @@ fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelE
         return Ok(None);
     }
     let cpu = Model::load(&model.dir, Device::Cpu)?;
-    let params: Vec<GenerationParams> = (0..4)
-        .map(|s| {
-            let mut p = GenerationParams::with_defaults(s, &model.spec.defaults);
-            p.noise_mode = crate::model::NoiseMode::Const;
-            if model.spec.generator.c_dim > 0 {
-                p.class_index = Some(0);
-            }
-            p
-        })
-        .collect();
+    let params: Vec<GenerationParams> =
+        (0..4).map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) }).collect();
     let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
     let b = cpu.generate(&params)?;
     Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))

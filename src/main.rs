@@ -530,10 +530,7 @@ fn import(a: ImportArgs) -> Result<()> {
     eprintln!("[2/3] loading {}", out.display());
     let model = Model::load(&out, tch::Device::Cpu)?;
     eprintln!("[3/3] generating a sample picture");
-    let mut p = GenerationParams::with_defaults(0, &model.spec.defaults);
-    if model.spec.generator.c_dim > 0 {
-        p.class_index = Some(0);
-    }
+    let p = model.default_params(0);
     let sample = out.join("sample.png");
     write_png(&to_pixels(&model.generate(&[p])?)?.get(0), &sample)?;
     let g = &model.spec.generator;

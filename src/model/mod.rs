@@ -102,20 +102,6 @@ pub struct StyleMix {
     pub from: usize,
 }
 
-impl GenerationParams {
-    /// The parameters for `seed` with a model's defaults.
-    pub fn with_defaults(seed: u32, d: &GenerationDefaults) -> Self {
-        Self {
-            seed,
-            trunc: d.trunc,
-            trunc_cutoff: d.trunc_cutoff,
-            class_index: d.class_index,
-            noise_mode: d.noise_mode,
-            mix: None,
-        }
-    }
-}
-
 /// A loaded model: its declaration and its generator on a device.
 pub struct Model {
     pub spec: ModelSpec,
@@ -163,6 +149,20 @@ impl Model {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The parameters for `seed` with this model's defaults; a conditional model without a
+    /// default class gets class 0.
+    pub fn default_params(&self, seed: u32) -> GenerationParams {
+        let d = &self.spec.defaults;
+        GenerationParams {
+            seed,
+            trunc: d.trunc,
+            trunc_cutoff: d.trunc_cutoff,
+            class_index: if self.spec.generator.c_dim > 0 { Some(d.class_index.unwrap_or(0)) } else { None },
+            noise_mode: d.noise_mode,
+            mix: None,
+        }
     }
 
     /// Checks one sample's parameters against this model.

@@ -157,8 +157,7 @@ impl Router<'_> {
         };
         let class_index = match (g.class_index, model.spec.generator.c_dim) {
             (Some(k), _) => Some(small("class_index", Some(k))?.unwrap_or(0) as usize),
-            (None, 0) => None,
-            (None, _) => Some(d.class_index.unwrap_or(0)),
+            (None, _) => model.default_params(seed).class_index,
         };
         let p = GenerationParams {
             seed,

@@ -119,7 +119,7 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
     let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
     let batcher = Batcher::start(&registry, defaults, c.queue_capacity, state.cpu_slots.clone(), state.metrics.clone());
     for m in registry.iter() {
-        let params = crate::model::GenerationParams::with_defaults(0, &m.spec.defaults);
+        let params = m.default_params(0);
         for _ in 0..c.warmup_iterations {
             let rx = batcher.submit(m.name(), vec![params.clone()]).map_err(|e| e.to_string())?;
             let _patch = rx.blocking_recv().map_err(|_| "a worker stopped during warm-up".to_string())?.map_err(|e| e.to_string())?;
