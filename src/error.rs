@@ -20,7 +20,11 @@ pub struct LayoutError {
 
 impl LayoutError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into(), malformed: false }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+            malformed: false,
+        }
     }
 }
 

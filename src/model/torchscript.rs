@@ -19,7 +19,10 @@ pub struct ScriptGenerator {
 
 fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
     if !path.is_file() {
-        return Err(ModelError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
+        return Err(ModelError::Io {
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
     }
     let mut m = CModule::load_on_device(path, device).map_err(|e| ModelError::Weights {
         path: path.into(),
@@ -34,8 +37,20 @@ fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
 unsafe impl Sync for ScriptGenerator {}
 
 impl ScriptGenerator {
-    pub fn load(mapping: &Path, synthesis: &Path, w_avg: Tensor, num_ws: i64, device: Device) -> Result<Self, ModelError> {
-        Ok(Self { mapping: load(mapping, device)?, synthesis: load(synthesis, device)?, w_avg, num_ws, device })
+    pub fn load(
+        mapping: &Path,
+        synthesis: &Path,
+        w_avg: Tensor,
+        num_ws: i64,
+        device: Device,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            mapping: load(mapping, device)?,
+            synthesis: load(synthesis, device)?,
+            w_avg,
+            num_ws,
+            device,
+        })
     }
 
     pub fn device(&self) -> Device {
@@ -51,7 +66,10 @@ impl ScriptGenerator {
         let ws = self.mapping.forward_ts(&[z, c])?;
         let size = ws.size();
         if size.len() != 3 || size[1] != self.num_ws {
-            return Err(TchError::Shape(format!("mapping.pt returned {size:?}; the contract is [N, {}, w_dim]", self.num_ws)));
+            return Err(TchError::Shape(format!(
+                "mapping.pt returned {size:?}; the contract is [N, {}, w_dim]",
+                self.num_ws
+            )));
         }
         Ok(ws)
     }
