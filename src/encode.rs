@@ -60,10 +60,20 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
         .f_copy_data(&mut floats, c * plane)?;
     let mut out = vec![0u8; c * plane];
     let to_u8 = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
-    // Pixel-major, so the writes stream; the reads come from `c` planes at once.
-    for (i, px) in out.chunks_exact_mut(c).enumerate() {
-        for (ch, v) in px.iter_mut().enumerate() {
-            *v = to_u8(floats[ch * plane + i]);
+    if c == 3 {
+        // Pixel-major over three planes at once: the writes stream and nothing is bounds-checked.
+        let (r, gb) = floats.split_at(plane);
+        let (g, b) = gb.split_at(plane);
+        for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+            px[0] = to_u8(r);
+            px[1] = to_u8(g);
+            px[2] = to_u8(b);
+        }
+    } else {
+        for ch in 0..c {
+            for (i, &x) in floats[ch * plane..(ch + 1) * plane].iter().enumerate() {
+                out[i * c + ch] = to_u8(x);
+            }
         }
     }
     Ok((out, w as u32, h as u32, c as u8))
