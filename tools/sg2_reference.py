@@ -186,9 +186,13 @@ def toml_value(v):
 
 
 def write_model(out, name, classes, gen, seed, defaults=None):
+    write_model_dir(out, name, classes, gen, random_state_dict(Settings(gen), seed), defaults)
+
+
+def write_model_dir(out, name, classes, gen, sd, defaults=None):
+    """A mixgan model directory: `sd` (G_ema tensor names) plus its model.toml."""
     os.makedirs(out, exist_ok=True)
-    s = Settings(gen)
-    save_safetensors(random_state_dict(s, seed), os.path.join(out, "weights.safetensors"))
+    save_safetensors(sd, os.path.join(out, "weights.safetensors"))
     lines = [f"name = {json.dumps(name)}", f"classes = {toml_value(classes)}",
              'kind = "stylegan2"', 'weights = "weights.safetensors"', "", "[generator]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in gen.items() if not isinstance(v, dict)]
