@@ -129,23 +129,44 @@ class Synthesis(torch.nn.Module):
         return img
 
 
+class FixedBatch(torch.nn.Module):
+    """Turns the batch size into a constant of the trace, as NVIDIA's StyleGAN3 layers do
+    (for testing mixgan's `[torchscript] batch`)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *xs):
+        n = int(xs[0].shape[0])  # a constant once traced
+        return self.inner(*[x.reshape([n] + list(x.shape[1:])) for x in xs])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="scripted")
     p.add_argument("--classes", default="thing")
+    p.add_argument("--fixed-batch", type=int, help="trace at this batch size only and say so in model.toml")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     s, sd = read_model(a.model)
     os.makedirs(a.out, exist_ok=True)
-    z = torch.randn(3, s.z_dim)
-    c = torch.zeros(3, s.c_dim)
-    mapping = torch.jit.trace(Mapping(s, sd), (z, c), check_trace=False)
+    n = a.fixed_batch or 3
+    z = torch.randn(n, s.z_dim)
+    c = torch.zeros(n, s.c_dim)
+    wrap = FixedBatch if a.fixed_batch else (lambda m: m)
+    mapping = torch.jit.trace(wrap(Mapping(s, sd)), (z, c), check_trace=False)
     ws = mapping(z, c)
-    synthesis = torch.jit.trace(Synthesis(s, sd), (ws,), check_trace=False)
-    # The traces must not have baked in the batch size.
-    assert synthesis(mapping(torch.randn(2, s.z_dim), torch.zeros(2, s.c_dim))).shape[0] == 2
+    synthesis = torch.jit.trace(wrap(Synthesis(s, sd)), (ws,), check_trace=False)
+    other = n + 1
+    try:
+        ok = synthesis(mapping(torch.randn(other, s.z_dim), torch.zeros(other, s.c_dim))).shape[0] == other
+    except RuntimeError:
+        ok = False
+    # Only a fixed-batch export may refuse another batch size.
+    assert ok != bool(a.fixed_batch), "the trace's batch handling is not what was asked for"
     mapping.save(os.path.join(a.out, "mapping.pt"))
     synthesis.save(os.path.join(a.out, "synthesis.pt"))
     save_safetensors({"mapping.w_avg": sd["mapping.w_avg"]}, os.path.join(a.out, "weights.safetensors"))
@@ -153,6 +174,8 @@ def main():
              'weights = "weights.safetensors"', "", "[generator]", f"z_dim = {s.z_dim}", f"c_dim = {s.c_dim}",
              f"w_dim = {s.w_dim}", f"img_resolution = {s.res}", f"img_channels = {s.img_channels}", "",
              "[torchscript]", 'mapping = "mapping.pt"', 'synthesis = "synthesis.pt"', f"num_ws = {s.num_ws}"]
+    if a.fixed_batch:
+        lines.append(f"batch = {a.fixed_batch}")
     with open(os.path.join(a.out, "model.toml"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

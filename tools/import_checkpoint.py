@@ -302,10 +302,34 @@ def export_with_nvlabs(src, nvlabs_src, out_dir, name, classes, seeds=(0, 1, 2, 
             return self.G.synthesis(ws, noise_mode="const", force_fp32=True)
 
     torch.set_grad_enabled(False)
-    z = torch.randn(2, G.z_dim)
-    c = torch.zeros(2, G.c_dim)
-    mapping = torch.jit.trace(Mapping(), (z, c), check_trace=False)
-    synthesis = torch.jit.trace(Synthesis(), (mapping(z, c),), check_trace=False)
+
+    def trace(n):
+        z, c = torch.randn(n, G.z_dim), torch.zeros(n, G.c_dim)
+        mapping = torch.jit.trace(Mapping(), (z, c), check_trace=False)
+        return mapping, torch.jit.trace(Synthesis(), (mapping(z, c),), check_trace=False)
+
+    def runs_at(mapping, synthesis, n):
+        try:
+            synthesis(mapping(torch.randn(n, G.z_dim), torch.zeros(n, G.c_dim)))
+            return True
+        except RuntimeError:
+            return False
+
+    # NVIDIA's StyleGAN3 layers turn the batch size into a constant while tracing (grouped
+    # convolutions); such traces are redone at batch 1 and marked `batch = 1`, and mixgan
+    # runs them one sample at a time.
+    mapping, synthesis = trace(2)
+    fixed = None
+    if not (runs_at(mapping, synthesis, 1) and runs_at(mapping, synthesis, 3)):
+        print("the traced modules accept only the batch size they were traced at; tracing at batch 1", flush=True)
+        mapping, synthesis = trace(1)
+        fixed = 1
+
+    def traced(zs, cs):
+        if fixed is None:
+            return synthesis(mapping(zs, cs))
+        return torch.cat([synthesis(mapping(zs[i:i + 1], cs[i:i + 1])) for i in range(zs.shape[0])])
+
     worst = 0.0
     for n, seed in enumerate(seeds):
         zs = torch.from_numpy(np.random.RandomState(seed).randn(n % 3 + 1, G.z_dim)).float()
@@ -313,8 +337,7 @@ def export_with_nvlabs(src, nvlabs_src, out_dir, name, classes, seeds=(0, 1, 2, 
         if G.c_dim:
             cs[:, 0] = 1
         want = G.synthesis(G.mapping(zs, cs), noise_mode="const", force_fp32=True)
-        got = synthesis(mapping(zs, cs))
-        worst = max(worst, (want - got).abs().max().item())
+        worst = max(worst, (want - traced(zs, cs)).abs().max().item())
     if worst > 1e-4:
         raise ImportError_(f"the traced modules differ from NVIDIA's by {worst:.2e}; nothing was written")
     os.makedirs(out_dir, exist_ok=True)
@@ -328,6 +351,8 @@ def export_with_nvlabs(src, nvlabs_src, out_dir, name, classes, seeds=(0, 1, 2, 
              'weights = "weights.safetensors"', "", "[generator]"]
     lines += [f"{k} = {v}" for k, v in gen.items()]
     lines += ["", "[torchscript]", 'mapping = "mapping.pt"', 'synthesis = "synthesis.pt"', f"num_ws = {G.num_ws}"]
+    if fixed is not None:
+        lines.append(f"batch = {fixed}")
     with open(os.path.join(out_dir, "model.toml"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return gen, worst

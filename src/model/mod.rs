@@ -155,7 +155,7 @@ impl Model {
                 let mapping = spec::inside_dir("torchscript.mapping", &ts.mapping, dir)?;
                 let synthesis = spec::inside_dir("torchscript.synthesis", &ts.synthesis, dir)?;
                 Generator::Script(ScriptGenerator::load(
-                    &mapping, &synthesis, w_avg, ts.num_ws, device,
+                    &mapping, &synthesis, w_avg, ts.num_ws, ts.batch, device,
                 )?)
             }
         };

@@ -61,6 +61,10 @@ pub struct TorchScriptFiles {
     pub synthesis: String,
     /// ws the mapping produces (NVIDIA's `G.num_ws`).
     pub num_ws: i64,
+    /// The one batch size the modules accept, for modules traced at a fixed size (NVIDIA's
+    /// StyleGAN3 bakes its batch size into a trace); mixgan then runs them in chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
 }
 
 fn default_mapping() -> String {
@@ -432,6 +436,12 @@ impl ModelSpec {
                     return Err(invalid(
                         "torchscript.num_ws",
                         format!("{} is not between 1 and 64", t.num_ws),
+                    ));
+                }
+                if let Some(b) = t.batch.filter(|b| !(1..=256).contains(b)) {
+                    return Err(invalid(
+                        "torchscript.batch",
+                        format!("{b} is not between 1 and 256"),
                     ));
                 }
             }

@@ -2,6 +2,7 @@
 //! `mapping.pt` takes (z [N, z_dim], c [N, c_dim]) to ws [N, num_ws, w_dim] without
 //! truncation, and `synthesis.pt` takes ws to images [N, C, H, W] in [-1, 1]. mixgan does
 //! truncation and style mixing in w space itself, with the model's `mapping.w_avg`.
+//! Modules traced at one fixed batch size (`[torchscript] batch`) run in chunks of it.
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ pub struct ScriptGenerator {
     synthesis: CModule,
     pub w_avg: Tensor,
     num_ws: i64,
+    batch: Option<i64>,
     device: Device,
 }
 
@@ -42,6 +44,7 @@ impl ScriptGenerator {
         synthesis: &Path,
         w_avg: Tensor,
         num_ws: i64,
+        batch: Option<i64>,
         device: Device,
     ) -> Result<Self, ModelError> {
         Ok(Self {
@@ -49,8 +52,42 @@ impl ScriptGenerator {
             synthesis: load(synthesis, device)?,
             w_avg,
             num_ws,
+            batch,
             device,
         })
+    }
+
+    /// `module` on `inputs` (batched along dim 0), in chunks of the fixed batch size if the
+    /// model has one; a short last chunk is padded with copies of its last row.
+    fn run(&self, module: &CModule, inputs: &[&Tensor]) -> Result<Tensor, TchError> {
+        let _guard = tch::no_grad_guard();
+        let n = inputs[0].size()[0];
+        let b = match self.batch {
+            Some(b) if b != n => b,
+            _ => return module.forward_ts(inputs),
+        };
+        let mut outputs = Vec::new();
+        for start in (0..n).step_by(b as usize) {
+            let len = b.min(n - start);
+            let chunk = inputs
+                .iter()
+                .map(|t| {
+                    let part = t.f_narrow(0, start, len)?;
+                    if len == b {
+                        return Ok(part);
+                    }
+                    let mut pad = part.size();
+                    pad[0] = b - len;
+                    let last = part
+                        .f_narrow(0, len - 1, 1)?
+                        .f_expand(pad.as_slice(), false)?;
+                    Tensor::f_cat(&[&part, &last], 0)
+                })
+                .collect::<Result<Vec<_>, TchError>>()?;
+            let refs: Vec<&Tensor> = chunk.iter().collect();
+            outputs.push(module.forward_ts(&refs)?.f_narrow(0, 0, len)?);
+        }
+        Tensor::f_cat(&outputs, 0)
     }
 
     pub fn device(&self) -> Device {
@@ -62,8 +99,7 @@ impl ScriptGenerator {
     }
 
     pub fn mapping(&self, z: &Tensor, c: &Tensor) -> Result<Tensor, TchError> {
-        let _guard = tch::no_grad_guard();
-        let ws = self.mapping.forward_ts(&[z, c])?;
+        let ws = self.run(&self.mapping, &[z, c])?;
         let size = ws.size();
         if size.len() != 3 || size[1] != self.num_ws {
             return Err(TchError::Shape(format!(
@@ -75,7 +111,6 @@ impl ScriptGenerator {
     }
 
     pub fn synthesis(&self, ws: &Tensor) -> Result<Tensor, TchError> {
-        let _guard = tch::no_grad_guard();
-        self.synthesis.forward_ts(&[ws])
+        self.run(&self.synthesis, &[ws])
     }
 }
