@@ -7,8 +7,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto/mixgan.proto");
     // The gRPC code, from proto/ by a pure-Rust protobuf compiler: no protoc needed.
-    let fds =
-        protox::compile(["proto/mixgan.proto"], ["proto"]).expect("proto/mixgan.proto compiles");
+    let fds = protox::compile(["proto/mixgan.proto"], ["proto"]).expect("proto/mixgan.proto compiles");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

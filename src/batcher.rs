@@ -31,10 +31,7 @@ pub struct CpuSlot<'a>(&'a CpuSlots);
 
 impl CpuSlots {
     pub fn new(slots: usize) -> Self {
-        Self {
-            free: std::sync::Mutex::new(slots.max(1)),
-            freed: std::sync::Condvar::new(),
-        }
+        Self { free: std::sync::Mutex::new(slots.max(1)), freed: std::sync::Condvar::new() }
     }
 
     /// Blocks until a slot is free; the slot is returned when the guard drops.
@@ -63,14 +60,8 @@ pub struct BatchSettings {
 
 #[derive(Debug, Error)]
 pub enum BatchError {
-    #[error(
-        "model `{model}` has {queued} patches queued (capacity {capacity}); try again shortly"
-    )]
-    Overloaded {
-        model: String,
-        queued: usize,
-        capacity: usize,
-    },
+    #[error("model `{model}` has {queued} patches queued (capacity {capacity}); try again shortly")]
+    Overloaded { model: String, queued: usize, capacity: usize },
     #[error("model `{0}` is not served")]
     UnknownModel(String),
     #[error("the worker of model `{0}` has stopped")]
@@ -135,40 +126,20 @@ impl Batcher {
             let b = &model.spec.batching;
             let settings = BatchSettings {
                 max_batch: b.max_batch.unwrap_or(defaults.max_batch).max(1),
-                max_wait: b
-                    .max_wait_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(defaults.max_wait),
+                max_wait: b.max_wait_ms.map(Duration::from_millis).unwrap_or(defaults.max_wait),
             };
             let (tx, rx) = mpsc::channel();
             let depth = Arc::new(AtomicUsize::new(0));
             let worker = {
-                let (model, depth, observer, slots) = (
-                    model.clone(),
-                    depth.clone(),
-                    observer.clone(),
-                    slots.clone(),
-                );
+                let (model, depth, observer, slots) = (model.clone(), depth.clone(), observer.clone(), slots.clone());
                 std::thread::Builder::new()
                     .name(format!("gen-{}", model.name()))
                     .spawn(move || work(model, rx, depth, settings, &slots, observer))
                     .expect("spawn a worker thread")
             };
-            queues.insert(
-                model.name().to_string(),
-                ModelQueue {
-                    tx: Some(tx),
-                    depth,
-                    settings,
-                    worker: Some(worker),
-                },
-            );
+            queues.insert(model.name().to_string(), ModelQueue { tx: Some(tx), depth, settings, worker: Some(worker) });
         }
-        Self {
-            queues,
-            capacity,
-            observer,
-        }
+        Self { queues, capacity, observer }
     }
 
     pub fn settings(&self, model: &str) -> Option<BatchSettings> {
@@ -176,42 +147,22 @@ impl Batcher {
     }
 
     pub fn queue_depth(&self, model: &str) -> usize {
-        self.queues
-            .get(model)
-            .map_or(0, |q| q.depth.load(Ordering::Relaxed))
+        self.queues.get(model).map_or(0, |q| q.depth.load(Ordering::Relaxed))
     }
 
     /// Queues `params` for `model`; the receiver yields the patches [N, C, S, S] in order.
-    pub fn submit(
-        &self,
-        model: &str,
-        params: Vec<GenerationParams>,
-    ) -> Result<oneshot::Receiver<Reply>, BatchError> {
-        let q = self
-            .queues
-            .get(model)
-            .ok_or_else(|| BatchError::UnknownModel(model.into()))?;
+    pub fn submit(&self, model: &str, params: Vec<GenerationParams>) -> Result<oneshot::Receiver<Reply>, BatchError> {
+        let q = self.queues.get(model).ok_or_else(|| BatchError::UnknownModel(model.into()))?;
         let n = params.len();
         let queued = q.depth.fetch_add(n, Ordering::AcqRel);
         if queued + n > self.capacity && queued > 0 {
             q.depth.fetch_sub(n, Ordering::AcqRel);
-            return Err(BatchError::Overloaded {
-                model: model.into(),
-                queued,
-                capacity: self.capacity,
-            });
+            return Err(BatchError::Overloaded { model: model.into(), queued, capacity: self.capacity });
         }
         self.observer.queue_depth(model, queued + n);
         let (reply, rx) = oneshot::channel();
-        let job = Job {
-            params,
-            reply,
-            enqueued: Instant::now(),
-        };
-        let sent =
-            q.tx.as_ref()
-                .map(|tx| tx.send(job).is_ok())
-                .unwrap_or(false);
+        let job = Job { params, reply, enqueued: Instant::now() };
+        let sent = q.tx.as_ref().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
         if !sent {
             q.depth.fetch_sub(n, Ordering::AcqRel);
             return Err(BatchError::Stopped(model.into()));
@@ -239,20 +190,10 @@ impl Drop for Batcher {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
-fn work(
-    model: Arc<Model>,
-    rx: mpsc::Receiver<Job>,
-    depth: Arc<AtomicUsize>,
-    s: BatchSettings,
-    slots: &CpuSlots,
-    observer: Arc<dyn BatchObserver>,
-) {
+fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: BatchSettings, slots: &CpuSlots, observer: Arc<dyn BatchObserver>) {
     let _guard = tch::no_grad_guard();
     let name = model.name().to_string();
     while let Ok(first) = rx.recv() {
@@ -283,47 +224,30 @@ fn work(
         if jobs.is_empty() {
             continue;
         }
-        let params: Vec<GenerationParams> =
-            jobs.iter().flat_map(|j| j.params.iter().cloned()).collect();
+        let params: Vec<GenerationParams> = jobs.iter().flat_map(|j| j.params.iter().cloned()).collect();
         let started = Instant::now();
-        let result =
-            std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Tensor, ModelError> {
-                let parts = params
-                    .chunks(s.max_batch)
-                    .map(|c| model.generate(c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Tensor::f_cat(&parts, 0)?)
-            }));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Tensor, ModelError> {
+            let parts = params.chunks(s.max_batch).map(|c| model.generate(c)).collect::<Result<Vec<_>, _>>()?;
+            Ok(Tensor::f_cat(&parts, 0)?)
+        }));
         let seconds = started.elapsed();
         drop(slot);
         observer.batch(&name, params.len(), seconds.as_secs_f64());
         let mut offset = 0i64;
         for job in jobs {
             let n = job.params.len() as i64;
-            let report = JobReport {
-                queued: started - job.enqueued,
-                generate: seconds,
-                batch_size: params.len(),
-            };
+            let report = JobReport { queued: started - job.enqueued, generate: seconds, batch_size: params.len() };
             observer.queued(&name, report.queued.as_secs_f64());
             let reply = match &result {
-                Ok(Ok(batch)) => batch
-                    .f_narrow(0, offset, n)
-                    .map(|t| (t, report))
-                    .map_err(|e| BatchError::Failed(e.to_string())),
+                Ok(Ok(batch)) => batch.f_narrow(0, offset, n).map(|t| (t, report)).map_err(|e| BatchError::Failed(e.to_string())),
                 Ok(Err(e)) => Err(BatchError::Failed(e.to_string())),
-                Err(p) => Err(BatchError::Failed(format!(
-                    "panic: {}",
-                    panic_text(p.as_ref())
-                ))),
+                Err(p) => Err(BatchError::Failed(format!("panic: {}", panic_text(p.as_ref())))),
             };
             offset += n;
             let _ = job.reply.send(reply);
         }
         match &result {
-            Err(p) => {
-                tracing::error!(model = %name, "generation panicked: {}", panic_text(p.as_ref()))
-            }
+            Err(p) => tracing::error!(model = %name, "generation panicked: {}", panic_text(p.as_ref())),
             Ok(Err(e)) => tracing::error!(model = %name, "generation failed: {e}"),
             Ok(Ok(_)) => {}
         }

@@ -46,12 +46,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, ModelError> {
-    let params: Vec<GenerationParams> = (0..batch as u32)
-        .map(|s| GenerationParams {
-            trunc: 0.7,
-            ..model.default_params(s)
-        })
-        .collect();
+    let params: Vec<GenerationParams> = (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
     let run = || -> Result<f64, ModelError> {
         let t0 = Instant::now();
         let _pixels = to_pixels(&model.generate(&params)?)?;
@@ -60,9 +55,7 @@ fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, Mo
     for _ in 0..cfg.warmup {
         run()?;
     }
-    let times = (0..cfg.iters.max(1))
-        .map(|_| run())
-        .collect::<Result<Vec<_>, _>>()?;
+    let times = (0..cfg.iters.max(1)).map(|_| run()).collect::<Result<Vec<_>, _>>()?;
     Ok(median(times))
 }
 
@@ -72,21 +65,15 @@ fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelE
         return Ok(None);
     }
     let cpu = Model::load(&model.dir, Device::Cpu)?;
-    let params: Vec<GenerationParams> = (0..4)
-        .map(|s| GenerationParams {
-            noise_mode: crate::model::NoiseMode::Const,
-            ..model.default_params(s)
-        })
-        .collect();
+    let params: Vec<GenerationParams> =
+        (0..4).map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) }).collect();
     let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
     let b = cpu.generate(&params)?;
     Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
 }
 
 fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, String> {
-    let Some(python) = &cfg.python else {
-        return Ok(vec![None; cfg.batches.len()]);
-    };
+    let Some(python) = &cfg.python else { return Ok(vec![None; cfg.batches.len()]) };
     let settings = serde_json::to_string(&model.spec.generator).map_err(|e| e.to_string())?;
     let device = match cfg.device {
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -97,37 +84,16 @@ fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, Str
         .arg(&cfg.reference)
         .args(["bench", "--model"])
         .arg(&model.dir)
-        .args([
-            "--config",
-            &settings,
-            "--batches",
-            &batches.join(","),
-            "--device",
-            &device,
-        ])
-        .args([
-            "--threads",
-            &cfg.threads.to_string(),
-            "--iters",
-            &cfg.iters.to_string(),
-            "--warmup",
-            &cfg.warmup.to_string(),
-        ])
+        .args(["--config", &settings, "--batches", &batches.join(","), "--device", &device])
+        .args(["--threads", &cfg.threads.to_string(), "--iters", &cfg.iters.to_string(), "--warmup", &cfg.warmup.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "the Python reference failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    let times: std::collections::HashMap<String, f64> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("unreadable reference output: {e}"))?;
-    Ok(cfg
-        .batches
-        .iter()
-        .map(|b| times.get(&b.to_string()).copied())
-        .collect())
+    let times: std::collections::HashMap<String, f64> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable reference output: {e}"))?;
+    Ok(cfg.batches.iter().map(|b| times.get(&b.to_string()).copied()).collect())
 }
 
 /// Runs the benchmark; warnings (such as a missing baseline) go to `warn`.
@@ -172,11 +138,7 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
     for r in rows {
         let per = |t: f64| t * 1e3 / r.batch as f64;
         let (pm, pr, ratio) = match r.python_s {
-            Some(p) => (
-                format!("{:.2}", per(p)),
-                format!("{:.1}", r.batch as f64 / p),
-                format!("{:.2}", r.ratio().unwrap()),
-            ),
+            Some(p) => (format!("{:.2}", per(p)), format!("{:.1}", r.batch as f64 / p), format!("{:.2}", r.ratio().unwrap())),
             None => ("-".into(), "-".into(), "-".into()),
         };
         s += &format!(
@@ -194,10 +156,7 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
     let mut seen = std::collections::HashSet::new();
     for r in rows {
         if let (Some(d), true) = (r.cpu_diff, seen.insert(&r.model)) {
-            s += &format!(
-                "{}: max |{device:?} - CPU| = {d:.2e} on 4 images (fp32)\n",
-                r.model
-            );
+            s += &format!("{}: max |{device:?} - CPU| = {d:.2e} on 4 images (fp32)\n", r.model);
         }
     }
     s

@@ -103,10 +103,7 @@ impl Default for Config {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -114,49 +111,30 @@ pub enum ConfigError {
 impl Config {
     /// Defaults, then `file`, then the `MIXGAN_<KEY>` variables among `env` whose key is a
     /// setting (other `MIXGAN_*` variables belong to other tools and are left alone).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-                    path: path.into(),
-                    source,
-                })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Invalid {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?
             }
             None => toml::Table::new(),
         };
         let known = toml::Table::try_from(Config::default()).expect("the defaults serialise");
         let mut from_env = Vec::new();
         for (name, value) in env {
-            let Some(key) = name.strip_prefix("MIXGAN_").map(str::to_lowercase) else {
-                continue;
-            };
+            let Some(key) = name.strip_prefix("MIXGAN_").map(str::to_lowercase) else { continue };
             if !known.contains_key(&key) && key != "api_key" {
                 continue;
             }
             let parsed = match known.get(&key) {
-                Some(toml::Value::Array(_)) => toml::Value::Array(
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| s.to_string().into())
-                        .collect(),
-                ),
-                Some(toml::Value::Integer(_)) => value
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Invalid {
-                        origin: name.clone(),
-                        message: format!("`{value}` is not a whole number"),
-                    })?,
+                Some(toml::Value::Array(_)) => {
+                    toml::Value::Array(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.to_string().into()).collect())
+                }
+                Some(toml::Value::Integer(_)) => value.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| ConfigError::Invalid {
+                    origin: name.clone(),
+                    message: format!("`{value}` is not a whole number"),
+                })?,
                 _ => toml::Value::String(value),
             };
             table.insert(key, parsed);
@@ -167,16 +145,10 @@ impl Config {
             (Some(p), false) => format!("{} or {}", p.display(), from_env.join(", ")),
             (None, _) => from_env.join(", "),
         };
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    origin: origin.clone(),
-                    message: e.message().to_string(),
-                })?;
-        config
-            .validate()
-            .map_err(|message| ConfigError::Invalid { origin, message })?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.message().to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
         Ok(config)
     }
 
@@ -218,10 +190,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
@@ -229,15 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mixgan.toml");
         std::fs::write(&path, "addr = \"127.0.0.1:9000\"\nmax_batch = 4\n").unwrap();
-        let c = Config::load(
-            Some(&path),
-            env(&[
-                ("MIXGAN_MAX_BATCH", "16"),
-                ("MIXGAN_PYTHON", "/x"),
-                ("MIXGAN_CORS_ORIGINS", "a, b"),
-            ]),
-        )
-        .unwrap();
+        let c = Config::load(Some(&path), env(&[("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_PYTHON", "/x"), ("MIXGAN_CORS_ORIGINS", "a, b")])).unwrap();
         assert_eq!(c.addr, "127.0.0.1:9000");
         assert_eq!(c.max_batch, 16);
         assert_eq!(c.cors_origins, vec!["a", "b"]);
@@ -246,21 +207,14 @@ mod tests {
 
     #[test]
     fn bad_settings_name_where_they_came_from() {
-        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "many")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "many")])).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_MAX_BATCH"), "{err}");
-        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "0")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "0")])).unwrap_err().to_string();
         assert!(err.contains("max_batch"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "max_batches = 3\n").unwrap();
         let err = Config::load(Some(&path), vec![]).unwrap_err().to_string();
-        assert!(
-            err.contains("max_batches") && err.contains("c.toml"),
-            "{err}"
-        );
+        assert!(err.contains("max_batches") && err.contains("c.toml"), "{err}");
     }
 }

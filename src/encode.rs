@@ -14,10 +14,7 @@ pub enum EncodeError {
     #[error("encoding failed: {0}")]
     Image(#[from] image::ImageError),
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -37,9 +34,7 @@ pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
     }
     let (h, w, c) = (size[0] as u32, size[1] as u32, size[2]);
     let mut data = vec![0u8; pixels.numel()];
-    pixels
-        .f_contiguous()?
-        .f_copy_data_u8(&mut data, pixels.numel())?;
+    pixels.f_contiguous()?.f_copy_data_u8(&mut data, pixels.numel())?;
     encode_raw(&data, w, h, c as u8, format)
 }
 
@@ -53,11 +48,7 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
     let (c, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
     let plane = h * w;
     let mut floats = vec![0f32; c * plane];
-    image
-        .f_to_device(tch::Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .f_contiguous()?
-        .f_copy_data(&mut floats, c * plane)?;
+    image.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_copy_data(&mut floats, c * plane)?;
     let mut out = vec![0u8; c * plane];
     let to_u8 = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
     if c == 3 {
@@ -80,13 +71,7 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
 }
 
 /// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4).
-pub fn encode_raw(
-    data: &[u8],
-    w: u32,
-    h: u32,
-    channels: u8,
-    format: Format,
-) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> Result<Vec<u8>, EncodeError> {
     let c = channels;
     let color = match c {
         1 => ExtendedColorType::L8,
@@ -103,11 +88,9 @@ pub fn encode_raw(
         )
         .write_image(data, w, h, color)?,
         Format::Jpeg { quality } => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-                .write_image(data, w, h, color)?
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(data, w, h, color)?
         }
-        Format::WebP => image::codecs::webp::WebPEncoder::new_lossless(&mut out)
-            .write_image(data, w, h, color)?,
+        Format::WebP => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(data, w, h, color)?,
     }
     Ok(out)
 }
@@ -115,8 +98,5 @@ pub fn encode_raw(
 /// Encodes one image as PNG into `path`.
 pub fn write_png(pixels: &Tensor, path: &Path) -> Result<(), EncodeError> {
     let bytes = encode(pixels, Format::Png)?;
-    std::fs::write(path, bytes).map_err(|source| EncodeError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::write(path, bytes).map_err(|source| EncodeError::Io { path: path.display().to_string(), source })
 }

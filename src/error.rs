@@ -20,11 +20,7 @@ pub struct LayoutError {
 
 impl LayoutError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-            malformed: false,
-        }
+        Self { field: field.into(), reason: reason.into(), malformed: false }
     }
 }
 

@@ -24,11 +24,7 @@ impl LegacyRandomState {
                 .wrapping_mul(prev ^ (prev >> 30))
                 .wrapping_add(i as u32);
         }
-        Self {
-            key,
-            pos: N,
-            cached_gauss: None,
-        }
+        Self { key, pos: N, cached_gauss: None }
     }
 
     fn refill(&mut self) {
@@ -115,9 +111,7 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u32>, String> {
     let mut seeds = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let parse = |s: &str| {
-            s.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{s}` is not a seed (0 to 4294967295)"))
+            s.trim().parse::<u32>().map_err(|_| format!("`{s}` is not a seed (0 to 4294967295)"))
         };
         match part.split_once('-') {
             Some((a, b)) => {
@@ -126,9 +120,7 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u32>, String> {
                     return Err(format!("seed range `{part}` runs backwards"));
                 }
                 if (b - a) as usize >= 1_000_000 {
-                    return Err(format!(
-                        "seed range `{part}` holds more than a million seeds"
-                    ));
+                    return Err(format!("seed range `{part}` holds more than a million seeds"));
                 }
                 seeds.extend(a..=b);
             }
@@ -157,44 +149,14 @@ mod tests {
     fn randn_matches_the_values_numpy_prints() {
         // `np.random.RandomState(seed).randn(5).tolist()` as NumPy printed it.
         let expected: [(u32, [f64; 5]); 3] = [
-            (
-                0,
-                [
-                    1.764052345967664,
-                    0.4001572083672233,
-                    0.9787379841057392,
-                    2.240893199201458,
-                    1.8675579901499675,
-                ],
-            ),
-            (
-                42,
-                [
-                    0.4967141530112327,
-                    -0.13826430117118466,
-                    0.6476885381006925,
-                    1.5230298564080254,
-                    -0.23415337472333597,
-                ],
-            ),
-            (
-                4294967295,
-                [
-                    0.6484086742306527,
-                    0.6693235306338161,
-                    -1.0805437227474493,
-                    0.2845010447986309,
-                    0.11388773652167104,
-                ],
-            ),
+            (0, [1.764052345967664, 0.4001572083672233, 0.9787379841057392, 2.240893199201458, 1.8675579901499675]),
+            (42, [0.4967141530112327, -0.13826430117118466, 0.6476885381006925, 1.5230298564080254, -0.23415337472333597]),
+            (4294967295, [0.6484086742306527, 0.6693235306338161, -1.0805437227474493, 0.2845010447986309, 0.11388773652167104]),
         ];
         for (seed, values) in expected {
             let got = randn(seed, 5);
             for (g, e) in got.iter().zip(values) {
-                assert!(
-                    (g - e).abs() <= 1e-15 * e.abs().max(1.0),
-                    "seed {seed}: {g} != {e}"
-                );
+                assert!((g - e).abs() <= 1e-15 * e.abs().max(1.0), "seed {seed}: {g} != {e}");
             }
         }
     }
@@ -206,10 +168,7 @@ mod tests {
         assert_ne!(a, noise(7, 4, 20_000));
         let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
         let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
-            "mean {mean} var {var}"
-        );
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
     }
 
     #[test]

@@ -53,18 +53,12 @@ impl LoadResult {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
 }
 
 fn send(agent: &ureq::Agent, t: &Target) -> (u16, f64) {
     let started = Instant::now();
-    let mut req = agent
-        .post(format!("{}/v1/compose", t.url))
-        .header("content-type", "application/json");
+    let mut req = agent.post(format!("{}/v1/compose", t.url)).header("content-type", "application/json");
     if let Some(k) = &t.api_key {
         req = req.header("authorization", format!("Bearer {k}"));
     }
@@ -102,15 +96,9 @@ pub fn closed_loop(t: &Target, concurrency: usize, duration: Duration) -> LoadRe
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
     });
-    let mut total = LoadResult {
-        seconds: started.elapsed().as_secs_f64(),
-        ..Default::default()
-    };
+    let mut total = LoadResult { seconds: started.elapsed().as_secs_f64(), ..Default::default() };
     for r in results {
         total.merge(r);
     }
@@ -121,13 +109,7 @@ pub fn closed_loop(t: &Target, concurrency: usize, duration: Duration) -> LoadRe
 /// (open loop). Client `i` of `clients` owns the request slots `i`, `i + clients`, ...; a
 /// client still busy when its slot comes sends as soon as it is free. `sample` runs about
 /// once a second.
-pub fn open_loop(
-    t: &Target,
-    rate: f64,
-    duration: Duration,
-    clients: usize,
-    mut sample: impl FnMut(),
-) -> LoadResult {
+pub fn open_loop(t: &Target, rate: f64, duration: Duration, clients: usize, mut sample: impl FnMut()) -> LoadResult {
     let started = Instant::now();
     let interval = 1.0 / rate.max(0.01);
     let results: Vec<LoadResult> = std::thread::scope(|scope| {
@@ -158,15 +140,9 @@ pub fn open_loop(
             sample();
             std::thread::sleep(Duration::from_secs(1));
         }
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("a client thread")).collect()
     });
-    let mut total = LoadResult {
-        seconds: started.elapsed().as_secs_f64(),
-        ..Default::default()
-    };
+    let mut total = LoadResult { seconds: started.elapsed().as_secs_f64(), ..Default::default() };
     for r in results {
         total.merge(r);
     }
@@ -175,35 +151,18 @@ pub fn open_loop(
 
 /// The bare generators on the layout's mix of patches: `requests` layouts' worth of patches,
 /// each model's in batches of `max_batch`, in this thread. Layouts per second.
-pub fn bare_generators(
-    registry: Arc<ModelRegistry>,
-    layout: &[u8],
-    requests: usize,
-    max_batch: usize,
-) -> Result<f64, String> {
-    let device = registry
-        .iter()
-        .next()
-        .map(|m| m.generator.device())
-        .ok_or("no models")?;
-    let renderer = Renderer {
-        registry,
-        limits: RouterLimits::default(),
-        device,
-    };
+pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: usize, max_batch: usize) -> Result<f64, String> {
+    let device = registry.iter().next().map(|m| m.generator.device()).ok_or("no models")?;
+    let renderer = Renderer { registry, limits: RouterLimits::default(), device };
     let plan = renderer.plan(layout).map_err(|e| e.to_string())?;
     let _guard = tch::no_grad_guard();
     let run = |n: usize| -> Result<f64, String> {
         let started = Instant::now();
         for job in &plan.jobs {
-            let params: Vec<GenerationParams> = (0..n)
-                .flat_map(|_| job.items.iter().map(|(_, p)| p.clone()))
-                .collect();
+            let params: Vec<GenerationParams> = (0..n).flat_map(|_| job.items.iter().map(|(_, p)| p.clone())).collect();
             for chunk in params.chunks(max_batch.max(1)) {
                 let out = job.model.generate(chunk).map_err(|e| e.to_string())?;
-                let _ = out
-                    .f_to_device(tch::Device::Cpu)
-                    .map_err(|e| e.to_string())?;
+                let _ = out.f_to_device(tch::Device::Cpu).map_err(|e| e.to_string())?;
             }
         }
         Ok(started.elapsed().as_secs_f64())

@@ -14,22 +14,16 @@ use std::sync::Arc;
 use mixgan::bench::{self, BenchConfig};
 use mixgan::compositor::ownership_map;
 use mixgan::config::Config;
-use mixgan::encode::write_png;
-use mixgan::latent::parse_seeds;
 use mixgan::layout::ImageFormat;
-use mixgan::model::{
-    model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix,
-};
 use mixgan::registry::ModelRegistry;
 use mixgan::render::{DirectSource, Renderer};
 use mixgan::router::RouterLimits;
+use mixgan::encode::write_png;
+use mixgan::latent::parse_seeds;
+use mixgan::model::{model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix};
 
 #[derive(Parser)]
-#[command(
-    name = "mixgan",
-    version,
-    about = "A mixture of StyleGANs: expert generators composed into one picture"
-)]
+#[command(name = "mixgan", version, about = "A mixture of StyleGANs: expert generators composed into one picture")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -250,10 +244,7 @@ fn progress(len: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {eta} left")
-            .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} images, {eta} left").expect("valid template"));
     bar
 }
 
@@ -263,16 +254,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let model = Model::load(&a.model, device)?;
     let d = &model.spec.defaults;
     if a.class_index.is_some() && model.spec.generator.c_dim == 0 {
-        eprintln!(
-            "warning: --class ignored: model `{}` is unconditional",
-            model.name()
-        );
+        eprintln!("warning: --class ignored: model `{}` is unconditional", model.name());
     }
-    let class_index = if model.spec.generator.c_dim == 0 {
-        None
-    } else {
-        a.class_index.or(d.class_index)
-    };
+    let class_index = if model.spec.generator.c_dim == 0 { None } else { a.class_index.or(d.class_index) };
     let params: Vec<GenerationParams> = seeds
         .iter()
         .map(|&seed| GenerationParams {
@@ -281,59 +265,34 @@ fn generate(a: GenerateArgs) -> Result<()> {
             trunc_cutoff: a.trunc_cutoff.or(d.trunc_cutoff),
             class_index,
             noise_mode: a.noise_mode.unwrap_or(d.noise_mode),
-            mix: a
-                .mix_seed
-                .zip(a.mix_from)
-                .map(|(seed, from)| StyleMix { seed, from }),
+            mix: a.mix_seed.zip(a.mix_from).map(|(seed, from)| StyleMix { seed, from }),
         })
         .collect();
-    std::fs::create_dir_all(&a.outdir)
-        .with_context(|| format!("cannot create {}", a.outdir.display()))?;
+    std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;
     let bar = progress(params.len());
     for chunk in params.chunks(a.batch.max(1)) {
         let pixels = to_pixels(&model.generate(chunk)?)?;
         for (i, p) in chunk.iter().enumerate() {
-            write_png(
-                &pixels.get(i as i64),
-                &a.outdir.join(format!("seed{:04}.png", p.seed)),
-            )?;
+            write_png(&pixels.get(i as i64), &a.outdir.join(format!("seed{:04}.png", p.seed)))?;
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    say(&format!(
-        "{} image(s) from `{}` in {}\n",
-        params.len(),
-        model.name(),
-        a.outdir.display()
-    ));
+    say(&format!("{} image(s) from `{}` in {}\n", params.len(), model.name(), a.outdir.display()));
     Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device).map_err(anyhow::Error::msg)?;
-    let models = if a.models.join("model.toml").is_file() {
-        vec![a.models.clone()]
-    } else {
-        model_dirs(&a.models)?
-    };
+    let models = if a.models.join("model.toml").is_file() { vec![a.models.clone()] } else { model_dirs(&a.models)? };
     if models.is_empty() {
-        bail!(
-            "no model directories (with a model.toml) under {}",
-            a.models.display()
-        );
+        bail!("no model directories (with a model.toml) under {}", a.models.display());
     }
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let python = if a.no_baseline {
         None
     } else {
-        Some(
-            a.python
-                .or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from))
-                .unwrap_or_else(|| "python3".into()),
-        )
+        Some(a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into()))
     };
     let cfg = BenchConfig {
         models,
@@ -361,24 +320,13 @@ fn render(a: RenderArgs) -> Result<()> {
         std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?
     };
     let registry = ModelRegistry::load(&a.models, device)?;
-    let renderer = Renderer {
-        registry: Arc::new(registry),
-        limits: RouterLimits::default(),
-        device,
-    };
-    let source = DirectSource {
-        max_batch: a.max_batch,
-    };
-    let mut runs = (0..a.repeat.max(1))
-        .map(|_| renderer.render(&layout, &source))
-        .collect::<Result<Vec<_>, _>>()?;
+    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device };
+    let source = DirectSource { max_batch: a.max_batch };
+    let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
     runs.sort_by_key(|r| r.timings.total());
     let out = runs.swap_remove(runs.len() / 2);
     let output = a.output.clone().unwrap_or_else(|| {
-        let stem = a
-            .layout
-            .file_stem()
-            .map_or("layout".into(), |s| s.to_string_lossy().into_owned());
+        let stem = a.layout.file_stem().map_or("layout".into(), |s| s.to_string_lossy().into_owned());
         let ext = match out.format {
             ImageFormat::Png => "png",
             ImageFormat::Jpeg => "jpg",
@@ -389,12 +337,9 @@ fn render(a: RenderArgs) -> Result<()> {
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(&output, &out.bytes)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    std::fs::write(&output, &out.bytes).with_context(|| format!("cannot write {}", output.display()))?;
     if let Some(path) = &a.masks {
-        ownership_map(&out.plan)
-            .save(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        ownership_map(&out.plan).save(path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut text = format!(
         "{}x{} {} with {} region(s) -> {}\n",
@@ -407,17 +352,8 @@ fn render(a: RenderArgs) -> Result<()> {
     if a.timings {
         let t = out.timings;
         let total = t.total().as_secs_f64();
-        for (name, d) in [
-            ("route", t.route),
-            ("generate", t.generate),
-            ("composite", t.composite),
-            ("encode", t.encode),
-        ] {
-            text += &format!(
-                "{name:>10} {:8.2} ms {:5.1} %\n",
-                d.as_secs_f64() * 1e3,
-                100.0 * d.as_secs_f64() / total
-            );
+        for (name, d) in [("route", t.route), ("generate", t.generate), ("composite", t.composite), ("encode", t.encode)] {
+            text += &format!("{name:>10} {:8.2} ms {:5.1} %\n", d.as_secs_f64() * 1e3, 100.0 * d.as_secs_f64() / total);
         }
         text += &format!("{:>10} {:8.2} ms\n", "total", total * 1e3);
     }
@@ -444,13 +380,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     config.validate().map_err(anyhow::Error::msg)?;
     // Blocking threads only route and composite (each bounded), so few are needed.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(64)
-        .build()?;
-    runtime
-        .block_on(mixgan::server::serve(config))
-        .map_err(anyhow::Error::msg)
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
+    runtime.block_on(mixgan::server::serve(config)).map_err(anyhow::Error::msg)
 }
 
 /// A `mixgan serve` child on a free loopback port, stopped with SIGTERM when dropped.
@@ -470,25 +401,11 @@ impl ChildServer {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("server stdout")?)
-            .read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("mixgan: listening on ")
-            .context("the server did not start")?
-            .to_string();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let url = line.trim().strip_prefix("mixgan: listening on ").context("the server did not start")?.to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let started = std::time::Instant::now();
-        while agent
-            .get(format!("{url}/readyz"))
-            .call()
-            .map(|r| r.status().as_u16())
-            .ok()
-            != Some(200)
-        {
+        while agent.get(format!("{url}/readyz")).call().map(|r| r.status().as_u16()).ok() != Some(200) {
             if started.elapsed().as_secs() > 120 {
                 bail!("the server was not ready within 2 minutes");
             }
@@ -500,37 +417,22 @@ impl ChildServer {
 
 impl Drop for ChildServer {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }
 
 fn loadtest(a: LoadArgs) -> Result<()> {
     use mixgan::loadtest::{bare_generators, closed_loop, open_loop, rss_bytes, Target};
-    let layout =
-        std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?;
+    let layout = std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?;
     let child = match &a.url {
         Some(_) => None,
         None => Some(ChildServer::start(&a.models)?),
     };
-    let url = a
-        .url
-        .clone()
-        .or_else(|| child.as_ref().map(|c| c.url.clone()))
-        .expect("a url");
-    let target = Target {
-        url: url.clone(),
-        api_key: a.api_key.clone(),
-        layout: layout.clone(),
-    };
+    let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).expect("a url");
+    let target = Target { url: url.clone(), api_key: a.api_key.clone(), layout: layout.clone() };
     let duration = std::time::Duration::from_secs_f64(a.seconds.max(0.5));
-    let mut text = format!(
-        "server {url}, layout {}, {:.0} s per row\n",
-        a.layout.display(),
-        a.seconds
-    );
+    let mut text = format!("server {url}, layout {}, {:.0} s per row\n", a.layout.display(), a.seconds);
     if a.soak {
         let rate = match a.rate {
             Some(r) => r,
@@ -546,16 +448,8 @@ fn loadtest(a: LoadArgs) -> Result<()> {
                 rss.push(m);
             }
         });
-        text += &format!(
-            "soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n",
-            r.seconds, r.statuses
-        );
-        text += &format!(
-            "served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n",
-            r.rps(),
-            r.percentile(0.5) * 1e3,
-            r.percentile(0.99) * 1e3
-        );
+        text += &format!("soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n", r.seconds, r.statuses);
+        text += &format!("served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n", r.rps(), r.percentile(0.5) * 1e3, r.percentile(0.99) * 1e3);
         if rss.len() >= 4 {
             let mb = |b: u64| b as f64 / (1 << 20) as f64;
             let settled = rss[rss.len() / 4];
@@ -572,35 +466,19 @@ fn loadtest(a: LoadArgs) -> Result<()> {
                 bail!("memory grew by more than 25 % during the soak");
             }
         }
-        let alive = ureq::get(format!("{url}/healthz"))
-            .call()
-            .map(|r| r.status().as_u16())
-            .ok()
-            == Some(200);
+        let alive = ureq::get(format!("{url}/healthz")).call().map(|r| r.status().as_u16()).ok() == Some(200);
         text += &format!("server alive after the soak: {alive}\n");
         say(&text);
-        let other: Vec<_> = r
-            .statuses
-            .keys()
-            .filter(|s| **s != 200 && **s != 503)
-            .collect();
+        let other: Vec<_> = r.statuses.keys().filter(|s| **s != 200 && **s != 503).collect();
         if !other.is_empty() || !alive {
             bail!("answers other than 200 and 503: {other:?}, alive: {alive}");
         }
         return Ok(());
     }
-    text += &format!(
-        "{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n",
-        "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200"
-    );
+    text += &format!("{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200");
     for &c in &a.concurrency {
         let r = closed_loop(&target, c, duration);
-        let bad: usize = r
-            .statuses
-            .iter()
-            .filter(|(s, _)| **s != 200)
-            .map(|(_, n)| n)
-            .sum();
+        let bad: usize = r.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
         text += &format!(
             "{:>11} {:>9} {:>8.2} {:>9.1} {:>9.1} {:>8}\n",
             c,
@@ -618,61 +496,27 @@ fn loadtest(a: LoadArgs) -> Result<()> {
     let round = std::time::Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();
     for i in 0..a.rounds.max(1) {
-        let bare = bare_generators(
-            registry.clone(),
-            &layout,
-            (round.as_secs_f64() * 30.0) as usize,
-            a.max_batch,
-        )
-        .map_err(anyhow::Error::msg)?;
+        let bare = bare_generators(registry.clone(), &layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch).map_err(anyhow::Error::msg)?;
         let served = closed_loop(&target, top, round).rps();
         text += &format!("round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}\n", i + 1, a.max_batch, served / bare);
         ratios.push(served / bare);
     }
     ratios.sort_by(|x, y| x.total_cmp(y));
-    text += &format!(
-        "service / bare generators at concurrency {top}, median of {} rounds: {:.2}\n",
-        ratios.len(),
-        ratios[ratios.len() / 2]
-    );
+    text += &format!("service / bare generators at concurrency {top}, median of {} rounds: {:.2}\n", ratios.len(), ratios[ratios.len() / 2]);
     say(&text);
     Ok(())
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    let out = a
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("models").join(&a.name));
+    let out = a.output.clone().unwrap_or_else(|| PathBuf::from("models").join(&a.name));
     if out.join("model.toml").exists() {
-        bail!(
-            "{} already holds a model; choose another --output or remove it",
-            out.display()
-        );
+        bail!("{} already holds a model; choose another --output or remove it", out.display());
     }
-    let python = a
-        .python
-        .or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from))
-        .unwrap_or_else(|| "python3".into());
+    let python = a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
     let tool = bench::find_tool("import_checkpoint.py");
-    eprintln!(
-        "[1/3] converting {} with {}",
-        a.src.display(),
-        tool.display()
-    );
+    eprintln!("[1/3] converting {} with {}", a.src.display(), tool.display());
     let mut cmd = std::process::Command::new(&python);
-    cmd.arg(&tool)
-        .arg(&a.src)
-        .args([
-            "--name",
-            &a.name,
-            "--classes",
-            &a.classes,
-            "--format",
-            &a.format,
-            "--out",
-        ])
-        .arg(&out);
+    cmd.arg(&tool).arg(&a.src).args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"]).arg(&out);
     if let Some(src) = &a.nvlabs_src {
         cmd.arg("--nvlabs-src").arg(src);
     }

@@ -30,22 +30,14 @@ impl ModelRegistry {
         if models.is_empty() {
             return Err(ModelError::InvalidSettings {
                 field: "models".into(),
-                reason: format!(
-                    "no model directories (with a model.toml) under {}",
-                    root.display()
-                ),
+                reason: format!("no model directories (with a model.toml) under {}", root.display()),
             });
         }
         Ok(Self { models })
     }
 
     pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
-        Self {
-            models: models
-                .into_iter()
-                .map(|m| (m.name().to_string(), Arc::new(m)))
-                .collect(),
-        }
+        Self { models: models.into_iter().map(|m| (m.name().to_string(), Arc::new(m))).collect() }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
@@ -54,18 +46,12 @@ impl ModelRegistry {
 
     /// The model serving `class`; with several, the first by name.
     pub fn for_class(&self, class: &str) -> Option<&Arc<Model>> {
-        self.models
-            .values()
-            .find(|m| m.spec.classes.iter().any(|c| c == class))
+        self.models.values().find(|m| m.spec.classes.iter().any(|c| c == class))
     }
 
     /// Every class served, sorted and without repeats.
     pub fn classes(&self) -> Vec<String> {
-        let mut c: Vec<String> = self
-            .models
-            .values()
-            .flat_map(|m| m.spec.classes.iter().cloned())
-            .collect();
+        let mut c: Vec<String> = self.models.values().flat_map(|m| m.spec.classes.iter().cloned()).collect();
         c.sort();
         c.dedup();
         c

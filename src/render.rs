@@ -69,62 +69,33 @@ impl Renderer {
     /// Parses and routes a layout: every check happens here, before any generation.
     pub fn plan(&self, layout_json: &[u8]) -> Result<RoutePlan, LayoutError> {
         let layout = Layout::parse(layout_json)?;
-        Router {
-            registry: &self.registry,
-            limits: &self.limits,
-        }
-        .route(&layout)
+        Router { registry: &self.registry, limits: &self.limits }.route(&layout)
     }
 
-    pub fn render(
-        &self,
-        layout_json: &[u8],
-        source: &dyn PatchSource,
-    ) -> Result<Rendered, RenderError> {
+    pub fn render(&self, layout_json: &[u8], source: &dyn PatchSource) -> Result<Rendered, RenderError> {
         let _guard = tch::no_grad_guard();
         let t0 = Instant::now();
         let plan = self.plan(layout_json)?;
         let t1 = Instant::now();
-        let batches = plan
-            .jobs
-            .iter()
-            .map(|job| source.generate(job))
-            .collect::<Result<Vec<_>, _>>()?;
+        let batches = plan.jobs.iter().map(|job| source.generate(job)).collect::<Result<Vec<_>, _>>()?;
         let patches = Self::assemble(&plan, batches)?;
         let t2 = Instant::now();
         let canvas = self.composite(&plan, &patches)?;
         let t3 = Instant::now();
         let bytes = self.encode(&canvas, &plan)?;
         let t4 = Instant::now();
-        let timings = Timings {
-            route: t1 - t0,
-            generate: t2 - t1,
-            composite: t3 - t2,
-            encode: t4 - t3,
-        };
-        Ok(Rendered {
-            bytes,
-            format: plan.format,
-            plan,
-            canvas,
-            timings,
-        })
+        let timings = Timings { route: t1 - t0, generate: t2 - t1, composite: t3 - t2, encode: t4 - t3 };
+        Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
     }
 
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, RenderError> {
         let _guard = tch::no_grad_guard();
-        Ok(Compositor {
-            device: self.device,
-        }
-        .compose(plan, patches)?)
+        Ok(Compositor { device: self.device }.compose(plan, patches)?)
     }
 
     /// Hands each job's batch (in `plan.jobs` order) to the patch slots it was made for.
     pub fn assemble(plan: &RoutePlan, batches: Vec<Tensor>) -> Result<Patches, RenderError> {
-        let mut patches = Patches {
-            background: None,
-            regions: (0..plan.regions.len()).map(|_| None).collect(),
-        };
+        let mut patches = Patches { background: None, regions: (0..plan.regions.len()).map(|_| None).collect() };
         for (job, batch) in plan.jobs.iter().zip(batches) {
             for (i, (slot, _)) in job.items.iter().enumerate() {
                 let patch = batch.f_get(i as i64)?;
@@ -140,9 +111,7 @@ impl Renderer {
     pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, RenderError> {
         let format = match plan.format {
             ImageFormat::Png => Format::Png,
-            ImageFormat::Jpeg => Format::Jpeg {
-                quality: plan.quality,
-            },
+            ImageFormat::Jpeg => Format::Jpeg { quality: plan.quality },
             ImageFormat::Webp => Format::WebP,
         };
         if canvas.device() == Device::Cpu {

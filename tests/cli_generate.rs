@@ -15,12 +15,7 @@ fn decode(path: &Path) -> image::DynamicImage {
 fn largest_pixel_difference(a: &Path, b: &Path) -> u8 {
     let (a, b) = (decode(a).to_rgb8(), decode(b).to_rgb8());
     assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
+    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
 }
 
 #[test]
@@ -35,61 +30,22 @@ fn generate_matches_the_reference_pictures() {
     );
     let options: &[&[&str]] = &[
         &["--seeds", "0-2,42", "--class", "1", "--trunc", "0.7"],
-        &[
-            "--seeds",
-            "3",
-            "--class",
-            "2",
-            "--trunc",
-            "0.5",
-            "--trunc-cutoff",
-            "4",
-            "--noise-mode",
-            "none",
-        ],
-        &[
-            "--seeds",
-            "4,5",
-            "--class",
-            "0",
-            "--mix-seed",
-            "9",
-            "--mix-from",
-            "6",
-        ],
+        &["--seeds", "3", "--class", "2", "--trunc", "0.5", "--trunc-cutoff", "4", "--noise-mode", "none"],
+        &["--seeds", "4,5", "--class", "0", "--mix-seed", "9", "--mix-from", "6"],
     ];
     for (i, opts) in options.iter().enumerate() {
         let ours = dir.path().join(format!("ours{i}"));
         let theirs = dir.path().join(format!("ref{i}"));
         let out = Command::new(bin())
-            .args([
-                "generate",
-                "--model",
-                model.to_str().unwrap(),
-                "--outdir",
-                ours.to_str().unwrap(),
-            ])
+            .args(["generate", "--model", model.to_str().unwrap(), "--outdir", ours.to_str().unwrap()])
             .args(*opts)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut args = vec![
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            theirs.to_str().unwrap(),
-        ];
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--out", theirs.to_str().unwrap()];
         args.extend_from_slice(opts);
         reference(&args);
-        let mut names: Vec<_> = std::fs::read_dir(&theirs)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = std::fs::read_dir(&theirs).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert!(!names.is_empty());
         for name in names {
@@ -109,21 +65,12 @@ fn bad_arguments_fail_with_a_message() {
         (&["--seeds", "5-1"], "seed"),
         (&["--seeds", "x"], "seed"),
         (&["--seeds", "1", "--noise-mode", "loud"], "noise"),
-        (
-            &["--seeds", "1", "--mix-seed", "3", "--mix-from", "999"],
-            "mix_from",
-        ),
+        (&["--seeds", "1", "--mix-seed", "3", "--mix-from", "999"], "mix_from"),
         (&["--seeds", "1", "--device", "tpu"], "device"),
     ];
     for (args, word) in cases {
         let out = Command::new(bin())
-            .args([
-                "generate",
-                "--model",
-                face.to_str().unwrap(),
-                "--outdir",
-                dir.path().to_str().unwrap(),
-            ])
+            .args(["generate", "--model", face.to_str().unwrap(), "--outdir", dir.path().to_str().unwrap()])
             .args(*args)
             .output()
             .unwrap();
@@ -133,15 +80,7 @@ fn bad_arguments_fail_with_a_message() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     let out = Command::new(bin())
-        .args([
-            "generate",
-            "--model",
-            dir.path().join("nowhere").to_str().unwrap(),
-            "--seeds",
-            "1",
-            "--outdir",
-            "x",
-        ])
+        .args(["generate", "--model", dir.path().join("nowhere").to_str().unwrap(), "--seeds", "1", "--outdir", "x"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -155,15 +94,7 @@ fn the_bundled_models_write_pictures() {
     for (name, size) in [("face", 64), ("hand", 64), ("background", 128)] {
         let out = dir.path().join(name);
         let status = Command::new(bin())
-            .args([
-                "generate",
-                "--model",
-                models.join(name).to_str().unwrap(),
-                "--seeds",
-                "0,1",
-                "--outdir",
-                out.to_str().unwrap(),
-            ])
+            .args(["generate", "--model", models.join(name).to_str().unwrap(), "--seeds", "0,1", "--outdir", out.to_str().unwrap()])
             .status()
             .unwrap();
         assert!(status.success());

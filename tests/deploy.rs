@@ -13,8 +13,7 @@ fn root() -> PathBuf {
 }
 
 fn tool(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MIXGAN_TOOLS")
-        .expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
+    let dir = std::env::var_os("MIXGAN_TOOLS").expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
     Path::new(&dir).join(name)
 }
 
@@ -32,38 +31,19 @@ fn values(text: &str, key: &str) -> Vec<String> {
 
 #[test]
 fn hadolint_passes_the_dockerfile() {
-    let out = Command::new(tool("hadolint"))
-        .arg(root().join("docker/Dockerfile"))
-        .output()
-        .expect("hadolint");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(tool("hadolint")).arg(root().join("docker/Dockerfile")).output().expect("hadolint");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn checkov_passes_the_manifests() {
     let out = Command::new(tool("checkov"))
-        .args([
-            "-d",
-            "deploy/k8s",
-            "--framework",
-            "kubernetes",
-            "--quiet",
-            "--compact",
-            "--skip-download",
-        ])
+        .args(["-d", "deploy/k8s", "--framework", "kubernetes", "--quiet", "--compact", "--skip-download"])
         .current_dir(root())
         .output()
         .expect("checkov");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("Failed checks: 0"),
-        "{text}"
-    );
+    assert!(out.status.success() && text.contains("Failed checks: 0"), "{text}");
 }
 
 #[test]
@@ -72,14 +52,8 @@ fn every_path_port_and_metric_named_exists_in_the_server() {
     let deployment = read("deploy/k8s/deployment.yaml");
     let paths = values(&deployment, "path:");
     assert!(paths.len() >= 3, "{paths:?}");
-    for p in paths
-        .iter()
-        .chain(values(&deployment, "prometheus.io/path:").iter())
-    {
-        assert!(
-            endpoints.contains(&p.as_str()),
-            "the deployment names {p}, which the server does not serve"
-        );
+    for p in paths.iter().chain(values(&deployment, "prometheus.io/path:").iter()) {
+        assert!(endpoints.contains(&p.as_str()), "the deployment names {p}, which the server does not serve");
     }
     assert_eq!(values(&deployment, "containerPort:"), vec!["8080"]);
     assert!(deployment.contains("\"0.0.0.0:8080\""));
@@ -89,25 +63,15 @@ fn every_path_port_and_metric_named_exists_in_the_server() {
     assert!(read("docker/compose.yaml").contains("\"8080:8080\""));
     let metrics = mixgan::server::metrics::Metrics::new();
     metrics.register_model("face");
-    metrics
-        .queue_seconds
-        .with_label_values(&["face"])
-        .observe(0.1);
+    metrics.queue_seconds.with_label_values(&["face"]).observe(0.1);
     let text = metrics.render();
-    for name in [
-        "mixgan_queue_duration_seconds_sum",
-        "mixgan_queue_duration_seconds_count",
-    ] {
+    for name in ["mixgan_queue_duration_seconds_sum", "mixgan_queue_duration_seconds_count"] {
         assert!(text.contains(name), "{name}");
-        assert!(read("deploy/k8s/prometheus-adapter-rules.yaml")
-            .contains(name.trim_end_matches("_sum").trim_end_matches("_count")));
+        assert!(read("deploy/k8s/prometheus-adapter-rules.yaml").contains(name.trim_end_matches("_sum").trim_end_matches("_count")));
     }
     // The environment variables the manifests set are settings the server reads.
     let known = toml::Table::try_from(mixgan::config::Config::default()).unwrap();
-    for name in values(&deployment, "name:")
-        .iter()
-        .filter(|n| n.starts_with("MIXGAN_"))
-    {
+    for name in values(&deployment, "name:").iter().filter(|n| n.starts_with("MIXGAN_")) {
         let key = name.trim_start_matches("MIXGAN_").to_lowercase();
         assert!(known.contains_key(&key), "{name} is not a setting");
     }

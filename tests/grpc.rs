@@ -14,16 +14,12 @@ use mixgan::server::grpc::pb;
 const PORTRAIT: &str = include_str!("../examples/portrait.json");
 
 fn tools_python() -> PathBuf {
-    let dir = std::env::var_os("MIXGAN_TOOLS")
-        .expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
+    let dir = std::env::var_os("MIXGAN_TOOLS").expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
     Path::new(&dir).join("python")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 const PY_CLIENT: &str = r#"
@@ -60,11 +56,7 @@ fn a_python_grpc_client_gets_the_bytes_http_gets() {
         .arg(root.join("proto/mixgan.proto"))
         .output()
         .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     let out = dir.path().join("grpc.png");
     let target = s.base.trim_start_matches("http://").to_string();
     let run = Command::new(tools_python())
@@ -76,65 +68,37 @@ fn a_python_grpc_client_gets_the_bytes_http_gets() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
     assert!(text.contains("health SERVING"), "{text}");
     assert!(text.contains("mime image/png 512 512 3"), "{text}");
-    assert!(
-        text.contains("error INVALID_ARGUMENT regions[0].class: unknown class `dragon`"),
-        "{text}"
-    );
+    assert!(text.contains("error INVALID_ARGUMENT regions[0].class: unknown class `dragon`"), "{text}");
     assert!(text.contains("models background,face,hand"), "{text}");
     let http = s.compose(PORTRAIT);
     assert_eq!(http.status, 200);
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        http.body,
-        "gRPC and HTTP pictures differ"
-    );
+    assert_eq!(std::fs::read(&out).unwrap(), http.body, "gRPC and HTTP pictures differ");
 }
 
 #[test]
 fn the_rust_client_maps_errors_and_auth() {
     let s = Server::start(&[("MIXGAN_API_KEY", "k3y")], &[], true);
     runtime().block_on(async {
-        let mut client = pb::mixgan_client::MixganClient::connect(s.base.clone())
-            .await
-            .unwrap();
-        let req = || pb::ComposeRequest {
-            layout_json: PORTRAIT.to_string(),
-        };
+        let mut client = pb::mixgan_client::MixganClient::connect(s.base.clone()).await.unwrap();
+        let req = || pb::ComposeRequest { layout_json: PORTRAIT.to_string() };
         let err = client.compose(req()).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let mut authed = tonic::Request::new(req());
-        authed
-            .metadata_mut()
-            .insert("authorization", "Bearer k3y".parse().unwrap());
+        authed.metadata_mut().insert("authorization", "Bearer k3y".parse().unwrap());
         let reply = client.compose(authed).await.unwrap().into_inner();
-        assert_eq!(
-            (reply.width, reply.height, reply.mime.as_str()),
-            (512, 512, "image/png")
-        );
+        assert_eq!((reply.width, reply.height, reply.mime.as_str()), (512, 512, "image/png"));
         assert!(reply.timings.unwrap().total_ms > 0.0);
-        let mut bad = tonic::Request::new(pb::ComposeRequest {
-            layout_json: "{".into(),
-        });
-        bad.metadata_mut()
-            .insert("authorization", "Bearer k3y".parse().unwrap());
+        let mut bad = tonic::Request::new(pb::ComposeRequest { layout_json: "{".into() });
+        bad.metadata_mut().insert("authorization", "Bearer k3y".parse().unwrap());
         let err = client.compose(bad).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("invalid JSON"), "{}", err.message());
     });
     let metrics = String::from_utf8(s.get("/metrics").body).unwrap();
-    assert!(
-        metrics.contains(
-            "mixgan_requests_total{route=\"/mixgan.v1.Mixgan/Compose\",status=\"grpc_0\"} 1"
-        ),
-        "{metrics}"
-    );
+    assert!(metrics.contains("mixgan_requests_total{route=\"/mixgan.v1.Mixgan/Compose\",status=\"grpc_0\"} 1"), "{metrics}");
 }
 
 #[test]
@@ -144,37 +108,14 @@ fn grpc_health_follows_readiness() {
     use tonic_health::pb::HealthCheckRequest;
     let s = Server::start(&[("MIXGAN_WARMUP_ITERATIONS", "60")], &[], false);
     runtime().block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(s.base.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(s.base.clone()).unwrap().connect().await.unwrap();
         let mut health = HealthClient::new(channel);
-        let status =
-            |r: tonic::Response<tonic_health::pb::HealthCheckResponse>| r.into_inner().status;
-        let first = status(
-            health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .unwrap(),
-        );
-        assert_eq!(
-            first,
-            ServingStatus::NotServing as i32,
-            "serving before warm-up"
-        );
+        let status = |r: tonic::Response<tonic_health::pb::HealthCheckResponse>| r.into_inner().status;
+        let first = status(health.check(HealthCheckRequest { service: String::new() }).await.unwrap());
+        assert_eq!(first, ServingStatus::NotServing as i32, "serving before warm-up");
         let start = Instant::now();
         loop {
-            let now = status(
-                health
-                    .check(HealthCheckRequest {
-                        service: "mixgan.v1.Mixgan".into(),
-                    })
-                    .await
-                    .unwrap(),
-            );
+            let now = status(health.check(HealthCheckRequest { service: "mixgan.v1.Mixgan".into() }).await.unwrap());
             if now == ServingStatus::Serving as i32 {
                 break;
             }

@@ -13,10 +13,7 @@ use tch::Device;
 
 fn fixture(kind: &str, model: Option<&Path>, out: &Path, marker: Option<&Path>) {
     let mut cmd = Command::new(python());
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/checkpoint_fixtures.py"))
-        .arg(kind)
-        .arg("--out")
-        .arg(out);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/checkpoint_fixtures.py")).arg(kind).arg("--out").arg(out);
     if let Some(m) = model {
         cmd.arg("--model").arg(m);
     }
@@ -24,25 +21,12 @@ fn fixture(kind: &str, model: Option<&Path>, out: &Path, marker: Option<&Path>) 
         cmd.arg("--marker").arg(m);
     }
     let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "fixture {kind}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "fixture {kind}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn import(src: &Path, out: &Path) -> std::process::Output {
     Command::new(bin())
-        .args([
-            "import",
-            src.to_str().unwrap(),
-            "--name",
-            "imported",
-            "--classes",
-            "face,portrait",
-            "-o",
-            out.to_str().unwrap(),
-        ])
+        .args(["import", src.to_str().unwrap(), "--name", "imported", "--classes", "face,portrait", "-o", out.to_str().unwrap()])
         .arg("--python")
         .arg(python())
         .output()
@@ -87,17 +71,10 @@ fn an_nvidia_snapshot_imports_without_nvidias_code() {
     let o = import(&pkl, &out);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(
-        stdout.contains("32x32") && stdout.contains("c_dim 3") && stdout.contains("Resnet"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("32x32") && stdout.contains("c_dim 3") && stdout.contains("Resnet"), "{stdout}");
     assert!(out.join("sample.png").is_file());
     let spec = std::fs::read_to_string(out.join("model.toml")).unwrap();
-    assert!(
-        spec.contains("classes = [\"face\", \"portrait\"]")
-            && spec.contains("architecture = \"resnet\""),
-        "{spec}"
-    );
+    assert!(spec.contains("classes = [\"face\", \"portrait\"]") && spec.contains("architecture = \"resnet\""), "{spec}");
     same_pictures(&model, &out);
     // A second import into the same place is refused rather than overwriting.
     assert!(!import(&pkl, &out).status.success());

@@ -17,23 +17,17 @@ fn root() -> PathBuf {
 
 fn registry() -> Arc<ModelRegistry> {
     static REG: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
-    REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).unwrap()))
-        .clone()
+    REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).unwrap())).clone()
 }
 
 fn renderer(limits: RouterLimits) -> Renderer {
-    Renderer {
-        registry: registry(),
-        limits,
-        device: Device::Cpu,
-    }
+    Renderer { registry: registry(), limits, device: Device::Cpu }
 }
 
 fn png_b64(w: u32, h: u32) -> String {
     let img = image::GrayImage::from_pixel(w, h, image::Luma([255]));
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png)
 }
 
@@ -43,9 +37,7 @@ fn with_region(region: &str) -> String {
 
 #[test]
 fn every_kind_of_bad_layout_has_its_own_message() {
-    let many: Vec<String> = (0..65)
-        .map(|_| r##"{"class": "face", "box": [0, 0, 8, 8]}"##.to_string())
-        .collect();
+    let many: Vec<String> = (0..65).map(|_| r##"{"class": "face", "box": [0, 0, 8, 8]}"##.to_string()).collect();
     let big_mask = png_b64(80, 80);
     let cases: Vec<(String, &str, &str)> = vec![
         ("{not json".into(), "layout", "invalid JSON"),
@@ -90,20 +82,14 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         (r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {}}}"##.into(), "label_map.palette", "names no class"),
         (r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {"face": "#ff0000"}}}"##.into(), "label_map.png", "decodable PNG"),
     ];
-    let limits = RouterLimits {
-        max_picture_side: 64,
-        ..RouterLimits::default()
-    };
+    let limits = RouterLimits { max_picture_side: 64, ..RouterLimits::default() };
     let r = renderer(limits);
     for (layout, field, reason) in &cases {
         match r.plan(layout.as_bytes()) {
             Ok(_) => panic!("accepted: {layout}"),
             Err(e) => {
                 assert_eq!(&e.field, field, "{e} for {layout}");
-                assert!(
-                    e.reason.contains(reason),
-                    "`{e}` lacks `{reason}` for {layout}"
-                );
+                assert!(e.reason.contains(reason), "`{e}` lacks `{reason}` for {layout}");
             }
         }
     }
@@ -112,48 +98,26 @@ fn every_kind_of_bad_layout_has_its_own_message() {
 #[test]
 fn partly_off_canvas_regions_are_clipped_not_refused() {
     let r = renderer(RouterLimits::default());
-    let plan = r
-        .plan(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes())
-        .unwrap();
+    let plan = r.plan(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes()).unwrap();
     let g = &plan.regions[0];
     assert_eq!((g.rect.x, g.rect.w), (-20, 50));
-    assert_eq!(
-        (g.visible.x, g.visible.y, g.visible.w, g.visible.h),
-        (0, 30, 30, 18)
-    );
-    r.render(
-        with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(),
-        &DirectSource { max_batch: 4 },
-    )
-    .unwrap();
+    assert_eq!((g.visible.x, g.visible.y, g.visible.w, g.visible.h), (0, 30, 30, 18));
+    r.render(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(), &DirectSource { max_batch: 4 }).unwrap();
 }
 
 #[test]
 fn render_exits_non_zero_with_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
-    std::fs::write(
-        &bad,
-        with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##),
-    )
-    .unwrap();
+    std::fs::write(&bad, with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mixgan"))
-        .args([
-            "render",
-            bad.to_str().unwrap(),
-            "-o",
-            dir.path().join("x.png").to_str().unwrap(),
-            "--models",
-        ])
+        .args(["render", bad.to_str().unwrap(), "-o", dir.path().join("x.png").to_str().unwrap(), "--models"])
         .arg(root().join("models"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("regions[0].class: unknown class `dragon`"),
-        "{err}"
-    );
+    assert!(err.contains("regions[0].class: unknown class `dragon`"), "{err}");
     assert!(!dir.path().join("x.png").exists());
 }
 
@@ -174,91 +138,24 @@ impl Rng {
 fn random_json(rng: &mut Rng, depth: u32) -> serde_json::Value {
     use serde_json::{json, Value};
     const KEYS: &[&str] = &[
-        "width",
-        "height",
-        "seed",
-        "format",
-        "quality",
-        "background",
-        "regions",
-        "label_map",
-        "class",
-        "model",
-        "box",
-        "ellipse",
-        "polygon",
-        "mask",
-        "z",
-        "fit",
-        "blend",
-        "feather",
-        "color_match",
-        "trunc",
-        "trunc_cutoff",
-        "class_index",
-        "noise_mode",
-        "mix_seed",
-        "mix_from",
-        "color",
-        "png",
-        "palette",
-        "min_area",
+        "width", "height", "seed", "format", "quality", "background", "regions", "label_map", "class", "model", "box",
+        "ellipse", "polygon", "mask", "z", "fit", "blend", "feather", "color_match", "trunc", "trunc_cutoff",
+        "class_index", "noise_mode", "mix_seed", "mix_from", "color", "png", "palette", "min_area",
     ];
-    const WORDS: &[&str] = &[
-        "face",
-        "hand",
-        "background",
-        "png",
-        "jpeg",
-        "cover",
-        "contain",
-        "poisson",
-        "none",
-        "#ff0000",
-        "",
-        "AAAA",
-    ];
-    match if depth > 4 {
-        rng.below(4)
-    } else {
-        rng.below(7)
-    } {
+    const WORDS: &[&str] = &["face", "hand", "background", "png", "jpeg", "cover", "contain", "poisson", "none", "#ff0000", "", "AAAA"];
+    match if depth > 4 { rng.below(4) } else { rng.below(7) } {
         0 => Value::Null,
         1 => json!(rng.below(2) == 1),
         2 => {
-            let v = [
-                0.0,
-                1.0,
-                -1.0,
-                0.5,
-                64.0,
-                4096.0,
-                1e6,
-                1e300,
-                -1e300,
-                4294967296.0,
-            ][rng.below(10) as usize];
-            json!(
-                v * if rng.below(3) == 0 {
-                    rng.below(100) as f64
-                } else {
-                    1.0
-                }
-            )
+            let v = [0.0, 1.0, -1.0, 0.5, 64.0, 4096.0, 1e6, 1e300, -1e300, 4294967296.0][rng.below(10) as usize];
+            json!(v * if rng.below(3) == 0 { rng.below(100) as f64 } else { 1.0 })
         }
         3 => json!(WORDS[rng.below(WORDS.len() as u64) as usize]),
-        4 | 5 => Value::Array(
-            (0..rng.below(6))
-                .map(|_| random_json(rng, depth + 1))
-                .collect(),
-        ),
+        4 | 5 => Value::Array((0..rng.below(6)).map(|_| random_json(rng, depth + 1)).collect()),
         _ => {
             let mut m = serde_json::Map::new();
             for _ in 0..rng.below(8) {
-                m.insert(
-                    KEYS[rng.below(KEYS.len() as u64) as usize].into(),
-                    random_json(rng, depth + 1),
-                );
+                m.insert(KEYS[rng.below(KEYS.len() as u64) as usize].into(), random_json(rng, depth + 1));
             }
             Value::Object(m)
         }
@@ -301,72 +198,30 @@ fn nothing_a_client_sends_panics_the_parser_or_router() {
             }
         }
     }
-    for deep in [
-        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
-        format!("{{\"regions\": {}", "[".repeat(50_000)),
-    ] {
+    for deep in [format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)), format!("{{\"regions\": {}", "[".repeat(50_000))] {
         assert!(r.plan(deep.as_bytes()).is_err());
     }
-    assert!(
-        accepted > 0,
-        "the mutations should leave some layouts valid"
-    );
+    assert!(accepted > 0, "the mutations should leave some layouts valid");
 }
 
 #[test]
 fn the_published_schema_names_exactly_the_accepted_keys() {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("schema/layout.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let keys = |v: &serde_json::Value| -> Vec<String> {
-        v["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect()
-    };
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("schema/layout.schema.json")).unwrap()).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> { v["properties"].as_object().unwrap().keys().cloned().collect() };
     let r = renderer(RouterLimits::default());
-    let unknown = |layout: String| {
-        r.plan(layout.as_bytes())
-            .err()
-            .is_some_and(|e| e.reason.contains("unknown field"))
-    };
+    let unknown = |layout: String| r.plan(layout.as_bytes()).err().is_some_and(|e| e.reason.contains("unknown field"));
     for key in keys(&schema) {
-        assert!(
-            !unknown(format!(r#"{{"width": 8, "height": 8, "{key}": null}}"#)),
-            "top-level `{key}`"
-        );
+        assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "{key}": null}}"#)), "top-level `{key}`");
     }
-    assert!(unknown(
-        r#"{"width": 8, "height": 8, "bogus": 1}"#.to_string()
-    ));
+    assert!(unknown(r#"{"width": 8, "height": 8, "bogus": 1}"#.to_string()));
     for key in keys(&schema["$defs"]["region"]) {
-        assert!(
-            !unknown(with_region(&format!(
-                r#"{{"class": "face", "box": [0, 0, 8, 8], "{key}": null}}"#
-            ))),
-            "region `{key}`"
-        );
+        assert!(!unknown(with_region(&format!(r#"{{"class": "face", "box": [0, 0, 8, 8], "{key}": null}}"#))), "region `{key}`");
     }
-    assert!(unknown(with_region(
-        r#"{"class": "face", "box": [0, 0, 8, 8], "bogus": 1}"#
-    )));
+    assert!(unknown(with_region(r#"{"class": "face", "box": [0, 0, 8, 8], "bogus": 1}"#)));
     for key in keys(&schema["$defs"]["background"]) {
-        assert!(
-            !unknown(format!(
-                r#"{{"width": 8, "height": 8, "background": {{"{key}": null}}}}"#
-            )),
-            "background `{key}`"
-        );
+        assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "background": {{"{key}": null}}}}"#)), "background `{key}`");
     }
     for key in keys(&schema["$defs"]["label_map"]) {
-        assert!(
-            !unknown(format!(
-                r#"{{"width": 8, "height": 8, "label_map": {{"png": "", "palette": {{}}, "{key}": null}}}}"#
-            )),
-            "label_map `{key}`"
-        );
+        assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "label_map": {{"png": "", "palette": {{}}, "{key}": null}}}}"#)), "label_map `{key}`");
     }
 }

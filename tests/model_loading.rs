@@ -36,8 +36,7 @@ fn load_err(dir: &Path) -> String {
 fn the_bundled_models_load() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     for name in ["face", "hand", "background"] {
-        let m =
-            Model::load(&root.join(name), Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = Model::load(&root.join(name), Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(m.name(), name);
         assert_eq!(m.spec.classes, vec![name.to_string()]);
     }
@@ -58,10 +57,7 @@ fn extra_tensors_are_listed() {
     let dir = model_dir();
     edit_toml(dir.path(), "num_layers = 3", "num_layers = 2");
     let err = load_err(dir.path());
-    assert!(
-        err.contains("unexpected tensor `mapping.fc2.weight`"),
-        "{err}"
-    );
+    assert!(err.contains("unexpected tensor `mapping.fc2.weight`"), "{err}");
 }
 
 #[test]
@@ -69,10 +65,7 @@ fn misshaped_tensors_are_listed_with_both_shapes() {
     let dir = model_dir();
     edit_toml(dir.path(), "w_dim = 8", "w_dim = 9");
     let err = load_err(dir.path());
-    assert!(
-        err.contains("tensor `mapping.w_avg` has shape [8], the settings need [9]"),
-        "{err}"
-    );
+    assert!(err.contains("tensor `mapping.w_avg` has shape [8], the settings need [9]"), "{err}");
 }
 
 #[test]
@@ -82,20 +75,14 @@ fn corrupt_and_missing_files_name_the_file() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains("weights.safetensors") && err.contains("safetensors"),
-        "{err}"
-    );
+    assert!(err.contains("weights.safetensors") && err.contains("safetensors"), "{err}");
 
     std::fs::write(&weights, b"not a safetensors file at all").unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("weights.safetensors"), "{err}");
 
     std::fs::remove_file(&weights).unwrap();
-    assert!(matches!(
-        Model::load(dir.path(), Device::Cpu),
-        Err(ModelError::Io { .. })
-    ));
+    assert!(matches!(Model::load(dir.path(), Device::Cpu), Err(ModelError::Io { .. })));
 
     std::fs::remove_file(dir.path().join("model.toml")).unwrap();
     let err = load_err(dir.path());
@@ -105,11 +92,7 @@ fn corrupt_and_missing_files_name_the_file() {
 #[test]
 fn unknown_and_invalid_settings_name_the_key() {
     let dir = model_dir();
-    edit_toml(
-        dir.path(),
-        "num_layers = 3",
-        "num_layers = 3\nmapping_depth = 2",
-    );
+    edit_toml(dir.path(), "num_layers = 3", "num_layers = 3\nmapping_depth = 2");
     let err = load_err(dir.path());
     assert!(err.contains("mapping_depth"), "{err}");
 
@@ -124,36 +107,11 @@ fn bad_generation_parameters_are_refused_by_name() {
     use mixgan::model::{GenerationParams, NoiseMode, StyleMix};
     let dir = model_dir();
     let model = Model::load(dir.path(), Device::Cpu).unwrap();
-    let ok = GenerationParams {
-        seed: 1,
-        trunc: 1.0,
-        trunc_cutoff: None,
-        class_index: None,
-        noise_mode: NoiseMode::Const,
-        mix: None,
-    };
+    let ok = GenerationParams { seed: 1, trunc: 1.0, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None };
     let cases = [
-        (
-            GenerationParams {
-                trunc: f64::NAN,
-                ..ok.clone()
-            },
-            "trunc",
-        ),
-        (
-            GenerationParams {
-                class_index: Some(0),
-                ..ok.clone()
-            },
-            "class_index",
-        ),
-        (
-            GenerationParams {
-                mix: Some(StyleMix { seed: 2, from: 99 }),
-                ..ok.clone()
-            },
-            "mix_from",
-        ),
+        (GenerationParams { trunc: f64::NAN, ..ok.clone() }, "trunc"),
+        (GenerationParams { class_index: Some(0), ..ok.clone() }, "class_index"),
+        (GenerationParams { mix: Some(StyleMix { seed: 2, from: 99 }), ..ok.clone() }, "mix_from"),
     ];
     for (p, field) in cases {
         let err = model.generate(&[p]).unwrap_err().to_string();

@@ -17,30 +17,19 @@ fn root() -> PathBuf {
 
 fn registry() -> Arc<ModelRegistry> {
     static REG: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
-    REG.get_or_init(|| {
-        Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).expect("bundled models"))
-    })
-    .clone()
+    REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).expect("bundled models"))).clone()
 }
 
 fn renderer() -> Renderer {
-    Renderer {
-        registry: registry(),
-        limits: RouterLimits::default(),
-        device: Device::Cpu,
-    }
+    Renderer { registry: registry(), limits: RouterLimits::default(), device: Device::Cpu }
 }
 
 fn render(layout: &str) -> Rendered {
-    renderer()
-        .render(layout.as_bytes(), &DirectSource { max_batch: 8 })
-        .unwrap_or_else(|e| panic!("{e}\n{layout}"))
+    renderer().render(layout.as_bytes(), &DirectSource { max_batch: 8 }).unwrap_or_else(|e| panic!("{e}\n{layout}"))
 }
 
 fn pixels(r: &Rendered) -> RgbImage {
-    image::load_from_memory(&r.bytes)
-        .expect("decodable")
-        .to_rgb8()
+    image::load_from_memory(&r.bytes).expect("decodable").to_rgb8()
 }
 
 const BG: [u8; 3] = [0x12, 0x34, 0x56];
@@ -51,19 +40,14 @@ fn distance_from_bg(img: &RgbImage, x0: u32, y0: u32, w: u32, h: u32) -> f64 {
     for y in y0..y0 + h {
         for x in x0..x0 + w {
             let p = img.get_pixel(x, y).0;
-            sum += (0..3)
-                .map(|c| (p[c] as f64 - BG[c] as f64).abs())
-                .sum::<f64>()
-                / 3.0;
+            sum += (0..3).map(|c| (p[c] as f64 - BG[c] as f64).abs()).sum::<f64>() / 3.0;
         }
     }
     sum / (w * h) as f64
 }
 
 fn one_region(region: &str) -> String {
-    format!(
-        r##"{{"width": 128, "height": 96, "background": {{"color": "#123456"}}, "regions": [{region}]}}"##
-    )
+    format!(r##"{{"width": 128, "height": 96, "background": {{"color": "#123456"}}, "regions": [{region}]}}"##)
 }
 
 #[test]
@@ -74,13 +58,7 @@ fn every_example_renders_the_same_bytes_twice_at_its_size_and_format() {
         let (a, b) = (render(&text), render(&text));
         assert_eq!(a.bytes, b.bytes, "{name}: two renders differ");
         let img = image::load_from_memory(&a.bytes).unwrap();
-        assert_eq!(
-            (img.width() as u64, img.height() as u64),
-            (
-                layout["width"].as_u64().unwrap(),
-                layout["height"].as_u64().unwrap()
-            )
-        );
+        assert_eq!((img.width() as u64, img.height() as u64), (layout["width"].as_u64().unwrap(), layout["height"].as_u64().unwrap()));
         let want = match layout["format"].as_str().unwrap_or("png") {
             "jpeg" => image::ImageFormat::Jpeg,
             "webp" => image::ImageFormat::WebP,
@@ -92,14 +70,8 @@ fn every_example_renders_the_same_bytes_twice_at_its_size_and_format() {
 
 #[test]
 fn each_format_is_what_it_says() {
-    for (fmt, want) in [
-        ("png", image::ImageFormat::Png),
-        ("jpeg", image::ImageFormat::Jpeg),
-        ("webp", image::ImageFormat::WebP),
-    ] {
-        let r = render(&format!(
-            r#"{{"width": 40, "height": 30, "format": "{fmt}", "quality": 80, "regions": [{{"class": "face", "box": [5, 5, 20, 20]}}]}}"#
-        ));
+    for (fmt, want) in [("png", image::ImageFormat::Png), ("jpeg", image::ImageFormat::Jpeg), ("webp", image::ImageFormat::WebP)] {
+        let r = render(&format!(r#"{{"width": 40, "height": 30, "format": "{fmt}", "quality": 80, "regions": [{{"class": "face", "box": [5, 5, 20, 20]}}]}}"#));
         assert_eq!(image::guess_format(&r.bytes).unwrap(), want);
         assert_eq!(pixels(&r).dimensions(), (40, 30));
     }
@@ -107,32 +79,18 @@ fn each_format_is_what_it_says() {
 
 #[test]
 fn geometries_cover_their_own_pixels_only() {
-    let boxed = pixels(&render(&one_region(
-        r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none"}"#,
-    )));
+    let boxed = pixels(&render(&one_region(r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none"}"#)));
     assert!(distance_from_bg(&boxed, 40, 24, 48, 48) > 10.0);
     assert_eq!(distance_from_bg(&boxed, 0, 0, 30, 96), 0.0);
     assert_eq!(distance_from_bg(&boxed, 98, 0, 30, 96), 0.0);
 
-    let ellipse = pixels(&render(&one_region(
-        r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none"}"#,
-    )));
+    let ellipse = pixels(&render(&one_region(r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none"}"#)));
     assert!(distance_from_bg(&ellipse, 54, 40, 20, 16) > 10.0);
-    assert_eq!(
-        distance_from_bg(&ellipse, 24, 18, 6, 6),
-        0.0,
-        "the bounding box's corner lies outside the ellipse"
-    );
+    assert_eq!(distance_from_bg(&ellipse, 24, 18, 6, 6), 0.0, "the bounding box's corner lies outside the ellipse");
 
-    let tri = pixels(&render(&one_region(
-        r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none"}"#,
-    )));
+    let tri = pixels(&render(&one_region(r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none"}"#)));
     assert!(distance_from_bg(&tri, 24, 14, 20, 20) > 10.0);
-    assert_eq!(
-        distance_from_bg(&tri, 90, 70, 15, 15),
-        0.0,
-        "beyond the hypotenuse"
-    );
+    assert_eq!(distance_from_bg(&tri, 90, 70, 15, 15), 0.0, "beyond the hypotenuse");
 
     // A mask: white on its left half, black on its right.
     let mut m = image::GrayImage::new(8, 8);
@@ -142,40 +100,25 @@ fn geometries_cover_their_own_pixels_only() {
         }
     }
     let mut png = Vec::new();
-    m.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
+    m.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
-    let masked = pixels(&render(&one_region(&format!(
-        r#"{{"class": "face", "box": [32, 16, 64, 64], "mask": "{b64}", "blend": "none"}}"#
-    ))));
+    let masked = pixels(&render(&one_region(&format!(r#"{{"class": "face", "box": [32, 16, 64, 64], "mask": "{b64}", "blend": "none"}}"#))));
     assert!(distance_from_bg(&masked, 36, 20, 24, 56) > 10.0);
     assert_eq!(distance_from_bg(&masked, 68, 20, 24, 56), 0.0);
 }
 
 #[test]
 fn fits_place_the_patch_as_named() {
-    let wide = |fit: &str| {
-        pixels(&render(&format!(
-            r##"{{"width": 200, "height": 100, "background": {{"color": "#123456"}}, "regions": [{{"class": "face", "seed": 3, "box": [0, 0, 200, 100], "fit": "{fit}", "blend": "none"}}]}}"##
-        )))
-    };
+    let wide = |fit: &str| pixels(&render(&format!(
+        r##"{{"width": 200, "height": 100, "background": {{"color": "#123456"}}, "regions": [{{"class": "face", "seed": 3, "box": [0, 0, 200, 100], "fit": "{fit}", "blend": "none"}}]}}"##
+    )));
     let contain = wide("contain");
-    assert_eq!(
-        distance_from_bg(&contain, 0, 0, 48, 100),
-        0.0,
-        "contain leaves the sides empty"
-    );
+    assert_eq!(distance_from_bg(&contain, 0, 0, 48, 100), 0.0, "contain leaves the sides empty");
     assert_eq!(distance_from_bg(&contain, 152, 0, 48, 100), 0.0);
     assert!(distance_from_bg(&contain, 60, 10, 80, 80) > 10.0);
     let (cover, stretch) = (wide("cover"), wide("stretch"));
-    assert!(
-        distance_from_bg(&cover, 0, 0, 200, 100) > 10.0,
-        "cover fills the box"
-    );
-    assert!(
-        distance_from_bg(&stretch, 0, 0, 200, 100) > 10.0,
-        "stretch fills the box"
-    );
+    assert!(distance_from_bg(&cover, 0, 0, 200, 100) > 10.0, "cover fills the box");
+    assert!(distance_from_bg(&stretch, 0, 0, 200, 100) > 10.0, "stretch fills the box");
     assert_ne!(cover.as_raw(), stretch.as_raw());
     // Cover keeps the aspect: its middle column is the patch's middle column at 200/64 scale,
     // so it varies vertically less than stretch squeezes it... compare against a square box.
@@ -184,39 +127,21 @@ fn fits_place_the_patch_as_named() {
     ));
     let (a, b) = (cover.get_pixel(100, 50).0, square.get_pixel(100, 100).0);
     let diff: i32 = (0..3).map(|c| (a[c] as i32 - b[c] as i32).abs()).sum();
-    assert!(
-        diff <= 6,
-        "cover is the centre band of the square rendering: {a:?} vs {b:?}"
-    );
+    assert!(diff <= 6, "cover is the centre band of the square rendering: {a:?} vs {b:?}");
 }
 
 #[test]
 fn blend_modes_differ_at_the_edge_and_leave_far_pixels_alone() {
     let mut seen = Vec::new();
     for mode in ["none", "alpha", "laplacian", "poisson"] {
-        let img = pixels(&render(&one_region(&format!(
-            r#"{{"class": "hand", "seed": 5, "ellipse": [64, 48, 30, 30], "blend": "{mode}"}}"#
-        ))));
-        assert_eq!(
-            distance_from_bg(&img, 0, 0, 16, 96),
-            0.0,
-            "{mode} touched far pixels"
-        );
-        assert!(
-            distance_from_bg(&img, 56, 40, 16, 16) > 5.0,
-            "{mode} lost the patch"
-        );
+        let img = pixels(&render(&one_region(&format!(r#"{{"class": "hand", "seed": 5, "ellipse": [64, 48, 30, 30], "blend": "{mode}"}}"#))));
+        assert_eq!(distance_from_bg(&img, 0, 0, 16, 96), 0.0, "{mode} touched far pixels");
+        assert!(distance_from_bg(&img, 56, 40, 16, 16) > 5.0, "{mode} lost the patch");
         seen.push((mode, img));
     }
     for i in 0..seen.len() {
         for j in i + 1..seen.len() {
-            assert_ne!(
-                seen[i].1.as_raw(),
-                seen[j].1.as_raw(),
-                "{} and {} gave the same picture",
-                seen[i].0,
-                seen[j].0
-            );
+            assert_ne!(seen[i].1.as_raw(), seen[j].1.as_raw(), "{} and {} gave the same picture", seen[i].0, seen[j].0);
         }
     }
 }
@@ -225,13 +150,7 @@ fn blend_modes_differ_at_the_edge_and_leave_far_pixels_alone() {
 fn higher_z_wins_the_overlap_whatever_the_order() {
     let a = r#"{"class": "face", "seed": 1, "box": [10, 10, 70, 70], "blend": "none", "z": ZA}"#;
     let b = r#"{"class": "hand", "seed": 2, "box": [50, 20, 70, 70], "blend": "none", "z": ZB}"#;
-    let both = |za: i32, zb: i32| {
-        pixels(&render(&one_region(&format!(
-            "{},{}",
-            a.replace("ZA", &za.to_string()),
-            b.replace("ZB", &zb.to_string())
-        ))))
-    };
+    let both = |za: i32, zb: i32| pixels(&render(&one_region(&format!("{},{}", a.replace("ZA", &za.to_string()), b.replace("ZB", &zb.to_string())))));
     let only_a = pixels(&render(&one_region(&a.replace("ZA", "0"))));
     let only_b = pixels(&render(&one_region(&b.replace("ZB", "0"))));
     let p = (60, 50);
@@ -244,8 +163,7 @@ fn higher_z_wins_the_overlap_whatever_the_order() {
 fn label_png(w: u32, h: u32, draw: impl Fn(u32, u32) -> [u8; 3]) -> String {
     let img = RgbImage::from_fn(w, h, |x, y| image::Rgb(draw(x, y)));
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png)
 }
 
@@ -263,49 +181,22 @@ fn label_maps_become_one_region_per_component() {
             "label_map": {{"png": "{png}", "palette": {{"face": "#ff0000", "hand": "#00ff00"}}, "min_area": 16, "blend": "none"}}}}"##
     );
     let r = render(&layout);
-    let mut classes: Vec<_> = r
-        .plan
-        .regions
-        .iter()
-        .map(|g| g.class.clone().unwrap())
-        .collect();
+    let mut classes: Vec<_> = r.plan.regions.iter().map(|g| g.class.clone().unwrap()).collect();
     classes.sort();
     assert_eq!(classes, vec!["face", "hand", "hand"]);
-    let face = r
-        .plan
-        .regions
-        .iter()
-        .find(|g| g.class.as_deref() == Some("face"))
-        .unwrap();
-    assert_eq!(
-        face.rect,
-        mixgan::router::geometry::Rect {
-            x: 16,
-            y: 16,
-            w: 32,
-            h: 32
-        }
-    );
+    let face = r.plan.regions.iter().find(|g| g.class.as_deref() == Some("face")).unwrap();
+    assert_eq!(face.rect, mixgan::router::geometry::Rect { x: 16, y: 16, w: 32, h: 32 });
     let img = pixels(&r);
     assert!(distance_from_bg(&img, 18, 18, 28, 28) > 10.0);
-    assert_eq!(
-        distance_from_bg(&img, 56, 76, 8, 8),
-        0.0,
-        "the speck was dropped"
-    );
+    assert_eq!(distance_from_bg(&img, 56, 76, 8, 8), 0.0, "the speck was dropped");
 }
 
 #[test]
 fn laplacian_and_poisson_hide_the_seam() {
     let score = |mode: &str| {
-        let r = render(&one_region(&format!(
-            r#"{{"class": "hand", "seed": 9, "ellipse": [64, 48, 34, 34], "blend": "{mode}"}}"#
-        )));
-        let c = Compositor {
-            device: Device::Cpu,
-        };
-        c.seam_score(&r.canvas, &r.plan.regions[0], &r.plan)
-            .unwrap()
+        let r = render(&one_region(&format!(r#"{{"class": "hand", "seed": 9, "ellipse": [64, 48, 34, 34], "blend": "{mode}"}}"#)));
+        let c = Compositor { device: Device::Cpu };
+        c.seam_score(&r.canvas, &r.plan.regions[0], &r.plan).unwrap()
     };
     let (none, lap, poi) = (score("none"), score("laplacian"), score("poisson"));
     assert!(lap < 0.7 * none, "laplacian {lap} vs none {none}");
@@ -332,30 +223,12 @@ fn the_poisson_solver_leaves_a_small_residual() {
 #[test]
 fn golden_pictures() {
     let cases: &[(&str, &str)] = &[
-        (
-            "box_none",
-            r#"{"class": "face", "seed": 1, "box": [20, 10, 60, 60], "blend": "none"}"#,
-        ),
-        (
-            "ellipse_alpha",
-            r#"{"class": "hand", "seed": 2, "ellipse": [64, 48, 36, 30], "blend": "alpha", "feather": 6}"#,
-        ),
-        (
-            "polygon_laplacian",
-            r#"{"class": "face", "seed": 3, "polygon": [[10, 80], [64, 5], [118, 80]]}"#,
-        ),
-        (
-            "box_poisson_color_match",
-            r#"{"class": "hand", "seed": 4, "box": [30, 20, 60, 50], "blend": "poisson", "color_match": true}"#,
-        ),
-        (
-            "fits",
-            r#"{"class": "face", "seed": 5, "box": [0, 0, 64, 40], "fit": "contain"}, {"class": "face", "seed": 5, "box": [64, 0, 64, 40], "fit": "stretch"}, {"class": "face", "seed": 5, "box": [32, 50, 64, 40], "fit": "cover", "z": -1}"#,
-        ),
-        (
-            "z_order_mixing",
-            r#"{"class": "face", "seed": 6, "box": [10, 10, 70, 70], "z": 2, "trunc": 0.5}, {"class": "hand", "seed": 7, "box": [50, 20, 70, 70], "z": 1, "mix_seed": 8, "mix_from": 4}"#,
-        ),
+        ("box_none", r#"{"class": "face", "seed": 1, "box": [20, 10, 60, 60], "blend": "none"}"#),
+        ("ellipse_alpha", r#"{"class": "hand", "seed": 2, "ellipse": [64, 48, 36, 30], "blend": "alpha", "feather": 6}"#),
+        ("polygon_laplacian", r#"{"class": "face", "seed": 3, "polygon": [[10, 80], [64, 5], [118, 80]]}"#),
+        ("box_poisson_color_match", r#"{"class": "hand", "seed": 4, "box": [30, 20, 60, 50], "blend": "poisson", "color_match": true}"#),
+        ("fits", r#"{"class": "face", "seed": 5, "box": [0, 0, 64, 40], "fit": "contain"}, {"class": "face", "seed": 5, "box": [64, 0, 64, 40], "fit": "stretch"}, {"class": "face", "seed": 5, "box": [32, 50, 64, 40], "fit": "cover", "z": -1}"#),
+        ("z_order_mixing", r#"{"class": "face", "seed": 6, "box": [10, 10, 70, 70], "z": 2, "trunc": 0.5}, {"class": "hand", "seed": 7, "box": [50, 20, 70, 70], "z": 1, "mix_seed": 8, "mix_from": 4}"#),
     ];
     let dir = root().join("tests/golden");
     let bless = std::env::var_os("MIXGAN_BLESS").is_some();
@@ -370,19 +243,8 @@ fn golden_pictures() {
             got.save(&path).unwrap();
             continue;
         }
-        let want = image::open(Path::new(&path))
-            .unwrap_or_else(|e| panic!("{}: {e} (MIXGAN_BLESS=1 writes it)", path.display()))
-            .to_rgb8();
-        let worst = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(
-            worst <= 2,
-            "{name}: differs from its golden picture by {worst}/255"
-        );
+        let want = image::open(Path::new(&path)).unwrap_or_else(|e| panic!("{}: {e} (MIXGAN_BLESS=1 writes it)", path.display())).to_rgb8();
+        let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 2, "{name}: differs from its golden picture by {worst}/255");
     }
 }

@@ -11,19 +11,13 @@ const PORTRAIT: &str = include_str!("../examples/portrait.json");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 fn one_face(seed: u32) -> String {
-    format!(
-        r##"{{"width": 96, "height": 96, "background": {{"color": "#202020"}}, "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 64, 64]}}]}}"##
-    )
+    format!(r##"{{"width": 96, "height": 96, "background": {{"color": "#202020"}}, "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 64, 64]}}]}}"##)
 }
 
 #[test]
 fn compose_returns_the_picture_and_on_request_its_description() {
     let s = Server::start(&[], &[], true);
-    let r = s.post(
-        "/v1/compose",
-        &[JSON, ("x-request-id", "req-42")],
-        PORTRAIT.as_bytes(),
-    );
+    let r = s.post("/v1/compose", &[JSON, ("x-request-id", "req-42")], PORTRAIT.as_bytes());
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("content-type"), Some("image/png"));
     assert_eq!(r.header("x-request-id"), Some("req-42"));
@@ -33,18 +27,10 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     let again = s.compose(PORTRAIT);
     assert_eq!(again.body, r.body);
 
-    let j = s.post(
-        "/v1/compose",
-        &[JSON, ("accept", "application/json")],
-        PORTRAIT.as_bytes(),
-    );
+    let j = s.post("/v1/compose", &[JSON, ("accept", "application/json")], PORTRAIT.as_bytes());
     assert_eq!(j.status, 200);
     let v = j.json();
-    let bytes = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        v["image"].as_str().unwrap(),
-    )
-    .unwrap();
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
     assert_eq!(bytes, r.body);
     let regions = v["regions"].as_array().unwrap();
     assert_eq!(regions.len(), 3);
@@ -59,12 +45,7 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     assert!(s.get("/healthz").status == 200);
 
     let models = s.get("/v1/models").json();
-    let names: Vec<_> = models["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<_> = models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["background", "face", "hand"]);
     assert_eq!(models["models"][1]["resolution"], 64);
     assert_eq!(models["models"][1]["device"], "cpu");
@@ -88,15 +69,8 @@ fn every_error_class_has_its_status_and_json_body() {
         assert_eq!(r.code(), code);
         assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
     }
-    let r = s.post(
-        "/v1/compose",
-        &[JSON],
-        br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#,
-    );
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("regions[0].class: unknown class `dragon`"));
+    let r = s.post("/v1/compose", &[JSON], br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("regions[0].class: unknown class `dragon`"));
     let r = s.get("/v2/nothing");
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
     // Still serving after all that.
@@ -110,74 +84,33 @@ fn every_error_class_has_its_status_and_json_body() {
 #[test]
 fn a_full_queue_answers_503_at_once() {
     // Batches wait up to 2 s to fill, and each model queue holds one job.
-    let s = Server::start(
-        &[
-            ("MIXGAN_QUEUE_CAPACITY", "1"),
-            ("MIXGAN_MAX_WAIT_MS", "2000"),
-            ("MIXGAN_MAX_BATCH", "64"),
-            ("MIXGAN_WARMUP_ITERATIONS", "0"),
-        ],
-        &[],
-        true,
-    );
+    let s = Server::start(&[("MIXGAN_QUEUE_CAPACITY", "1"), ("MIXGAN_MAX_WAIT_MS", "2000"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
     let base = s.base.clone();
     let first = std::thread::spawn(move || {
         let a = agent(Some(Duration::from_secs(30)));
-        let r = a
-            .post(format!("{base}/v1/compose"))
-            .header("content-type", "application/json")
-            .send(one_face(1).as_bytes())
-            .unwrap();
+        let r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(1).as_bytes()).unwrap();
         r.status().as_u16()
     });
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let r = s.compose(&one_face(2));
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (503, "overloaded"),
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    assert_eq!((r.status, r.code().as_str()), (503, "overloaded"), "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "the refusal took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(500), "the refusal took {:?}", t.elapsed());
     assert_eq!(first.join().unwrap(), 200);
     let metrics = String::from_utf8(s.get("/metrics").body).unwrap();
-    assert!(
-        metrics.contains("mixgan_rejected_total{reason=\"overload\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("mixgan_rejected_total{reason=\"overload\"} 1"), "{metrics}");
 }
 
 #[test]
 fn bearer_auth_guards_v1_only() {
     let s = Server::start(&[("MIXGAN_API_KEY", "s3cret")], &[], true);
     assert_eq!(s.compose(&one_face(1)).status, 401);
-    assert_eq!(
-        s.post(
-            "/v1/compose",
-            &[JSON, ("authorization", "Bearer wrong")],
-            one_face(1).as_bytes()
-        )
-        .status,
-        401
-    );
+    assert_eq!(s.post("/v1/compose", &[JSON, ("authorization", "Bearer wrong")], one_face(1).as_bytes()).status, 401);
     assert_eq!(s.get("/v1/models").status, 401);
-    let ok = s.post(
-        "/v1/compose",
-        &[JSON, ("authorization", "Bearer s3cret")],
-        one_face(1).as_bytes(),
-    );
+    let ok = s.post("/v1/compose", &[JSON, ("authorization", "Bearer s3cret")], one_face(1).as_bytes());
     assert_eq!(ok.status, 200);
-    assert_eq!(
-        s.get_with("/v1/models", &[("authorization", "Bearer s3cret")])
-            .status,
-        200
-    );
+    assert_eq!(s.get_with("/v1/models", &[("authorization", "Bearer s3cret")]).status, 200);
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         assert_eq!(s.get(open).status, 200, "{open}");
     }
@@ -198,23 +131,11 @@ fn not_ready_until_warmed_up() {
 #[test]
 fn sigterm_drains_the_request_in_flight_then_exits_0() {
     // The request waits ~1.5 s in the batcher, so SIGTERM arrives while it is in flight.
-    let mut s = Server::start(
-        &[
-            ("MIXGAN_MAX_WAIT_MS", "1500"),
-            ("MIXGAN_MAX_BATCH", "64"),
-            ("MIXGAN_WARMUP_ITERATIONS", "0"),
-        ],
-        &[],
-        true,
-    );
+    let mut s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
     let base = s.base.clone();
     let req = std::thread::spawn(move || {
         let a = agent(Some(Duration::from_secs(30)));
-        let mut r = a
-            .post(format!("{base}/v1/compose"))
-            .header("content-type", "application/json")
-            .send(one_face(3).as_bytes())
-            .unwrap();
+        let mut r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(3).as_bytes()).unwrap();
         (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
     });
     std::thread::sleep(Duration::from_millis(400));
@@ -228,15 +149,7 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
 
 #[test]
 fn concurrent_requests_share_batches() {
-    let s = Server::start(
-        &[
-            ("MIXGAN_MAX_WAIT_MS", "30"),
-            ("MIXGAN_MAX_BATCH", "16"),
-            ("MIXGAN_WARMUP_ITERATIONS", "0"),
-        ],
-        &[],
-        true,
-    );
+    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "30"), ("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let base = s.base.clone();
@@ -298,12 +211,7 @@ fn metrics_pass_promtool_and_cover_the_pipeline() {
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .expect("promtool (Debian package prometheus; `make test` installs it)");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -330,15 +238,9 @@ fn openapi_lists_every_endpoint_and_each_answers() {
 #[test]
 fn cors_is_off_unless_configured() {
     let preflight = |s: &Server| {
-        let req = s
-            .agent
-            .options(s.url("/v1/compose"))
-            .header("origin", "http://example.com")
-            .header("access-control-request-method", "POST");
+        let req = s.agent.options(s.url("/v1/compose")).header("origin", "http://example.com").header("access-control-request-method", "POST");
         let r = req.call().unwrap();
-        r.headers()
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap().to_string())
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string())
     };
     let off = Server::start(&[], &[], true);
     assert_eq!(preflight(&off), None);
@@ -349,18 +251,9 @@ fn cors_is_off_unless_configured() {
 #[test]
 fn json_logs_carry_the_request_id() {
     let s = Server::start(&[], &["--log-format", "json"], true);
-    s.post(
-        "/v1/compose",
-        &[JSON, ("x-request-id", "abc-123")],
-        one_face(5).as_bytes(),
-    );
+    s.post("/v1/compose", &[JSON, ("x-request-id", "abc-123")], one_face(5).as_bytes());
     std::thread::sleep(Duration::from_millis(100));
-    let line = s
-        .stderr()
-        .lines()
-        .find(|l| l.contains("abc-123"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("{}", s.stderr()));
+    let line = s.stderr().lines().find(|l| l.contains("abc-123")).map(str::to_string).unwrap_or_else(|| panic!("{}", s.stderr()));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["fields"]["request_id"], "abc-123");
     assert_eq!(v["fields"]["status"], 200);
@@ -368,27 +261,13 @@ fn json_logs_carry_the_request_id() {
 
 #[test]
 fn a_job_whose_client_left_is_dropped() {
-    let s = Server::start(
-        &[
-            ("MIXGAN_MAX_WAIT_MS", "1500"),
-            ("MIXGAN_MAX_BATCH", "64"),
-            ("MIXGAN_WARMUP_ITERATIONS", "0"),
-        ],
-        &[],
-        true,
-    );
+    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
     let impatient = agent(Some(Duration::from_millis(300)));
-    let r = impatient
-        .post(s.url("/v1/compose"))
-        .header("content-type", "application/json")
-        .send(one_face(7).as_bytes());
+    let r = impatient.post(s.url("/v1/compose")).header("content-type", "application/json").send(one_face(7).as_bytes());
     assert!(r.is_err(), "the client should give up first");
     std::thread::sleep(Duration::from_millis(2000));
     let text = String::from_utf8(s.get("/metrics").body).unwrap();
-    assert!(
-        text.contains("mixgan_dropped_jobs_total{model=\"face\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains("mixgan_dropped_jobs_total{model=\"face\"} 1"), "{text}");
     assert_eq!(s.compose(&one_face(8)).status, 200);
 }
 
@@ -396,29 +275,11 @@ fn a_job_whose_client_left_is_dropped() {
 fn overload_gets_pictures_or_503_and_the_server_survives() {
     use mixgan::loadtest::{closed_loop, open_loop, Target};
     let s = Server::start(&[("MIXGAN_LOG", "warn")], &[], true);
-    let target = Target {
-        url: s.base.clone(),
-        api_key: None,
-        layout: one_face(4).into_bytes(),
-    };
+    let target = Target { url: s.base.clone(), api_key: None, layout: one_face(4).into_bytes() };
     let sustainable = closed_loop(&target, 8, Duration::from_secs(2)).rps();
-    let r = open_loop(
-        &target,
-        2.0 * sustainable,
-        Duration::from_secs(5),
-        64,
-        || {},
-    );
-    let other: Vec<_> = r
-        .statuses
-        .keys()
-        .filter(|c| **c != 200 && **c != 503)
-        .collect();
-    assert!(
-        other.is_empty(),
-        "answers other than 200/503: {:?}",
-        r.statuses
-    );
+    let r = open_loop(&target, 2.0 * sustainable, Duration::from_secs(5), 64, || {});
+    let other: Vec<_> = r.statuses.keys().filter(|c| **c != 200 && **c != 503).collect();
+    assert!(other.is_empty(), "answers other than 200/503: {:?}", r.statuses);
     assert!(r.ok() > 0, "{:?}", r.statuses);
     assert_eq!(s.get("/healthz").status, 200);
     assert_eq!(s.compose(&one_face(5)).status, 200);

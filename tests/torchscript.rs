@@ -18,14 +18,7 @@ fn export(model: &Path, out: &Path) {
 fn export_with(model: &Path, out: &Path, extra: &[&str]) {
     let o = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/export_torchscript.py"))
-        .args([
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--classes",
-            "scripted",
-        ])
+        .args(["--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--classes", "scripted"])
         .args(extra)
         .output()
         .unwrap();
@@ -47,78 +40,39 @@ fn a_torchscript_pair_generates_what_the_native_generator_does() {
     let a = Model::load(&native, Device::Cpu).unwrap();
     let b = Model::load(&scripted, Device::Cpu).unwrap();
     assert_eq!(b.generator.num_ws(), a.generator.num_ws());
-    let ps: Vec<GenerationParams> = [
-        (0u32, 1.0, None, None),
-        (5, 0.6, Some(3), None),
-        (9, 0.7, None, Some(StyleMix { seed: 4, from: 5 })),
-    ]
-    .iter()
-    .map(|&(seed, trunc, trunc_cutoff, mix)| GenerationParams {
-        seed,
-        trunc,
-        trunc_cutoff,
-        class_index: Some(1),
-        noise_mode: NoiseMode::Const,
-        mix,
-    })
-    .collect();
+    let ps: Vec<GenerationParams> = [(0u32, 1.0, None, None), (5, 0.6, Some(3), None), (9, 0.7, None, Some(StyleMix { seed: 4, from: 5 }))]
+        .iter()
+        .map(|&(seed, trunc, trunc_cutoff, mix)| GenerationParams { seed, trunc, trunc_cutoff, class_index: Some(1), noise_mode: NoiseMode::Const, mix })
+        .collect();
     let diff = max_abs_diff(&a.generate(&ps).unwrap(), &b.generate(&ps).unwrap());
     assert!(diff <= 1e-4, "TorchScript differs from native by {diff:e}");
 
-    let random = GenerationParams {
-        noise_mode: NoiseMode::Random,
-        ..ps[0].clone()
-    };
+    let random = GenerationParams { noise_mode: NoiseMode::Random, ..ps[0].clone() };
     let err = b.generate(&[random]).unwrap_err().to_string();
-    assert!(
-        err.contains("noise_mode") && err.contains("TorchScript"),
-        "{err}"
-    );
+    assert!(err.contains("noise_mode") && err.contains("TorchScript"), "{err}");
 }
 
 #[test]
 fn torchscript_files_stay_inside_the_model_directory_and_must_load() {
     let dir = tempfile::tempdir().unwrap();
     let scripted = dir.path().join("scripted");
-    export(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/hand"),
-        &scripted,
-    );
+    export(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/hand"), &scripted);
     let toml = scripted.join("model.toml");
     let text = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(
-        &toml,
-        text.replace("mapping = \"mapping.pt\"", "mapping = \"../../mapping.pt\""),
-    )
-    .unwrap();
-    let err = Model::load(&scripted, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("torchscript.mapping") && err.contains("inside the model directory"),
-        "{err}"
-    );
+    std::fs::write(&toml, text.replace("mapping = \"mapping.pt\"", "mapping = \"../../mapping.pt\"")).unwrap();
+    let err = Model::load(&scripted, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("torchscript.mapping") && err.contains("inside the model directory"), "{err}");
     std::fs::write(&toml, &text).unwrap();
     std::fs::write(scripted.join("synthesis.pt"), b"not torchscript").unwrap();
-    let err = Model::load(&scripted, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("synthesis.pt") && err.contains("TorchScript"),
-        "{err}"
-    );
+    let err = Model::load(&scripted, Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("synthesis.pt") && err.contains("TorchScript"), "{err}");
 }
 
 #[test]
 fn a_torchscript_model_serves() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    export(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face"),
-        &models.join("scripted"),
-    );
+    export(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face"), &models.join("scripted"));
     let s = common::server::Server::start(&[], &["--models", models.to_str().unwrap()], true);
     let m = s.get("/v1/models").json();
     assert_eq!(m["models"][0]["kind"], "torchscript");
@@ -158,9 +112,6 @@ fn a_fixed_batch_trace_runs_in_chunks() {
         let (x, y) = (a.generate(&ps).unwrap(), b.generate(&ps).unwrap());
         assert_eq!(y.size()[0], n as i64);
         let diff = max_abs_diff(&x, &y);
-        assert!(
-            diff <= 1e-4,
-            "batch {n}: TorchScript differs from native by {diff:e}"
-        );
+        assert!(diff <= 1e-4, "batch {n}: TorchScript differs from native by {diff:e}");
     }
 }

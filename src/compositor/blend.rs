@@ -21,10 +21,7 @@ fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
         let mut pad = [0i64; 4];
         pad[if dim == 2 { 0 } else { 2 }] = p;
         pad[if dim == 2 { 1 } else { 3 }] = p;
-        let padded = y
-            .f_unsqueeze(0)?
-            .f_pad(pad, "replicate", None)?
-            .f_squeeze_dim(0)?;
+        let padded = y.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
         let tap = |k: i64| padded.f_slice(dim, k, k + len, step);
         let mut acc = tap(0)?.f_mul_scalar(f64::from(taps[0]))?;
         for (k, &t) in taps.iter().enumerate().skip(1) {
@@ -46,9 +43,7 @@ pub fn dilate(x: &Tensor, r: i64) -> Result<Tensor> {
 
 pub fn gaussian_taps(sigma: f64) -> Vec<f32> {
     let r = (3.0 * sigma).ceil().max(1.0) as i64;
-    let w: Vec<f64> = (-r..=r)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
-        .collect();
+    let w: Vec<f64> = (-r..=r).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp()).collect();
     let s: f64 = w.iter().sum();
     w.into_iter().map(|v| (v / s) as f32).collect()
 }
@@ -65,10 +60,7 @@ pub fn feathered(mask: &Tensor, feather: f64) -> Result<Tensor> {
     if feather < 0.5 {
         return Ok(mask.shallow_clone());
     }
-    gaussian_blur(mask, feather / 2.0)?
-        .f_mul_scalar(2.0)?
-        .f_sub_scalar(1.0)?
-        .f_clamp(0.0, 1.0)
+    gaussian_blur(mask, feather / 2.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_clamp(0.0, 1.0)
 }
 
 /// `alpha * patch + (1 - alpha) * base`.
@@ -83,9 +75,7 @@ fn down(x: &Tensor) -> Result<Tensor> {
 }
 
 fn up(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    x.f_unsqueeze(0)?
-        .f_upsample_bilinear2d([h, w], false, None, None)?
-        .f_squeeze_dim(0)
+    x.f_unsqueeze(0)?.f_upsample_bilinear2d([h, w], false, None, None)?.f_squeeze_dim(0)
 }
 
 /// Pyramid levels for a region of `side` pixels (its shorter side).
@@ -108,9 +98,7 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
         let next = down(last)?;
         pyramid.push(next);
     }
-    let split = |t: &Tensor| -> Result<(Tensor, Tensor)> {
-        Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, 1)?))
-    };
+    let split = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, 1)?)) };
     let top = pyramid.len() - 1;
     let (d, m) = split(&pyramid[top])?;
     let mut out = d.f_mul(&m)?;
@@ -130,32 +118,16 @@ fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<(Tensor, Tensor)>>
     if n < 8.0 {
         return Ok(None);
     }
-    let mean = x
-        .f_mul(&sel)?
-        .f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?
-        .f_div_scalar(n)?;
-    let var = x
-        .f_sub(&mean)?
-        .f_square()?
-        .f_mul(&sel)?
-        .f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?
-        .f_div_scalar(n)?;
+    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
+    let var = x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
     Ok(Some((mean, var.f_add_scalar(1e-8)?.f_sqrt()?)))
 }
 
 /// Colour matching: the patch's per-channel mean and deviation (inside `inside`) moved to
 /// those of `base` over `ring`.
-pub fn match_colors(
-    patch: &Tensor,
-    inside: &Tensor,
-    base: &Tensor,
-    ring: &Tensor,
-) -> Result<Tensor> {
+pub fn match_colors(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tensor) -> Result<Tensor> {
     match (masked_stats(patch, inside)?, masked_stats(base, ring)?) {
-        (Some((mp, sp)), Some((mr, sr))) => patch
-            .f_sub(&mp)?
-            .f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?
-            .f_add(&mr),
+        (Some((mp, sp)), Some((mr, sr))) => patch.f_sub(&mp)?.f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?.f_add(&mr),
         _ => Ok(patch.shallow_clone()),
     }
 }

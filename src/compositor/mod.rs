@@ -69,20 +69,14 @@ fn upscale_axis(x: &Tensor, s: i64, dim: i64) -> Result<Tensor> {
     let mut size = x.size();
     let n = size[dim as usize];
     let pad = if dim == 2 { [1, 1, 0, 0] } else { [0, 0, 1, 1] };
-    let padded = x
-        .f_unsqueeze(0)?
-        .f_pad(pad, "replicate", None)?
-        .f_squeeze_dim(0)?;
+    let padded = x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
     let mut phased = size.clone();
     phased.insert(dim as usize + 1, s);
     let out = Tensor::f_empty(phased.as_slice(), (x.kind(), x.device()))?;
     for r in 0..s {
         let src = (r as f64 + 0.5) / s as f64 - 0.5;
         let below = src.floor();
-        let (a, b) = (
-            padded.f_narrow(dim, below as i64 + 1, n)?,
-            padded.f_narrow(dim, below as i64 + 2, n)?,
-        );
+        let (a, b) = (padded.f_narrow(dim, below as i64 + 1, n)?, padded.f_narrow(dim, below as i64 + 2, n)?);
         let _ = a.f_lerp_scalar_out(&out.f_select(dim + 1, r)?, &b, src - below)?;
     }
     size[dim as usize] = n * s;
@@ -97,16 +91,9 @@ pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit) -> Result<(Tensor, Op
         Fit::Stretch => Ok((resize(&p, h, w)?, None)),
         Fit::Cover => {
             let s = (w as f64 / pw).max(h as f64 / ph);
-            let (rh, rw) = (
-                ((ph * s).ceil() as i64).max(h),
-                ((pw * s).ceil() as i64).max(w),
-            );
+            let (rh, rw) = (((ph * s).ceil() as i64).max(h), ((pw * s).ceil() as i64).max(w));
             let r = resize(&p, rh, rw)?;
-            Ok((
-                r.f_narrow(1, (rh - h) / 2, h)?
-                    .f_narrow(2, (rw - w) / 2, w)?,
-                None,
-            ))
+            Ok((r.f_narrow(1, (rh - h) / 2, h)?.f_narrow(2, (rw - w) / 2, w)?, None))
         }
         Fit::Contain => {
             let at = contained(pw as i64, ph as i64, w, h);
@@ -128,16 +115,7 @@ fn window(t: &Tensor, r: &Rect) -> Result<Tensor> {
 /// `inner` (a [C, h, w] over rect `at`) placed in a copy of `base`, which covers `win`.
 fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor> {
     let out = base.f_detach_copy()?;
-    window(
-        &out,
-        &Rect {
-            x: at.x - win.x,
-            y: at.y - win.y,
-            w: at.w,
-            h: at.h,
-        },
-    )?
-    .f_copy_(inner)?;
+    window(&out, &Rect { x: at.x - win.x, y: at.y - win.y, w: at.w, h: at.h })?.f_copy_(inner)?;
     Ok(out)
 }
 
@@ -150,11 +128,7 @@ impl Compositor {
             (Background::Generated { fit, .. }, Some(p)) => {
                 let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit)?;
                 match cov {
-                    Some(c) => blend::mix(
-                        &Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?,
-                        &img,
-                        &c,
-                    )?,
+                    Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
                     None => img.f_contiguous()?,
                 }
             }
@@ -172,61 +146,28 @@ impl Compositor {
 
     fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
         let v: Vec<f32> = c.iter().map(|&x| color_units(x) as f32).collect();
-        Tensor::from_slice(&v)
-            .f_to_device(self.device)?
-            .f_view([3, 1, 1])?
-            .f_expand([3, h, w], false)?
-            .f_contiguous()
+        Tensor::from_slice(&v).f_to_device(self.device)?.f_view([3, 1, 1])?.f_expand([3, h, w], false)?.f_contiguous()
     }
 
     /// The region's mask placed in window `win` (zeros elsewhere), [1, win.h, win.w]. The
     /// router has already limited it to where a `contain` patch lands.
     fn mask_in(&self, region: &Region, win: &Rect) -> Result<Tensor> {
         let v = &region.visible;
-        let m = Tensor::from_slice(&region.mask)
-            .f_view([1, v.h, v.w])?
-            .f_to_device(self.device)?;
+        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
         let zeros = Tensor::f_zeros([1, win.h, win.w], (Kind::Float, self.device))?;
         paste(&zeros, &m, v, win)
     }
 
-    fn paint(
-        &self,
-        canvas: Tensor,
-        region: &Region,
-        patch: &Tensor,
-        bounds: &Rect,
-    ) -> Result<Tensor> {
+    fn paint(&self, canvas: Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Tensor> {
         let (r, v) = (&region.rect, &region.visible);
         let (full, _) = fit_patch(patch, r.w, r.h, region.fit)?;
-        let mut p = window(
-            &full,
-            &Rect {
-                x: v.x - r.x,
-                y: v.y - r.y,
-                w: v.w,
-                h: v.h,
-            },
-        )?;
+        let mut p = window(&full, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
         if region.color_match {
             let reach = (region.feather.ceil() as i64).max(6);
             let win = v.expand(reach, bounds);
             let m = self.mask_in(region, &win)?;
-            let inner = window(
-                &m,
-                &Rect {
-                    x: v.x - win.x,
-                    y: v.y - win.y,
-                    w: v.w,
-                    h: v.h,
-                },
-            )?;
-            p = blend::match_colors(
-                &p,
-                &inner,
-                &window(&canvas, &win)?,
-                &blend::ring(&m, reach)?,
-            )?;
+            let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;
+            p = blend::match_colors(&p, &inner, &window(&canvas, &win)?, &blend::ring(&m, reach)?)?;
         }
         let margin = match region.blend {
             BlendMode::None => 0,
@@ -247,9 +188,7 @@ impl Compositor {
             }
             BlendMode::Poisson => {
                 let solved = poisson::clone(&base, &layer, &m)?;
-                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
-                    .f_mul_scalar(4.0)?
-                    .f_clamp(0.0, 1.0)?;
+                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?.f_mul_scalar(4.0)?.f_clamp(0.0, 1.0)?;
                 blend::mix(&base, &solved, &reach)?
             }
         };
@@ -259,12 +198,7 @@ impl Compositor {
 
     /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).
     pub fn seam_score(&self, canvas: &Tensor, region: &Region, plan: &RoutePlan) -> Result<f64> {
-        let bounds = Rect {
-            x: 0,
-            y: 0,
-            w: plan.width,
-            h: plan.height,
-        };
+        let bounds = Rect { x: 0, y: 0, w: plan.width, h: plan.height };
         let win = region.visible.expand(4, &bounds);
         let m = self.mask_in(region, &win)?;
         seam::seam_score(&window(canvas, &win)?, &m, 3)
@@ -292,11 +226,7 @@ pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
         for y in 0..v.h {
             for x in 0..v.w {
                 if r.mask[(y * v.w + x) as usize] > 0.5 {
-                    img.put_pixel(
-                        (v.x + x) as u32,
-                        (v.y + y) as u32,
-                        image::Rgb(COLORS[i % COLORS.len()]),
-                    );
+                    img.put_pixel((v.x + x) as u32, (v.y + y) as u32, image::Rgb(COLORS[i % COLORS.len()]));
                 }
             }
         }
@@ -315,10 +245,7 @@ mod tests {
         for (sh, sw) in [(2, 2), (3, 3), (4, 4), (2, 4), (1, 3), (5, 1)] {
             let (h, w) = (12 * sh, 9 * sw);
             let ours = resize(&x, h, w).unwrap();
-            let reference = x
-                .unsqueeze(0)
-                .upsample_bilinear2d([h, w], false, None, None)
-                .squeeze_dim(0);
+            let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
             assert_eq!(ours.size(), vec![3, h, w]);
             let diff = (ours - reference).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "factor {sh}x{sw}: max diff {diff}");

@@ -28,28 +28,14 @@ fn dst2(x: &Tensor) -> Result<Tensor> {
 /// else the base's; summed around each interior pixel. Shape [C, h-2, w-2].
 fn guidance_divergence(base: &Tensor, patch: &Tensor, hard: &Tensor) -> Result<Tensor> {
     let (h, w) = (base.size()[1], base.size()[2]);
-    let dx = |t: &Tensor| -> Result<Tensor> {
-        t.f_narrow(2, 1, w - 1)?.f_sub(&t.f_narrow(2, 0, w - 1)?)
-    };
-    let dy = |t: &Tensor| -> Result<Tensor> {
-        t.f_narrow(1, 1, h - 1)?.f_sub(&t.f_narrow(1, 0, h - 1)?)
-    };
-    let in_x = hard
-        .f_narrow(2, 1, w - 1)?
-        .f_logical_and(&hard.f_narrow(2, 0, w - 1)?)?;
-    let in_y = hard
-        .f_narrow(1, 1, h - 1)?
-        .f_logical_and(&hard.f_narrow(1, 0, h - 1)?)?;
+    let dx = |t: &Tensor| -> Result<Tensor> { t.f_narrow(2, 1, w - 1)?.f_sub(&t.f_narrow(2, 0, w - 1)?) };
+    let dy = |t: &Tensor| -> Result<Tensor> { t.f_narrow(1, 1, h - 1)?.f_sub(&t.f_narrow(1, 0, h - 1)?) };
+    let in_x = hard.f_narrow(2, 1, w - 1)?.f_logical_and(&hard.f_narrow(2, 0, w - 1)?)?;
+    let in_y = hard.f_narrow(1, 1, h - 1)?.f_logical_and(&hard.f_narrow(1, 0, h - 1)?)?;
     let gx = dx(patch)?.f_where_self(&in_x, &dx(base)?)?;
     let gy = dy(patch)?.f_where_self(&in_y, &dy(base)?)?;
-    let div_x = gx
-        .f_narrow(2, 1, w - 2)?
-        .f_sub(&gx.f_narrow(2, 0, w - 2)?)?
-        .f_narrow(1, 1, h - 2)?;
-    let div_y = gy
-        .f_narrow(1, 1, h - 2)?
-        .f_sub(&gy.f_narrow(1, 0, h - 2)?)?
-        .f_narrow(2, 1, w - 2)?;
+    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
+    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
     div_x.f_add(&div_y)
 }
 
@@ -57,14 +43,8 @@ fn guidance_divergence(base: &Tensor, patch: &Tensor, hard: &Tensor) -> Result<T
 pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
     let (h, w) = (x.size()[1], x.size()[2]);
     let c = x.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?;
-    let sh = |dy: i64, dx: i64| -> Result<Tensor> {
-        x.f_narrow(1, 1 + dy, h - 2)?.f_narrow(2, 1 + dx, w - 2)
-    };
-    sh(-1, 0)?
-        .f_add(&sh(1, 0)?)?
-        .f_add(&sh(0, -1)?)?
-        .f_add(&sh(0, 1)?)?
-        .f_sub(&c.f_mul_scalar(4.0)?)
+    let sh = |dy: i64, dx: i64| -> Result<Tensor> { x.f_narrow(1, 1 + dy, h - 2)?.f_narrow(2, 1 + dx, w - 2) };
+    sh(-1, 0)?.f_add(&sh(1, 0)?)?.f_add(&sh(0, -1)?)?.f_add(&sh(0, 1)?)?.f_sub(&c.f_mul_scalar(4.0)?)
 }
 
 /// Seamless clone of `patch` into `base` (both [C, h, w]) over `mask` [1, h, w]; returns
@@ -82,47 +62,18 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let kind = base.kind();
     let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
     let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
-    let gx = d
-        .f_narrow(2, 1, w - 1)?
-        .f_sub(&d.f_narrow(2, 0, w - 1)?)?
-        .f_mul(
-            &hard
-                .f_narrow(2, 1, w - 1)?
-                .f_mul(&hard.f_narrow(2, 0, w - 1)?)?,
-        )?;
-    let gy = d
-        .f_narrow(1, 1, h - 1)?
-        .f_sub(&d.f_narrow(1, 0, h - 1)?)?
-        .f_mul(
-            &hard
-                .f_narrow(1, 1, h - 1)?
-                .f_mul(&hard.f_narrow(1, 0, h - 1)?)?,
-        )?;
-    let div_x = gx
-        .f_narrow(2, 1, w - 2)?
-        .f_sub(&gx.f_narrow(2, 0, w - 2)?)?
-        .f_narrow(1, 1, h - 2)?;
-    let div_y = gy
-        .f_narrow(1, 1, h - 2)?
-        .f_sub(&gy.f_narrow(1, 0, h - 2)?)?
-        .f_narrow(2, 1, w - 2)?;
+    let gx = d.f_narrow(2, 1, w - 1)?.f_sub(&d.f_narrow(2, 0, w - 1)?)?.f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
+    let gy = d.f_narrow(1, 1, h - 1)?.f_sub(&d.f_narrow(1, 0, h - 1)?)?.f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
+    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
+    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
     let rhs = div_x.f_add(&div_y)?;
     let (n, m) = (h - 2, w - 2);
     let device = base.device();
     let jj = Tensor::f_arange_start(1, n + 1, (Kind::Float, device))?;
     let kk = Tensor::f_arange_start(1, m + 1, (Kind::Float, device))?;
-    let lj = jj
-        .f_mul_scalar(std::f64::consts::PI / (n + 1) as f64)?
-        .f_cos()?
-        .f_mul_scalar(2.0)?;
-    let lk = kk
-        .f_mul_scalar(std::f64::consts::PI / (m + 1) as f64)?
-        .f_cos()?
-        .f_mul_scalar(2.0)?;
-    let eig = lj
-        .f_view([n, 1])?
-        .f_add(&lk.f_view([1, m])?)?
-        .f_sub_scalar(4.0)?;
+    let lj = jj.f_mul_scalar(std::f64::consts::PI / (n + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
+    let lk = kk.f_mul_scalar(std::f64::consts::PI / (m + 1) as f64)?.f_cos()?.f_mul_scalar(2.0)?;
+    let eig = lj.f_view([n, 1])?.f_add(&lk.f_view([1, m])?)?.f_sub_scalar(4.0)?;
     let coef = dst2(&rhs)?.f_div(&eig)?;
     let u = dst2(&coef)?.f_mul_scalar(4.0 / ((n + 1) * (m + 1)) as f64)?;
     let out = base.f_to_kind(Kind::Float)?.f_detach_copy()?;
@@ -137,9 +88,5 @@ pub fn residual(result: &Tensor, base: &Tensor, patch: &Tensor, mask: &Tensor) -
     let hard = mask.f_gt(0.5)?;
     let d = |t: &Tensor| t.f_to_kind(Kind::Double);
     let div = guidance_divergence(&d(base)?, &d(patch)?, &hard)?;
-    laplacian5(&d(result)?)?
-        .f_sub(&div)?
-        .f_abs()?
-        .f_max()?
-        .f_double_value(&[])
+    laplacian5(&d(result)?)?.f_sub(&div)?.f_abs()?.f_max()?.f_double_value(&[])
 }

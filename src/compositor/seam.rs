@@ -18,18 +18,12 @@ pub fn seam_score(image: &Tensor, mask: &Tensor, band: i64) -> Result<f64, TchEr
     for (dim, len) in [(1i64, h), (2i64, w)] {
         let a = |t: &Tensor| t.f_narrow(dim, 0, len - 1);
         let b = |t: &Tensor| t.f_narrow(dim, 1, len - 1);
-        let diff = a(image)?
-            .f_sub(&b(image)?)?
-            .f_abs()?
-            .f_mean_dim(0, true, Kind::Float)?;
+        let diff = a(image)?.f_sub(&b(image)?)?.f_abs()?.f_mean_dim(0, true, Kind::Float)?;
         let cross = a(&hard)?.f_sub(&b(&hard)?)?.f_abs()?;
         let both_near = a(&near)?.f_mul(&b(&near)?)?;
         let side = both_near.f_mul(&cross.f_neg()?.f_add_scalar(1.0)?)?;
         let sum = |m: &Tensor| -> Result<(f64, f64), TchError> {
-            Ok((
-                diff.f_mul(m)?.f_sum(Kind::Double)?.f_double_value(&[])?,
-                m.f_sum(Kind::Double)?.f_double_value(&[])?,
-            ))
+            Ok((diff.f_mul(m)?.f_sum(Kind::Double)?.f_double_value(&[])?, m.f_sum(Kind::Double)?.f_double_value(&[])?))
         };
         let (s, n) = sum(&cross)?;
         crossing = (crossing.0 + s, crossing.1 + n);

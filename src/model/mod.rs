@@ -56,12 +56,7 @@ impl Generator {
         }
     }
 
-    fn truncate(
-        &self,
-        ws: &Tensor,
-        psi: &[f64],
-        cutoff: &[Option<usize>],
-    ) -> Result<Tensor, tch::TchError> {
+    fn truncate(&self, ws: &Tensor, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor, tch::TchError> {
         match self {
             Self::Native(g) => g.truncate(ws, psi, cutoff),
             Self::Script(g) => stylegan2::truncate(ws, &g.w_avg, g.num_ws(), psi, cutoff),
@@ -72,19 +67,13 @@ impl Generator {
 #[derive(Debug, Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Toml { path: PathBuf, message: String },
     #[error("model setting `{field}`: {reason}")]
     InvalidSettings { field: String, reason: String },
     #[error("{path} does not fit the model settings:\n  - {}", problems.join("\n  - "))]
-    Weights {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    Weights { path: PathBuf, problems: Vec<String> },
     #[error("generation parameter `{field}`: {reason}")]
     InvalidParam { field: String, reason: String },
     #[error("libtorch: {0}")]
@@ -127,10 +116,7 @@ impl std::fmt::Debug for Model {
 }
 
 fn bad(field: &str, reason: String) -> ModelError {
-    ModelError::InvalidParam {
-        field: field.into(),
-        reason,
-    }
+    ModelError::InvalidParam { field: field.into(), reason }
 }
 
 impl Model {
@@ -144,26 +130,14 @@ impl Model {
                 Generator::Native(StyleGan2::new(spec.generator.clone(), tensors, device)?)
             }
             Some(ts) => {
-                let mut tensors = weights::load_named(
-                    &path,
-                    &[("mapping.w_avg", vec![spec.generator.w_dim])],
-                    device,
-                )?;
-                let w_avg = tensors
-                    .remove("mapping.w_avg")
-                    .expect("checked by load_named");
+                let mut tensors = weights::load_named(&path, &[("mapping.w_avg", vec![spec.generator.w_dim])], device)?;
+                let w_avg = tensors.remove("mapping.w_avg").expect("checked by load_named");
                 let mapping = spec::inside_dir("torchscript.mapping", &ts.mapping, dir)?;
                 let synthesis = spec::inside_dir("torchscript.synthesis", &ts.synthesis, dir)?;
-                Generator::Script(ScriptGenerator::load(
-                    &mapping, &synthesis, w_avg, ts.num_ws, ts.batch, device,
-                )?)
+                Generator::Script(ScriptGenerator::load(&mapping, &synthesis, w_avg, ts.num_ws, ts.batch, device)?)
             }
         };
-        Ok(Self {
-            spec,
-            dir: dir.to_path_buf(),
-            generator,
-        })
+        Ok(Self { spec, dir: dir.to_path_buf(), generator })
     }
 
     /// How the native generator runs its modulated convolutions (TorchScript: no effect).
@@ -185,11 +159,7 @@ impl Model {
             seed,
             trunc: d.trunc,
             trunc_cutoff: d.trunc_cutoff,
-            class_index: if self.spec.generator.c_dim > 0 {
-                Some(d.class_index.unwrap_or(0))
-            } else {
-                None
-            },
+            class_index: if self.spec.generator.c_dim > 0 { Some(d.class_index.unwrap_or(0)) } else { None },
             noise_mode: d.noise_mode,
             mix: None,
         }
@@ -202,78 +172,38 @@ impl Model {
             return Err(bad("trunc", format!("{} is not a finite psi", p.trunc)));
         }
         match (p.class_index, g.c_dim) {
-            (Some(k), 0) => {
-                return Err(bad(
-                    "class_index",
-                    format!("{k} given, but model `{}` is unconditional", self.name()),
-                ))
-            }
+            (Some(k), 0) => return Err(bad("class_index", format!("{k} given, but model `{}` is unconditional", self.name()))),
             (Some(k), c) if k as i64 >= c => {
-                return Err(bad(
-                    "class_index",
-                    format!("{k} is not below the model's {c} classes"),
-                ))
+                return Err(bad("class_index", format!("{k} is not below the model's {c} classes")))
             }
             (None, c) if c > 0 => {
-                return Err(bad(
-                    "class_index",
-                    format!(
-                        "model `{}` is conditional: give a class index below {c}",
-                        self.name()
-                    ),
-                ))
+                return Err(bad("class_index", format!("model `{}` is conditional: give a class index below {c}", self.name())))
             }
             _ => {}
         }
         if matches!(self.generator, Generator::Script(_)) && p.noise_mode != NoiseMode::Const {
-            return Err(bad(
-                "noise_mode",
-                format!(
-                    "model `{}` is TorchScript and uses the noise it was exported with: give const",
-                    self.name()
-                ),
-            ));
+            return Err(bad("noise_mode", format!("model `{}` is TorchScript and uses the noise it was exported with: give const", self.name())));
         }
         if let Some(m) = p.mix {
             if m.from as i64 > self.generator.num_ws() {
-                return Err(bad(
-                    "mix_from",
-                    format!(
-                        "{} is past the model's {} ws",
-                        m.from,
-                        self.generator.num_ws()
-                    ),
-                ));
+                return Err(bad("mix_from", format!("{} is past the model's {} ws", m.from, self.generator.num_ws())));
             }
         }
         Ok(())
     }
 
-    fn latents(
-        &self,
-        seeds: impl Iterator<Item = u32>,
-        classes: &[Option<usize>],
-    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+    fn latents(&self, seeds: impl Iterator<Item = u32>, classes: &[Option<usize>]) -> Result<(Tensor, Option<Tensor>), ModelError> {
         let g = &self.spec.generator;
-        let z: Vec<f32> = seeds
-            .flat_map(|s| latent::randn(s, g.z_dim as usize))
-            .map(|v| v as f32)
-            .collect();
+        let z: Vec<f32> = seeds.flat_map(|s| latent::randn(s, g.z_dim as usize)).map(|v| v as f32).collect();
         let n = classes.len() as i64;
         let device = self.generator.device();
-        let z = Tensor::from_slice(&z)
-            .f_view([n, g.z_dim])?
-            .f_to_device(device)?;
+        let z = Tensor::from_slice(&z).f_view([n, g.z_dim])?.f_to_device(device)?;
         let c = if g.c_dim > 0 {
             let mut onehot = vec![0f32; (n * g.c_dim) as usize];
             for (i, k) in classes.iter().enumerate() {
                 onehot[i * g.c_dim as usize + k.unwrap_or(0)] = 1.0;
             }
-            Some(
-                Tensor::from_slice(&onehot)
-                    .f_view([n, g.c_dim])?
-                    .f_to_device(device)?,
-            )
+            Some(Tensor::from_slice(&onehot).f_view([n, g.c_dim])?.f_to_device(device)?)
         } else {
             None
         };
@@ -291,11 +221,7 @@ impl Model {
         let cutoff: Vec<Option<usize>> = params.iter().map(|p| p.trunc_cutoff).collect();
         let (z, c) = self.latents(params.iter().map(|p| p.seed), &classes)?;
         let ws = gen.truncate(&gen.mapping(&z, c.as_ref())?, &psi, &cutoff)?;
-        let mixed: Vec<(usize, StyleMix)> = params
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.mix.map(|m| (i, m)))
-            .collect();
+        let mixed: Vec<(usize, StyleMix)> = params.iter().enumerate().filter_map(|(i, p)| p.mix.map(|m| (i, m))).collect();
         if mixed.is_empty() {
             return Ok(ws);
         }
@@ -308,12 +234,8 @@ impl Model {
         for (row, (i, m)) in mixed.iter().enumerate() {
             let len = gen.num_ws() - m.from as i64;
             if len > 0 {
-                let src = wm
-                    .f_select(0, row as i64)?
-                    .f_narrow(0, m.from as i64, len)?;
-                ws.f_select(0, *i as i64)?
-                    .f_narrow(0, m.from as i64, len)?
-                    .f_copy_(&src)?;
+                let src = wm.f_select(0, row as i64)?.f_narrow(0, m.from as i64, len)?;
+                ws.f_select(0, *i as i64)?.f_narrow(0, m.from as i64, len)?.f_copy_(&src)?;
             }
         }
         Ok(ws)
@@ -329,13 +251,7 @@ impl Model {
         let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
         Ok(match &self.generator {
-            Generator::Native(g) => g.synthesis(
-                &ws,
-                NoisePlan {
-                    modes: &modes,
-                    seeds: &seeds,
-                },
-            )?,
+            Generator::Native(g) => g.synthesis(&ws, NoisePlan { modes: &modes, seeds: &seeds })?,
             Generator::Script(g) => g.synthesis(&ws)?,
         })
     }
@@ -367,10 +283,7 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda_ok(0),
-        _ => match text
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        _ => match text.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(i) => cuda_ok(i),
             None => Err(format!("device `{text}` is not auto, cpu, cuda or cuda:N")),
         },
@@ -379,10 +292,7 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
 
 /// The model directories under `root`: each folder holding a `model.toml`, sorted by name.
 pub fn model_dirs(root: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let entries = std::fs::read_dir(root).map_err(|source| ModelError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(root).map_err(|source| ModelError::Io { path: root.to_path_buf(), source })?;
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("model.toml").is_file())

@@ -25,13 +25,7 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 /// `act(x + b) * gain`, clamped to ±clamp; `b` runs along dimension 1.
-pub fn bias_act(
-    x: &Tensor,
-    b: Option<&Tensor>,
-    act: Activation,
-    gain: f64,
-    clamp: Option<f64>,
-) -> Result<Tensor> {
+pub fn bias_act(x: &Tensor, b: Option<&Tensor>, act: Activation, gain: f64, clamp: Option<f64>) -> Result<Tensor> {
     let mut y = match b {
         Some(b) => {
             let mut shape = vec![1i64; x.dim()];
@@ -96,11 +90,7 @@ pub struct Filter {
 impl Filter {
     /// From a stored `resample_filter` buffer: [taps, taps], or [taps] when separable.
     pub fn from_buffer(f: &Tensor) -> Result<Self> {
-        let f2 = if f.dim() == 1 {
-            f.f_outer(f)?
-        } else {
-            f.shallow_clone()
-        };
+        let f2 = if f.dim() == 1 { f.f_outer(f)? } else { f.shallow_clone() };
         let taps = f2.size()[0];
         let up_kernel = f2.f_mul_scalar(4.0)?.f_flip([0, 1])?;
         Ok(Self { up_kernel, taps })
@@ -110,18 +100,8 @@ impl Filter {
     fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
         let x = pad_or_crop(x, before, after)?;
         let ch = x.size()[1];
-        let k = self
-            .up_kernel
-            .f_view([1, 1, self.taps, self.taps])?
-            .f_expand([ch, 1, self.taps, self.taps], false)?;
-        x.f_conv2d(
-            &k.f_contiguous()?,
-            None::<Tensor>,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            ch,
-        )
+        let k = self.up_kernel.f_view([1, 1, self.taps, self.taps])?.f_expand([ch, 1, self.taps, self.taps], false)?;
+        x.f_conv2d(&k.f_contiguous()?, None::<Tensor>, [1, 1], [0, 0], [1, 1], ch)
     }
 
     /// NVIDIA's `upsample2d`: 2x zero insertion, padding and the filter, with gain 4. Done as
@@ -133,12 +113,7 @@ impl Filter {
         let p1 = (t - 2) / 2;
         let pad = t - 1 - p0;
         // The transposed convolution correlates with the kernel as given, so un-flip it.
-        let k = self
-            .up_kernel
-            .f_flip([0, 1])?
-            .f_view([1, 1, t, t])?
-            .f_expand([ch, 1, t, t], false)?
-            .f_contiguous()?;
+        let k = self.up_kernel.f_flip([0, 1])?.f_view([1, 1, t, t])?.f_expand([ch, 1, t, t], false)?.f_contiguous()?;
         let y = x.f_conv_transpose2d(&k, None::<Tensor>, [2, 2], [pad, pad], [0, 0], ch, [1, 1])?;
         let (oh, ow) = (2 * h + p0 + p1 - t + 1, 2 * w + p0 + p1 - t + 1);
         y.f_narrow(2, 0, oh)?.f_narrow(3, 0, ow)
@@ -147,17 +122,11 @@ impl Filter {
 
 fn pad_or_crop(x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
     let pad = [before.max(0), after.max(0), before.max(0), after.max(0)];
-    let mut y = if pad.iter().any(|&p| p > 0) {
-        x.f_constant_pad_nd(pad)?
-    } else {
-        x.shallow_clone()
-    };
+    let mut y = if pad.iter().any(|&p| p > 0) { x.f_constant_pad_nd(pad)? } else { x.shallow_clone() };
     if before < 0 || after < 0 {
         let (h, w) = (y.size()[2], y.size()[3]);
         let (c0, c1) = ((-before).max(0), (-after).max(0));
-        y = y
-            .f_narrow(2, c0, h - c0 - c1)?
-            .f_narrow(3, c0, w - c0 - c1)?;
+        y = y.f_narrow(2, c0, h - c0 - c1)?.f_narrow(3, c0, w - c0 - c1)?;
     }
     Ok(y)
 }
@@ -178,15 +147,7 @@ pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64)
             .f_transpose(1, 2)?
             .f_reshape([groups * cin_g, cout / groups, k, k])?
     };
-    let y = x.f_conv_transpose2d(
-        &wt,
-        None::<Tensor>,
-        [2, 2],
-        [pt, pt],
-        [0, 0],
-        groups,
-        [1, 1],
-    )?;
+    let y = x.f_conv_transpose2d(&wt, None::<Tensor>, [2, 2], [pt, pt], [0, 0], groups, [1, 1])?;
     f.pad_and_filter(&y, p0 + pt, p1 + pt)
 }
 
@@ -210,21 +171,12 @@ impl ModConv<'_> {
         let (cout, cin, k) = (ws[0], ws[1], ws[2]);
         let need_w = self.demodulate || self.fused;
         let modulated = if need_w {
-            Some(
-                self.weight
-                    .f_unsqueeze(0)?
-                    .f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?,
-            )
+            Some(self.weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?)
         } else {
             None
         };
         let dcoefs = match (&modulated, self.demodulate) {
-            (Some(w), true) => Some(
-                w.f_square()?
-                    .f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?
-                    .f_add_scalar(1e-8)?
-                    .f_rsqrt()?,
-            ),
+            (Some(w), true) => Some(w.f_square()?.f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?.f_add_scalar(1e-8)?.f_rsqrt()?),
             _ => None,
         };
         if !self.fused {
@@ -255,14 +207,7 @@ impl ModConv<'_> {
     fn conv(&self, x: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
         match self.up {
             Some(f) => conv2d_up2(x, w, f, self.padding, groups),
-            None => x.f_conv2d(
-                w,
-                None::<Tensor>,
-                [1, 1],
-                [self.padding, self.padding],
-                [1, 1],
-                groups,
-            ),
+            None => x.f_conv2d(w, None::<Tensor>, [1, 1], [self.padding, self.padding], [1, 1], groups),
         }
     }
 }

@@ -199,12 +199,7 @@ pub struct GenerationDefaults {
 
 impl Default for GenerationDefaults {
     fn default() -> Self {
-        Self {
-            trunc: 1.0,
-            trunc_cutoff: None,
-            noise_mode: NoiseMode::Const,
-            class_index: None,
-        }
+        Self { trunc: 1.0, trunc_cutoff: None, noise_mode: NoiseMode::Const, class_index: None }
     }
 }
 
@@ -252,10 +247,7 @@ impl Activation {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::InvalidSettings {
-        field: field.to_string(),
-        reason: reason.into(),
-    }
+    ModelError::InvalidSettings { field: field.to_string(), reason: reason.into() }
 }
 
 impl GeneratorSettings {
@@ -279,11 +271,7 @@ impl GeneratorSettings {
     }
 
     pub fn num_ws(&self) -> i64 {
-        let convs: i64 = self
-            .block_resolutions()
-            .iter()
-            .map(|&r| if r == 4 { 1 } else { 2 })
-            .sum();
+        let convs: i64 = self.block_resolutions().iter().map(|&r| if r == 4 { 1 } else { 2 }).sum();
         convs + 1
     }
 
@@ -299,37 +287,22 @@ impl GeneratorSettings {
     pub fn validate(&self) -> Result<(), ModelError> {
         let res = self.img_resolution;
         if res < 4 || res > 8192 || res & (res - 1) != 0 {
-            return Err(invalid(
-                "generator.img_resolution",
-                format!("{res} is not a power of two from 4 to 8192"),
-            ));
+            return Err(invalid("generator.img_resolution", format!("{res} is not a power of two from 4 to 8192")));
         }
         if !(1..=4).contains(&self.img_channels) || self.img_channels == 2 {
-            return Err(invalid(
-                "generator.img_channels",
-                format!("{} is not 1, 3 or 4", self.img_channels),
-            ));
+            return Err(invalid("generator.img_channels", format!("{} is not 1, 3 or 4", self.img_channels)));
         }
-        for (field, v) in [
-            ("generator.z_dim", self.z_dim),
-            ("generator.w_dim", self.w_dim),
-        ] {
+        for (field, v) in [("generator.z_dim", self.z_dim), ("generator.w_dim", self.w_dim)] {
             if !(1..=65536).contains(&v) {
                 return Err(invalid(field, format!("{v} is not between 1 and 65536")));
             }
         }
         if !(0..=65536).contains(&self.c_dim) {
-            return Err(invalid(
-                "generator.c_dim",
-                format!("{} is not between 0 and 65536", self.c_dim),
-            ));
+            return Err(invalid("generator.c_dim", format!("{} is not between 0 and 65536", self.c_dim)));
         }
         let m = &self.mapping_kwargs;
         if !(1..=64).contains(&m.num_layers) {
-            return Err(invalid(
-                "generator.mapping_kwargs.num_layers",
-                format!("{} is not between 1 and 64", m.num_layers),
-            ));
+            return Err(invalid("generator.mapping_kwargs.num_layers", format!("{} is not between 1 and 64", m.num_layers)));
         }
         for (field, v) in [
             ("generator.mapping_kwargs.embed_features", m.embed_features),
@@ -342,10 +315,7 @@ impl GeneratorSettings {
             }
         }
         if !(m.lr_multiplier.is_finite() && m.lr_multiplier > 0.0) {
-            return Err(invalid(
-                "generator.mapping_kwargs.lr_multiplier",
-                "must be a positive number",
-            ));
+            return Err(invalid("generator.mapping_kwargs.lr_multiplier", "must be a positive number"));
         }
         Activation::parse(&m.activation, "generator.mapping_kwargs.activation")?;
         let s = &self.synthesis_kwargs;
@@ -353,17 +323,11 @@ impl GeneratorSettings {
         if s.channel_max < 1 || s.channel_base < res {
             return Err(invalid(
                 "generator.synthesis_kwargs.channel_base",
-                format!(
-                    "channel_base {} and channel_max {} leave a block without channels",
-                    s.channel_base, s.channel_max
-                ),
+                format!("channel_base {} and channel_max {} leave a block without channels", s.channel_base, s.channel_max),
             ));
         }
         if s.kernel_size < 1 || s.kernel_size % 2 == 0 || s.kernel_size > 15 {
-            return Err(invalid(
-                "generator.synthesis_kwargs.kernel_size",
-                format!("{} is not an odd size up to 15", s.kernel_size),
-            ));
+            return Err(invalid("generator.synthesis_kwargs.kernel_size", format!("{} is not an odd size up to 15", s.kernel_size)));
         }
         let taps = s.resample_filter.len();
         let sum: f64 = s.resample_filter.iter().sum();
@@ -375,10 +339,7 @@ impl GeneratorSettings {
         }
         if let Some(c) = s.conv_clamp {
             if !(c.is_finite() && c > 0.0) {
-                return Err(invalid(
-                    "generator.synthesis_kwargs.conv_clamp",
-                    "must be a positive number",
-                ));
+                return Err(invalid("generator.synthesis_kwargs.conv_clamp", "must be a positive number"));
             }
         }
         Ok(())
@@ -389,14 +350,10 @@ impl ModelSpec {
     /// Reads and validates `dir/model.toml`.
     pub fn read(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let spec: ModelSpec = toml::from_str(&text).map_err(|e| ModelError::Toml {
-            path: path.clone(),
-            message: e.message().to_string(),
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let spec: ModelSpec = toml::from_str(&text)
+            .map_err(|e| ModelError::Toml { path: path.clone(), message: e.message().to_string() })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -415,39 +372,23 @@ impl ModelSpec {
         }
         if let Some(k) = d.class_index {
             if k as i64 >= self.generator.c_dim {
-                return Err(invalid(
-                    "defaults.class_index",
-                    format!("{k} is not below c_dim {}", self.generator.c_dim),
-                ));
+                return Err(invalid("defaults.class_index", format!("{k} is not below c_dim {}", self.generator.c_dim)));
             }
         }
         self.weights_path(Path::new(""))?;
         match (self.kind, &self.torchscript) {
-            (ModelKind::Torchscript, None) => {
-                return Err(invalid(
-                    "torchscript",
-                    "kind = \"torchscript\" needs a [torchscript] table",
-                ))
-            }
+            (ModelKind::Torchscript, None) => return Err(invalid("torchscript", "kind = \"torchscript\" needs a [torchscript] table")),
             (ModelKind::Torchscript, Some(t)) => {
                 inside_dir("torchscript.mapping", &t.mapping, Path::new(""))?;
                 inside_dir("torchscript.synthesis", &t.synthesis, Path::new(""))?;
                 if !(1..=64).contains(&t.num_ws) {
-                    return Err(invalid(
-                        "torchscript.num_ws",
-                        format!("{} is not between 1 and 64", t.num_ws),
-                    ));
+                    return Err(invalid("torchscript.num_ws", format!("{} is not between 1 and 64", t.num_ws)));
                 }
                 if let Some(b) = t.batch.filter(|b| !(1..=256).contains(b)) {
-                    return Err(invalid(
-                        "torchscript.batch",
-                        format!("{b} is not between 1 and 256"),
-                    ));
+                    return Err(invalid("torchscript.batch", format!("{b} is not between 1 and 256")));
                 }
             }
-            (ModelKind::Stylegan2, Some(_)) => {
-                return Err(invalid("torchscript", "is only for kind = \"torchscript\""))
-            }
+            (ModelKind::Stylegan2, Some(_)) => return Err(invalid("torchscript", "is only for kind = \"torchscript\"")),
             (ModelKind::Stylegan2, None) => {}
         }
         Ok(())
@@ -470,15 +411,9 @@ impl ModelSpec {
 /// `name` joined to `dir`, refused when it would leave the directory.
 pub fn inside_dir(field: &str, name: &str, dir: &Path) -> Result<PathBuf, ModelError> {
     let rel = Path::new(name);
-    let inside = !name.is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    let inside = !name.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !inside {
-        return Err(invalid(
-            field,
-            format!("`{name}` must be a file name inside the model directory"),
-        ));
+        return Err(invalid(field, format!("`{name}` must be a file name inside the model directory")));
     }
     Ok(dir.join(rel))
 }
@@ -500,20 +435,14 @@ mod tests {
         let spec = parse(BASE).unwrap();
         assert_eq!(spec.generator.mapping_kwargs.num_layers, 8);
         assert_eq!(spec.generator.synthesis_kwargs.channel_base, 32768);
-        assert_eq!(
-            spec.generator.synthesis_kwargs.architecture,
-            Architecture::Skip
-        );
+        assert_eq!(spec.generator.synthesis_kwargs.architecture, Architecture::Skip);
         assert_eq!(spec.generator.num_ws(), 6); // b4: 1 conv, b8 and b16: 2 each, plus the last toRGB
         assert_eq!(spec.weights, "weights.safetensors");
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = parse(&format!(
-            "{BASE}[generator.synthesis_kwargs]\nchanel_base = 4\n"
-        ))
-        .unwrap_err();
+        let err = parse(&format!("{BASE}[generator.synthesis_kwargs]\nchanel_base = 4\n")).unwrap_err();
         assert!(err.contains("chanel_base"), "{err}");
     }
 
@@ -526,14 +455,8 @@ mod tests {
     fn bad_values_name_their_field() {
         let err = parse(&BASE.replace("img_resolution = 16", "img_resolution = 48")).unwrap_err();
         assert!(err.contains("img_resolution"), "{err}");
-        let err = parse(&format!(
-            "{BASE}[generator.synthesis_kwargs]\narchitecture = \"wide\"\n"
-        ))
-        .unwrap_err();
-        assert!(
-            err.contains("architecture") || err.contains("wide"),
-            "{err}"
-        );
+        let err = parse(&format!("{BASE}[generator.synthesis_kwargs]\narchitecture = \"wide\"\n")).unwrap_err();
+        assert!(err.contains("architecture") || err.contains("wide"), "{err}");
     }
 
     #[test]

@@ -12,8 +12,7 @@ use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
 type Result<T> = std::result::Result<T, TchError>;
 
 fn take(w: &mut HashMap<String, Tensor>, name: &str) -> Tensor {
-    w.remove(name)
-        .unwrap_or_else(|| panic!("weights were checked, yet `{name}` is missing"))
+    w.remove(name).unwrap_or_else(|| panic!("weights were checked, yet `{name}` is missing"))
 }
 
 struct Mapping {
@@ -27,10 +26,7 @@ impl Mapping {
         let m = &g.mapping_kwargs;
         let act = Activation::parse(&m.activation, "").expect("validated");
         let embed = if g.c_dim > 0 {
-            let (wt, b) = (
-                take(w, "mapping.embed.weight"),
-                take(w, "mapping.embed.bias"),
-            );
+            let (wt, b) = (take(w, "mapping.embed.weight"), take(w, "mapping.embed.bias"));
             Some(Dense::new(&wt, Some(&b), 1.0, Activation::Linear)?)
         } else {
             None
@@ -42,11 +38,7 @@ impl Mapping {
                 Dense::new(&wt, Some(&b), m.lr_multiplier, act)
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
-            embed,
-            layers,
-            w_avg: take(w, "mapping.w_avg"),
-        })
+        Ok(Self { embed, layers, w_avg: take(w, "mapping.w_avg") })
     }
 
     /// z [N, z_dim] and one-hot c [N, c_dim] to w [N, w_dim].
@@ -92,22 +84,13 @@ struct StyledLayer {
 }
 
 impl StyledLayer {
-    fn new(
-        g: &GeneratorSettings,
-        w: &mut HashMap<String, Tensor>,
-        p: &str,
-        up: bool,
-        index: u64,
-    ) -> Result<Self> {
+    fn new(g: &GeneratorSettings, w: &mut HashMap<String, Tensor>, p: &str, up: bool, index: u64) -> Result<Self> {
         let s = &g.synthesis_kwargs;
         let affine_w = take(w, &format!("{p}.affine.weight"));
         let affine_b = take(w, &format!("{p}.affine.bias"));
         let filter = take(w, &format!("{p}.resample_filter"));
         let noise = if s.use_noise {
-            Some((
-                take(w, &format!("{p}.noise_const")),
-                take(w, &format!("{p}.noise_strength")),
-            ))
+            Some((take(w, &format!("{p}.noise_const")), take(w, &format!("{p}.noise_strength"))))
         } else {
             None
         };
@@ -117,11 +100,7 @@ impl StyledLayer {
             bias: take(w, &format!("{p}.bias")),
             noise,
             index,
-            up: if up {
-                Some(Filter::from_buffer(&filter)?)
-            } else {
-                None
-            },
+            up: if up { Some(Filter::from_buffer(&filter)?) } else { None },
             padding: s.kernel_size / 2,
             act: Activation::parse(&s.activation, "").expect("validated"),
             clamp: s.conv_clamp,
@@ -129,14 +108,10 @@ impl StyledLayer {
     }
 
     fn noise(&self, plan: NoisePlan, res: i64, device: Device) -> Result<Option<Tensor>> {
-        let Some((konst, strength)) = &self.noise else {
-            return Ok(None);
-        };
+        let Some((konst, strength)) = &self.noise else { return Ok(None) };
         let random = |seed: u64| -> Result<Tensor> {
             let values = crate::latent::noise(seed, self.index, (res * res) as usize);
-            Tensor::from_slice(&values)
-                .f_view([1, 1, res, res])?
-                .f_to_device(device)
+            Tensor::from_slice(&values).f_view([1, 1, res, res])?.f_to_device(device)
         };
         match plan.uniform() {
             Some(NoiseMode::None) => return Ok(None),
@@ -159,27 +134,11 @@ impl StyledLayer {
     fn forward(&self, x: &Tensor, w: &Tensor, pass: Pass, gain: f64) -> Result<Tensor> {
         let styles = self.affine.forward(w)?;
         let size = x.size();
-        let res = if self.up.is_some() {
-            size[2] * 2
-        } else {
-            size[2]
-        };
+        let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
         let noise = self.noise(pass.noise, res, x.device())?;
-        let conv = ModConv {
-            weight: &self.weight,
-            demodulate: true,
-            up: self.up.as_ref(),
-            padding: self.padding,
-            fused: pass.fused,
-        };
+        let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused: pass.fused };
         let y = conv.forward(x, &styles, noise.as_ref())?;
-        bias_act(
-            &y,
-            Some(&self.bias),
-            self.act,
-            self.act.default_gain() * gain,
-            self.clamp.map(|c| c * gain),
-        )
+        bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
     }
 }
 
@@ -208,13 +167,7 @@ impl ToRgb {
 
     fn forward(&self, x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
-        let conv = ModConv {
-            weight: &self.weight,
-            demodulate: false,
-            up: None,
-            padding: 0,
-            fused,
-        };
+        let conv = ModConv { weight: &self.weight, demodulate: false, up: None, padding: 0, fused };
         let y = conv.forward(x, &styles, None)?;
         bias_act(&y, Some(&self.bias), Activation::Linear, 1.0, self.clamp)
     }
@@ -245,35 +198,17 @@ impl Block {
             None
         };
         Ok(Self {
-            konst: if first {
-                Some(take(w, &format!("{b}.const")))
-            } else {
-                None
-            },
-            conv0: if first {
-                None
-            } else {
-                Some(StyledLayer::new(g, w, &format!("{b}.conv0"), true, stream)?)
-            },
+            konst: if first { Some(take(w, &format!("{b}.const"))) } else { None },
+            conv0: if first { None } else { Some(StyledLayer::new(g, w, &format!("{b}.conv0"), true, stream)?) },
             conv1: StyledLayer::new(g, w, &format!("{b}.conv1"), false, stream + 1)?,
-            torgb: if g.has_torgb(res) {
-                Some(ToRgb::new(g, w, &format!("{b}.torgb"))?)
-            } else {
-                None
-            },
+            torgb: if g.has_torgb(res) { Some(ToRgb::new(g, w, &format!("{b}.torgb"))?) } else { None },
             skip,
             filter: Filter::from_buffer(&take(w, &format!("{b}.resample_filter")))?,
             num_conv: if first { 1 } else { 2 },
         })
     }
 
-    fn forward(
-        &self,
-        x: Option<Tensor>,
-        img: Option<Tensor>,
-        ws: &Tensor,
-        pass: Pass,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    fn forward(&self, x: Option<Tensor>, img: Option<Tensor>, ws: &Tensor, pass: Pass) -> Result<(Tensor, Option<Tensor>)> {
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
@@ -282,13 +217,7 @@ impl Block {
                 let x = k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?;
                 // Channels-last features let oneDNN pick its fast convolution kernels on CPU;
                 // the layout then carries through every following op.
-                let x = if pass.channels_last {
-                    x.f_permute([0, 2, 3, 1])?
-                        .f_contiguous()?
-                        .f_permute([0, 3, 1, 2])?
-                } else {
-                    x
-                };
+                let x = if pass.channels_last { x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])? } else { x };
                 self.conv1.forward(&x, &w(0)?, pass, 1.0)?
             }
             (None, Some(x), Some(conv0)) => {
@@ -354,11 +283,7 @@ unsafe impl Sync for StyleGan2 {}
 
 impl StyleGan2 {
     /// Builds the network from a weights map that `weights::load` has checked.
-    pub fn new(
-        settings: GeneratorSettings,
-        mut weights: HashMap<String, Tensor>,
-        device: Device,
-    ) -> Result<Self> {
+    pub fn new(settings: GeneratorSettings, mut weights: HashMap<String, Tensor>, device: Device) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let mapping = Mapping::new(&settings, &mut weights)?;
         let blocks = settings
@@ -367,14 +292,7 @@ impl StyleGan2 {
             .map(|res| Block::new(&settings, &mut weights, res))
             .collect::<Result<_>>()?;
         let num_ws = settings.num_ws();
-        Ok(Self {
-            settings,
-            mapping,
-            blocks,
-            num_ws,
-            device,
-            conv_path: ConvPath::Auto,
-        })
+        Ok(Self { settings, mapping, blocks, num_ws, device, conv_path: ConvPath::Auto })
     }
 
     pub fn num_ws(&self) -> i64 {
@@ -407,11 +325,7 @@ impl StyleGan2 {
             ConvPath::Unfused => false,
             ConvPath::Auto => n == 1 && !on_cpu,
         };
-        let pass = Pass {
-            noise,
-            fused,
-            channels_last: on_cpu && !fused,
-        };
+        let pass = Pass { noise, fused, channels_last: on_cpu && !fused };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
         for block in &self.blocks {
@@ -428,13 +342,7 @@ impl StyleGan2 {
 
 /// Truncation toward `w_avg`: sample i's first `cutoff[i]` ws (all when `None`) move by
 /// `psi[i]`. The arithmetic is `torch.lerp`'s, branch for branch.
-pub fn truncate(
-    ws: &Tensor,
-    w_avg: &Tensor,
-    num_ws: i64,
-    psi: &[f64],
-    cutoff: &[Option<usize>],
-) -> Result<Tensor> {
+pub fn truncate(ws: &Tensor, w_avg: &Tensor, num_ws: i64, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
     let n = num_ws as usize;
     if psi.iter().all(|&p| p == 1.0) {
@@ -445,9 +353,7 @@ pub fn truncate(
         let upto = c.unwrap_or(n).min(n);
         weight.extend((0..n).map(|l| if l < upto { p as f32 } else { 1.0 }));
     }
-    let weight = Tensor::from_slice(&weight)
-        .f_view([psi.len() as i64, num_ws, 1])?
-        .f_to_device(ws.device())?;
+    let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, num_ws, 1])?.f_to_device(ws.device())?;
     let diff = ws.f_sub(w_avg)?;
     let low = w_avg.f_add(&diff.f_mul(&weight)?)?;
     let high = ws.f_sub(&diff.f_mul(&weight.f_neg()?.f_add_scalar(1.0)?)?)?;

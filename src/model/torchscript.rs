@@ -21,10 +21,7 @@ pub struct ScriptGenerator {
 
 fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
     if !path.is_file() {
-        return Err(ModelError::Io {
-            path: path.into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
+        return Err(ModelError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
     }
     let mut m = CModule::load_on_device(path, device).map_err(|e| ModelError::Weights {
         path: path.into(),
@@ -47,14 +44,7 @@ impl ScriptGenerator {
         batch: Option<i64>,
         device: Device,
     ) -> Result<Self, ModelError> {
-        Ok(Self {
-            mapping: load(mapping, device)?,
-            synthesis: load(synthesis, device)?,
-            w_avg,
-            num_ws,
-            batch,
-            device,
-        })
+        Ok(Self { mapping: load(mapping, device)?, synthesis: load(synthesis, device)?, w_avg, num_ws, batch, device })
     }
 
     /// `module` on `inputs` (batched along dim 0), in chunks of the fixed batch size if the
@@ -78,9 +68,7 @@ impl ScriptGenerator {
                     }
                     let mut pad = part.size();
                     pad[0] = b - len;
-                    let last = part
-                        .f_narrow(0, len - 1, 1)?
-                        .f_expand(pad.as_slice(), false)?;
+                    let last = part.f_narrow(0, len - 1, 1)?.f_expand(pad.as_slice(), false)?;
                     Tensor::f_cat(&[&part, &last], 0)
                 })
                 .collect::<Result<Vec<_>, TchError>>()?;
@@ -102,10 +90,7 @@ impl ScriptGenerator {
         let ws = self.run(&self.mapping, &[z, c])?;
         let size = ws.size();
         if size.len() != 3 || size[1] != self.num_ws {
-            return Err(TchError::Shape(format!(
-                "mapping.pt returned {size:?}; the contract is [N, {}, w_dim]",
-                self.num_ws
-            )));
+            return Err(TchError::Shape(format!("mapping.pt returned {size:?}; the contract is [N, {}, w_dim]", self.num_ws)));
         }
         Ok(ws)
     }

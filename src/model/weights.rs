@@ -16,11 +16,7 @@ pub fn expected_tensors(g: &GeneratorSettings) -> BTreeMap<String, Vec<i64>> {
     let mut t = BTreeMap::new();
     let m = &g.mapping_kwargs;
     let s = &g.synthesis_kwargs;
-    let embed = if g.c_dim > 0 {
-        m.embed_features.unwrap_or(g.w_dim)
-    } else {
-        0
-    };
+    let embed = if g.c_dim > 0 { m.embed_features.unwrap_or(g.w_dim) } else { 0 };
     let feats = m.layer_features.unwrap_or(g.w_dim);
     if g.c_dim > 0 {
         t.insert("mapping.embed.weight".into(), vec![embed, g.c_dim]);
@@ -28,22 +24,14 @@ pub fn expected_tensors(g: &GeneratorSettings) -> BTreeMap<String, Vec<i64>> {
     }
     for i in 0..m.num_layers {
         let fin = if i == 0 { g.z_dim + embed } else { feats };
-        let fout = if i == m.num_layers - 1 {
-            g.w_dim
-        } else {
-            feats
-        };
+        let fout = if i == m.num_layers - 1 { g.w_dim } else { feats };
         t.insert(format!("mapping.fc{i}.weight"), vec![fout, fin]);
         t.insert(format!("mapping.fc{i}.bias"), vec![fout]);
     }
     t.insert("mapping.w_avg".into(), vec![g.w_dim]);
 
     let taps = s.resample_filter.len() as i64;
-    let filter = if taps >= 8 {
-        vec![taps]
-    } else {
-        vec![taps, taps]
-    };
+    let filter = if taps >= 8 { vec![taps] } else { vec![taps, taps] };
     let k = s.kernel_size;
     let mut layer = |p: &str, cin: i64, cout: i64, res: i64, kernel: i64, styled: bool| {
         t.insert(format!("{p}.affine.weight"), vec![cin, g.w_dim]);
@@ -79,10 +67,7 @@ pub fn expected_tensors(g: &GeneratorSettings) -> BTreeMap<String, Vec<i64>> {
         if res == 4 {
             t.insert(format!("{b}.const"), vec![cout, 4, 4]);
         } else if s.architecture == Architecture::Resnet {
-            t.insert(
-                format!("{b}.skip.weight"),
-                vec![cout, g.channels(res / 2), 1, 1],
-            );
+            t.insert(format!("{b}.skip.weight"), vec![cout, g.channels(res / 2), 1, 1]);
             t.insert(format!("{b}.skip.resample_filter"), filter.clone());
         }
     }
@@ -91,36 +76,18 @@ pub fn expected_tensors(g: &GeneratorSettings) -> BTreeMap<String, Vec<i64>> {
 
 /// Reads the weights file and checks it against the settings; the tensors come back as fp32
 /// on `device`. Every problem is listed, not only the first.
-pub fn load(
-    path: &Path,
-    g: &GeneratorSettings,
-    device: Device,
-) -> Result<HashMap<String, Tensor>, ModelError> {
+pub fn load(path: &Path, g: &GeneratorSettings, device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
     load_expected(path, &expected_tensors(g), device)
 }
 
 /// Reads exactly the `names` (with their shapes) from a weights file.
-pub fn load_named(
-    path: &Path,
-    names: &[(&str, Vec<i64>)],
-    device: Device,
-) -> Result<HashMap<String, Tensor>, ModelError> {
-    let expected: BTreeMap<String, Vec<i64>> = names
-        .iter()
-        .map(|(n, s)| (n.to_string(), s.clone()))
-        .collect();
+pub fn load_named(path: &Path, names: &[(&str, Vec<i64>)], device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+    let expected: BTreeMap<String, Vec<i64>> = names.iter().map(|(n, s)| (n.to_string(), s.clone())).collect();
     load_expected(path, &expected, device)
 }
 
-fn load_expected(
-    path: &Path,
-    expected: &BTreeMap<String, Vec<i64>>,
-    device: Device,
-) -> Result<HashMap<String, Tensor>, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+fn load_expected(path: &Path, expected: &BTreeMap<String, Vec<i64>>, device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
         path: path.to_path_buf(),
         problems: vec![format!("not a readable safetensors file: {e}")],
@@ -132,36 +99,19 @@ fn load_expected(
             Ok(view) => {
                 let got: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
                 if &got != shape {
-                    problems.push(format!(
-                        "tensor `{name}` has shape {got:?}, the settings need {shape:?}"
-                    ));
+                    problems.push(format!("tensor `{name}` has shape {got:?}, the settings need {shape:?}"));
                 }
                 if kind_of(view.dtype()).is_none() {
-                    problems.push(format!(
-                        "tensor `{name}` has dtype {:?}; use F32, F16, BF16 or F64",
-                        view.dtype()
-                    ));
+                    problems.push(format!("tensor `{name}` has dtype {:?}; use F32, F16, BF16 or F64", view.dtype()));
                 }
             }
         }
     }
-    let mut extra: Vec<String> = file
-        .names()
-        .into_iter()
-        .filter(|n| !expected.contains_key(*n))
-        .map(|n| n.to_string())
-        .collect();
+    let mut extra: Vec<String> = file.names().into_iter().filter(|n| !expected.contains_key(*n)).map(|n| n.to_string()).collect();
     extra.sort();
-    problems.extend(
-        extra
-            .into_iter()
-            .map(|n| format!("unexpected tensor `{n}`: the settings have no such layer")),
-    );
+    problems.extend(extra.into_iter().map(|n| format!("unexpected tensor `{n}`: the settings have no such layer")));
     if !problems.is_empty() {
-        return Err(ModelError::Weights {
-            path: path.to_path_buf(),
-            problems,
-        });
+        return Err(ModelError::Weights { path: path.to_path_buf(), problems });
     }
     let mut out = HashMap::new();
     for name in expected.keys() {

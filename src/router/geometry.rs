@@ -16,12 +16,7 @@ impl Rect {
         let y0 = self.y.max(o.y);
         let x1 = (self.x + self.w).min(o.x + o.w);
         let y1 = (self.y + self.h).min(o.y + o.h);
-        Rect {
-            x: x0,
-            y: y0,
-            w: (x1 - x0).max(0),
-            h: (y1 - y0).max(0),
-        }
+        Rect { x: x0, y: y0, w: (x1 - x0).max(0), h: (y1 - y0).max(0) }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -30,13 +25,7 @@ impl Rect {
 
     /// Grown by `m` on every side, then clipped to `bounds`.
     pub fn expand(&self, m: i64, bounds: &Rect) -> Rect {
-        Rect {
-            x: self.x - m,
-            y: self.y - m,
-            w: self.w + 2 * m,
-            h: self.h + 2 * m,
-        }
-        .intersect(bounds)
+        Rect { x: self.x - m, y: self.y - m, w: self.w + 2 * m, h: self.h + 2 * m }.intersect(bounds)
     }
 
     pub fn area(&self) -> i64 {
@@ -50,12 +39,7 @@ pub fn contained(pw: i64, ph: i64, w: i64, h: i64) -> Rect {
     let s = (w as f64 / pw as f64).min(h as f64 / ph as f64);
     let rw = ((pw as f64 * s).round() as i64).clamp(1, w);
     let rh = ((ph as f64 * s).round() as i64).clamp(1, h);
-    Rect {
-        x: (w - rw) / 2,
-        y: (h - rh) / 2,
-        w: rw,
-        h: rh,
-    }
+    Rect { x: (w - rw) / 2, y: (h - rh) / 2, w: rw, h: rh }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,18 +58,12 @@ impl Shape {
         let (x0, y0, x1, y1) = match self {
             Shape::Box { x, y, w, h } => (*x, *y, x + w, y + h),
             Shape::Ellipse { cx, cy, rx, ry } => (cx - rx, cy - ry, cx + rx, cy + ry),
-            Shape::Polygon(p) => p.iter().fold(
-                (f64::MAX, f64::MAX, f64::MIN, f64::MIN),
-                |(a, b, c, d), &(x, y)| (a.min(x), b.min(y), c.max(x), d.max(y)),
-            ),
+            Shape::Polygon(p) => p.iter().fold((f64::MAX, f64::MAX, f64::MIN, f64::MIN), |(a, b, c, d), &(x, y)| {
+                (a.min(x), b.min(y), c.max(x), d.max(y))
+            }),
         };
         let (px, py) = (x0.floor() as i64, y0.floor() as i64);
-        Rect {
-            x: px,
-            y: py,
-            w: (x1.ceil() as i64 - px).max(1),
-            h: (y1.ceil() as i64 - py).max(1),
-        }
+        Rect { x: px, y: py, w: (x1.ceil() as i64 - px).max(1), h: (y1.ceil() as i64 - py).max(1) }
     }
 
     /// Coverage of each pixel of `area` (row-major), in [0, 1].
@@ -93,9 +71,7 @@ impl Shape {
         let mut out = vec![0f32; (area.w * area.h) as usize];
         match self {
             Shape::Box { x, y, w, h } => {
-                let span = |p: i64, lo: f64, hi: f64| {
-                    ((p as f64 + 1.0).min(hi) - (p as f64).max(lo)).clamp(0.0, 1.0)
-                };
+                let span = |p: i64, lo: f64, hi: f64| ((p as f64 + 1.0).min(hi) - (p as f64).max(lo)).clamp(0.0, 1.0);
                 let cols: Vec<f64> = (0..area.w).map(|i| span(area.x + i, *x, x + w)).collect();
                 for j in 0..area.h {
                     let cy = span(area.y + j, *y, y + h);
@@ -131,9 +107,7 @@ impl Shape {
                 for (a, b) in spans(sy) {
                     // Sample columns k (x = area.x + (k + 0.5) / SUB) with a <= x < b.
                     let k0 = (((a - area.x as f64) * SUB as f64) - 0.5).ceil().max(0.0) as i64;
-                    let k1 = (((b - area.x as f64) * SUB as f64) - 0.5)
-                        .ceil()
-                        .min((area.w * SUB as i64) as f64) as i64;
+                    let k1 = (((b - area.x as f64) * SUB as f64) - 0.5).ceil().min((area.w * SUB as i64) as f64) as i64;
                     if k0 >= k1 {
                         continue;
                     }
@@ -177,10 +151,7 @@ fn even_odd_spans(points: &[(f64, f64)], y: f64) -> Vec<(f64, f64)> {
 /// Twice the signed area (shoelace formula).
 pub fn polygon_area(points: &[(f64, f64)]) -> f64 {
     let n = points.len();
-    (0..n)
-        .map(|i| points[i].0 * points[(i + 1) % n].1 - points[(i + 1) % n].0 * points[i].1)
-        .sum::<f64>()
-        / 2.0
+    (0..n).map(|i| points[i].0 * points[(i + 1) % n].1 - points[(i + 1) % n].0 * points[i].1).sum::<f64>() / 2.0
 }
 
 #[cfg(test)]
@@ -193,60 +164,29 @@ mod tests {
 
     #[test]
     fn box_coverage_is_exact_at_fractional_edges() {
-        let s = Shape::Box {
-            x: 0.5,
-            y: 0.0,
-            w: 2.0,
-            h: 1.0,
-        };
+        let s = Shape::Box { x: 0.5, y: 0.0, w: 2.0, h: 1.0 };
         let r = s.bounds();
-        assert_eq!(
-            r,
-            Rect {
-                x: 0,
-                y: 0,
-                w: 3,
-                h: 1
-            }
-        );
+        assert_eq!(r, Rect { x: 0, y: 0, w: 3, h: 1 });
         assert_eq!(s.coverage(&r), vec![0.5, 1.0, 0.5]);
     }
 
     #[test]
     fn ellipse_and_polygon_areas_come_out_right() {
-        let e = Shape::Ellipse {
-            cx: 20.0,
-            cy: 20.0,
-            rx: 10.0,
-            ry: 6.0,
-        };
+        let e = Shape::Ellipse { cx: 20.0, cy: 20.0, rx: 10.0, ry: 6.0 };
         let area = sum(&e.coverage(&e.bounds()));
         assert!((area - std::f64::consts::PI * 60.0).abs() < 2.0, "{area}");
         let tri = Shape::Polygon(vec![(0.0, 0.0), (30.0, 0.0), (0.0, 20.0)]);
         let area = sum(&tri.coverage(&tri.bounds()));
         assert!((area - 300.0).abs() < 2.0, "{area}");
-        assert_eq!(
-            polygon_area(&[(0.0, 0.0), (30.0, 0.0), (0.0, 20.0)]).abs(),
-            300.0
-        );
+        assert_eq!(polygon_area(&[(0.0, 0.0), (30.0, 0.0), (0.0, 20.0)]).abs(), 300.0);
     }
 
     #[test]
     fn coverage_of_a_clipped_area_matches_the_full_one() {
-        let e = Shape::Ellipse {
-            cx: 5.0,
-            cy: 5.0,
-            rx: 8.0,
-            ry: 8.0,
-        };
+        let e = Shape::Ellipse { cx: 5.0, cy: 5.0, rx: 8.0, ry: 8.0 };
         let full = e.bounds();
         let all = e.coverage(&full);
-        let part = Rect {
-            x: 0,
-            y: 0,
-            w: 13,
-            h: 13,
-        };
+        let part = Rect { x: 0, y: 0, w: 13, h: 13 };
         let clipped = e.coverage(&part);
         for j in 0..13 {
             for i in 0..13 {

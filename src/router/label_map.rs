@@ -18,10 +18,7 @@ pub struct Component {
 pub fn parse_color(field: &str, text: &str) -> Result<[u8; 3], LayoutError> {
     let hex = text.strip_prefix('#').unwrap_or("");
     if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(LayoutError::new(
-            field,
-            format!("`{text}` is not a colour like #1a2b3c"),
-        ));
+        return Err(LayoutError::new(field, format!("`{text}` is not a colour like #1a2b3c")));
     }
     let v = u32::from_str_radix(hex, 16).expect("checked hex");
     Ok([(v >> 16) as u8, (v >> 8) as u8, v as u8])
@@ -90,22 +87,13 @@ pub fn components(
             x1 = x1.max(x);
             y1 = y1.max(y);
         }
-        let rect = Rect {
-            x: x0,
-            y: y0,
-            w: x1 - x0 + 1,
-            h: y1 - y0 + 1,
-        };
+        let rect = Rect { x: x0, y: y0, w: x1 - x0 + 1, h: y1 - y0 + 1 };
         let mut mask = vec![0f32; rect.area() as usize];
         for &p in &pixels {
             let (x, y) = ((p as i64) % width, (p as i64) / width);
             mask[((y - y0) * rect.w + (x - x0)) as usize] = 1.0;
         }
-        out.push(Component {
-            class: palette[label as usize - 1].0.clone(),
-            rect,
-            mask,
-        });
+        out.push(Component { class: palette[label as usize - 1].0.clone(), rect, mask });
     }
     out
 }
@@ -117,10 +105,7 @@ mod tests {
     #[test]
     fn colours_parse_and_bad_ones_are_named() {
         assert_eq!(parse_color("c", "#ff8000").unwrap(), [255, 128, 0]);
-        assert!(parse_color("c", "red")
-            .unwrap_err()
-            .to_string()
-            .contains("c:"));
+        assert!(parse_color("c", "red").unwrap_err().to_string().contains("c:"));
     }
 
     #[test]
@@ -133,32 +118,11 @@ mod tests {
             }
         }
         img.put_pixel(9, 0, image::Rgb([0, 255, 0])); // a speck
-        let palette = vec![
-            ("face".to_string(), [255, 0, 0]),
-            ("hand".to_string(), [0, 255, 0]),
-        ];
+        let palette = vec![("face".to_string(), [255, 0, 0]), ("hand".to_string(), [0, 255, 0])];
         let comps = components(&DynamicImage::ImageRgb8(img), &palette, 10, 10, 2);
         assert_eq!(comps.len(), 2);
-        assert_eq!(
-            comps[0].rect,
-            Rect {
-                x: 0,
-                y: 0,
-                w: 4,
-                h: 4
-            }
-        );
-        assert_eq!(
-            comps[1].rect,
-            Rect {
-                x: 6,
-                y: 6,
-                w: 4,
-                h: 4
-            }
-        );
-        assert!(comps
-            .iter()
-            .all(|c| c.class == "face" && c.mask.iter().all(|&v| v == 1.0)));
+        assert_eq!(comps[0].rect, Rect { x: 0, y: 0, w: 4, h: 4 });
+        assert_eq!(comps[1].rect, Rect { x: 6, y: 6, w: 4, h: 4 });
+        assert!(comps.iter().all(|c| c.class == "face" && c.mask.iter().all(|&v| v == 1.0)));
     }
 }

@@ -18,25 +18,12 @@ pub struct PictureLimits {
 }
 
 /// Decodes a base64 PNG under `limits`; errors name `field`.
-pub fn decode_png(
-    field: &str,
-    b64: &str,
-    limits: PictureLimits,
-) -> Result<DynamicImage, LayoutError> {
+pub fn decode_png(field: &str, b64: &str, limits: PictureLimits) -> Result<DynamicImage, LayoutError> {
     if b64.len() > limits.max_base64_len {
-        return Err(LayoutError::new(
-            field,
-            format!(
-                "is {} base64 characters; the limit is {}",
-                b64.len(),
-                limits.max_base64_len
-            ),
-        ));
+        return Err(LayoutError::new(field, format!("is {} base64 characters; the limit is {}", b64.len(), limits.max_base64_len)));
     }
     let payload = b64.trim();
-    let payload = payload
-        .strip_prefix("data:image/png;base64,")
-        .unwrap_or(payload);
+    let payload = payload.strip_prefix("data:image/png;base64,").unwrap_or(payload);
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(payload.as_bytes())
         .map_err(|e| LayoutError::new(field, format!("is not valid base64: {e}")))?;
@@ -47,10 +34,9 @@ pub fn decode_png(
     l.max_alloc = Some(u64::from(limits.max_side) * u64::from(limits.max_side) * 8);
     reader.limits(l);
     reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => LayoutError::new(
-            field,
-            format!("is larger than {0}x{0} pixels", limits.max_side),
-        ),
+        image::ImageError::Limits(_) => {
+            LayoutError::new(field, format!("is larger than {0}x{0} pixels", limits.max_side))
+        }
         e => LayoutError::new(field, format!("is not a decodable PNG: {e}")),
     })
 }
@@ -60,9 +46,7 @@ pub fn decode_png(
 pub fn mask_values(img: &DynamicImage, w: u32, h: u32) -> Vec<f32> {
     let grey = if img.color().has_alpha() {
         let rgba = img.to_rgba8();
-        image::GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-            image::Luma([rgba.get_pixel(x, y)[3]])
-        })
+        image::GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| image::Luma([rgba.get_pixel(x, y)[3]]))
     } else {
         img.to_luma8()
     };
@@ -71,9 +55,5 @@ pub fn mask_values(img: &DynamicImage, w: u32, h: u32) -> Vec<f32> {
     } else {
         image::imageops::resize(&grey, w, h, image::imageops::FilterType::Triangle)
     };
-    scaled
-        .into_raw()
-        .into_iter()
-        .map(|v| f32::from(v) / 255.0)
-        .collect()
+    scaled.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect()
 }

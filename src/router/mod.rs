@@ -32,13 +32,7 @@ pub struct RouterLimits {
 
 impl Default for RouterLimits {
     fn default() -> Self {
-        Self {
-            max_width: 4096,
-            max_height: 4096,
-            max_regions: 64,
-            max_picture_base64: 8 << 20,
-            max_picture_side: 4096,
-        }
+        Self { max_width: 4096, max_height: 4096, max_regions: 64, max_picture_base64: 8 << 20, max_picture_side: 4096 }
     }
 }
 
@@ -49,11 +43,7 @@ const MAX_COORD: f64 = 1e6;
 pub enum Background {
     /// RGB, 0 to 255.
     Color([u8; 3]),
-    Generated {
-        model: Arc<Model>,
-        fit: Fit,
-        params: GenerationParams,
-    },
+    Generated { model: Arc<Model>, fit: Fit, params: GenerationParams },
 }
 
 /// One region, ready to composite.
@@ -116,10 +106,7 @@ fn finite(field: &str, v: f64) -> Result<f64, LayoutError> {
     if v.is_finite() && v.abs() <= MAX_COORD {
         Ok(v)
     } else {
-        Err(err(
-            field,
-            format!("{v} is not a finite number within ±{MAX_COORD}"),
-        ))
+        Err(err(field, format!("{v} is not a finite number within ±{MAX_COORD}")))
     }
 }
 
@@ -133,80 +120,38 @@ pub fn derived_seed(layout_seed: u64, index: u64) -> u32 {
 
 impl Router<'_> {
     fn picture_limits(&self) -> PictureLimits {
-        PictureLimits {
-            max_base64_len: self.limits.max_picture_base64,
-            max_side: self.limits.max_picture_side,
-        }
+        PictureLimits { max_base64_len: self.limits.max_picture_base64, max_side: self.limits.max_picture_side }
     }
 
-    fn resolve(
-        &self,
-        field: &str,
-        class: &Option<String>,
-        model: &Option<String>,
-    ) -> Result<Arc<Model>, LayoutError> {
+    fn resolve(&self, field: &str, class: &Option<String>, model: &Option<String>) -> Result<Arc<Model>, LayoutError> {
         match (class, model) {
             (Some(_), Some(_)) => Err(err(field, "give `class` or `model`, not both")),
             (None, None) => Err(err(field, "needs a `class` or a `model`")),
             (Some(c), None) => self.registry.for_class(c).cloned().ok_or_else(|| {
-                err(
-                    format!("{field}.class"),
-                    format!(
-                        "unknown class `{c}`; the loaded models serve: {}",
-                        self.registry.classes().join(", ")
-                    ),
-                )
+                err(format!("{field}.class"), format!("unknown class `{c}`; the loaded models serve: {}", self.registry.classes().join(", ")))
             }),
             (None, Some(m)) => self.registry.get(m).cloned().ok_or_else(|| {
-                err(
-                    format!("{field}.model"),
-                    format!(
-                        "unknown model `{m}`; loaded: {}",
-                        self.registry.names().join(", ")
-                    ),
-                )
+                err(format!("{field}.model"), format!("unknown model `{m}`; loaded: {}", self.registry.names().join(", ")))
             }),
         }
     }
 
-    fn params(
-        &self,
-        field: &str,
-        model: &Model,
-        g: &GenerationSpec,
-        seed: u32,
-    ) -> Result<GenerationParams, LayoutError> {
+    fn params(&self, field: &str, model: &Model, g: &GenerationSpec, seed: u32) -> Result<GenerationParams, LayoutError> {
         let d = &model.spec.defaults;
         let small = |name: &str, v: Option<u64>| -> Result<Option<u32>, LayoutError> {
-            v.map(|v| {
-                u32::try_from(v).map_err(|_| {
-                    err(
-                        format!("{field}.{name}"),
-                        format!("{v} is above 4294967295"),
-                    )
-                })
-            })
-            .transpose()
+            v.map(|v| u32::try_from(v).map_err(|_| err(format!("{field}.{name}"), format!("{v} is above 4294967295"))))
+                .transpose()
         };
         let seed = small("seed", g.seed)?.unwrap_or(seed);
         let trunc = match g.trunc {
             Some(t) if !t.is_finite() || t.abs() > 100.0 => {
-                return Err(err(
-                    format!("{field}.trunc"),
-                    format!("{t} is not a truncation psi within ±100"),
-                ))
+                return Err(err(format!("{field}.trunc"), format!("{t} is not a truncation psi within ±100")))
             }
             Some(t) => t,
             None => d.trunc,
         };
-        let mix = match (
-            small("mix_seed", g.mix_seed)?,
-            small("mix_from", g.mix_from)?,
-        ) {
-            (Some(seed), Some(from)) => Some(StyleMix {
-                seed,
-                from: from as usize,
-            }),
+        let mix = match (small("mix_seed", g.mix_seed)?, small("mix_from", g.mix_from)?) {
+            (Some(seed), Some(from)) => Some(StyleMix { seed, from: from as usize }),
             (None, None) => None,
             _ => return Err(err(field, "`mix_seed` and `mix_from` go together")),
         };
@@ -217,9 +162,7 @@ impl Router<'_> {
         let p = GenerationParams {
             seed,
             trunc,
-            trunc_cutoff: small("trunc_cutoff", g.trunc_cutoff)?
-                .map(|v| v as usize)
-                .or(d.trunc_cutoff),
+            trunc_cutoff: small("trunc_cutoff", g.trunc_cutoff)?.map(|v| v as usize).or(d.trunc_cutoff),
             class_index,
             noise_mode: g.noise_mode.unwrap_or(d.noise_mode),
             mix,
@@ -232,61 +175,38 @@ impl Router<'_> {
     }
 
     fn shape(&self, field: &str, r: &RegionSpec) -> Result<Shape, LayoutError> {
-        let given = [r.rect.is_some(), r.ellipse.is_some(), r.polygon.is_some()]
-            .iter()
-            .filter(|&&b| b)
-            .count();
+        let given = [r.rect.is_some(), r.ellipse.is_some(), r.polygon.is_some()].iter().filter(|&&b| b).count();
         if given != 1 {
-            return Err(err(
-                field,
-                "needs exactly one of `box`, `ellipse`, `polygon`",
-            ));
+            return Err(err(field, "needs exactly one of `box`, `ellipse`, `polygon`"));
         }
         if r.mask.is_some() && r.rect.is_none() {
-            return Err(err(
-                format!("{field}.mask"),
-                "is placed on a `box`: give one",
-            ));
+            return Err(err(format!("{field}.mask"), "is placed on a `box`: give one"));
         }
         let four = |name: &str, v: &Vec<f64>| -> Result<[f64; 4], LayoutError> {
             let f = format!("{field}.{name}");
             if v.len() != 4 {
                 return Err(err(&f, format!("needs 4 numbers, got {}", v.len())));
             }
-            Ok([
-                finite(&f, v[0])?,
-                finite(&f, v[1])?,
-                finite(&f, v[2])?,
-                finite(&f, v[3])?,
-            ])
+            Ok([finite(&f, v[0])?, finite(&f, v[1])?, finite(&f, v[2])?, finite(&f, v[3])?])
         };
         if let Some(b) = &r.rect {
             let [x, y, w, h] = four("box", b)?;
             if w < 1.0 || h < 1.0 {
-                return Err(err(
-                    format!("{field}.box"),
-                    format!("width and height must be at least 1, got {w} x {h}"),
-                ));
+                return Err(err(format!("{field}.box"), format!("width and height must be at least 1, got {w} x {h}")));
             }
             return Ok(Shape::Box { x, y, w, h });
         }
         if let Some(e) = &r.ellipse {
             let [cx, cy, rx, ry] = four("ellipse", e)?;
             if rx < 0.5 || ry < 0.5 {
-                return Err(err(
-                    format!("{field}.ellipse"),
-                    format!("radii must be at least 0.5, got {rx} and {ry}"),
-                ));
+                return Err(err(format!("{field}.ellipse"), format!("radii must be at least 0.5, got {rx} and {ry}")));
             }
             return Ok(Shape::Ellipse { cx, cy, rx, ry });
         }
         let poly = r.polygon.as_ref().expect("one geometry");
         let f = format!("{field}.polygon");
         if poly.len() < 3 || poly.len() > 4096 {
-            return Err(err(
-                &f,
-                format!("needs 3 to 4096 points, got {}", poly.len()),
-            ));
+            return Err(err(&f, format!("needs 3 to 4096 points, got {}", poly.len())));
         }
         let mut pts = Vec::with_capacity(poly.len());
         for (i, p) in poly.iter().enumerate() {
@@ -304,48 +224,28 @@ impl Router<'_> {
 
     /// The edge softness: as given, else for `alpha` 4 % of the shorter side (1 to 16 px);
     /// the other blends soften the edge their own way and default to none.
-    fn feather(
-        field: &str,
-        v: Option<f64>,
-        rect: &Rect,
-        blend: BlendMode,
-    ) -> Result<f64, LayoutError> {
+    fn feather(field: &str, v: Option<f64>, rect: &Rect, blend: BlendMode) -> Result<f64, LayoutError> {
         match v {
-            Some(f) if !(f.is_finite() && (0.0..=256.0).contains(&f)) => Err(err(
-                format!("{field}.feather"),
-                format!("{f} is not between 0 and 256 pixels"),
-            )),
-            Some(f) => Ok(f),
-            None if blend == BlendMode::Alpha => {
-                Ok((0.04 * rect.w.min(rect.h) as f64).clamp(1.0, 16.0))
+            Some(f) if !(f.is_finite() && (0.0..=256.0).contains(&f)) => {
+                Err(err(format!("{field}.feather"), format!("{f} is not between 0 and 256 pixels")))
             }
+            Some(f) => Ok(f),
+            None if blend == BlendMode::Alpha => Ok((0.04 * rect.w.min(rect.h) as f64).clamp(1.0, 16.0)),
             None => Ok(0.0),
         }
     }
 
-    fn region(
-        &self,
-        i: usize,
-        r: &RegionSpec,
-        canvas: &Rect,
-        layout_seed: u64,
-    ) -> Result<Region, LayoutError> {
+    fn region(&self, i: usize, r: &RegionSpec, canvas: &Rect, layout_seed: u64) -> Result<Region, LayoutError> {
         let field = format!("regions[{i}]");
         let model = self.resolve(&field, &r.class, &r.model)?;
         let shape = self.shape(&field, r)?;
         let rect = shape.bounds();
         let visible = rect.intersect(canvas);
         if visible.is_empty() {
-            return Err(err(
-                &field,
-                format!("lies entirely off the {}x{} canvas", canvas.w, canvas.h),
-            ));
+            return Err(err(&field, format!("lies entirely off the {}x{} canvas", canvas.w, canvas.h)));
         }
         if rect.w > 2 * canvas.w.max(canvas.h) || rect.h > 2 * canvas.w.max(canvas.h) {
-            return Err(err(
-                &field,
-                format!("is {}x{}, more than twice the canvas", rect.w, rect.h),
-            ));
+            return Err(err(&field, format!("is {}x{}, more than twice the canvas", rect.w, rect.h)));
         }
         let mut mask = shape.coverage(&visible);
         if let Some(m) = &r.mask {
@@ -353,8 +253,7 @@ impl Router<'_> {
             let values = mask::mask_values(&img, rect.w as u32, rect.h as u32);
             for y in 0..visible.h {
                 for x in 0..visible.w {
-                    let src =
-                        ((y + visible.y - rect.y) * rect.w + (x + visible.x - rect.x)) as usize;
+                    let src = ((y + visible.y - rect.y) * rect.w + (x + visible.x - rect.x)) as usize;
                     mask[(y * visible.w + x) as usize] *= values[src];
                 }
             }
@@ -373,12 +272,7 @@ impl Router<'_> {
             }
         }
         let z = finite(&format!("{field}.z"), r.z.unwrap_or(0.0))?;
-        let params = self.params(
-            &field,
-            &model,
-            &r.generation(),
-            derived_seed(layout_seed, i as u64),
-        )?;
+        let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
         Ok(Region {
             source: field.clone(),
             class: r.class.clone(),
@@ -395,27 +289,14 @@ impl Router<'_> {
         })
     }
 
-    fn label_map_regions(
-        &self,
-        layout: &Layout,
-        canvas: &Rect,
-        first_index: usize,
-    ) -> Result<Vec<Region>, LayoutError> {
-        let Some(lm) = &layout.label_map else {
-            return Ok(vec![]);
-        };
+    fn label_map_regions(&self, layout: &Layout, canvas: &Rect, first_index: usize) -> Result<Vec<Region>, LayoutError> {
+        let Some(lm) = &layout.label_map else { return Ok(vec![]) };
         let mut palette = Vec::new();
         for (class, color) in &lm.palette {
             let field = format!("label_map.palette.{class}");
             let rgb = label_map::parse_color(&field, color)?;
             if self.registry.for_class(class).is_none() {
-                return Err(err(
-                    field,
-                    format!(
-                        "unknown class `{class}`; the loaded models serve: {}",
-                        self.registry.classes().join(", ")
-                    ),
-                ));
+                return Err(err(field, format!("unknown class `{class}`; the loaded models serve: {}", self.registry.classes().join(", "))));
             }
             palette.push((class.clone(), rgb));
         }
@@ -423,12 +304,7 @@ impl Router<'_> {
             return Err(err("label_map.palette", "names no class"));
         }
         let min_area = match lm.min_area {
-            Some(a) if !(a.is_finite() && a >= 0.0) => {
-                return Err(err(
-                    "label_map.min_area",
-                    format!("{a} is not a pixel count"),
-                ))
-            }
+            Some(a) if !(a.is_finite() && a >= 0.0) => return Err(err("label_map.min_area", format!("{a} is not a pixel count"))),
             Some(a) => a as i64,
             None => 64,
         };
@@ -437,11 +313,7 @@ impl Router<'_> {
         if comps.len() > self.limits.max_regions {
             return Err(err(
                 "label_map",
-                format!(
-                    "has {} components; the limit is {} regions (raise min_area or merge specks)",
-                    comps.len(),
-                    self.limits.max_regions
-                ),
+                format!("has {} components; the limit is {} regions (raise min_area or merge specks)", comps.len(), self.limits.max_regions),
             ));
         }
         comps
@@ -449,17 +321,8 @@ impl Router<'_> {
             .enumerate()
             .map(|(k, c)| {
                 let field = format!("label_map.{}[{k}]", c.class);
-                let model = self
-                    .registry
-                    .for_class(&c.class)
-                    .cloned()
-                    .expect("checked above");
-                let params = self.params(
-                    &field,
-                    &model,
-                    &GenerationSpec::default(),
-                    derived_seed(layout.seed, (first_index + k) as u64),
-                )?;
+                let model = self.registry.for_class(&c.class).cloned().expect("checked above");
+                let params = self.params(&field, &model, &GenerationSpec::default(), derived_seed(layout.seed, (first_index + k) as u64))?;
                 Ok(Region {
                     source: field.clone(),
                     class: Some(c.class),
@@ -470,12 +333,7 @@ impl Router<'_> {
                     z: 0.0,
                     fit: Fit::Cover,
                     blend: lm.blend.unwrap_or_default(),
-                    feather: Self::feather(
-                        &field,
-                        lm.feather,
-                        &c.rect,
-                        lm.blend.unwrap_or_default(),
-                    )?,
+                    feather: Self::feather(&field, lm.feather, &c.rect, lm.blend.unwrap_or_default())?,
                     color_match: lm.color_match,
                     params,
                 })
@@ -485,27 +343,13 @@ impl Router<'_> {
 
     /// Validates `layout` and builds its plan.
     pub fn route(&self, layout: &Layout) -> Result<RoutePlan, LayoutError> {
-        let (lim_w, lim_h) = (
-            f64::from(self.limits.max_width),
-            f64::from(self.limits.max_height),
-        );
-        for (field, v, lim) in [
-            ("width", layout.width, lim_w),
-            ("height", layout.height, lim_h),
-        ] {
+        let (lim_w, lim_h) = (f64::from(self.limits.max_width), f64::from(self.limits.max_height));
+        for (field, v, lim) in [("width", layout.width, lim_w), ("height", layout.height, lim_h)] {
             if !(v.is_finite() && v.fract() == 0.0 && v >= 1.0 && v <= lim) {
-                return Err(err(
-                    field,
-                    format!("{v} is not a whole number from 1 to {lim}"),
-                ));
+                return Err(err(field, format!("{v} is not a whole number from 1 to {lim}")));
             }
         }
-        let canvas = Rect {
-            x: 0,
-            y: 0,
-            w: layout.width as i64,
-            h: layout.height as i64,
-        };
+        let canvas = Rect { x: 0, y: 0, w: layout.width as i64, h: layout.height as i64 };
         let quality = match layout.quality {
             Some(q) if !(q.is_finite() && (1.0..=100.0).contains(&q)) => {
                 return Err(err("quality", format!("{q} is not between 1 and 100")))
@@ -516,44 +360,21 @@ impl Router<'_> {
         if layout.regions.len() > self.limits.max_regions {
             return Err(err(
                 "regions",
-                format!(
-                    "has {} regions; the limit is {}",
-                    layout.regions.len(),
-                    self.limits.max_regions
-                ),
+                format!("has {} regions; the limit is {}", layout.regions.len(), self.limits.max_regions),
             ));
         }
         if layout.regions.is_empty() && layout.label_map.is_none() && layout.background.is_none() {
-            return Err(err(
-                "layout",
-                "has no background, regions or label_map: nothing to draw",
-            ));
+            return Err(err("layout", "has no background, regions or label_map: nothing to draw"));
         }
         let background = match &layout.background {
             None => Background::Color([128, 128, 128]),
             Some(b) => match (&b.color, &b.class, &b.model) {
-                (Some(c), None, None) => {
-                    Background::Color(label_map::parse_color("background.color", c)?)
-                }
-                (Some(_), _, _) => {
-                    return Err(err(
-                        "background",
-                        "is either a `color` or a generator (`class`/`model`), not both",
-                    ))
-                }
+                (Some(c), None, None) => Background::Color(label_map::parse_color("background.color", c)?),
+                (Some(_), _, _) => return Err(err("background", "is either a `color` or a generator (`class`/`model`), not both")),
                 (None, class, model) => {
                     let model = self.resolve("background", class, model)?;
-                    let params = self.params(
-                        "background",
-                        &model,
-                        &b.generation(),
-                        derived_seed(layout.seed, u64::MAX),
-                    )?;
-                    Background::Generated {
-                        model,
-                        fit: b.fit.unwrap_or_default(),
-                        params,
-                    }
+                    let params = self.params("background", &model, &b.generation(), derived_seed(layout.seed, u64::MAX))?;
+                    Background::Generated { model, fit: b.fit.unwrap_or_default(), params }
                 }
             },
         };
@@ -563,14 +384,7 @@ impl Router<'_> {
             regions.push(self.region(i, r, &canvas, layout.seed)?);
         }
         if regions.len() > self.limits.max_regions {
-            return Err(err(
-                "regions",
-                format!(
-                    "the layout makes {} regions; the limit is {}",
-                    regions.len(),
-                    self.limits.max_regions
-                ),
-            ));
+            return Err(err("regions", format!("the layout makes {} regions; the limit is {}", regions.len(), self.limits.max_regions)));
         }
         // Stable sort: ties keep layout order.
         regions.sort_by(|a, b| a.z.total_cmp(&b.z));
@@ -579,10 +393,7 @@ impl Router<'_> {
         let mut add = |model: &Arc<Model>, slot: PatchSlot, p: &GenerationParams| {
             by_model
                 .entry(model.name().to_string())
-                .or_insert_with(|| GenerationJob {
-                    model: model.clone(),
-                    items: vec![],
-                })
+                .or_insert_with(|| GenerationJob { model: model.clone(), items: vec![] })
                 .items
                 .push((slot, p.clone()));
         };

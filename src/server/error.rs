@@ -14,16 +14,12 @@ pub enum ApiError {
     MalformedJson(String),
     /// A layout the router refuses.
     InvalidLayout(LayoutError),
-    BodyTooLarge {
-        limit: usize,
-    },
+    BodyTooLarge { limit: usize },
     UnsupportedMediaType(String),
     Unauthorized,
     NotReady,
     Overloaded(String),
-    Timeout {
-        after_ms: u64,
-    },
+    Timeout { after_ms: u64 },
     Internal(String),
 }
 
@@ -60,13 +56,9 @@ impl ApiError {
             Self::MalformedJson(m) | Self::Overloaded(m) | Self::Internal(m) => m.clone(),
             Self::InvalidLayout(e) => e.to_string(),
             Self::BodyTooLarge { limit } => format!("the body is larger than {limit} bytes"),
-            Self::UnsupportedMediaType(got) => {
-                format!("send the layout as application/json, not `{got}`")
-            }
+            Self::UnsupportedMediaType(got) => format!("send the layout as application/json, not `{got}`"),
             Self::Unauthorized => "missing or wrong bearer token".into(),
-            Self::NotReady => {
-                "the models are still loading and warming up, or the server is shutting down".into()
-            }
+            Self::NotReady => "the models are still loading and warming up, or the server is shutting down".into(),
             Self::Timeout { after_ms } => format!("the request took longer than {after_ms} ms"),
         }
     }
@@ -97,12 +89,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         match self {
             Self::Overloaded(_) | Self::NotReady => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Unauthorized => {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

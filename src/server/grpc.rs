@@ -26,12 +26,10 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let message = e.message();
         match e {
-            ApiError::MalformedJson(_)
-            | ApiError::InvalidLayout(_)
-            | ApiError::UnsupportedMediaType(_) => Status::invalid_argument(message),
-            ApiError::BodyTooLarge { .. } | ApiError::Overloaded(_) => {
-                Status::resource_exhausted(message)
+            ApiError::MalformedJson(_) | ApiError::InvalidLayout(_) | ApiError::UnsupportedMediaType(_) => {
+                Status::invalid_argument(message)
             }
+            ApiError::BodyTooLarge { .. } | ApiError::Overloaded(_) => Status::resource_exhausted(message),
             ApiError::Unauthorized => Status::unauthenticated(message),
             ApiError::NotReady => Status::unavailable(message),
             ApiError::Timeout { .. } => Status::deadline_exceeded(message),
@@ -42,14 +40,8 @@ impl From<ApiError> for Status {
 
 impl GrpcApi {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
-        let Some(key) = &self.state.config.api_key else {
-            return Ok(());
-        };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(key) = &self.state.config.api_key else { return Ok(()) };
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given.is_some_and(|g| super::same_secret(g, key)) {
             Ok(())
         } else {
@@ -60,12 +52,8 @@ impl GrpcApi {
     fn observe(&self, method: &str, started: Instant, code: tonic::Code) {
         let m = &self.state.metrics;
         let route = format!("/mixgan.v1.Mixgan/{method}");
-        m.requests
-            .with_label_values(&[&route, &format!("grpc_{}", code as i32)])
-            .inc();
-        m.request_seconds
-            .with_label_values(&[&route])
-            .observe(started.elapsed().as_secs_f64());
+        m.requests.with_label_values(&[&route, &format!("grpc_{}", code as i32)]).inc();
+        m.request_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -74,12 +62,7 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 fn reply(done: Composed) -> pb::ComposeReply {
-    let Composed {
-        bytes,
-        plan,
-        timings,
-        queue,
-    } = done;
+    let Composed { bytes, plan, timings, queue } = done;
     pb::ComposeReply {
         image: bytes,
         mime: plan.format.mime().to_string(),
@@ -111,37 +94,23 @@ fn reply(done: Composed) -> pb::ComposeReply {
 
 #[tonic::async_trait]
 impl Mixgan for GrpcApi {
-    async fn compose(
-        &self,
-        req: Request<pb::ComposeRequest>,
-    ) -> Result<Response<pb::ComposeReply>, Status> {
+    async fn compose(&self, req: Request<pb::ComposeRequest>) -> Result<Response<pb::ComposeReply>, Status> {
         let started = Instant::now();
         let result = async {
             self.authorize(&req)?;
             let layout = req.into_inner().layout_json.into_bytes();
             if layout.len() > self.state.config.max_body_bytes {
-                return Err(ApiError::BodyTooLarge {
-                    limit: self.state.config.max_body_bytes,
-                });
+                return Err(ApiError::BodyTooLarge { limit: self.state.config.max_body_bytes });
             }
             compose_layout(self.state.clone(), layout.into()).await
         }
         .await;
-        let out = result
-            .map(|done| Response::new(reply(done)))
-            .map_err(Status::from);
-        self.observe(
-            "Compose",
-            started,
-            out.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        let out = result.map(|done| Response::new(reply(done))).map_err(Status::from);
+        self.observe("Compose", started, out.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
         out
     }
 
-    async fn list_models(
-        &self,
-        req: Request<pb::ListModelsRequest>,
-    ) -> Result<Response<pb::ListModelsReply>, Status> {
+    async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
         self.authorize(&req)?;
         let models = model_list(&self.state)?
             .into_iter()

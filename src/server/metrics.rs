@@ -2,8 +2,7 @@
 //! depths, in-flight requests, overload rejections, models loaded. Only counts; serves nothing.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::batcher::BatchObserver;
@@ -25,27 +24,14 @@ pub struct Metrics {
     pub patches_per_request: Histogram,
 }
 
-const SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "mixgan_requests_total",
-                "HTTP requests by route and status.",
-            ),
-            &["route", "status"],
-        )
-        .unwrap();
+        let requests = IntCounterVec::new(Opts::new("mixgan_requests_total", "HTTP requests by route and status."), &["route", "status"]).unwrap();
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mixgan_request_duration_seconds",
-                "HTTP request duration by route.",
-            )
-            .buckets(SECONDS.to_vec()),
+            HistogramOpts::new("mixgan_request_duration_seconds", "HTTP request duration by route.").buckets(SECONDS.to_vec()),
             &["route"],
         )
         .unwrap();
@@ -56,76 +42,37 @@ impl Metrics {
         )
         .unwrap();
         let batch_size = HistogramVec::new(
-            HistogramOpts::new(
-                "mixgan_batch_size",
-                "Patches per generator batch, by model.",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new("mixgan_batch_size", "Patches per generator batch, by model.").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             &["model"],
         )
         .unwrap();
         let batch_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mixgan_batch_duration_seconds",
-                "Generator time per batch, by model.",
-            )
-            .buckets(SECONDS.to_vec()),
+            HistogramOpts::new("mixgan_batch_duration_seconds", "Generator time per batch, by model.").buckets(SECONDS.to_vec()),
             &["model"],
         )
         .unwrap();
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "mixgan_queue_depth",
-                "Patches waiting for a generator, by model.",
-            ),
-            &["model"],
-        )
-        .unwrap();
+        let queue_depth = IntGaugeVec::new(Opts::new("mixgan_queue_depth", "Patches waiting for a generator, by model."), &["model"]).unwrap();
         let queue_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mixgan_queue_duration_seconds",
-                "Time a generation job waited for its batch, by model (the autoscaling signal).",
-            )
-            .buckets(SECONDS.to_vec()),
+            HistogramOpts::new("mixgan_queue_duration_seconds", "Time a generation job waited for its batch, by model (the autoscaling signal).")
+                .buckets(SECONDS.to_vec()),
             &["model"],
         )
         .unwrap();
-        let in_flight =
-            IntGauge::new("mixgan_in_flight_requests", "Requests being served.").unwrap();
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "mixgan_rejected_total",
-                "Requests refused without work, by reason.",
-            ),
-            &["reason"],
-        )
-        .unwrap();
+        let in_flight = IntGauge::new("mixgan_in_flight_requests", "Requests being served.").unwrap();
+        let rejected = IntCounterVec::new(Opts::new("mixgan_rejected_total", "Requests refused without work, by reason."), &["reason"]).unwrap();
         let dropped_jobs = IntCounterVec::new(
-            Opts::new(
-                "mixgan_dropped_jobs_total",
-                "Generation jobs dropped because their client had gone, by model.",
-            ),
+            Opts::new("mixgan_dropped_jobs_total", "Generation jobs dropped because their client had gone, by model."),
             &["model"],
         )
         .unwrap();
         let models_loaded = IntGauge::new("mixgan_models_loaded", "Models loaded.").unwrap();
-        let ready = IntGauge::new(
-            "mixgan_ready",
-            "1 when every model is loaded and warmed up and the server is not shutting down.",
-        )
-        .unwrap();
+        let ready = IntGauge::new("mixgan_ready", "1 when every model is loaded and warmed up and the server is not shutting down.").unwrap();
         let patches_per_request = Histogram::with_opts(
-            HistogramOpts::new(
-                "mixgan_patches_per_request",
-                "Generated patches per compose request.",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new("mixgan_patches_per_request", "Generated patches per compose request.").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .unwrap();
         registry.register(Box::new(requests.clone())).unwrap();
-        registry
-            .register(Box::new(request_seconds.clone()))
-            .unwrap();
+        registry.register(Box::new(request_seconds.clone())).unwrap();
         registry.register(Box::new(stage_seconds.clone())).unwrap();
         registry.register(Box::new(batch_size.clone())).unwrap();
         registry.register(Box::new(batch_seconds.clone())).unwrap();
@@ -136,9 +83,7 @@ impl Metrics {
         registry.register(Box::new(dropped_jobs.clone())).unwrap();
         registry.register(Box::new(models_loaded.clone())).unwrap();
         registry.register(Box::new(ready.clone())).unwrap();
-        registry
-            .register(Box::new(patches_per_request.clone()))
-            .unwrap();
+        registry.register(Box::new(patches_per_request.clone())).unwrap();
         let _ = rejected.with_label_values(&["overload"]);
         Self {
             registry,
@@ -161,9 +106,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
 
@@ -185,29 +128,19 @@ impl Default for Metrics {
 
 impl BatchObserver for Metrics {
     fn batch(&self, model: &str, size: usize, seconds: f64) {
-        self.batch_size
-            .with_label_values(&[model])
-            .observe(size as f64);
-        self.batch_seconds
-            .with_label_values(&[model])
-            .observe(seconds);
+        self.batch_size.with_label_values(&[model]).observe(size as f64);
+        self.batch_seconds.with_label_values(&[model]).observe(seconds);
     }
 
     fn queue_depth(&self, model: &str, depth: usize) {
-        self.queue_depth
-            .with_label_values(&[model])
-            .set(depth as i64);
+        self.queue_depth.with_label_values(&[model]).set(depth as i64);
     }
 
     fn dropped(&self, model: &str, jobs: usize) {
-        self.dropped_jobs
-            .with_label_values(&[model])
-            .inc_by(jobs as u64);
+        self.dropped_jobs.with_label_values(&[model]).inc_by(jobs as u64);
     }
 
     fn queued(&self, model: &str, seconds: f64) {
-        self.queue_seconds
-            .with_label_values(&[model])
-            .observe(seconds);
+        self.queue_seconds.with_label_values(&[model]).observe(seconds);
     }
 }

@@ -60,11 +60,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let slots = if config.cpu_slots == 0 {
-            cores
-        } else {
-            config.cpu_slots
-        };
+        let slots = if config.cpu_slots == 0 { cores } else { config.cpu_slots };
         let (health, health_service) = tonic_health::server::health_reporter();
         Arc::new(Self {
             health,
@@ -100,13 +96,7 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "{:x}-{:06x}",
-                    std::process::id(),
-                    self.next_id.fetch_add(1, Ordering::Relaxed)
-                )
-            })
+            .unwrap_or_else(|| format!("{:x}-{:06x}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed)))
     }
 }
 
@@ -125,38 +115,17 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
     for m in registry.iter() {
         state.metrics.register_model(m.name());
     }
-    state
-        .metrics
-        .models_loaded
-        .set(registry.iter().count() as i64);
-    let defaults = BatchSettings {
-        max_batch: c.max_batch,
-        max_wait: Duration::from_millis(c.max_wait_ms),
-    };
-    let batcher = Batcher::start(
-        &registry,
-        defaults,
-        c.queue_capacity,
-        state.cpu_slots.clone(),
-        state.metrics.clone(),
-    );
+    state.metrics.models_loaded.set(registry.iter().count() as i64);
+    let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
+    let batcher = Batcher::start(&registry, defaults, c.queue_capacity, state.cpu_slots.clone(), state.metrics.clone());
     for m in registry.iter() {
         let params = m.default_params(0);
         for _ in 0..c.warmup_iterations {
-            let rx = batcher
-                .submit(m.name(), vec![params.clone()])
-                .map_err(|e| e.to_string())?;
-            let _patch = rx
-                .blocking_recv()
-                .map_err(|_| "a worker stopped during warm-up".to_string())?
-                .map_err(|e| e.to_string())?;
+            let rx = batcher.submit(m.name(), vec![params.clone()]).map_err(|e| e.to_string())?;
+            let _patch = rx.blocking_recv().map_err(|_| "a worker stopped during warm-up".to_string())?.map_err(|e| e.to_string())?;
         }
     }
-    let renderer = Renderer {
-        registry,
-        limits: c.router_limits(),
-        device,
-    };
+    let renderer = Renderer { registry, limits: c.router_limits(), device };
     if state.engine.set(Engine { renderer, batcher }).is_err() {
         return Err("the engine was loaded twice".into());
     }
@@ -167,36 +136,19 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
 
 /// Equal lengths and bytes, compared without an early exit.
 pub(crate) fn same_secret(given: &str, key: &str) -> bool {
-    given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Sets the gRPC health of the whole server and of the Mixgan service.
 async fn set_health(state: &AppState, serving: bool) {
     use tonic_health::ServingStatus;
-    let status = if serving {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
     state.health.set_service_status("", status).await;
-    state
-        .health
-        .set_service_status("mixgan.v1.Mixgan", status)
-        .await;
+    state.health.set_service_status("mixgan.v1.Mixgan", status).await;
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
-    let grpc = state
-        .grpc_health
-        .clone()
-        .add_service(grpc::MixganServer::new(grpc::GrpcApi {
-            state: state.clone(),
-        }));
+    let grpc = state.grpc_health.clone().add_service(grpc::MixganServer::new(grpc::GrpcApi { state: state.clone() }));
     let v1 = Router::new()
         .route("/v1/compose", post(compose))
         .route("/v1/models", get(models))
@@ -221,12 +173,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         } else {
             AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
         };
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(allow)
-                .allow_methods(Any)
-                .allow_headers(Any),
-        );
+        router = router.layer(CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any));
     }
     router
 }
@@ -238,10 +185,7 @@ async fn not_found() -> Response {
 /// Request id, in-flight gauge, request metrics and one log line per request.
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = state.request_id(req.headers());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
     let started = Instant::now();
     state.metrics.in_flight.inc();
@@ -249,16 +193,8 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     state.metrics.in_flight.dec();
     let seconds = started.elapsed().as_secs_f64();
     let status = resp.status();
-    state
-        .metrics
-        .requests
-        .with_label_values(&[&route, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[&route])
-        .observe(seconds);
+    state.metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+    state.metrics.request_seconds.with_label_values(&[&route]).observe(seconds);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -269,9 +205,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
             route_ms = ms(t.route), generate_ms = ms(t.generate), composite_ms = ms(t.composite), encode_ms = ms(t.encode),
             "request"
         ),
-        None => {
-            tracing::info!(request_id = %id, %method, route = %route, status = status.as_u16(), ms = seconds * 1e3, "request")
-        }
+        None => tracing::info!(request_id = %id, %method, route = %route, status = status.as_u16(), ms = seconds * 1e3, "request"),
     }
     resp
 }
@@ -282,11 +216,7 @@ fn ms(d: Duration) -> f64 {
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.config.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         let ok = given.is_some_and(|g| same_secret(g, key));
         if !ok {
             return ApiError::Unauthorized.into_response();
@@ -308,14 +238,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }
 
 async fn openapi_json() -> Json<serde_json::Value> {
@@ -364,10 +287,10 @@ pub(crate) fn model_list(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
                 channels: g.img_channels,
                 c_dim: g.c_dim,
                 device: format!("{:?}", m.generator.device()).to_lowercase(),
-                batching: engine.batcher.settings(m.name()).map(|b| BatchingInfo {
-                    max_batch: b.max_batch,
-                    max_wait_ms: b.max_wait.as_millis() as u64,
-                }),
+                batching: engine
+                    .batcher
+                    .settings(m.name())
+                    .map(|b| BatchingInfo { max_batch: b.max_batch, max_wait_ms: b.max_wait.as_millis() as u64 }),
                 queue_depth: engine.batcher.queue_depth(m.name()),
                 ready,
             }
@@ -379,69 +302,35 @@ fn panic_message(e: tokio::task::JoinError) -> ApiError {
     ApiError::Internal(format!("a pipeline stage failed: {e}"))
 }
 
-async fn compose(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn compose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     state.engine()?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/json") {
         return Err(ApiError::UnsupportedMediaType(content_type.to_string()));
     }
     let limit = state.config.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::BodyTooLarge { limit })?;
-    let want_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::BodyTooLarge { limit })?;
+    let want_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     Ok(respond(compose_layout(state, bytes).await?, want_json))
 }
 
 /// Admission, the time limit and the overload metric around one compose, for both APIs.
-pub(crate) async fn compose_layout(
-    state: Arc<AppState>,
-    layout: axum::body::Bytes,
-) -> Result<Composed, ApiError> {
+pub(crate) async fn compose_layout(state: Arc<AppState>, layout: axum::body::Bytes) -> Result<Composed, ApiError> {
     state.engine()?;
     let Ok(_admitted) = state.admitted.try_acquire() else {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["overload"])
-            .inc();
-        return Err(ApiError::Overloaded(format!(
-            "{} requests are in flight already; try again shortly",
-            state.config.max_in_flight
-        )));
+        state.metrics.rejected.with_label_values(&["overload"]).inc();
+        return Err(ApiError::Overloaded(format!("{} requests are in flight already; try again shortly", state.config.max_in_flight)));
     };
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     match tokio::time::timeout(timeout, run_compose(state.clone(), layout)).await {
-        Err(_) => Err(ApiError::Timeout {
-            after_ms: state.config.request_timeout_ms,
-        }),
+        Err(_) => Err(ApiError::Timeout { after_ms: state.config.request_timeout_ms }),
         Ok(Err(e)) => {
             if matches!(e, ApiError::Overloaded(_)) {
-                state
-                    .metrics
-                    .rejected
-                    .with_label_values(&["overload"])
-                    .inc();
+                state.metrics.rejected.with_label_values(&["overload"]).inc();
             }
             Err(e)
         }
@@ -472,76 +361,40 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     let receivers = plan
         .jobs
         .iter()
-        .map(|job| {
-            engine.batcher.submit(
-                job.model.name(),
-                job.items.iter().map(|(_, p)| p.clone()).collect(),
-            )
-        })
+        .map(|job| engine.batcher.submit(job.model.name(), job.items.iter().map(|(_, p)| p.clone()).collect()))
         .collect::<Result<Vec<_>, _>>()?;
-    m.patches_per_request
-        .observe(plan.jobs.iter().map(|j| j.items.len()).sum::<usize>() as f64);
+    m.patches_per_request.observe(plan.jobs.iter().map(|j| j.items.len()).sum::<usize>() as f64);
     let mut batches = Vec::with_capacity(receivers.len());
     let mut queue = Duration::ZERO;
     for rx in receivers {
-        let (tensor, report) = rx
-            .await
-            .map_err(|_| ApiError::Internal("a generation worker stopped".into()))??;
+        let (tensor, report) = rx.await.map_err(|_| ApiError::Internal("a generation worker stopped".into()))??;
         queue = queue.max(report.queued);
         batches.push(tensor);
     }
     let t2 = Instant::now();
     let st = state.clone();
-    let _gate = state
-        .compose_gate
-        .acquire()
-        .await
-        .map_err(|_| ApiError::NotReady)?;
-    let (plan, bytes, composite, encode) =
-        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-            let _slot = st.cpu_slots.acquire();
-            let engine = st.engine()?;
-            let patches = Renderer::assemble(&plan, batches)?;
-            let c0 = Instant::now();
-            let canvas = engine.renderer.composite(&plan, &patches)?;
-            let c1 = Instant::now();
-            let bytes = engine.renderer.encode(&canvas, &plan)?;
-            Ok((plan, bytes, c1 - c0, c1.elapsed()))
-        })
-        .await
-        .map_err(panic_message)??;
-    let timings = Timings {
-        route: t1 - t0,
-        generate: t2 - t1,
-        composite,
-        encode,
-    };
-    for (stage, d) in [
-        ("route", timings.route),
-        ("queue", queue),
-        ("generate", (t2 - t1).saturating_sub(queue)),
-        ("composite", composite),
-        ("encode", encode),
-    ] {
-        m.stage_seconds
-            .with_label_values(&[stage])
-            .observe(d.as_secs_f64());
-    }
-    Ok(Composed {
-        bytes,
-        plan,
-        timings,
-        queue,
+    let _gate = state.compose_gate.acquire().await.map_err(|_| ApiError::NotReady)?;
+    let (plan, bytes, composite, encode) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let _slot = st.cpu_slots.acquire();
+        let engine = st.engine()?;
+        let patches = Renderer::assemble(&plan, batches)?;
+        let c0 = Instant::now();
+        let canvas = engine.renderer.composite(&plan, &patches)?;
+        let c1 = Instant::now();
+        let bytes = engine.renderer.encode(&canvas, &plan)?;
+        Ok((plan, bytes, c1 - c0, c1.elapsed()))
     })
+    .await
+    .map_err(panic_message)??;
+    let timings = Timings { route: t1 - t0, generate: t2 - t1, composite, encode };
+    for (stage, d) in [("route", timings.route), ("queue", queue), ("generate", (t2 - t1).saturating_sub(queue)), ("composite", composite), ("encode", encode)] {
+        m.stage_seconds.with_label_values(&[stage]).observe(d.as_secs_f64());
+    }
+    Ok(Composed { bytes, plan, timings, queue })
 }
 
 fn respond(done: Composed, want_json: bool) -> Response {
-    let Composed {
-        bytes,
-        plan,
-        timings,
-        queue,
-    } = done;
+    let Composed { bytes, plan, timings, queue } = done;
     let mut resp = if want_json {
         let regions: Vec<_> = plan
             .regions
@@ -555,12 +408,8 @@ fn respond(done: Composed, want_json: bool) -> Response {
             })
             .collect();
         let background = match &plan.background {
-            Background::Color(c) => {
-                json!({"color": format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])})
-            }
-            Background::Generated { model, params, .. } => {
-                json!({"model": model.name(), "seed": params.seed})
-            }
+            Background::Color(c) => json!({"color": format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])}),
+            Background::Generated { model, params, .. } => json!({"model": model.name(), "seed": params.seed}),
         };
         Json(json!({
             "image": base64::engine::general_purpose::STANDARD.encode(&bytes),
@@ -583,8 +432,7 @@ fn respond(done: Composed, want_json: bool) -> Response {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("MIXGAN_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIXGAN_LOG").unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -600,9 +448,7 @@ pub fn init_logging(format: LogFormat) {
 /// grace period. The bound address is printed on stdout first (useful with port 0).
 pub async fn serve(config: Config) -> Result<(), String> {
     init_logging(config.log_format);
-    let listener = tokio::net::TcpListener::bind(&config.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let listener = tokio::net::TcpListener::bind(&config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     println!("mixgan: listening on http://{local}");
     let grace = Duration::from_secs(config.grace_period_s);
@@ -620,18 +466,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 if loader.is_ready() {
                     set_health(&loader, true).await;
                 }
-                tracing::info!(
-                    seconds = t.elapsed().as_secs_f64(),
-                    "models loaded and warmed up; ready"
-                );
+                tracing::info!(seconds = t.elapsed().as_secs_f64(), "models loaded and warmed up; ready");
             }
             Ok(Err(e)) => {
                 let _ = failed_tx.send(e).await;
             }
             Err(e) => {
-                let _ = failed_tx
-                    .send(format!("loading the models panicked: {e}"))
-                    .await;
+                let _ = failed_tx.send(format!("loading the models panicked: {e}")).await;
             }
         }
     });
@@ -653,9 +494,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     set_health(&state, false).await;
     let _ = stop_tx.send(true);
     match &reason {
-        Ok(sig) => {
-            tracing::info!(signal = %sig, grace_s = grace.as_secs(), "shutting down: draining in-flight requests")
-        }
+        Ok(sig) => tracing::info!(signal = %sig, grace_s = grace.as_secs(), "shutting down: draining in-flight requests"),
         Err(e) => tracing::error!("cannot serve: {e}"),
     }
     if tokio::time::timeout(grace, server).await.is_err() {

@@ -8,11 +8,7 @@ pub const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("post", "/v1/compose", "Compose a picture from a layout"),
     ("get", "/v1/models", "The loaded models"),
     ("get", "/healthz", "Liveness: the process answers"),
-    (
-        "get",
-        "/readyz",
-        "Readiness: every model loaded and warmed up, not shutting down",
-    ),
+    ("get", "/readyz", "Readiness: every model loaded and warmed up, not shutting down"),
     ("get", "/metrics", "Prometheus metrics"),
     ("get", "/openapi.json", "This document"),
 ];
@@ -24,13 +20,8 @@ const LAYOUT_SCHEMA: &str = include_str!("../../schema/layout.schema.json");
 fn layout_components() -> serde_json::Map<String, Value> {
     let text = LAYOUT_SCHEMA.replace("\"#/$defs/", "\"#/components/schemas/Layout_");
     let mut schema: Value = serde_json::from_str(&text).expect("the bundled layout schema is JSON");
-    let obj = schema
-        .as_object_mut()
-        .expect("the layout schema is an object");
-    let defs = obj
-        .remove("$defs")
-        .and_then(|d| d.as_object().cloned())
-        .unwrap_or_default();
+    let obj = schema.as_object_mut().expect("the layout schema is an object");
+    let defs = obj.remove("$defs").and_then(|d| d.as_object().cloned()).unwrap_or_default();
     obj.remove("$schema");
     obj.remove("$id");
     let mut out = serde_json::Map::new();
@@ -116,12 +107,8 @@ pub fn document() -> Value {
             }),
             "/readyz" => json!({"summary": summary, "responses": {
                 "200": {"description": "Ready", "content": {"application/json": {}}}, "503": error_response("Not ready")}}),
-            "/metrics" => {
-                json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}})
-            }
-            _ => {
-                json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}})
-            }
+            "/metrics" => json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}),
+            _ => json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}}),
         };
         paths.insert(path.to_string(), json!({ *method: op }));
     }

@@ -17,44 +17,18 @@ pub fn reference_script() -> PathBuf {
 
 /// Runs the reference with `args`; panics with its stderr when it fails.
 pub fn reference(args: &[&str]) {
-    let out = Command::new(python())
-        .arg(reference_script())
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "reference {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(python()).arg(reference_script()).args(args).output().expect("run python");
+    assert!(out.status.success(), "reference {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Writes a seeded random NVIDIA-format model (settings as JSON) into `dir`.
 pub fn make_model(dir: &Path, settings: &str, seed: u32) {
-    reference(&[
-        "make",
-        "--out",
-        dir.to_str().unwrap(),
-        "--name",
-        "test",
-        "--classes",
-        "thing",
-        "--config",
-        settings,
-        "--seed",
-        &seed.to_string(),
-    ]);
+    reference(&["make", "--out", dir.to_str().unwrap(), "--name", "test", "--classes", "thing", "--config", settings, "--seed", &seed.to_string()]);
 }
 
 /// The reference's images for `args` (generate options), as a float tensor.
 pub fn reference_images(model: &Path, out: &Path, args: &[&str]) -> tch::Tensor {
-    let mut all = vec![
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut all = vec!["generate", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()];
     all.extend_from_slice(args);
     reference(&all);
     let mut t = tch::Tensor::read_safetensors(out).expect("read reference output");

@@ -21,53 +21,29 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The error code of a JSON error answer.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
     }
 }
 
 pub fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(timeout)
-        .build()
-        .into()
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into()
 }
 
 fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut r = r.expect("an HTTP answer");
-    let headers = r
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    let headers = r.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let status = r.status().as_u16();
-    let body = r
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()
-        .expect("read the body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    let body = r.body_mut().with_config().limit(64 << 20).read_to_vec().expect("read the body");
+    Reply { status, headers, body }
 }
 
 impl Server {
@@ -90,21 +66,9 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("start mixgan serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("mixgan: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
-            .to_string();
-        let server = Self {
-            child,
-            base,
-            agent: agent(Some(Duration::from_secs(60))),
-            stderr_path,
-            _dir: dir,
-        };
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.trim().strip_prefix("mixgan: listening on ").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
+        let server = Self { child, base, agent: agent(Some(Duration::from_secs(60))), stderr_path, _dir: dir };
         if wait_ready {
             server.wait_ready(Duration::from_secs(60));
         }
@@ -152,11 +116,7 @@ impl Server {
     }
 
     pub fn compose(&self, layout: &str) -> Reply {
-        self.post(
-            "/v1/compose",
-            &[("content-type", "application/json")],
-            layout.as_bytes(),
-        )
+        self.post("/v1/compose", &[("content-type", "application/json")], layout.as_bytes())
     }
 
     /// The sum and count of a histogram series in /metrics.
@@ -173,11 +133,7 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill -{sig} failed");
     }
 
