@@ -3,6 +3,7 @@
 //! mix of patches in-process for comparison. It only measures; it serves nothing.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -177,4 +178,167 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// What `mixgan loadtest` runs: the rows at each concurrency and the alternating comparison
+/// with the bare generators, or, with `soak`, an open-loop overload run.
+pub struct LoadPlan {
+    /// A running server; without it, one is started on a free loopback port.
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub layout: Vec<u8>,
+    pub layout_name: String,
+    pub models: PathBuf,
+    pub concurrency: Vec<usize>,
+    pub seconds: f64,
+    pub max_batch: usize,
+    pub soak: bool,
+    pub rate: Option<f64>,
+    pub rounds: usize,
+}
+
+/// The report's text, and why the run failed if it did (the text is printed either way).
+pub struct LoadReport {
+    pub text: String,
+    pub failure: Option<String>,
+}
+
+/// A `mixgan serve` child (this executable) on a free loopback port, stopped with SIGTERM
+/// when dropped.
+struct ChildServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ChildServer {
+    fn start(models: &Path) -> Result<Self, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .env("MIXGAN_LOG", "warn")
+            .args(["serve", "--addr", "127.0.0.1:0", "--models"])
+            .arg(models)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no server stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+        let url = line.trim().strip_prefix("mixgan: listening on ").ok_or("the server did not start")?.to_string();
+        let server = Self { child, url };
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let started = Instant::now();
+        while agent.get(format!("{}/readyz", server.url)).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+            if started.elapsed().as_secs() > 120 {
+                return Err("the server was not ready within 2 minutes".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(plan: &LoadPlan) -> LoadReport {
+    let mut text = String::new();
+    let failure = run_into(plan, &mut text).err();
+    LoadReport { text, failure }
+}
+
+fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
+    let child = match &a.url {
+        Some(_) => None,
+        None => Some(ChildServer::start(&a.models)?),
+    };
+    let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).ok_or("no server")?;
+    let target = Target { url: url.clone(), api_key: a.api_key.clone(), layout: a.layout.clone() };
+    let duration = Duration::from_secs_f64(a.seconds.max(0.5));
+    *text += &format!("server {url}, layout {}, {:.0} s per row\n", a.layout_name, a.seconds);
+    if a.soak {
+        return soak(a, &target, child.as_ref().map(|c| c.child.id()), duration, text);
+    }
+    *text += &format!("{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200");
+    for &c in &a.concurrency {
+        let r = closed_loop(&target, c, duration);
+        let bad: usize = r.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
+        *text += &format!(
+            "{:>11} {:>9} {:>8.2} {:>9.1} {:>9.1} {:>8}\n",
+            c,
+            r.ok(),
+            r.rps(),
+            r.percentile(0.5) * 1e3,
+            r.percentile(0.99) * 1e3,
+            bad
+        );
+    }
+    // The comparison alternates short rounds of the bare generators and of the service at the
+    // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
+    let registry = Arc::new(ModelRegistry::load(&a.models, tch::Device::Cpu).map_err(|e| e.to_string())?);
+    let top = a.concurrency.iter().copied().max().unwrap_or(16);
+    let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
+    let mut ratios = Vec::new();
+    for i in 0..a.rounds.max(1) {
+        let bare = bare_generators(registry.clone(), &a.layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch)?;
+        let served = closed_loop(&target, top, round).rps();
+        *text += &format!(
+            "round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}\n",
+            i + 1,
+            a.max_batch,
+            served / bare
+        );
+        ratios.push(served / bare);
+    }
+    ratios.sort_by(|x, y| x.total_cmp(y));
+    *text += &format!(
+        "service / bare generators at concurrency {top}, median of {} rounds: {:.2}\n",
+        ratios.len(),
+        ratios[ratios.len() / 2]
+    );
+    Ok(())
+}
+
+/// Open loop at twice the closed-loop rate (or `rate`): every answer must be a picture or a
+/// 503, the server must stay alive, and its memory must not grow by more than a quarter.
+fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, text: &mut String) -> Result<(), String> {
+    let rate = match a.rate {
+        Some(r) => r,
+        None => 2.0 * closed_loop(target, *a.concurrency.iter().max().unwrap_or(&16), Duration::from_secs(5)).rps(),
+    };
+    let mut rss = Vec::new();
+    let r = open_loop(target, rate, duration, 256, || {
+        if let Some(m) = pid.and_then(rss_bytes) {
+            rss.push(m);
+        }
+    });
+    *text += &format!("soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n", r.seconds, r.statuses);
+    *text += &format!("served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n", r.rps(), r.percentile(0.5) * 1e3, r.percentile(0.99) * 1e3);
+    if rss.len() >= 4 {
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        let (settled, last) = (rss[rss.len() / 4], *rss.last().unwrap_or(&0));
+        let max = rss.iter().copied().max().unwrap_or(0);
+        *text += &format!(
+            "server memory (RSS): {:.0} MiB after the first quarter, {:.0} MiB at the end, {:.0} MiB at most\n",
+            mb(settled),
+            mb(last),
+            mb(max)
+        );
+        if last as f64 > settled as f64 * 1.25 {
+            return Err("memory grew by more than 25 % during the soak".into());
+        }
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let alive = agent.get(format!("{}/healthz", target.url)).call().map(|r| r.status().as_u16()).ok() == Some(200);
+    *text += &format!("server alive after the soak: {alive}\n");
+    let other: Vec<_> = r.statuses.keys().filter(|s| **s != 200 && **s != 503).collect();
+    if !other.is_empty() || !alive {
+        return Err(format!("answers other than 200 and 503: {other:?}, alive: {alive}"));
+    }
+    Ok(())
 }

@@ -384,127 +384,27 @@ fn serve(a: ServeArgs) -> Result<()> {
     runtime.block_on(mixgan::server::serve(config)).map_err(anyhow::Error::msg)
 }
 
-/// A `mixgan serve` child on a free loopback port, stopped with SIGTERM when dropped.
-struct ChildServer {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ChildServer {
-    fn start(models: &std::path::Path) -> Result<Self> {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .env("MIXGAN_LOG", "warn")
-            .args(["serve", "--addr", "127.0.0.1:0", "--models"])
-            .arg(models)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-        let url = line.trim().strip_prefix("mixgan: listening on ").context("the server did not start")?.to_string();
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let started = std::time::Instant::now();
-        while agent.get(format!("{url}/readyz")).call().map(|r| r.status().as_u16()).ok() != Some(200) {
-            if started.elapsed().as_secs() > 120 {
-                bail!("the server was not ready within 2 minutes");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Ok(Self { child, url })
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
 fn loadtest(a: LoadArgs) -> Result<()> {
-    use mixgan::loadtest::{bare_generators, closed_loop, open_loop, rss_bytes, Target};
     let layout = std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?;
-    let child = match &a.url {
-        Some(_) => None,
-        None => Some(ChildServer::start(&a.models)?),
+    let plan = mixgan::loadtest::LoadPlan {
+        url: a.url,
+        api_key: a.api_key,
+        layout,
+        layout_name: a.layout.display().to_string(),
+        models: a.models,
+        concurrency: a.concurrency,
+        seconds: a.seconds,
+        max_batch: a.max_batch,
+        soak: a.soak,
+        rate: a.rate,
+        rounds: a.rounds,
     };
-    let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).expect("a url");
-    let target = Target { url: url.clone(), api_key: a.api_key.clone(), layout: layout.clone() };
-    let duration = std::time::Duration::from_secs_f64(a.seconds.max(0.5));
-    let mut text = format!("server {url}, layout {}, {:.0} s per row\n", a.layout.display(), a.seconds);
-    if a.soak {
-        let rate = match a.rate {
-            Some(r) => r,
-            None => {
-                let c = *a.concurrency.iter().max().unwrap_or(&16);
-                2.0 * closed_loop(&target, c, std::time::Duration::from_secs(5)).rps()
-            }
-        };
-        let pid = child.as_ref().map(|c| c.child.id());
-        let mut rss = Vec::new();
-        let r = open_loop(&target, rate, duration, 256, || {
-            if let Some(m) = pid.and_then(rss_bytes) {
-                rss.push(m);
-            }
-        });
-        text += &format!("soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n", r.seconds, r.statuses);
-        text += &format!("served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n", r.rps(), r.percentile(0.5) * 1e3, r.percentile(0.99) * 1e3);
-        if rss.len() >= 4 {
-            let mb = |b: u64| b as f64 / (1 << 20) as f64;
-            let settled = rss[rss.len() / 4];
-            let last = *rss.last().unwrap();
-            let max = *rss.iter().max().unwrap();
-            text += &format!(
-                "server memory (RSS): {:.0} MiB after the first quarter, {:.0} MiB at the end, {:.0} MiB at most\n",
-                mb(settled),
-                mb(last),
-                mb(max)
-            );
-            if last as f64 > settled as f64 * 1.25 {
-                say(&text);
-                bail!("memory grew by more than 25 % during the soak");
-            }
-        }
-        let alive = ureq::get(format!("{url}/healthz")).call().map(|r| r.status().as_u16()).ok() == Some(200);
-        text += &format!("server alive after the soak: {alive}\n");
-        say(&text);
-        let other: Vec<_> = r.statuses.keys().filter(|s| **s != 200 && **s != 503).collect();
-        if !other.is_empty() || !alive {
-            bail!("answers other than 200 and 503: {other:?}, alive: {alive}");
-        }
-        return Ok(());
+    let report = mixgan::loadtest::run(&plan);
+    say(&report.text);
+    match report.failure {
+        Some(why) => bail!(why),
+        None => Ok(()),
     }
-    text += &format!("{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200");
-    for &c in &a.concurrency {
-        let r = closed_loop(&target, c, duration);
-        let bad: usize = r.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
-        text += &format!(
-            "{:>11} {:>9} {:>8.2} {:>9.1} {:>9.1} {:>8}\n",
-            c,
-            r.ok(),
-            r.rps(),
-            r.percentile(0.5) * 1e3,
-            r.percentile(0.99) * 1e3,
-            bad
-        );
-    }
-    // The comparison alternates short rounds of the bare generators and of the service at the
-    // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
-    let registry = Arc::new(ModelRegistry::load(&a.models, tch::Device::Cpu)?);
-    let top = a.concurrency.iter().copied().max().unwrap_or(16);
-    let round = std::time::Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
-    let mut ratios = Vec::new();
-    for i in 0..a.rounds.max(1) {
-        let bare = bare_generators(registry.clone(), &layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch).map_err(anyhow::Error::msg)?;
-        let served = closed_loop(&target, top, round).rps();
-        text += &format!("round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}\n", i + 1, a.max_batch, served / bare);
-        ratios.push(served / bare);
-    }
-    ratios.sort_by(|x, y| x.total_cmp(y));
-    text += &format!("service / bare generators at concurrency {top}, median of {} rounds: {:.2}\n", ratios.len(), ratios[ratios.len() / 2]);
-    say(&text);
-    Ok(())
 }
 
 fn import(a: ImportArgs) -> Result<()> {
