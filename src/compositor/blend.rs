@@ -75,7 +75,7 @@ fn down(x: &Tensor) -> Result<Tensor> {
 }
 
 fn up(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    x.f_unsqueeze(0)?.f_upsample_bilinear2d([h, w], false, None, None)?.f_squeeze_dim(0)
+    super::resample::upscale(x, h, w)
 }
 
 /// Pyramid levels for a region of `side` pixels (its shorter side).

@@ -4,11 +4,13 @@
 
 pub mod blend;
 pub mod poisson;
+pub mod resample;
 pub mod seam;
 
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::layout::{BlendMode, Fit};
+use resample::resize;
 use crate::router::geometry::{contained, Rect};
 use crate::router::{Background, Region, RoutePlan};
 
@@ -38,49 +40,6 @@ fn rgb(patch: &Tensor) -> Result<Tensor> {
         3 => patch.f_contiguous(),
         _ => patch.f_narrow(0, 0, 3)?.f_contiguous(),
     }
-}
-
-/// Bilinear resize of [C, h, w], antialiased when it shrinks either side.
-fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    let (xh, xw) = (x.size()[1], x.size()[2]);
-    if xh == h && xw == w {
-        return Ok(x.shallow_clone());
-    }
-    if h >= xh && w >= xw && h % xh == 0 && w % xw == 0 {
-        return upscale_axis(&upscale_axis(x, w / xw, 2)?, h / xh, 1);
-    }
-    let x4 = x.f_unsqueeze(0)?;
-    let y = if h < xh || w < xw {
-        x4.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)?
-    } else {
-        x4.f_upsample_bilinear2d([h, w], false, None, None)?
-    };
-    y.f_squeeze_dim(0)
-}
-
-/// Bilinear upscaling of axis `dim` of [C, h, w] by the whole factor `s`, equal to libtorch's
-/// `upsample_bilinear2d` (align_corners false) there: output phase `r` of every source pixel
-/// is a fixed lerp of two neighbours (edges replicated). A few strided lerps beat the general
-/// kernel, which takes its slow channels-last path for three channels, about six times.
-fn upscale_axis(x: &Tensor, s: i64, dim: i64) -> Result<Tensor> {
-    if s == 1 {
-        return Ok(x.shallow_clone());
-    }
-    let mut size = x.size();
-    let n = size[dim as usize];
-    let pad = if dim == 2 { [1, 1, 0, 0] } else { [0, 0, 1, 1] };
-    let padded = x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
-    let mut phased = size.clone();
-    phased.insert(dim as usize + 1, s);
-    let out = Tensor::f_empty(phased.as_slice(), (x.kind(), x.device()))?;
-    for r in 0..s {
-        let src = (r as f64 + 0.5) / s as f64 - 0.5;
-        let below = src.floor();
-        let (a, b) = (padded.f_narrow(dim, below as i64 + 1, n)?, padded.f_narrow(dim, below as i64 + 2, n)?);
-        let _ = a.f_lerp_scalar_out(&out.f_select(dim + 1, r)?, &b, src - below)?;
-    }
-    size[dim as usize] = n * s;
-    out.f_view(size.as_slice())
 }
 
 /// The patch scaled into a `w` x `h` rectangle, with its coverage when it does not fill it.
@@ -234,21 +193,3 @@ pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
     img
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn whole_factor_upscale_equals_libtorch_bilinear() {
-        tch::manual_seed(5);
-        let x = Tensor::randn([3, 12, 9], (Kind::Float, Device::Cpu));
-        for (sh, sw) in [(2, 2), (3, 3), (4, 4), (2, 4), (1, 3), (5, 1)] {
-            let (h, w) = (12 * sh, 9 * sw);
-            let ours = resize(&x, h, w).unwrap();
-            let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
-            assert_eq!(ours.size(), vec![3, h, w]);
-            let diff = (ours - reference).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "factor {sh}x{sw}: max diff {diff}");
-        }
-    }
-}

@@ -1,0 +1,115 @@
+//! Bilinear resampling of [C, h, w] tensors for the compositor: patches fitted to their
+//! rectangles and the pyramid's expand step. Upscaling is done here with separable lerps,
+//! because libtorch's kernel takes a slow channels-last path for three channels; shrinking
+//! stays with libtorch's antialiased kernel. Nothing here knows about layouts or models.
+
+use tch::{TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// Bilinear resize of [C, h, w], antialiased when it shrinks either side.
+pub fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    let (xh, xw) = (x.size()[1], x.size()[2]);
+    if xh == h && xw == w {
+        return Ok(x.shallow_clone());
+    }
+    if h >= xh && w >= xw {
+        return upscale(x, h, w);
+    }
+    x.f_unsqueeze(0)?.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)?.f_squeeze_dim(0)
+}
+
+/// Bilinear upscaling of [C, h, w] to [C, `h`, `w`] (neither side shrinks), one axis at a time.
+pub fn upscale(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    let along_w = upscale_axis_to(x, w, 2)?;
+    upscale_axis_to(&along_w, h, 1)
+}
+
+fn upscale_axis_to(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
+    let n = x.size()[dim as usize];
+    if to % n == 0 {
+        upscale_axis(x, to / n, dim)
+    } else {
+        lerp_axis(x, to, dim)
+    }
+}
+
+/// Bilinear resampling of axis `dim` to `to` samples for any ratio, as libtorch computes it
+/// (align_corners false: source `(i + 0.5) * n / to - 0.5`, clamped at 0): two gathers and a
+/// lerp with per-sample weights.
+fn lerp_axis(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
+    let n = x.size()[dim as usize];
+    let scale = n as f32 / to as f32;
+    let (mut lo, mut hi, mut t) = (Vec::with_capacity(to as usize), Vec::with_capacity(to as usize), Vec::new());
+    for i in 0..to {
+        let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let below = (src as i64).min(n - 1);
+        lo.push(below);
+        hi.push((below + 1).min(n - 1));
+        t.push(src - below as f32);
+    }
+    let device = x.device();
+    let lo = Tensor::from_slice(&lo).f_to_device(device)?;
+    let hi = Tensor::from_slice(&hi).f_to_device(device)?;
+    let mut shape = vec![1i64; x.dim()];
+    shape[dim as usize] = to;
+    let t = Tensor::from_slice(&t).f_to_device(device)?.f_view(shape.as_slice())?;
+    x.f_index_select(dim, &lo)?.f_lerp_tensor(&x.f_index_select(dim, &hi)?, &t)
+}
+
+/// Bilinear upscaling of axis `dim` of [C, h, w] by the whole factor `s`, equal to libtorch's
+/// `upsample_bilinear2d` (align_corners false) there: output phase `r` of every source pixel
+/// is a fixed lerp of two neighbours (edges replicated). A few strided lerps beat the general
+/// kernel, which takes its slow channels-last path for three channels, about six times.
+fn upscale_axis(x: &Tensor, s: i64, dim: i64) -> Result<Tensor> {
+    if s == 1 {
+        return Ok(x.shallow_clone());
+    }
+    let mut size = x.size();
+    let n = size[dim as usize];
+    let pad = if dim == 2 { [1, 1, 0, 0] } else { [0, 0, 1, 1] };
+    let padded = x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
+    let mut phased = size.clone();
+    phased.insert(dim as usize + 1, s);
+    let out = Tensor::f_empty(phased.as_slice(), (x.kind(), x.device()))?;
+    for r in 0..s {
+        let src = (r as f64 + 0.5) / s as f64 - 0.5;
+        let below = src.floor();
+        let (a, b) = (padded.f_narrow(dim, below as i64 + 1, n)?, padded.f_narrow(dim, below as i64 + 2, n)?);
+        let _ = a.f_lerp_scalar_out(&out.f_select(dim + 1, r)?, &b, src - below)?;
+    }
+    size[dim as usize] = n * s;
+    out.f_view(size.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn whole_factor_upscale_equals_libtorch_bilinear() {
+        tch::manual_seed(5);
+        let x = Tensor::randn([3, 12, 9], (Kind::Float, Device::Cpu));
+        for (sh, sw) in [(2, 2), (3, 3), (4, 4), (2, 4), (1, 3), (5, 1)] {
+            let (h, w) = (12 * sh, 9 * sw);
+            let ours = resize(&x, h, w).unwrap();
+            let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
+            assert_eq!(ours.size(), vec![3, h, w]);
+            let diff = (ours - reference).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "factor {sh}x{sw}: max diff {diff}");
+        }
+    }
+
+    #[test]
+    fn any_upscale_equals_libtorch_bilinear() {
+        tch::manual_seed(6);
+        let x = Tensor::randn([3, 32, 29], (Kind::Float, Device::Cpu));
+        for (h, w) in [(236, 192), (33, 30), (64, 100), (511, 301), (32, 200)] {
+            let ours = resize(&x, h, w).unwrap();
+            let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
+            let diff = (ours - reference).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{h}x{w}: max diff {diff}");
+        }
+    }
+}
