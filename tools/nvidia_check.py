@@ -10,7 +10,7 @@ your NVIDIA source tree (stylegan3, or stylegan2-ada-pytorch for the StyleGAN2 h
      StyleGAN3 with --nvlabs-src) and generates the same seeds with `mixgan generate`;
   4. prints the largest pixel difference per snapshot and exits non-zero above 1/255.
 
-  nvidia_check.py --nvlabs-src ~/src/stylegan3 --mixgan target/release/mixgan --work /tmp/nvcheck
+  nvidia_check.py --nvlabs-src ~/src/stylegan3 --mixgan target/release/mixgan --work nvcheck-out
 
 NVIDIA's gen_images.py asks for CUDA; without a GPU, --cpu runs it with its `cuda` device
 mapped to the CPU. NVIDIA's tree needs its own Python packages (click, scipy, requests):
