@@ -195,6 +195,8 @@ pub struct LoadPlan {
     pub soak: bool,
     pub rate: Option<f64>,
     pub rounds: usize,
+    /// auto, cpu, cuda or cuda:N, as `mixgan serve --device` takes it.
+    pub device: String,
 }
 
 /// The report's text, and why the run failed if it did (the text is printed either way).
@@ -211,12 +213,12 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(models: &Path) -> Result<Self, String> {
+    fn start(models: &Path, device: &str) -> Result<Self, String> {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = std::process::Command::new(exe)
             .env("MIXGAN_LOG", "warn")
-            .args(["serve", "--addr", "127.0.0.1:0", "--models"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--device", device, "--models"])
             .arg(models)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -255,12 +257,12 @@ pub fn run(plan: &LoadPlan) -> LoadReport {
 fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
     let child = match &a.url {
         Some(_) => None,
-        None => Some(ChildServer::start(&a.models)?),
+        None => Some(ChildServer::start(&a.models, &a.device)?),
     };
     let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).ok_or("no server")?;
     let target = Target { url: url.clone(), api_key: a.api_key.clone(), layout: a.layout.clone() };
     let duration = Duration::from_secs_f64(a.seconds.max(0.5));
-    *text += &format!("server {url}, layout {}, {:.0} s per row\n", a.layout_name, a.seconds);
+    *text += &format!("server {url}, layout {}, {:.0} s per row, device {}\n", a.layout_name, a.seconds, a.device);
     if a.soak {
         return soak(a, &target, child.as_ref().map(|c| c.child.id()), duration, text);
     }
@@ -280,7 +282,8 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
     }
     // The comparison alternates short rounds of the bare generators and of the service at the
     // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
-    let registry = Arc::new(ModelRegistry::load(&a.models, tch::Device::Cpu).map_err(|e| e.to_string())?);
+    let device = crate::model::parse_device(&a.device)?;
+    let registry = Arc::new(ModelRegistry::load(&a.models, device).map_err(|e| e.to_string())?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();

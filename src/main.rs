@@ -103,6 +103,10 @@ struct LoadArgs {
     /// Alternating rounds of bare generators and service for the comparison.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Device of the started server and of the baseline: auto (CUDA when available), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -398,6 +402,7 @@ fn loadtest(a: LoadArgs) -> Result<()> {
         soak: a.soak,
         rate: a.rate,
         rounds: a.rounds,
+        device: a.device,
     };
     let report = mixgan::loadtest::run(&plan);
     say(&report.text);
