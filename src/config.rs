@@ -64,11 +64,13 @@ pub struct Config {
     pub grace_period_s: u64,
     /// Generations per model before the server reports ready.
     pub warmup_iterations: usize,
-    /// libtorch intra-op threads (0: 1 on CPU, where tasks run side by side instead;
-    /// libtorch's default on CUDA).
+    /// libtorch intra-op threads per task (0: 1, since tasks run side by side instead).
     pub torch_threads: usize,
     /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
     pub cpu_slots: usize,
+    /// Where canvases are composited: auto (the CPU up to 1024 x 1024 pixels, the
+    /// generators' device above), cpu or device.
+    pub composite_on: String,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             warmup_iterations: 2,
             torch_threads: 0,
             cpu_slots: 0,
+            composite_on: "auto".into(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl Config {
                 return Err(format!("`{name}` must be above 0"));
             }
         }
+        crate::render::CompositeOn::parse(&self.composite_on).map_err(|e| format!("`composite_on`: {e}"))?;
         if self.api_key.as_deref() == Some("") {
             return Err("`api_key` is empty; leave it out to serve without auth".into());
         }
@@ -216,5 +220,9 @@ mod tests {
         std::fs::write(&path, "max_batches = 3\n").unwrap();
         let err = Config::load(Some(&path), vec![]).unwrap_err().to_string();
         assert!(err.contains("max_batches") && err.contains("c.toml"), "{err}");
+        let err = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "gpu")])).unwrap_err().to_string();
+        assert!(err.contains("composite_on") && err.contains("auto, cpu, device"), "{err}");
+        let c = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "device")])).unwrap();
+        assert_eq!(c.composite_on, "device");
     }
 }

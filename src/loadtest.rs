@@ -154,7 +154,7 @@ pub fn open_loop(t: &Target, rate: f64, duration: Duration, clients: usize, mut 
 /// each model's in batches of `max_batch`, in this thread. Layouts per second.
 pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: usize, max_batch: usize) -> Result<f64, String> {
     let device = registry.iter().next().map(|m| m.generator.device()).ok_or("no models")?;
-    let renderer = Renderer { registry, limits: RouterLimits::default(), device };
+    let renderer = Renderer { registry, limits: RouterLimits::default(), device, composite_on: Default::default() };
     let plan = renderer.plan(layout).map_err(|e| e.to_string())?;
     let _guard = tch::no_grad_guard();
     let run = |n: usize| -> Result<f64, String> {

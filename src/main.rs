@@ -16,7 +16,7 @@ use mixgan::compositor::ownership_map;
 use mixgan::config::Config;
 use mixgan::layout::ImageFormat;
 use mixgan::registry::ModelRegistry;
-use mixgan::render::{DirectSource, Renderer};
+use mixgan::render::{CompositeOn, DirectSource, Renderer};
 use mixgan::router::RouterLimits;
 use mixgan::encode::write_png;
 use mixgan::latent::parse_seeds;
@@ -153,6 +153,10 @@ struct RenderArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where to composite: auto (the CPU up to 1024 x 1024 pixels, the generators' device
+    /// above), cpu or device.
+    #[arg(long, default_value = "auto")]
+    composite_on: String,
     /// Largest generation batch.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
@@ -324,7 +328,8 @@ fn render(a: RenderArgs) -> Result<()> {
         std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?
     };
     let registry = ModelRegistry::load(&a.models, device)?;
-    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device };
+    let composite_on = CompositeOn::parse(&a.composite_on).map_err(|e| anyhow::anyhow!("--composite-on: {e}"))?;
+    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device, composite_on };
     let source = DirectSource { max_batch: a.max_batch };
     let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
     runs.sort_by_key(|r| r.timings.total());

@@ -50,11 +50,48 @@ impl Timings {
     }
 }
 
+/// Where the canvas is composited. On a GPU, compositing a small canvas is a long chain of
+/// small kernels that every request queues on the same stream, so by default it runs on the
+/// CPU, where requests composite side by side; large canvases stay on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompositeOn {
+    /// The CPU up to [`CompositeOn::AUTO_CPU_PIXELS`], the generators' device above.
+    #[default]
+    Auto,
+    Cpu,
+    /// The generators' device.
+    Device,
+}
+
+impl CompositeOn {
+    /// Canvases up to this many pixels (1024 x 1024) are composited on the CPU under `auto`.
+    pub const AUTO_CPU_PIXELS: i64 = 1 << 20;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "device" => Ok(Self::Device),
+            other => Err(format!("`{other}` is not one of auto, cpu, device")),
+        }
+    }
+
+    /// The device for a `width` x `height` canvas whose patches come from `generators`.
+    pub fn device(self, generators: Device, width: i64, height: i64) -> Device {
+        match self {
+            Self::Cpu => Device::Cpu,
+            Self::Device => generators,
+            Self::Auto if width * height <= Self::AUTO_CPU_PIXELS => Device::Cpu,
+            Self::Auto => generators,
+        }
+    }
+}
+
 pub struct Rendered {
     pub bytes: Vec<u8>,
     pub format: ImageFormat,
     pub plan: RoutePlan,
-    /// [3, H, W] in generator units, on the device.
+    /// [3, H, W] in generator units, where it was composited.
     pub canvas: Tensor,
     pub timings: Timings,
 }
@@ -62,7 +99,9 @@ pub struct Rendered {
 pub struct Renderer {
     pub registry: Arc<ModelRegistry>,
     pub limits: RouterLimits,
+    /// The generators' device.
     pub device: Device,
+    pub composite_on: CompositeOn,
 }
 
 impl Renderer {
@@ -90,7 +129,8 @@ impl Renderer {
 
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, RenderError> {
         let _guard = tch::no_grad_guard();
-        Ok(Compositor { device: self.device }.compose(plan, patches)?)
+        let device = self.composite_on.device(self.device, plan.width, plan.height);
+        Ok(Compositor { device }.compose(plan, patches)?)
     }
 
     /// Hands each job's batch (in `plan.jobs` order) to the patch slots it was made for.
@@ -121,5 +161,23 @@ impl Renderer {
         // On a GPU, convert there and move a quarter of the bytes.
         let pixels = to_pixels(&canvas.f_unsqueeze(0)?)?.f_get(0)?;
         Ok(encode::encode(&pixels, format)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_canvases_composite_on_the_cpu_and_large_ones_on_the_generators_device() {
+        let gpu = Device::Cuda(0);
+        assert_eq!(CompositeOn::Auto.device(gpu, 512, 512), Device::Cpu);
+        assert_eq!(CompositeOn::Auto.device(gpu, 1024, 1024), Device::Cpu);
+        assert_eq!(CompositeOn::Auto.device(gpu, 2048, 1024), gpu);
+        assert_eq!(CompositeOn::Auto.device(Device::Cpu, 4096, 4096), Device::Cpu);
+        assert_eq!(CompositeOn::Cpu.device(gpu, 4096, 4096), Device::Cpu);
+        assert_eq!(CompositeOn::Device.device(gpu, 16, 16), gpu);
+        assert_eq!(CompositeOn::parse("device"), Ok(CompositeOn::Device));
+        assert!(CompositeOn::parse("gpu").unwrap_err().contains("auto, cpu, device"));
     }
 }

@@ -21,7 +21,7 @@ fn registry() -> Arc<ModelRegistry> {
 }
 
 fn renderer(limits: RouterLimits) -> Renderer {
-    Renderer { registry: registry(), limits, device: Device::Cpu }
+    Renderer { registry: registry(), limits, device: Device::Cpu, composite_on: Default::default() }
 }
 
 fn png_b64(w: u32, h: u32) -> String {

@@ -21,7 +21,7 @@ fn registry() -> Arc<ModelRegistry> {
 }
 
 fn renderer() -> Renderer {
-    Renderer { registry: registry(), limits: RouterLimits::default(), device: Device::Cpu }
+    Renderer { registry: registry(), limits: RouterLimits::default(), device: Device::Cpu, composite_on: Default::default() }
 }
 
 fn render(layout: &str) -> Rendered {

@@ -20,13 +20,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::json;
-use tch::Device;
 
 use crate::batcher::{BatchSettings, Batcher, CpuSlots};
 use crate::config::{Config, LogFormat};
 use crate::model::parse_device;
 use crate::registry::ModelRegistry;
-use crate::render::{Renderer, Timings};
+use crate::render::{CompositeOn, Renderer, Timings};
 use crate::router::{Background, RoutePlan};
 use error::ApiError;
 use metrics::Metrics;
@@ -104,13 +103,10 @@ impl AppState {
 pub fn load_engine(state: &AppState) -> Result<(), String> {
     let c = &state.config;
     let device = parse_device(&c.device)?;
-    // On CPU the parallelism comes from running batches and compositing side by side (one
-    // task per CPU slot), so each libtorch call gets one thread unless told otherwise.
-    match (c.torch_threads, device) {
-        (0, Device::Cpu) => tch::set_num_threads(1),
-        (0, _) => {}
-        (n, _) => tch::set_num_threads(n as i32),
-    }
+    // The CPU's parallelism comes from running batches and compositing side by side (one
+    // task per CPU slot), so each libtorch call gets one thread unless told otherwise; on a
+    // GPU too, since small canvases are composited on the CPU.
+    tch::set_num_threads(c.torch_threads.max(1) as i32);
     let registry = Arc::new(ModelRegistry::load(&c.models, device).map_err(|e| e.to_string())?);
     for m in registry.iter() {
         state.metrics.register_model(m.name());
@@ -125,7 +121,8 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
             let _patch = rx.blocking_recv().map_err(|_| "a worker stopped during warm-up".to_string())?.map_err(|e| e.to_string())?;
         }
     }
-    let renderer = Renderer { registry, limits: c.router_limits(), device };
+    let composite_on = CompositeOn::parse(&c.composite_on).map_err(|e| format!("composite_on: {e}"))?;
+    let renderer = Renderer { registry, limits: c.router_limits(), device, composite_on };
     if state.engine.set(Engine { renderer, batcher }).is_err() {
         return Err("the engine was loaded twice".into());
     }
