@@ -68,8 +68,7 @@ pub struct Config {
     pub torch_threads: usize,
     /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
     pub cpu_slots: usize,
-    /// Where canvases are composited: auto (the CPU up to 1024 x 1024 pixels, the
-    /// generators' device above), cpu or device.
+    /// Where canvases are composited: device (the generators') or cpu.
     pub composite_on: String,
 }
 
@@ -98,7 +97,7 @@ impl Default for Config {
             warmup_iterations: 2,
             torch_threads: 0,
             cpu_slots: 0,
-            composite_on: "auto".into(),
+            composite_on: "device".into(),
         }
     }
 }
@@ -221,8 +220,8 @@ mod tests {
         let err = Config::load(Some(&path), vec![]).unwrap_err().to_string();
         assert!(err.contains("max_batches") && err.contains("c.toml"), "{err}");
         let err = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "gpu")])).unwrap_err().to_string();
-        assert!(err.contains("composite_on") && err.contains("auto, cpu, device"), "{err}");
-        let c = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "device")])).unwrap();
-        assert_eq!(c.composite_on, "device");
+        assert!(err.contains("composite_on") && err.contains("device, cpu"), "{err}");
+        let c = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "cpu")])).unwrap();
+        assert_eq!(c.composite_on, "cpu");
     }
 }

@@ -153,9 +153,8 @@ struct RenderArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Where to composite: auto (the CPU up to 1024 x 1024 pixels, the generators' device
-    /// above), cpu or device.
-    #[arg(long, default_value = "auto")]
+    /// Where to composite: device (the generators') or cpu.
+    #[arg(long, default_value = "device")]
     composite_on: String,
     /// Largest generation batch.
     #[arg(long, default_value_t = 16)]

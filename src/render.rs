@@ -50,39 +50,31 @@ impl Timings {
     }
 }
 
-/// Where the canvas is composited. On a GPU, compositing a small canvas is a long chain of
-/// small kernels that every request queues on the same stream, so by default it runs on the
-/// CPU, where requests composite side by side; large canvases stay on the device.
+/// Where the canvas is composited: on the generators' device (the default), or on the CPU.
+/// On a GPU a small canvas is a long chain of small kernels that every request queues on the
+/// same stream, while on the CPU requests composite side by side; which serves faster
+/// depends on the machine, and `scripts/gpu-check` times both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CompositeOn {
-    /// The CPU up to [`CompositeOn::AUTO_CPU_PIXELS`], the generators' device above.
     #[default]
-    Auto,
-    Cpu,
-    /// The generators' device.
     Device,
+    Cpu,
 }
 
 impl CompositeOn {
-    /// Canvases up to this many pixels (1024 x 1024) are composited on the CPU under `auto`.
-    pub const AUTO_CPU_PIXELS: i64 = 1 << 20;
-
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
             "device" => Ok(Self::Device),
-            other => Err(format!("`{other}` is not one of auto, cpu, device")),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!("`{other}` is not one of device, cpu")),
         }
     }
 
-    /// The device for a `width` x `height` canvas whose patches come from `generators`.
-    pub fn device(self, generators: Device, width: i64, height: i64) -> Device {
+    /// The device to composite on when the patches come from `generators`.
+    pub fn device(self, generators: Device) -> Device {
         match self {
-            Self::Cpu => Device::Cpu,
             Self::Device => generators,
-            Self::Auto if width * height <= Self::AUTO_CPU_PIXELS => Device::Cpu,
-            Self::Auto => generators,
+            Self::Cpu => Device::Cpu,
         }
     }
 }
@@ -129,8 +121,7 @@ impl Renderer {
 
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, RenderError> {
         let _guard = tch::no_grad_guard();
-        let device = self.composite_on.device(self.device, plan.width, plan.height);
-        Ok(Compositor { device }.compose(plan, patches)?)
+        Ok(Compositor { device: self.composite_on.device(self.device) }.compose(plan, patches)?)
     }
 
     /// Hands each job's batch (in `plan.jobs` order) to the patch slots it was made for.
@@ -169,15 +160,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_canvases_composite_on_the_cpu_and_large_ones_on_the_generators_device() {
+    fn composite_on_names_the_device() {
         let gpu = Device::Cuda(0);
-        assert_eq!(CompositeOn::Auto.device(gpu, 512, 512), Device::Cpu);
-        assert_eq!(CompositeOn::Auto.device(gpu, 1024, 1024), Device::Cpu);
-        assert_eq!(CompositeOn::Auto.device(gpu, 2048, 1024), gpu);
-        assert_eq!(CompositeOn::Auto.device(Device::Cpu, 4096, 4096), Device::Cpu);
-        assert_eq!(CompositeOn::Cpu.device(gpu, 4096, 4096), Device::Cpu);
-        assert_eq!(CompositeOn::Device.device(gpu, 16, 16), gpu);
-        assert_eq!(CompositeOn::parse("device"), Ok(CompositeOn::Device));
-        assert!(CompositeOn::parse("gpu").unwrap_err().contains("auto, cpu, device"));
+        assert_eq!(CompositeOn::default().device(gpu), gpu);
+        assert_eq!(CompositeOn::Cpu.device(gpu), Device::Cpu);
+        assert_eq!(CompositeOn::parse("cpu"), Ok(CompositeOn::Cpu));
+        assert!(CompositeOn::parse("gpu").unwrap_err().contains("device, cpu"));
     }
 }

@@ -105,7 +105,7 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
     let device = parse_device(&c.device)?;
     // The CPU's parallelism comes from running batches and compositing side by side (one
     // task per CPU slot), so each libtorch call gets one thread unless told otherwise; on a
-    // GPU too, since small canvases are composited on the CPU.
+    // GPU too, where the CPU's libtorch work is compositing (`composite_on = "cpu"`) or none.
     tch::set_num_threads(c.torch_threads.max(1) as i32);
     let registry = Arc::new(ModelRegistry::load(&c.models, device).map_err(|e| e.to_string())?);
     for m in registry.iter() {
