@@ -82,11 +82,13 @@ pub struct GenerationSpec {
 // flattened from `GenerationSpec`: serde cannot combine `flatten` with
 // `deny_unknown_fields`, and unknown keys must stay errors.
 
-/// A generator over the whole canvas, or a solid colour.
+/// A generator over the whole canvas, a solid colour, or an existing picture to repair.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackgroundSpec {
     pub color: Option<String>,
+    /// Base64 PNG or JPEG; scaled (bilinear) to the canvas when its size differs.
+    pub image: Option<String>,
     pub class: Option<String>,
     pub model: Option<String>,
     pub fit: Option<Fit>,

@@ -50,7 +50,11 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         (r##"{"width": 64, "height": 48, "format": "gif"}"##.into(), "layout", "unknown variant `gif`"),
         (r##"{"width": 64, "height": 48, "quality": 0, "background": {"color": "#000000"}}"##.into(), "quality", "between 1 and 100"),
         (r##"{"width": 64, "height": 48, "background": {"color": "blue"}}"##.into(), "background.color", "not a colour"),
-        (r##"{"width": 64, "height": 48, "background": {"color": "#000000", "class": "face"}}"##.into(), "background", "not both"),
+        (r##"{"width": 64, "height": 48, "background": {"color": "#000000", "class": "face"}}"##.into(), "background", "one of a `color`"),
+        (r##"{"width": 64, "height": 48, "background": {"image": "AAAA", "class": "face"}}"##.into(), "background", "one of a `color`"),
+        (r##"{"width": 64, "height": 48, "background": {"image": "%%%"}}"##.into(), "background.image", "base64"),
+        (r##"{"width": 64, "height": 48, "background": {"image": "AAAA"}}"##.into(), "background.image", "decodable PNG or JPEG"),
+        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{big_mask}"}}}}"##), "background.image", "larger than 64x64"),
         (with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].class", "background, face, hand"),
         (with_region(r##"{"model": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].model", "unknown model"),
         (with_region(r##"{"class": "face", "model": "face", "box": [0, 0, 8, 8]}"##), "regions[0]", "not both"),
@@ -138,7 +142,7 @@ impl Rng {
 fn random_json(rng: &mut Rng, depth: u32) -> serde_json::Value {
     use serde_json::{json, Value};
     const KEYS: &[&str] = &[
-        "width", "height", "seed", "format", "quality", "background", "regions", "label_map", "class", "model", "box",
+        "width", "height", "seed", "format", "quality", "background", "regions", "label_map", "image", "class", "model", "box",
         "ellipse", "polygon", "mask", "z", "fit", "blend", "feather", "color_match", "trunc", "trunc_cutoff",
         "class_index", "noise_mode", "mix_seed", "mix_from", "color", "png", "palette", "min_area",
     ];

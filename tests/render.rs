@@ -248,3 +248,44 @@ fn golden_pictures() {
         assert!(worst <= 2, "{name}: differs from its golden picture by {worst}/255");
     }
 }
+
+fn encoded_b64(img: &RgbImage, format: image::ImageFormat) -> String {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes)
+}
+
+/// Repair: an existing picture as the background; pixels outside every region's reach come
+/// back exactly as sent, and the regions are regenerated.
+#[test]
+fn a_picture_background_is_kept_outside_the_regions_it_repairs() {
+    let photo = RgbImage::from_fn(128, 96, |x, y| image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * 7 + y * 13) % 256) as u8]));
+    let b64 = encoded_b64(&photo, image::ImageFormat::Png);
+    let layout = format!(
+        r#"{{"width": 128, "height": 96, "background": {{"image": "{b64}"}}, "regions": [{{"class": "face", "box": [40, 20, 48, 48], "blend": "poisson"}}]}}"#
+    );
+    let out = pixels(&render(&layout));
+    let (mut same_outside, mut outside, mut changed_inside) = (0, 0, 0);
+    for (x, y, p) in out.enumerate_pixels() {
+        let near = (36..92).contains(&x) && (16..72).contains(&y);
+        let inside = (44..84).contains(&x) && (24..64).contains(&y);
+        if !near {
+            outside += 1;
+            same_outside += usize::from(p == photo.get_pixel(x, y));
+        } else if inside && p != photo.get_pixel(x, y) {
+            changed_inside += 1;
+        }
+    }
+    assert_eq!(same_outside, outside, "pixels away from the region must come back as sent");
+    assert!(changed_inside > 40 * 40 / 2, "the region was not regenerated ({changed_inside} pixels changed)");
+
+    // A JPEG at another size is scaled to the canvas.
+    let small = image::imageops::resize(&photo, 64, 48, image::imageops::FilterType::Triangle);
+    let jpeg = encoded_b64(&small, image::ImageFormat::Jpeg);
+    let layout = format!(r#"{{"width": 128, "height": 96, "background": {{"image": "{jpeg}"}}, "regions": [{{"class": "hand", "box": [0, 0, 32, 32]}}]}}"#);
+    let out = pixels(&render(&layout));
+    assert_eq!(out.dimensions(), (128, 96));
+    let far = out.get_pixel(120, 90);
+    let want = photo.get_pixel(120, 90);
+    assert!((0..3).all(|c| far[c].abs_diff(want[c]) < 24), "{far:?} vs {want:?}");
+}

@@ -92,6 +92,7 @@ impl Compositor {
                 }
             }
             (Background::Color(c), _) => self.solid(*c, h, w)?,
+            (Background::Image(rgb), _) => self.picture(rgb, h, w)?,
             (Background::Generated { .. }, None) => self.solid([128, 128, 128], h, w)?,
         };
         let bounds = Rect { x: 0, y: 0, w, h };
@@ -106,6 +107,19 @@ impl Compositor {
     fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
         let v: Vec<f32> = c.iter().map(|&x| color_units(x) as f32).collect();
         Tensor::from_slice(&v).f_to_device(self.device)?.f_view([3, 1, 1])?.f_expand([3, h, w], false)?.f_contiguous()
+    }
+
+    /// A client's picture (interleaved RGB bytes) in generator units: `color_units` per
+    /// channel, so pixels no region touches come back as they were sent.
+    fn picture(&self, rgb: &[u8], h: i64, w: i64) -> Result<Tensor> {
+        Tensor::from_slice(rgb)
+            .f_view([h, w, 3])?
+            .f_permute([2, 0, 1])?
+            .f_to_kind(Kind::Float)?
+            .f_add_scalar(0.5 - 128.0)?
+            .f_div_scalar(127.5)?
+            .f_contiguous()?
+            .f_to_device(self.device)
     }
 
     /// The region's mask placed in window `win` (zeros elsewhere), [1, win.h, win.w]. The

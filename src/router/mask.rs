@@ -19,15 +19,29 @@ pub struct PictureLimits {
 
 /// Decodes a base64 PNG under `limits`; errors name `field`.
 pub fn decode_png(field: &str, b64: &str, limits: PictureLimits) -> Result<DynamicImage, LayoutError> {
+    decode(field, b64, limits, false)
+}
+
+/// Decodes a base64 PNG or JPEG (told apart by their first bytes) under `limits`.
+pub fn decode_png_or_jpeg(field: &str, b64: &str, limits: PictureLimits) -> Result<DynamicImage, LayoutError> {
+    decode(field, b64, limits, true)
+}
+
+fn decode(field: &str, b64: &str, limits: PictureLimits, jpeg_too: bool) -> Result<DynamicImage, LayoutError> {
     if b64.len() > limits.max_base64_len {
         return Err(LayoutError::new(field, format!("is {} base64 characters; the limit is {}", b64.len(), limits.max_base64_len)));
     }
     let payload = b64.trim();
-    let payload = payload.strip_prefix("data:image/png;base64,").unwrap_or(payload);
+    let payload = ["data:image/png;base64,", "data:image/jpeg;base64,"]
+        .iter()
+        .find_map(|p| payload.strip_prefix(p))
+        .unwrap_or(payload);
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(payload.as_bytes())
         .map_err(|e| LayoutError::new(field, format!("is not valid base64: {e}")))?;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png);
+    let format = if jpeg_too && bytes.starts_with(&[0xff, 0xd8, 0xff]) { ImageFormat::Jpeg } else { ImageFormat::Png };
+    let what = if jpeg_too { "PNG or JPEG" } else { "PNG" };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut l = Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);
@@ -37,7 +51,7 @@ pub fn decode_png(field: &str, b64: &str, limits: PictureLimits) -> Result<Dynam
         image::ImageError::Limits(_) => {
             LayoutError::new(field, format!("is larger than {0}x{0} pixels", limits.max_side))
         }
-        e => LayoutError::new(field, format!("is not a decodable PNG: {e}")),
+        e => LayoutError::new(field, format!("is not a decodable {what}: {e}")),
     })
 }
 
@@ -56,4 +70,11 @@ pub fn mask_values(img: &DynamicImage, w: u32, h: u32) -> Vec<f32> {
         image::imageops::resize(&grey, w, h, image::imageops::FilterType::Triangle)
     };
     scaled.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect()
+}
+
+/// A picture as interleaved RGB bytes at `w` x `h`, scaled (bilinear) when its size differs.
+pub fn rgb_at(img: &DynamicImage, w: u32, h: u32) -> Vec<u8> {
+    let rgb = img.to_rgb8();
+    let scaled = if rgb.dimensions() == (w, h) { rgb } else { image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle) };
+    scaled.into_raw()
 }

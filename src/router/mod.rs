@@ -43,6 +43,8 @@ const MAX_COORD: f64 = 1e6;
 pub enum Background {
     /// RGB, 0 to 255.
     Color([u8; 3]),
+    /// A client's picture at the canvas size, interleaved RGB, row-major.
+    Image(Arc<Vec<u8>>),
     Generated { model: Arc<Model>, fit: Fit, params: GenerationParams },
 }
 
@@ -368,10 +370,16 @@ impl Router<'_> {
         }
         let background = match &layout.background {
             None => Background::Color([128, 128, 128]),
-            Some(b) => match (&b.color, &b.class, &b.model) {
-                (Some(c), None, None) => Background::Color(label_map::parse_color("background.color", c)?),
-                (Some(_), _, _) => return Err(err("background", "is either a `color` or a generator (`class`/`model`), not both")),
-                (None, class, model) => {
+            Some(b) => match (&b.color, &b.image, &b.class, &b.model) {
+                (Some(c), None, None, None) => Background::Color(label_map::parse_color("background.color", c)?),
+                (None, Some(img), None, None) => {
+                    let picture = mask::decode_png_or_jpeg("background.image", img, self.picture_limits())?;
+                    Background::Image(Arc::new(mask::rgb_at(&picture, canvas.w as u32, canvas.h as u32)))
+                }
+                (Some(_), _, _, _) | (_, Some(_), _, _) => {
+                    return Err(err("background", "is one of a `color`, an `image` or a generator (`class`/`model`)"))
+                }
+                (None, None, class, model) => {
                     let model = self.resolve("background", class, model)?;
                     let params = self.params("background", &model, &b.generation(), derived_seed(layout.seed, u64::MAX))?;
                     Background::Generated { model, fit: b.fit.unwrap_or_default(), params }

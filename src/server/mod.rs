@@ -406,6 +406,7 @@ fn respond(done: Composed, want_json: bool) -> Response {
             .collect();
         let background = match &plan.background {
             Background::Color(c) => json!({"color": format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])}),
+            Background::Image(_) => json!({"image": true}),
             Background::Generated { model, params, .. } => json!({"model": model.name(), "seed": params.seed}),
         };
         Json(json!({
