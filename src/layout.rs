@@ -118,6 +118,10 @@ pub struct RegionSpec {
     pub feather: Option<f64>,
     #[serde(default)]
     pub color_match: bool,
+    /// Regenerate from the likeness of what the background picture shows here.
+    #[serde(default)]
+    pub project: bool,
+    pub project_steps: Option<f64>,
     pub seed: Option<u64>,
     pub trunc: Option<f64>,
     pub trunc_cutoff: Option<u64>,

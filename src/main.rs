@@ -273,6 +273,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             class_index,
             noise_mode: a.noise_mode.unwrap_or(d.noise_mode),
             mix: a.mix_seed.zip(a.mix_from).map(|(seed, from)| StyleMix { seed, from }),
+            projected: None,
         })
         .collect();
     std::fs::create_dir_all(&a.outdir).with_context(|| format!("cannot create {}", a.outdir.display()))?;

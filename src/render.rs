@@ -13,7 +13,7 @@ use crate::error::{LayoutError, RenderError};
 use crate::layout::{ImageFormat, Layout};
 use crate::model::to_pixels;
 use crate::registry::ModelRegistry;
-use crate::router::{GenerationJob, PatchSlot, RoutePlan, Router, RouterLimits};
+use crate::router::{Background, GenerationJob, PatchSlot, RoutePlan, Router, RouterLimits};
 
 /// Runs one model's generation job: the patches in item order, [N, C, S, S].
 pub trait PatchSource {
@@ -106,8 +106,9 @@ impl Renderer {
     pub fn render(&self, layout_json: &[u8], source: &dyn PatchSource) -> Result<Rendered, RenderError> {
         let _guard = tch::no_grad_guard();
         let t0 = Instant::now();
-        let plan = self.plan(layout_json)?;
+        let mut plan = self.plan(layout_json)?;
         let t1 = Instant::now();
+        self.project(&mut plan)?;
         let batches = plan.jobs.iter().map(|job| source.generate(job)).collect::<Result<Vec<_>, _>>()?;
         let patches = Self::assemble(&plan, batches)?;
         let t2 = Instant::now();
@@ -117,6 +118,32 @@ impl Renderer {
         let t4 = Instant::now();
         let timings = Timings { route: t1 - t0, generate: t2 - t1, composite: t3 - t2, encode: t4 - t3 };
         Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
+    }
+
+    /// Regions that `project` get the ws that reproduce what the background picture shows
+    /// under them (see `model::project`), in the plan's params and in their jobs. Heavy: a
+    /// generator pass forward and back per step.
+    pub fn project(&self, plan: &mut RoutePlan) -> Result<(), RenderError> {
+        let Background::Image(rgb) = &plan.background else { return Ok(()) };
+        if plan.regions.iter().all(|r| r.project_steps.is_none()) {
+            return Ok(());
+        }
+        let compositor = Compositor { device: self.device };
+        let picture = compositor.picture(rgb, plan.height, plan.width)?;
+        for (i, region) in plan.regions.iter_mut().enumerate() {
+            let Some(steps) = region.project_steps else { continue };
+            let res = region.model.spec.generator.img_resolution;
+            let (target, weight) = compositor.projection_target(&picture, region, res)?;
+            let (ws, _) = region.model.project(&target, &weight, steps)?;
+            let w = Arc::new(Vec::<f32>::try_from(ws.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?);
+            region.params.projected = Some(w.clone());
+            for (slot, p) in plan.jobs.iter_mut().flat_map(|j| j.items.iter_mut()) {
+                if *slot == PatchSlot::Region(i) {
+                    p.projected = Some(w.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, RenderError> {

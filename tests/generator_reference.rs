@@ -19,7 +19,7 @@ struct Case {
 fn params(seeds: &[u32], trunc: f64) -> Vec<GenerationParams> {
     seeds
         .iter()
-        .map(|&seed| GenerationParams { seed, trunc, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None })
+        .map(|&seed| GenerationParams { seed, trunc, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None, projected: None })
         .collect()
 }
 

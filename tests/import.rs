@@ -43,6 +43,7 @@ fn params(c_dim: i64) -> Vec<GenerationParams> {
             class_index: (c_dim > 0).then_some(1),
             noise_mode: NoiseMode::Const,
             mix: None,
+            projected: None,
         })
         .collect()
 }

@@ -39,6 +39,8 @@ fn with_region(region: &str) -> String {
 fn every_kind_of_bad_layout_has_its_own_message() {
     let many: Vec<String> = (0..65).map(|_| r##"{"class": "face", "box": [0, 0, 8, 8]}"##.to_string()).collect();
     let big_mask = png_b64(80, 80);
+    let small = png_b64(64, 48);
+    let project_600 = r##"{"class": "face", "box": [0, 0, 8, 8], "project": true, "project_steps": 600}"##;
     let cases: Vec<(String, &str, &str)> = vec![
         ("{not json".into(), "layout", "invalid JSON"),
         (r##"{"width": 64}"##.into(), "layout", "missing field `height`"),
@@ -53,6 +55,10 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         (r##"{"width": 64, "height": 48, "background": {"color": "#000000", "class": "face"}}"##.into(), "background", "one of a `color`"),
         (r##"{"width": 64, "height": 48, "background": {"image": "AAAA", "class": "face"}}"##.into(), "background", "one of a `color`"),
         (r##"{"width": 64, "height": 48, "background": {"image": "%%%"}}"##.into(), "background.image", "base64"),
+        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project": true}"##), "regions[0].project", "background `image`"),
+        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project_steps": 5}"##), "regions[0].project_steps", "needs `project: true`"),
+        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{{"class": "face", "box": [0, 0, 8, 8], "project": true, "project_steps": 5000}}]}}"##), "regions[0].project_steps", "from 1 to 1000"),
+        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{project_600}, {project_600}]}}"##), "regions", "1200 projection steps"),
         (r##"{"width": 64, "height": 48, "background": {"image": "AAAA"}}"##.into(), "background.image", "decodable PNG or JPEG"),
         (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{big_mask}"}}}}"##), "background.image", "larger than 64x64"),
         (with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].class", "background, face, hand"),
@@ -143,7 +149,7 @@ fn random_json(rng: &mut Rng, depth: u32) -> serde_json::Value {
     use serde_json::{json, Value};
     const KEYS: &[&str] = &[
         "width", "height", "seed", "format", "quality", "background", "regions", "label_map", "image", "class", "model", "box",
-        "ellipse", "polygon", "mask", "z", "fit", "blend", "feather", "color_match", "trunc", "trunc_cutoff",
+        "ellipse", "polygon", "mask", "z", "fit", "blend", "feather", "color_match", "project", "project_steps", "trunc", "trunc_cutoff",
         "class_index", "noise_mode", "mix_seed", "mix_from", "color", "png", "palette", "min_area",
     ];
     const WORDS: &[&str] = &["face", "hand", "background", "png", "jpeg", "cover", "contain", "poisson", "none", "#ff0000", "", "AAAA"];

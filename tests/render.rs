@@ -289,3 +289,22 @@ fn a_picture_background_is_kept_outside_the_regions_it_repairs() {
     let want = photo.get_pixel(120, 90);
     assert!((0..3).all(|c| far[c].abs_diff(want[c]) < 24), "{far:?} vs {want:?}");
 }
+
+/// Repair by projection: a region that `project`s comes back close to what the picture
+/// showed there (the generator's own likeness of it), unlike a fresh sample from a seed.
+#[test]
+fn a_projected_region_keeps_the_likeness_of_the_picture() {
+    let face = render(r##"{"width": 128, "height": 128, "background": {"color": "#000000"}, "regions": [{"class": "face", "seed": 7, "box": [0, 0, 128, 128], "blend": "none"}]}"##);
+    let photo = pixels(&face);
+    let b64 = encoded_b64(&photo, image::ImageFormat::Png);
+    let repaired = |extra: &str| {
+        let layout = format!(
+            r#"{{"width": 128, "height": 128, "background": {{"image": "{b64}"}}, "regions": [{{"class": "face", "seed": 99, "box": [16, 16, 96, 96], "blend": "none"{extra}}}]}}"#
+        );
+        let out = pixels(&render(&layout));
+        let err: f64 = out.as_raw().iter().zip(photo.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>();
+        err / out.as_raw().len() as f64
+    };
+    let (sampled, projected) = (repaired(""), repaired(r#", "project": true, "project_steps": 60"#));
+    assert!(projected < sampled * 0.5, "mean error per channel: projected {projected:.2}, sampled {sampled:.2}");
+}

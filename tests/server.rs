@@ -51,6 +51,19 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     assert_eq!(models["models"][1]["device"], "cpu");
     assert_eq!(models["models"][1]["batching"]["max_batch"], 8);
     assert_eq!(models["models"][1]["ready"], true);
+
+    // Repair: the picture just served as the background, its face projected and regenerated.
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &r.body);
+    let repair = format!(
+        r#"{{"width": 512, "height": 512, "background": {{"image": "{b64}"}}, "regions": [{{"class": "face", "ellipse": [256, 200, 96, 118], "project": true, "project_steps": 20}}]}}"#
+    );
+    let fixed = s.post("/v1/compose", &[JSON, ("accept", "application/json")], repair.as_bytes());
+    assert_eq!(fixed.status, 200, "{}", String::from_utf8_lossy(&fixed.body));
+    let v = fixed.json();
+    assert_eq!(v["background"], serde_json::json!({"image": true}));
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
+    let (before, after) = (img.to_rgb8(), image::load_from_memory(&bytes).unwrap().to_rgb8());
+    assert_eq!(before.get_pixel(10, 500), after.get_pixel(10, 500), "far from the face nothing changes");
 }
 
 #[test]

@@ -111,7 +111,7 @@ impl Compositor {
 
     /// A client's picture (interleaved RGB bytes) in generator units: `color_units` per
     /// channel, so pixels no region touches come back as they were sent.
-    fn picture(&self, rgb: &[u8], h: i64, w: i64) -> Result<Tensor> {
+    pub fn picture(&self, rgb: &[u8], h: i64, w: i64) -> Result<Tensor> {
         Tensor::from_slice(rgb)
             .f_view([h, w, 3])?
             .f_permute([2, 0, 1])?
@@ -167,6 +167,39 @@ impl Compositor {
         };
         window(&canvas, &win)?.f_copy_(&out)?;
         Ok(canvas)
+    }
+
+    /// What a `res` x `res` patch fitted to `region` would have to show to reproduce
+    /// `canvas` there, and where that matters: the inverse of the region's fit. Returns the
+    /// target [3, res, res] and its weight [1, res, res] (the region's mask, zero where the
+    /// patch is cropped off or off the canvas).
+    pub fn projection_target(&self, canvas: &Tensor, region: &Region, res: i64) -> Result<(Tensor, Tensor)> {
+        let (r, v) = (&region.rect, &region.visible);
+        let content = Tensor::f_zeros([3, r.h, r.w], (Kind::Float, self.device))?;
+        let weight = Tensor::f_zeros([1, r.h, r.w], (Kind::Float, self.device))?;
+        let inner = Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h };
+        window(&content, &inner)?.f_copy_(&window(canvas, v)?)?;
+        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
+        window(&weight, &inner)?.f_copy_(&m)?;
+        let (content, weight) = match region.fit {
+            Fit::Stretch => (content, weight),
+            Fit::Cover => {
+                // The patch scaled to cover the rectangle, which sits at its centre.
+                let s = (r.w as f64 / res as f64).max(r.h as f64 / res as f64);
+                let (rh, rw) = (((res as f64 * s).ceil() as i64).max(r.h), ((res as f64 * s).ceil() as i64).max(r.w));
+                let at = Rect { x: (rw - r.w) / 2, y: (rh - r.h) / 2, w: r.w, h: r.h };
+                let big = Tensor::f_zeros([3, rh, rw], (Kind::Float, self.device))?;
+                let big_w = Tensor::f_zeros([1, rh, rw], (Kind::Float, self.device))?;
+                window(&big, &at)?.f_copy_(&content)?;
+                window(&big_w, &at)?.f_copy_(&weight)?;
+                (big, big_w)
+            }
+            Fit::Contain => {
+                let at = contained(res, res, r.w, r.h);
+                (window(&content, &at)?, window(&weight, &at)?)
+            }
+        };
+        Ok((resize(&content.f_contiguous()?, res, res)?, resize(&weight.f_contiguous()?, res, res)?))
     }
 
     /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).

@@ -3,6 +3,7 @@
 //! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
 
 pub mod ops;
+pub mod project;
 pub mod spec;
 pub mod stylegan2;
 pub mod torchscript;
@@ -93,6 +94,9 @@ pub struct GenerationParams {
     /// `random` noise is seeded by `seed` too, so it repeats for the same parameters.
     pub noise_mode: NoiseMode,
     pub mix: Option<StyleMix>,
+    /// ws [num_ws * w_dim] found by projection; they replace the seed's (untruncated),
+    /// and `mix` still applies over them.
+    pub projected: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// Style mixing: ws from `from` onwards come from `seed`'s latent, truncated alike.
@@ -162,6 +166,21 @@ impl Model {
             class_index: if self.spec.generator.c_dim > 0 { Some(d.class_index.unwrap_or(0)) } else { None },
             noise_mode: d.noise_mode,
             mix: None,
+            projected: None,
+        }
+    }
+
+    /// Whether [`Model::project`] works on this model.
+    pub fn can_project(&self) -> bool {
+        matches!(self.generator, Generator::Native(_)) && self.spec.generator.c_dim == 0
+    }
+
+    /// ws [1, num_ws, w_dim] whose picture matches `target` [3, R, R] where `weight`
+    /// [1, R, R] says, and the final loss (see [`project::project`]).
+    pub fn project(&self, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64), ModelError> {
+        match &self.generator {
+            Generator::Native(g) if self.can_project() => Ok(project::project(g, target, weight, steps)?),
+            _ => Err(bad("project", format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", self.name()))),
         }
     }
 
@@ -220,7 +239,17 @@ impl Model {
         let psi: Vec<f64> = params.iter().map(|p| p.trunc).collect();
         let cutoff: Vec<Option<usize>> = params.iter().map(|p| p.trunc_cutoff).collect();
         let (z, c) = self.latents(params.iter().map(|p| p.seed), &classes)?;
-        let ws = gen.truncate(&gen.mapping(&z, c.as_ref())?, &psi, &cutoff)?;
+        let mut ws = gen.truncate(&gen.mapping(&z, c.as_ref())?, &psi, &cutoff)?;
+        if params.iter().any(|p| p.projected.is_some()) {
+            ws = ws.f_contiguous()?.f_detach_copy()?;
+            let shape = [gen.num_ws(), self.spec.generator.w_dim];
+            for (i, p) in params.iter().enumerate() {
+                if let Some(w) = &p.projected {
+                    let w = Tensor::f_from_slice(w)?.f_view(shape)?.f_to_device(gen.device())?;
+                    ws.f_select(0, i as i64)?.f_copy_(&w)?;
+                }
+            }
+        }
         let mixed: Vec<(usize, StyleMix)> = params.iter().enumerate().filter_map(|(i, p)| p.mix.map(|m| (i, m))).collect();
         if mixed.is_empty() {
             return Ok(ws);

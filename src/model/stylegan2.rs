@@ -310,6 +310,10 @@ impl StyleGan2 {
         w.f_unsqueeze(1)?.f_repeat([1, self.num_ws, 1])
     }
 
+    pub fn w_avg(&self) -> &Tensor {
+        &self.mapping.w_avg
+    }
+
     /// Truncation toward `w_avg` (see [`truncate`]).
     pub fn truncate(&self, ws: &Tensor, psi: &[f64], cutoff: &[Option<usize>]) -> Result<Tensor> {
         truncate(ws, &self.mapping.w_avg, self.num_ws, psi, cutoff)
@@ -318,6 +322,11 @@ impl StyleGan2 {
     /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1].
     pub fn synthesis(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
+        self.synthesis_graph(ws, noise)
+    }
+
+    /// `synthesis`, recording the autograd graph (for projection).
+    pub fn synthesis_graph(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let n = ws.size()[0];
         let on_cpu = self.device == Device::Cpu;
         let fused = match self.conv_path {

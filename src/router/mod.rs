@@ -39,6 +39,11 @@ impl Default for RouterLimits {
 /// Coordinates beyond this are refused as nonsense.
 const MAX_COORD: f64 = 1e6;
 
+/// Projection steps of a region that names none, and the most one layout may ask for in all
+/// (each is a forward and backward pass of the generator).
+pub const DEFAULT_PROJECT_STEPS: usize = 100;
+pub const MAX_PROJECT_STEPS: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub enum Background {
     /// RGB, 0 to 255.
@@ -66,6 +71,9 @@ pub struct Region {
     pub blend: BlendMode,
     pub feather: f64,
     pub color_match: bool,
+    /// Projection steps when the patch is generated from the likeness of the background
+    /// picture under the region (see `Renderer::project`).
+    pub project_steps: Option<usize>,
     pub params: GenerationParams,
 }
 
@@ -168,6 +176,7 @@ impl Router<'_> {
             class_index,
             noise_mode: g.noise_mode.unwrap_or(d.noise_mode),
             mix,
+            projected: None,
         };
         model.check(&p).map_err(|e| match e {
             ModelError::InvalidParam { field: f, reason } => err(format!("{field}.{f}"), reason),
@@ -237,7 +246,7 @@ impl Router<'_> {
         }
     }
 
-    fn region(&self, i: usize, r: &RegionSpec, canvas: &Rect, layout_seed: u64) -> Result<Region, LayoutError> {
+    fn region(&self, i: usize, r: &RegionSpec, canvas: &Rect, layout_seed: u64, has_picture: bool) -> Result<Region, LayoutError> {
         let field = format!("regions[{i}]");
         let model = self.resolve(&field, &r.class, &r.model)?;
         let shape = self.shape(&field, r)?;
@@ -275,6 +284,7 @@ impl Router<'_> {
         }
         let z = finite(&format!("{field}.z"), r.z.unwrap_or(0.0))?;
         let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
+        let project_steps = self.project_steps(&field, r, &model, has_picture)?;
         Ok(Region {
             source: field.clone(),
             class: r.class.clone(),
@@ -287,8 +297,32 @@ impl Router<'_> {
             blend: r.blend.unwrap_or_default(),
             feather: Self::feather(&field, r.feather, &rect, r.blend.unwrap_or_default())?,
             color_match: r.color_match,
+            project_steps,
             params,
         })
+    }
+
+    fn project_steps(&self, field: &str, r: &RegionSpec, model: &Model, has_picture: bool) -> Result<Option<usize>, LayoutError> {
+        if !r.project {
+            return match r.project_steps {
+                Some(_) => Err(err(format!("{field}.project_steps"), "needs `project: true`")),
+                None => Ok(None),
+            };
+        }
+        if !has_picture {
+            return Err(err(format!("{field}.project"), "needs a background `image` to project from"));
+        }
+        if !model.can_project() {
+            return Err(err(
+                format!("{field}.project"),
+                format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", model.name()),
+            ));
+        }
+        let steps = r.project_steps.unwrap_or(DEFAULT_PROJECT_STEPS as f64);
+        if !(steps.is_finite() && steps.fract() == 0.0 && (1.0..=MAX_PROJECT_STEPS as f64).contains(&steps)) {
+            return Err(err(format!("{field}.project_steps"), format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}")));
+        }
+        Ok(Some(steps as usize))
     }
 
     fn label_map_regions(&self, layout: &Layout, canvas: &Rect, first_index: usize) -> Result<Vec<Region>, LayoutError> {
@@ -337,6 +371,7 @@ impl Router<'_> {
                     blend: lm.blend.unwrap_or_default(),
                     feather: Self::feather(&field, lm.feather, &c.rect, lm.blend.unwrap_or_default())?,
                     color_match: lm.color_match,
+                    project_steps: None,
                     params,
                 })
             })
@@ -388,8 +423,13 @@ impl Router<'_> {
         };
         // Label-map regions paint first, explicit regions over them.
         let mut regions = self.label_map_regions(layout, &canvas, layout.regions.len())?;
+        let has_picture = matches!(background, Background::Image(_));
         for (i, r) in layout.regions.iter().enumerate() {
-            regions.push(self.region(i, r, &canvas, layout.seed)?);
+            regions.push(self.region(i, r, &canvas, layout.seed, has_picture)?);
+        }
+        let steps: usize = regions.iter().filter_map(|r| r.project_steps).sum();
+        if steps > MAX_PROJECT_STEPS {
+            return Err(err("regions", format!("ask for {steps} projection steps in all; the limit is {MAX_PROJECT_STEPS}")));
         }
         if regions.len() > self.limits.max_regions {
             return Err(err("regions", format!("the layout makes {} regions; the limit is {}", regions.len(), self.limits.max_regions)));

@@ -354,6 +354,19 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
         .map_err(panic_message)??
         .map_err(|e| ApiError::from(crate::error::RenderError::Layout(e)))?;
     let t1 = Instant::now();
+    let plan = if plan.regions.iter().any(|r| r.project_steps.is_some()) {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let _slot = st.cpu_slots.acquire();
+            let mut plan = plan;
+            st.engine()?.renderer.project(&mut plan)?;
+            Ok(plan)
+        })
+        .await
+        .map_err(panic_message)??
+    } else {
+        plan
+    };
     // Submit every model's job first so they queue (and batch) together, then wait.
     let receivers = plan
         .jobs

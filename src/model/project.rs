@@ -1,0 +1,80 @@
+//! Projection (GAN inversion): the w whose picture best matches a target picture under a
+//! weight mask, so that a region of an existing image can be regenerated from its own
+//! likeness. The schedule is the one StyleGAN2's paper describes (Adam on one w from w_avg,
+//! noise on w that decays, learning rate ramped up and down); the loss is a masked pixel
+//! error at full and half resolution instead of LPIPS, which would need VGG weights.
+//! Only the native generator projects (it needs gradients through the synthesis).
+
+use tch::{Kind, Tensor};
+
+use super::stylegan2::{NoisePlan, StyleGan2};
+use super::NoiseMode;
+use crate::latent;
+
+type Result<T> = std::result::Result<T, tch::TchError>;
+
+/// Samples of W used to measure its spread, which scales the noise added to w.
+const SPREAD_SAMPLES: u32 = 256;
+
+/// Finds w for `target` [3, R, R] in generator units, weighted by `weight` [1, R, R] in
+/// [0, 1], in `steps` Adam steps. Deterministic: its noise comes from fixed seeds. Returns
+/// ws [1, num_ws, w_dim] (the same w at every layer) and the final loss.
+pub fn project(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64)> {
+    // Callers usually run under a no-grad guard; the search needs gradients.
+    tch::with_grad(|| search(g, target, weight, steps))
+}
+
+fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64)> {
+    let device = g.device();
+    let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
+    let w_dim = w_avg.size()[1];
+    let z_dim = g.settings.z_dim;
+    let w_std = {
+        let z: Vec<f32> = (0..SPREAD_SAMPLES).flat_map(|s| latent::randn(s, z_dim as usize)).map(|v| v as f32).collect();
+        let z = Tensor::from_slice(&z).f_view([i64::from(SPREAD_SAMPLES), z_dim])?.f_to_device(device)?;
+        let w = g.mapping(&z, None)?.f_select(1, 0)?;
+        w.f_sub(&w_avg)?.f_square()?.f_sum(Kind::Float)?.f_div_scalar(f64::from(SPREAD_SAMPLES))?.f_sqrt()?.f_double_value(&[])?
+    };
+    let target = target.f_to_device(device)?.f_unsqueeze(0)?;
+    let weight = weight.f_to_device(device)?.f_unsqueeze(0)?;
+    let small = |x: &Tensor| x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+    let (target_s, weight_s) = (small(&target)?, small(&weight)?);
+    let total = weight.f_sum(Kind::Float)?.f_double_value(&[])?.max(1.0);
+    let total_s = weight_s.f_sum(Kind::Float)?.f_double_value(&[])?.max(1.0);
+    let loss_of = |img: &Tensor| -> Result<Tensor> {
+        let full = img.f_sub(&target)?.f_square()?.f_mul(&weight)?.f_sum(Kind::Float)?.f_div_scalar(total * 3.0)?;
+        let half = small(img)?.f_sub(&target_s)?.f_square()?.f_mul(&weight_s)?.f_sum(Kind::Float)?.f_div_scalar(total_s * 3.0)?;
+        full.f_add(&half)
+    };
+    let modes = [NoiseMode::Const];
+    let seeds = [0u64];
+    let mut w = w_avg.f_detach_copy()?.f_set_requires_grad(true)?;
+    let (mut m, mut v) = (w.f_zeros_like()?, w.f_zeros_like()?);
+    let (b1, b2, eps, lr0) = (0.9f64, 0.999f64, 1e-8, 0.1);
+    let mut last = f64::NAN;
+    for step in 0..steps {
+        let t = step as f64 / steps as f64;
+        let noise_scale = w_std * 0.05 * (1.0 - t / 0.75).max(0.0).powi(2);
+        let ramp = ((1.0 - t) / 0.25).min(1.0);
+        let lr = lr0 * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
+        let jitter: Vec<f32> = latent::randn(step as u32, w_dim as usize).into_iter().map(|x| (x * noise_scale) as f32).collect();
+        let jitter = Tensor::from_slice(&jitter).f_view([1, w_dim])?.f_to_device(device)?;
+        let ws = w.f_add(&jitter)?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
+        let img = g.synthesis_graph(&ws, NoisePlan { modes: &modes, seeds: &seeds })?;
+        let loss = loss_of(&img)?;
+        last = loss.f_double_value(&[])?;
+        let grad = Tensor::f_run_backward(&[&loss], &[&w], false, false)?.remove(0);
+        tch::no_grad(|| -> Result<()> {
+            m = m.f_mul_scalar(b1)?.f_add(&grad.f_mul_scalar(1.0 - b1)?)?;
+            v = v.f_mul_scalar(b2)?.f_add(&grad.f_square()?.f_mul_scalar(1.0 - b2)?)?;
+            let k = step as i32 + 1;
+            let mhat = m.f_div_scalar(1.0 - b1.powi(k))?;
+            let vhat = v.f_div_scalar(1.0 - b2.powi(k))?;
+            let update = mhat.f_div(&vhat.f_sqrt()?.f_add_scalar(eps)?)?.f_mul_scalar(lr)?;
+            let _ = w.f_sub_(&update)?;
+            Ok(())
+        })?;
+    }
+    let ws = w.f_detach()?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
+    Ok((ws, last))
+}

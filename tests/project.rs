@@ -1,0 +1,27 @@
+//! Projection on the bundled face model: finding the w of a picture the model made itself.
+
+use std::path::Path;
+
+use mixgan::model::{GenerationParams, Model};
+use tch::{Device, Kind, Tensor};
+
+fn mse(a: &Tensor, b: &Tensor) -> f64 {
+    a.f_sub(b).unwrap().square().mean(Kind::Float).double_value(&[])
+}
+
+#[test]
+fn projection_finds_a_w_that_reproduces_the_target() {
+    let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face"), Device::Cpu).unwrap();
+    let target = model.generate(&[GenerationParams { trunc: 1.0, ..model.default_params(7) }]).unwrap().get(0);
+    let weight = Tensor::ones([1, 64, 64], (Kind::Float, Device::Cpu));
+    let start = model.generate(&[GenerationParams { trunc: 0.0, ..model.default_params(0) }]).unwrap().get(0);
+    let started = std::time::Instant::now();
+    let (ws, _) = model.project(&target, &weight, 100).unwrap();
+    let elapsed = started.elapsed();
+    let w: Vec<f32> = Vec::try_from(ws.flatten(0, -1)).unwrap();
+    let p = GenerationParams { projected: Some(std::sync::Arc::new(w)), ..model.default_params(0) };
+    let found = model.generate(&[p]).unwrap().get(0);
+    let (before, after) = (mse(&start, &target), mse(&found, &target));
+    eprintln!("mse from w_avg {before:.4}, after projection {after:.4}, {elapsed:?}");
+    assert!(after < before * 0.5, "projection did not approach the target: {before} -> {after}");
+}
