@@ -2,7 +2,7 @@
 //! No model math or image handling lives here.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -144,7 +144,7 @@ struct RenderArgs {
     /// Folder of model directories.
     #[arg(long, default_value = "models")]
     models: PathBuf,
-    /// Print per-stage timings (route, generate, composite, encode).
+    /// Print per-stage timings (route, project if any, generate, composite, encode).
     #[arg(long)]
     timings: bool,
     /// Also write the ownership map (a picture coloured by region) here.
@@ -153,6 +153,9 @@ struct RenderArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A picture (PNG or JPEG) to repair: it becomes the layout's background `image`.
+    #[arg(long)]
+    background_image: Option<PathBuf>,
     /// Where to composite: device (the generators') or cpu.
     #[arg(long, default_value = "device")]
     composite_on: String,
@@ -327,6 +330,10 @@ fn render(a: RenderArgs) -> Result<()> {
     } else {
         std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?
     };
+    let layout = match &a.background_image {
+        Some(path) => with_background_image(&layout, path)?,
+        None => layout,
+    };
     let registry = ModelRegistry::load(&a.models, device)?;
     let composite_on = CompositeOn::parse(&a.composite_on).map_err(|e| anyhow::anyhow!("--composite-on: {e}"))?;
     let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device, composite_on };
@@ -361,13 +368,24 @@ fn render(a: RenderArgs) -> Result<()> {
     if a.timings {
         let t = out.timings;
         let total = t.total().as_secs_f64();
-        for (name, d) in [("route", t.route), ("generate", t.generate), ("composite", t.composite), ("encode", t.encode)] {
+        let project = (!t.project.is_zero()).then_some(("project", t.project));
+        for (name, d) in [("route", t.route)].into_iter().chain(project).chain([("generate", t.generate), ("composite", t.composite), ("encode", t.encode)]) {
             text += &format!("{name:>10} {:8.2} ms {:5.1} %\n", d.as_secs_f64() * 1e3, 100.0 * d.as_secs_f64() / total);
         }
         text += &format!("{:>10} {:8.2} ms\n", "total", total * 1e3);
     }
     say(&text);
     Ok(())
+}
+
+/// The layout with `path`'s picture as its background `image`.
+fn with_background_image(layout: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let picture = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_slice(layout).context("the layout is not JSON")?;
+    let Some(obj) = v.as_object_mut() else { bail!("the layout is not a JSON object") };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &picture);
+    obj.insert("background".into(), serde_json::json!({ "image": b64 }));
+    Ok(serde_json::to_vec(&v)?)
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

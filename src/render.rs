@@ -39,6 +39,8 @@ impl PatchSource for DirectSource {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
     pub route: Duration,
+    /// Projection of the regions that ask for it (zero for most layouts).
+    pub project: Duration,
     pub generate: Duration,
     pub composite: Duration,
     pub encode: Duration,
@@ -46,7 +48,7 @@ pub struct Timings {
 
 impl Timings {
     pub fn total(&self) -> Duration {
-        self.route + self.generate + self.composite + self.encode
+        self.route + self.project + self.generate + self.composite + self.encode
     }
 }
 
@@ -109,6 +111,7 @@ impl Renderer {
         let mut plan = self.plan(layout_json)?;
         let t1 = Instant::now();
         self.project(&mut plan)?;
+        let projected = t1.elapsed();
         let batches = plan.jobs.iter().map(|job| source.generate(job)).collect::<Result<Vec<_>, _>>()?;
         let patches = Self::assemble(&plan, batches)?;
         let t2 = Instant::now();
@@ -116,7 +119,7 @@ impl Renderer {
         let t3 = Instant::now();
         let bytes = self.encode(&canvas, &plan)?;
         let t4 = Instant::now();
-        let timings = Timings { route: t1 - t0, generate: t2 - t1, composite: t3 - t2, encode: t4 - t3 };
+        let timings = Timings { route: t1 - t0, project: projected, generate: t2 - t1 - projected, composite: t3 - t2, encode: t4 - t3 };
         Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
     }
 

@@ -2,7 +2,7 @@
 //! non-zero, and nothing a client sends panics the parser or router (random bytes, mutated
 //! layouts, deep nesting, random JSON).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
@@ -129,6 +129,33 @@ fn render_exits_non_zero_with_the_message() {
     assert!(!out.status.success());
     assert!(err.contains("regions[0].class: unknown class `dragon`"), "{err}");
     assert!(!dir.path().join("x.png").exists());
+}
+
+#[test]
+fn render_repairs_a_picture_named_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = dir.path().join("photo.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([200, 40, 90])).save(&picture).unwrap();
+    let layout = dir.path().join("fix.json");
+    std::fs::write(&layout, with_region(r##"{"class": "face", "box": [0, 0, 24, 24], "blend": "none"}"##)).unwrap();
+    let out_png = dir.path().join("fixed.png");
+    let run = |pic: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_mixgan"))
+            .args(["render", layout.to_str().unwrap(), "-o", out_png.to_str().unwrap(), "--background-image"])
+            .arg(pic)
+            .arg("--models")
+            .arg(root().join("models"))
+            .output()
+            .unwrap()
+    };
+    let ok = run(&picture);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let fixed = image::open(&out_png).unwrap().to_rgb8();
+    assert_eq!(fixed.get_pixel(50, 40).0, [200, 40, 90], "outside the region the picture stays");
+    assert_ne!(fixed.get_pixel(12, 12).0, [200, 40, 90], "the region is regenerated");
+    let missing = run(&dir.path().join("nothing.png"));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 }
 
 /// A small deterministic generator (xorshift64*) so failures reproduce.

@@ -61,6 +61,7 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     assert_eq!(fixed.status, 200, "{}", String::from_utf8_lossy(&fixed.body));
     let v = fixed.json();
     assert_eq!(v["background"], serde_json::json!({"image": true}));
+    assert!(v["timings_ms"]["project"].as_f64().unwrap() > 0.0);
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
     let (before, after) = (img.to_rgb8(), image::load_from_memory(&bytes).unwrap().to_rgb8());
     assert_eq!(before.get_pixel(10, 500), after.get_pixel(10, 500), "far from the face nothing changes");

@@ -88,6 +88,7 @@ fn reply(done: Composed) -> pb::ComposeReply {
             composite_ms: ms(timings.composite),
             encode_ms: ms(timings.encode),
             total_ms: ms(timings.total()),
+            project_ms: ms(timings.project),
         }),
     }
 }

@@ -36,7 +36,7 @@ impl Metrics {
         )
         .unwrap();
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("mixgan_stage_duration_seconds", "Time per pipeline stage of /v1/compose (route, queue, generate, composite, encode).")
+            HistogramOpts::new("mixgan_stage_duration_seconds", "Time per pipeline stage of /v1/compose (route, project, queue, generate, composite, encode; project only when a region projects).")
                 .buckets(SECONDS.to_vec()),
             &["stage"],
         )

@@ -354,7 +354,8 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
         .map_err(panic_message)??
         .map_err(|e| ApiError::from(crate::error::RenderError::Layout(e)))?;
     let t1 = Instant::now();
-    let plan = if plan.regions.iter().any(|r| r.project_steps.is_some()) {
+    let projecting = plan.regions.iter().any(|r| r.project_steps.is_some());
+    let plan = if projecting {
         let st = state.clone();
         tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
             let _slot = st.cpu_slots.acquire();
@@ -367,6 +368,7 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     } else {
         plan
     };
+    let project = t1.elapsed();
     // Submit every model's job first so they queue (and batch) together, then wait.
     let receivers = plan
         .jobs
@@ -396,8 +398,11 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     })
     .await
     .map_err(panic_message)??;
-    let timings = Timings { route: t1 - t0, generate: t2 - t1, composite, encode };
-    for (stage, d) in [("route", timings.route), ("queue", queue), ("generate", (t2 - t1).saturating_sub(queue)), ("composite", composite), ("encode", encode)] {
+    let timings = Timings { route: t1 - t0, project, generate: (t2 - t1).saturating_sub(project), composite, encode };
+    if projecting {
+        m.stage_seconds.with_label_values(&["project"]).observe(project.as_secs_f64());
+    }
+    for (stage, d) in [("route", timings.route), ("queue", queue), ("generate", timings.generate.saturating_sub(queue)), ("composite", composite), ("encode", encode)] {
         m.stage_seconds.with_label_values(&[stage]).observe(d.as_secs_f64());
     }
     Ok(Composed { bytes, plan, timings, queue })
@@ -430,7 +435,7 @@ fn respond(done: Composed, want_json: bool) -> Response {
             "background": background,
             "regions": regions,
             "timings_ms": {
-                "route": ms(timings.route), "queue": ms(queue), "generate": ms(timings.generate),
+                "route": ms(timings.route), "project": ms(timings.project), "queue": ms(queue), "generate": ms(timings.generate),
                 "composite": ms(timings.composite), "encode": ms(timings.encode), "total": ms(timings.total()),
             },
         }))
