@@ -308,3 +308,23 @@ fn a_projected_region_keeps_the_likeness_of_the_picture() {
     let (sampled, projected) = (repaired(""), repaired(r#", "project": true, "project_steps": 60"#));
     assert!(projected < sampled * 0.5, "mean error per channel: projected {projected:.2}, sampled {sampled:.2}");
 }
+
+/// Projection targets follow each fit, also for regions partly off the canvas.
+#[test]
+fn projection_works_for_every_fit_and_clipped_regions() {
+    let photo = RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 120]));
+    let b64 = encoded_b64(&photo, image::ImageFormat::Png);
+    let renderer = renderer();
+    for (fit, rect) in [("cover", "[10, 8, 60, 40]"), ("contain", "[10, 8, 60, 40]"), ("stretch", "[10, 8, 60, 40]"), ("cover", "[-20, -10, 50, 50]")] {
+        let layout = format!(
+            r#"{{"width": 96, "height": 64, "background": {{"image": "{b64}"}}, "regions": [{{"class": "hand", "box": {rect}, "fit": "{fit}", "project": true, "project_steps": 3}}]}}"#
+        );
+        let mut plan = renderer.plan(layout.as_bytes()).unwrap();
+        renderer.project(&mut plan).unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
+        let w = plan.regions[0].params.projected.as_ref().expect("projected");
+        assert!(w.iter().all(|v| v.is_finite()) && !w.is_empty(), "{fit} {rect}");
+        let job = plan.jobs.iter().find(|j| j.model.name() == "hand").unwrap();
+        assert_eq!(job.items[0].1.projected.as_ref(), Some(w), "the job carries the projection");
+        render(&layout);
+    }
+}
