@@ -51,6 +51,7 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     assert_eq!(models["models"][1]["device"], "cpu");
     assert_eq!(models["models"][1]["batching"]["max_batch"], 8);
     assert_eq!(models["models"][1]["ready"], true);
+    assert_eq!(models["models"][1]["projects"], true);
 
     // Repair: the picture just served as the background, its face projected and regenerated.
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &r.body);

@@ -127,6 +127,7 @@ impl Mixgan for GrpcApi {
                 max_wait_ms: m.batching.map_or(0, |b| b.max_wait_ms as u32),
                 queue_depth: m.queue_depth as u32,
                 ready: m.ready,
+                projects: m.projects,
             })
             .collect();
         Ok(Response::new(pb::ListModelsReply { models }))

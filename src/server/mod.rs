@@ -259,6 +259,8 @@ pub(crate) struct ModelInfo {
     pub batching: Option<BatchingInfo>,
     pub queue_depth: usize,
     pub ready: bool,
+    /// Whether regions served by it may `project`.
+    pub projects: bool,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -290,6 +292,7 @@ pub(crate) fn model_list(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
                     .map(|b| BatchingInfo { max_batch: b.max_batch, max_wait_ms: b.max_wait.as_millis() as u64 }),
                 queue_depth: engine.batcher.queue_depth(m.name()),
                 ready,
+                projects: m.can_project(),
             }
         })
         .collect())

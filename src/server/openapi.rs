@@ -57,14 +57,14 @@ pub fn document() -> Value {
                 "format": {"enum": ["png", "jpeg", "webp"]},
                 "mime": {"type": "string"},
                 "width": {"type": "integer"}, "height": {"type": "integer"},
-                "background": {"type": "object", "description": "{\"color\": \"#rrggbb\"} or {\"model\", \"seed\"}"},
+                "background": {"type": "object", "description": "{\"color\": \"#rrggbb\"}, {\"model\", \"seed\"} or {\"image\": true}"},
                 "regions": {"type": "array", "items": {"type": "object", "properties": {
                     "source": {"type": "string"}, "class": {"type": ["string", "null"]}, "model": {"type": "string"},
                     "seed": {"type": "integer"}, "z": {"type": "number"},
                     "box": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] before clipping"},
                     "visible": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] on the canvas"}}}},
                 "timings_ms": {"type": "object", "properties": {
-                    "route": {"type": "number"}, "queue": {"type": "number"}, "generate": {"type": "number"},
+                    "route": {"type": "number"}, "project": {"type": "number"}, "queue": {"type": "number"}, "generate": {"type": "number"},
                     "composite": {"type": "number"}, "encode": {"type": "number"}, "total": {"type": "number"}}}
             }
         }),
@@ -76,7 +76,8 @@ pub fn document() -> Value {
             "kind": {"type": "string"}, "resolution": {"type": "integer"}, "channels": {"type": "integer"},
             "c_dim": {"type": "integer"}, "device": {"type": "string"},
             "batching": {"type": "object", "properties": {"max_batch": {"type": "integer"}, "max_wait_ms": {"type": "integer"}}},
-            "queue_depth": {"type": "integer"}, "ready": {"type": "boolean"}}}),
+            "queue_depth": {"type": "integer"}, "ready": {"type": "boolean"},
+            "projects": {"type": "boolean", "description": "Regions served by it may `project`."}}}),
     );
     let mut paths = serde_json::Map::new();
     for (method, path, summary) in ENDPOINTS {
