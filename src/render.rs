@@ -1,5 +1,5 @@
-//! The pipeline in one place: layout bytes → router → batched generation → compositor →
-//! encoder, with per-stage timings. `mixgan render` and the server both go through here; they
+//! The pipeline in one place: layout bytes → router → (projection, for repairs) → batched
+//! generation → compositor → encoder, with per-stage timings. `mixgan render` and the server both go through here; they
 //! differ only in the [`PatchSource`] that runs the generation jobs.
 
 use std::sync::Arc;
