@@ -170,7 +170,7 @@ impl Config {
                 return Err(format!("`{name}` must be above 0"));
             }
         }
-        crate::render::CompositeOn::parse(&self.composite_on).map_err(|e| format!("`composite_on`: {e}"))?;
+        self.composite_on.parse::<crate::render::CompositeOn>().map_err(|e| format!("`composite_on`: {e}"))?;
         if self.api_key.as_deref() == Some("") {
             return Err("`api_key` is empty; leave it out to serve without auth".into());
         }

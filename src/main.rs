@@ -158,7 +158,7 @@ struct RenderArgs {
     background_image: Option<PathBuf>,
     /// Where to composite: device (the generators') or cpu.
     #[arg(long, default_value = "device")]
-    composite_on: String,
+    composite_on: CompositeOn,
     /// Largest generation batch.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
@@ -335,8 +335,7 @@ fn render(a: RenderArgs) -> Result<()> {
         None => layout,
     };
     let registry = ModelRegistry::load(&a.models, device)?;
-    let composite_on = CompositeOn::parse(&a.composite_on).map_err(|e| anyhow::anyhow!("--composite-on: {e}"))?;
-    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device, composite_on };
+    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device, composite_on: a.composite_on };
     let source = DirectSource { max_batch: a.max_batch };
     let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
     runs.sort_by_key(|r| r.timings.total());

@@ -1,6 +1,6 @@
 //! The pipeline in one place: layout bytes → router → (projection, for repairs) → batched
-//! generation → compositor → encoder, with per-stage timings. `mixgan render` and the server both go through here; they
-//! differ only in the [`PatchSource`] that runs the generation jobs.
+//! generation → compositor → encoder, with per-stage timings. `mixgan render` and the server
+//! both go through here; they differ only in the [`PatchSource`] that runs the generation jobs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,15 +63,18 @@ pub enum CompositeOn {
     Cpu,
 }
 
-impl CompositeOn {
-    pub fn parse(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for CompositeOn {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
         match text {
             "device" => Ok(Self::Device),
             "cpu" => Ok(Self::Cpu),
             other => Err(format!("`{other}` is not one of device, cpu")),
         }
     }
+}
 
+impl CompositeOn {
     /// The device to composite on when the patches come from `generators`.
     pub fn device(self, generators: Device) -> Device {
         match self {
@@ -137,7 +140,7 @@ impl Renderer {
             let Some(steps) = region.project_steps else { continue };
             let res = region.model.spec.generator.img_resolution;
             let (target, weight) = compositor.projection_target(&picture, region, res)?;
-            let (ws, _) = region.model.project(&target, &weight, steps)?;
+            let ws = region.model.project(&target, &weight, steps)?;
             let w = Arc::new(Vec::<f32>::try_from(ws.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?);
             region.params.projected = Some(w.clone());
             for (slot, p) in plan.jobs.iter_mut().flat_map(|j| j.items.iter_mut()) {
@@ -194,7 +197,7 @@ mod tests {
         let gpu = Device::Cuda(0);
         assert_eq!(CompositeOn::default().device(gpu), gpu);
         assert_eq!(CompositeOn::Cpu.device(gpu), Device::Cpu);
-        assert_eq!(CompositeOn::parse("cpu"), Ok(CompositeOn::Cpu));
-        assert!(CompositeOn::parse("gpu").unwrap_err().contains("device, cpu"));
+        assert_eq!("cpu".parse::<CompositeOn>(), Ok(CompositeOn::Cpu));
+        assert!("gpu".parse::<CompositeOn>().unwrap_err().contains("device, cpu"));
     }
 }

@@ -16,7 +16,7 @@ fn projection_finds_a_w_that_reproduces_the_target() {
     let weight = Tensor::ones([1, 64, 64], (Kind::Float, Device::Cpu));
     let start = model.generate(&[GenerationParams { trunc: 0.0, ..model.default_params(0) }]).unwrap().get(0);
     let started = std::time::Instant::now();
-    let (ws, _) = model.project(&target, &weight, 100).unwrap();
+    let ws = model.project(&target, &weight, 100).unwrap();
     let elapsed = started.elapsed();
     let w: Vec<f32> = Vec::try_from(ws.flatten(0, -1)).unwrap();
     let p = GenerationParams { projected: Some(std::sync::Arc::new(w)), ..model.default_params(0) };

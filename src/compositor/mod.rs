@@ -27,9 +27,21 @@ pub struct Compositor {
     pub device: Device,
 }
 
-/// A colour in generator units, chosen so NVIDIA's uint8 conversion gives it back exactly.
+/// 8-bit values in generator units are `(c + UNIT_OFFSET) / UNIT_SCALE`, chosen so NVIDIA's
+/// uint8 conversion gives them back exactly.
+const UNIT_OFFSET: f64 = 0.5 - 128.0;
+const UNIT_SCALE: f64 = 127.5;
+
 fn color_units(c: u8) -> f64 {
-    (f64::from(c) + 0.5 - 128.0) / 127.5
+    (f64::from(c) + UNIT_OFFSET) / UNIT_SCALE
+}
+
+/// Where `cover` puts a `pw` x `ph` patch for a `w` x `h` rectangle: the scaled patch's size,
+/// and the rectangle's place at its centre.
+fn covered(pw: f64, ph: f64, w: i64, h: i64) -> (i64, i64, Rect) {
+    let s = (w as f64 / pw).max(h as f64 / ph);
+    let (rh, rw) = (((ph * s).ceil() as i64).max(h), ((pw * s).ceil() as i64).max(w));
+    (rh, rw, Rect { x: (rw - w) / 2, y: (rh - h) / 2, w, h })
 }
 
 /// The patch as three contiguous channels (generator outputs may be channels-last views,
@@ -49,10 +61,8 @@ pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit) -> Result<(Tensor, Op
     match fit {
         Fit::Stretch => Ok((resize(&p, h, w)?, None)),
         Fit::Cover => {
-            let s = (w as f64 / pw).max(h as f64 / ph);
-            let (rh, rw) = (((ph * s).ceil() as i64).max(h), ((pw * s).ceil() as i64).max(w));
-            let r = resize(&p, rh, rw)?;
-            Ok((r.f_narrow(1, (rh - h) / 2, h)?.f_narrow(2, (rw - w) / 2, w)?, None))
+            let (rh, rw, at) = covered(pw, ph, w, h);
+            Ok((window(&resize(&p, rh, rw)?, &at)?, None))
         }
         Fit::Contain => {
             let at = contained(pw as i64, ph as i64, w, h);
@@ -116,8 +126,8 @@ impl Compositor {
             .f_view([h, w, 3])?
             .f_permute([2, 0, 1])?
             .f_to_kind(Kind::Float)?
-            .f_add_scalar(0.5 - 128.0)?
-            .f_div_scalar(127.5)?
+            .f_add_scalar(UNIT_OFFSET)?
+            .f_div_scalar(UNIT_SCALE)?
             .f_contiguous()?
             .f_to_device(self.device)
     }
@@ -175,31 +185,24 @@ impl Compositor {
     /// patch is cropped off or off the canvas).
     pub fn projection_target(&self, canvas: &Tensor, region: &Region, res: i64) -> Result<(Tensor, Tensor)> {
         let (r, v) = (&region.rect, &region.visible);
-        let content = Tensor::f_zeros([3, r.h, r.w], (Kind::Float, self.device))?;
-        let weight = Tensor::f_zeros([1, r.h, r.w], (Kind::Float, self.device))?;
-        let inner = Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h };
-        window(&content, &inner)?.f_copy_(&window(canvas, v)?)?;
+        // Picture and weight as one [4, h, w] tensor, so the fit is undone once for both.
+        let both = Tensor::f_zeros([4, r.h, r.w], (Kind::Float, self.device))?;
+        let inner = window(&both, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
+        inner.f_narrow(0, 0, 3)?.f_copy_(&window(canvas, v)?)?;
         let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
-        window(&weight, &inner)?.f_copy_(&m)?;
-        let (content, weight) = match region.fit {
-            Fit::Stretch => (content, weight),
+        inner.f_narrow(0, 3, 1)?.f_copy_(&m)?;
+        let both = match region.fit {
+            Fit::Stretch => both,
             Fit::Cover => {
-                // The patch scaled to cover the rectangle, which sits at its centre.
-                let s = (r.w as f64 / res as f64).max(r.h as f64 / res as f64);
-                let (rh, rw) = (((res as f64 * s).ceil() as i64).max(r.h), ((res as f64 * s).ceil() as i64).max(r.w));
-                let at = Rect { x: (rw - r.w) / 2, y: (rh - r.h) / 2, w: r.w, h: r.h };
-                let big = Tensor::f_zeros([3, rh, rw], (Kind::Float, self.device))?;
-                let big_w = Tensor::f_zeros([1, rh, rw], (Kind::Float, self.device))?;
-                window(&big, &at)?.f_copy_(&content)?;
-                window(&big_w, &at)?.f_copy_(&weight)?;
-                (big, big_w)
+                let (rh, rw, at) = covered(res as f64, res as f64, r.w, r.h);
+                let big = Tensor::f_zeros([4, rh, rw], (Kind::Float, self.device))?;
+                window(&big, &at)?.f_copy_(&both)?;
+                big
             }
-            Fit::Contain => {
-                let at = contained(res, res, r.w, r.h);
-                (window(&content, &at)?, window(&weight, &at)?)
-            }
+            Fit::Contain => window(&both, &contained(res, res, r.w, r.h))?.f_contiguous()?,
         };
-        Ok((resize(&content.f_contiguous()?, res, res)?, resize(&weight.f_contiguous()?, res, res)?))
+        let fitted = resize(&both, res, res)?;
+        Ok((fitted.f_narrow(0, 0, 3)?, fitted.f_narrow(0, 3, 1)?))
     }
 
     /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).

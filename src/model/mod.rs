@@ -170,18 +170,27 @@ impl Model {
         }
     }
 
-    /// Whether [`Model::project`] works on this model.
+    /// The native generator, if [`Model::project`] works on this model; else why not.
+    fn projector(&self) -> Result<&StyleGan2, ModelError> {
+        match &self.generator {
+            Generator::Native(g) if self.spec.generator.c_dim == 0 => Ok(g),
+            _ => Err(bad("project", format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", self.name()))),
+        }
+    }
+
     pub fn can_project(&self) -> bool {
-        matches!(self.generator, Generator::Native(_)) && self.spec.generator.c_dim == 0
+        self.projector().is_ok()
+    }
+
+    /// Checks that the model can project, for validating requests before any work.
+    pub fn check_project(&self) -> Result<(), ModelError> {
+        self.projector().map(|_| ())
     }
 
     /// ws [1, num_ws, w_dim] whose picture matches `target` [3, R, R] where `weight`
-    /// [1, R, R] says, and the final loss (see [`project::project`]).
-    pub fn project(&self, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64), ModelError> {
-        match &self.generator {
-            Generator::Native(g) if self.can_project() => Ok(project::project(g, target, weight, steps)?),
-            _ => Err(bad("project", format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", self.name()))),
-        }
+    /// [1, R, R] says (see [`project::project`]).
+    pub fn project(&self, target: &Tensor, weight: &Tensor, steps: usize) -> Result<Tensor, ModelError> {
+        Ok(project::project(self.projector()?, target, weight, steps)?)
     }
 
     /// Checks one sample's parameters against this model.

@@ -18,13 +18,13 @@ const SPREAD_SAMPLES: u32 = 256;
 
 /// Finds w for `target` [3, R, R] in generator units, weighted by `weight` [1, R, R] in
 /// [0, 1], in `steps` Adam steps. Deterministic: its noise comes from fixed seeds. Returns
-/// ws [1, num_ws, w_dim] (the same w at every layer) and the final loss.
-pub fn project(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64)> {
+/// ws [1, num_ws, w_dim] (the same w at every layer).
+pub fn project(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<Tensor> {
     // Callers usually run under a no-grad guard; the search needs gradients.
     tch::with_grad(|| search(g, target, weight, steps))
 }
 
-fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<(Tensor, f64)> {
+fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Result<Tensor> {
     let device = g.device();
     let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
     let w_dim = w_avg.size()[1];
@@ -51,7 +51,6 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
     let mut w = w_avg.f_detach_copy()?.f_set_requires_grad(true)?;
     let (mut m, mut v) = (w.f_zeros_like()?, w.f_zeros_like()?);
     let (b1, b2, eps, lr0) = (0.9f64, 0.999f64, 1e-8, 0.1);
-    let mut last = f64::NAN;
     for step in 0..steps {
         let t = step as f64 / steps as f64;
         let noise_scale = w_std * 0.05 * (1.0 - t / 0.75).max(0.0).powi(2);
@@ -61,9 +60,7 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
         let jitter = Tensor::from_slice(&jitter).f_view([1, w_dim])?.f_to_device(device)?;
         let ws = w.f_add(&jitter)?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
         let img = g.synthesis_graph(&ws, NoisePlan { modes: &modes, seeds: &seeds })?;
-        let loss = loss_of(&img)?;
-        last = loss.f_double_value(&[])?;
-        let grad = Tensor::f_run_backward(&[&loss], &[&w], false, false)?.remove(0);
+        let grad = Tensor::f_run_backward(&[&loss_of(&img)?], &[&w], false, false)?.remove(0);
         tch::no_grad(|| -> Result<()> {
             m = m.f_mul_scalar(b1)?.f_add(&grad.f_mul_scalar(1.0 - b1)?)?;
             v = v.f_mul_scalar(b2)?.f_add(&grad.f_square()?.f_mul_scalar(1.0 - b2)?)?;
@@ -75,6 +72,5 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
             Ok(())
         })?;
     }
-    let ws = w.f_detach()?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
-    Ok((ws, last))
+    w.f_detach()?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])
 }

@@ -64,17 +64,19 @@ pub fn mask_values(img: &DynamicImage, w: u32, h: u32) -> Vec<f32> {
     } else {
         img.to_luma8()
     };
-    let scaled = if grey.dimensions() == (w, h) {
-        grey
+    scaled_to(grey, w, h).into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect()
+}
+
+/// `img` at `w` x `h`: itself when it has that size, else scaled bilinearly.
+fn scaled_to<P: image::Pixel<Subpixel = u8> + 'static>(img: image::ImageBuffer<P, Vec<u8>>, w: u32, h: u32) -> image::ImageBuffer<P, Vec<u8>> {
+    if img.dimensions() == (w, h) {
+        img
     } else {
-        image::imageops::resize(&grey, w, h, image::imageops::FilterType::Triangle)
-    };
-    scaled.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect()
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+    }
 }
 
 /// A picture as interleaved RGB bytes at `w` x `h`, scaled (bilinear) when its size differs.
 pub fn rgb_at(img: &DynamicImage, w: u32, h: u32) -> Vec<u8> {
-    let rgb = img.to_rgb8();
-    let scaled = if rgb.dimensions() == (w, h) { rgb } else { image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle) };
-    scaled.into_raw()
+    scaled_to(img.to_rgb8(), w, h).into_raw()
 }

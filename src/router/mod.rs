@@ -312,12 +312,10 @@ impl Router<'_> {
         if !has_picture {
             return Err(err(format!("{field}.project"), "needs a background `image` to project from"));
         }
-        if !model.can_project() {
-            return Err(err(
-                format!("{field}.project"),
-                format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", model.name()),
-            ));
-        }
+        model.check_project().map_err(|e| match e {
+            ModelError::InvalidParam { reason, .. } => err(format!("{field}.project"), reason),
+            other => err(format!("{field}.project"), other.to_string()),
+        })?;
         let steps = r.project_steps.unwrap_or(DEFAULT_PROJECT_STEPS as f64);
         if !(steps.is_finite() && steps.fract() == 0.0 && (1.0..=MAX_PROJECT_STEPS as f64).contains(&steps)) {
             return Err(err(format!("{field}.project_steps"), format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}")));

@@ -121,7 +121,7 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
             let _patch = rx.blocking_recv().map_err(|_| "a worker stopped during warm-up".to_string())?.map_err(|e| e.to_string())?;
         }
     }
-    let composite_on = CompositeOn::parse(&c.composite_on).map_err(|e| format!("composite_on: {e}"))?;
+    let composite_on: CompositeOn = c.composite_on.parse().map_err(|e| format!("composite_on: {e}"))?;
     let renderer = Renderer { registry, limits: c.router_limits(), device, composite_on };
     if state.engine.set(Engine { renderer, batcher }).is_err() {
         return Err("the engine was loaded twice".into());
