@@ -190,10 +190,20 @@ impl Drop for Batcher {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: BatchSettings, slots: &CpuSlots, observer: Arc<dyn BatchObserver>) {
+fn work(
+    model: Arc<Model>,
+    rx: mpsc::Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+    s: BatchSettings,
+    slots: &CpuSlots,
+    observer: Arc<dyn BatchObserver>,
+) {
     let _guard = tch::no_grad_guard();
     let name = model.name().to_string();
     while let Ok(first) = rx.recv() {
@@ -239,7 +249,9 @@ fn work(model: Arc<Model>, rx: mpsc::Receiver<Job>, depth: Arc<AtomicUsize>, s: 
             let report = JobReport { queued: started - job.enqueued, generate: seconds, batch_size: params.len() };
             observer.queued(&name, report.queued.as_secs_f64());
             let reply = match &result {
-                Ok(Ok(batch)) => batch.f_narrow(0, offset, n).map(|t| (t, report)).map_err(|e| BatchError::Failed(e.to_string())),
+                Ok(Ok(batch)) => {
+                    batch.f_narrow(0, offset, n).map(|t| (t, report)).map_err(|e| BatchError::Failed(e.to_string()))
+                }
                 Ok(Err(e)) => Err(BatchError::Failed(e.to_string())),
                 Err(p) => Err(BatchError::Failed(format!("panic: {}", panic_text(p.as_ref())))),
             };

@@ -46,7 +46,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, ModelError> {
-    let params: Vec<GenerationParams> = (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
+    let params: Vec<GenerationParams> =
+        (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
     let run = || -> Result<f64, ModelError> {
         let t0 = Instant::now();
         let _pixels = to_pixels(&model.generate(&params)?)?;
@@ -65,8 +66,9 @@ fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelE
         return Ok(None);
     }
     let cpu = Model::load(&model.dir, Device::Cpu)?;
-    let params: Vec<GenerationParams> =
-        (0..4).map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) }).collect();
+    let params: Vec<GenerationParams> = (0..4)
+        .map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) })
+        .collect();
     let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
     let b = cpu.generate(&params)?;
     Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
@@ -85,7 +87,14 @@ fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, Str
         .args(["bench", "--model"])
         .arg(&model.dir)
         .args(["--config", &settings, "--batches", &batches.join(","), "--device", &device])
-        .args(["--threads", &cfg.threads.to_string(), "--iters", &cfg.iters.to_string(), "--warmup", &cfg.warmup.to_string()])
+        .args([
+            "--threads",
+            &cfg.threads.to_string(),
+            "--iters",
+            &cfg.iters.to_string(),
+            "--warmup",
+            &cfg.warmup.to_string(),
+        ])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
@@ -138,7 +147,9 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
     for r in rows {
         let per = |t: f64| t * 1e3 / r.batch as f64;
         let (pm, pr, ratio) = match r.python_s {
-            Some(p) => (format!("{:.2}", per(p)), format!("{:.1}", r.batch as f64 / p), format!("{:.2}", r.ratio().unwrap())),
+            Some(p) => {
+                (format!("{:.2}", per(p)), format!("{:.1}", r.batch as f64 / p), format!("{:.2}", r.ratio().unwrap()))
+            }
             None => ("-".into(), "-".into(), "-".into()),
         };
         s += &format!(

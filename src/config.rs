@@ -116,7 +116,8 @@ impl Config {
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
                 toml::from_str::<toml::Table>(&text)
                     .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?
             }
@@ -130,13 +131,15 @@ impl Config {
                 continue;
             }
             let parsed = match known.get(&key) {
-                Some(toml::Value::Array(_)) => {
-                    toml::Value::Array(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.to_string().into()).collect())
+                Some(toml::Value::Array(_)) => toml::Value::Array(
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.to_string().into()).collect(),
+                ),
+                Some(toml::Value::Integer(_)) => {
+                    value.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| ConfigError::Invalid {
+                        origin: name.clone(),
+                        message: format!("`{value}` is not a whole number"),
+                    })?
                 }
-                Some(toml::Value::Integer(_)) => value.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| ConfigError::Invalid {
-                    origin: name.clone(),
-                    message: format!("`{value}` is not a whole number"),
-                })?,
                 _ => toml::Value::String(value),
             };
             table.insert(key, parsed);
@@ -147,9 +150,9 @@ impl Config {
             (Some(p), false) => format!("{} or {}", p.display(), from_env.join(", ")),
             (None, _) => from_env.join(", "),
         };
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.message().to_string() })?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid { origin: origin.clone(), message: e.message().to_string() }
+        })?;
         config.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
         Ok(config)
     }
@@ -201,7 +204,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mixgan.toml");
         std::fs::write(&path, "addr = \"127.0.0.1:9000\"\nmax_batch = 4\n").unwrap();
-        let c = Config::load(Some(&path), env(&[("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_PYTHON", "/x"), ("MIXGAN_CORS_ORIGINS", "a, b")])).unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_PYTHON", "/x"), ("MIXGAN_CORS_ORIGINS", "a, b")]),
+        )
+        .unwrap();
         assert_eq!(c.addr, "127.0.0.1:9000");
         assert_eq!(c.max_batch, 16);
         assert_eq!(c.cors_origins, vec!["a", "b"]);

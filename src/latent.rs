@@ -20,9 +20,7 @@ impl LegacyRandomState {
         key[0] = seed;
         for i in 1..N {
             let prev = key[i - 1];
-            key[i] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(i as u32);
+            key[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
         }
         Self { key, pos: N, cached_gauss: None }
     }
@@ -110,9 +108,7 @@ pub fn noise(seed: u64, stream: u64, len: usize) -> Vec<f32> {
 pub fn parse_seeds(text: &str) -> Result<Vec<u32>, String> {
     let mut seeds = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let parse = |s: &str| {
-            s.trim().parse::<u32>().map_err(|_| format!("`{s}` is not a seed (0 to 4294967295)"))
-        };
+        let parse = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("`{s}` is not a seed (0 to 4294967295)"));
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (parse(a)?, parse(b)?);
@@ -150,8 +146,20 @@ mod tests {
         // `np.random.RandomState(seed).randn(5).tolist()` as NumPy printed it.
         let expected: [(u32, [f64; 5]); 3] = [
             (0, [1.764052345967664, 0.4001572083672233, 0.9787379841057392, 2.240893199201458, 1.8675579901499675]),
-            (42, [0.4967141530112327, -0.13826430117118466, 0.6476885381006925, 1.5230298564080254, -0.23415337472333597]),
-            (4294967295, [0.6484086742306527, 0.6693235306338161, -1.0805437227474493, 0.2845010447986309, 0.11388773652167104]),
+            (
+                42,
+                [
+                    0.4967141530112327,
+                    -0.13826430117118466,
+                    0.6476885381006925,
+                    1.5230298564080254,
+                    -0.23415337472333597,
+                ],
+            ),
+            (
+                4294967295,
+                [0.6484086742306527, 0.6693235306338161, -1.0805437227474493, 0.2845010447986309, 0.11388773652167104],
+            ),
         ];
         for (seed, values) in expected {
             let got = randn(seed, 5);

@@ -54,7 +54,11 @@ impl LoadResult {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
 }
 
 fn send(agent: &ureq::Agent, t: &Target) -> (u16, f64) {
@@ -152,7 +156,12 @@ pub fn open_loop(t: &Target, rate: f64, duration: Duration, clients: usize, mut 
 
 /// The bare generators on the layout's mix of patches: `requests` layouts' worth of patches,
 /// each model's in batches of `max_batch`, in this thread. Layouts per second.
-pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: usize, max_batch: usize) -> Result<f64, String> {
+pub fn bare_generators(
+    registry: Arc<ModelRegistry>,
+    layout: &[u8],
+    requests: usize,
+    max_batch: usize,
+) -> Result<f64, String> {
     let device = registry.iter().next().map(|m| m.generator.device()).ok_or("no models")?;
     let renderer = Renderer { registry, limits: RouterLimits::default(), device, composite_on: Default::default() };
     let plan = renderer.plan(layout).map_err(|e| e.to_string())?;
@@ -266,7 +275,10 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
     if a.soak {
         return soak(a, &target, child.as_ref().map(|c| c.child.id()), duration, text);
     }
-    *text += &format!("{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200");
+    *text += &format!(
+        "{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n",
+        "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "non-200"
+    );
     for &c in &a.concurrency {
         let r = closed_loop(&target, c, duration);
         let bad: usize = r.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, n)| n).sum();
@@ -320,8 +332,14 @@ fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, tex
             rss.push(m);
         }
     });
-    *text += &format!("soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n", r.seconds, r.statuses);
-    *text += &format!("served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n", r.rps(), r.percentile(0.5) * 1e3, r.percentile(0.99) * 1e3);
+    *text +=
+        &format!("soak: {rate:.1} requests/s offered for {:.0} s; answers by status: {:?}\n", r.seconds, r.statuses);
+    *text += &format!(
+        "served {:.1}/s, p50 {:.0} ms, p99 {:.0} ms\n",
+        r.rps(),
+        r.percentile(0.5) * 1e3,
+        r.percentile(0.99) * 1e3
+    );
     if rss.len() >= 4 {
         let mb = |b: u64| b as f64 / (1 << 20) as f64;
         let (settled, last) = (rss[rss.len() / 4], *rss.last().unwrap_or(&0));

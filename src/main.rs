@@ -14,13 +14,13 @@ use std::sync::Arc;
 use mixgan::bench::{self, BenchConfig};
 use mixgan::compositor::ownership_map;
 use mixgan::config::Config;
+use mixgan::encode::write_png;
+use mixgan::latent::parse_seeds;
 use mixgan::layout::ImageFormat;
+use mixgan::model::{model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix};
 use mixgan::registry::ModelRegistry;
 use mixgan::render::{CompositeOn, DirectSource, Renderer};
 use mixgan::router::RouterLimits;
-use mixgan::encode::write_png;
-use mixgan::latent::parse_seeds;
-use mixgan::model::{model_dirs, parse_device, to_pixels, ConvPath, GenerationParams, Model, NoiseMode, StyleMix};
 
 #[derive(Parser)]
 #[command(name = "mixgan", version, about = "A mixture of StyleGANs: expert generators composed into one picture")]
@@ -303,7 +303,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     let python = if a.no_baseline {
         None
     } else {
-        Some(a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into()))
+        Some(
+            a.python
+                .or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from))
+                .unwrap_or_else(|| "python3".into()),
+        )
     };
     let cfg = BenchConfig {
         models,
@@ -335,7 +339,12 @@ fn render(a: RenderArgs) -> Result<()> {
         None => layout,
     };
     let registry = ModelRegistry::load(&a.models, device)?;
-    let renderer = Renderer { registry: Arc::new(registry), limits: RouterLimits::default(), device, composite_on: a.composite_on };
+    let renderer = Renderer {
+        registry: Arc::new(registry),
+        limits: RouterLimits::default(),
+        device,
+        composite_on: a.composite_on,
+    };
     let source = DirectSource { max_batch: a.max_batch };
     let mut runs = (0..a.repeat.max(1)).map(|_| renderer.render(&layout, &source)).collect::<Result<Vec<_>, _>>()?;
     runs.sort_by_key(|r| r.timings.total());
@@ -368,7 +377,11 @@ fn render(a: RenderArgs) -> Result<()> {
         let t = out.timings;
         let total = t.total().as_secs_f64();
         let project = (!t.project.is_zero()).then_some(("project", t.project));
-        for (name, d) in [("route", t.route)].into_iter().chain(project).chain([("generate", t.generate), ("composite", t.composite), ("encode", t.encode)]) {
+        for (name, d) in [("route", t.route)].into_iter().chain(project).chain([
+            ("generate", t.generate),
+            ("composite", t.composite),
+            ("encode", t.encode),
+        ]) {
             text += &format!("{name:>10} {:8.2} ms {:5.1} %\n", d.as_secs_f64() * 1e3, 100.0 * d.as_secs_f64() / total);
         }
         text += &format!("{:>10} {:8.2} ms\n", "total", total * 1e3);
@@ -439,18 +452,20 @@ fn import(a: ImportArgs) -> Result<()> {
     if out.join("model.toml").exists() {
         bail!("{} already holds a model; choose another --output or remove it", out.display());
     }
-    let python = a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
+    let python =
+        a.python.or_else(|| std::env::var_os("MIXGAN_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
     let tool = bench::find_tool("import_checkpoint.py");
     eprintln!("[1/3] converting {} with {}", a.src.display(), tool.display());
     let mut cmd = std::process::Command::new(&python);
-    cmd.arg(&tool).arg(&a.src).args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"]).arg(&out);
+    cmd.arg(&tool)
+        .arg(&a.src)
+        .args(["--name", &a.name, "--classes", &a.classes, "--format", &a.format, "--out"])
+        .arg(&out);
     if let Some(src) = &a.nvlabs_src {
         cmd.arg("--nvlabs-src").arg(src);
     }
-    let status = cmd
-        .stdout(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run {}", python.display()))?;
+    let status =
+        cmd.stdout(std::process::Stdio::null()).status().with_context(|| format!("cannot run {}", python.display()))?;
     if !status.success() {
         bail!("the checkpoint was not imported (see the message above)");
     }

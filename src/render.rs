@@ -122,7 +122,13 @@ impl Renderer {
         let t3 = Instant::now();
         let bytes = self.encode(&canvas, &plan)?;
         let t4 = Instant::now();
-        let timings = Timings { route: t1 - t0, project: projected, generate: t2 - t1 - projected, composite: t3 - t2, encode: t4 - t3 };
+        let timings = Timings {
+            route: t1 - t0,
+            project: projected,
+            generate: t2 - t1 - projected,
+            composite: t3 - t2,
+            encode: t4 - t3,
+        };
         Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
     }
 

@@ -94,7 +94,15 @@ fn the_bundled_models_write_pictures() {
     for (name, size) in [("face", 64), ("hand", 64), ("background", 128)] {
         let out = dir.path().join(name);
         let status = Command::new(bin())
-            .args(["generate", "--model", models.join(name).to_str().unwrap(), "--seeds", "0,1", "--outdir", out.to_str().unwrap()])
+            .args([
+                "generate",
+                "--model",
+                models.join(name).to_str().unwrap(),
+                "--seeds",
+                "0,1",
+                "--outdir",
+                out.to_str().unwrap(),
+            ])
             .status()
             .unwrap();
         assert!(status.success());

@@ -67,7 +67,8 @@ fn every_path_port_and_metric_named_exists_in_the_server() {
     let text = metrics.render();
     for name in ["mixgan_queue_duration_seconds_sum", "mixgan_queue_duration_seconds_count"] {
         assert!(text.contains(name), "{name}");
-        assert!(read("deploy/k8s/prometheus-adapter-rules.yaml").contains(name.trim_end_matches("_sum").trim_end_matches("_count")));
+        assert!(read("deploy/k8s/prometheus-adapter-rules.yaml")
+            .contains(name.trim_end_matches("_sum").trim_end_matches("_count")));
     }
     // The environment variables the manifests set are settings the server reads.
     let known = toml::Table::try_from(mixgan::config::Config::default()).unwrap();

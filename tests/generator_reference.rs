@@ -19,7 +19,15 @@ struct Case {
 fn params(seeds: &[u32], trunc: f64) -> Vec<GenerationParams> {
     seeds
         .iter()
-        .map(|&seed| GenerationParams { seed, trunc, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None, projected: None })
+        .map(|&seed| GenerationParams {
+            seed,
+            trunc,
+            trunc_cutoff: None,
+            class_index: None,
+            noise_mode: NoiseMode::Const,
+            mix: None,
+            projected: None,
+        })
         .collect()
 }
 
@@ -54,8 +62,14 @@ fn skip_architecture_with_clamp_truncation_and_cutoff() {
         runs: vec![
             (vec!["--seeds", "0,42"], params(&[0, 42], 1.0)),
             (vec!["--seeds", "3-5", "--trunc", "0.6"], params(&[3, 4, 5], 0.6)),
-            (vec!["--seeds", "9", "--trunc", "0.3", "--trunc-cutoff", "3"], with(params(&[9], 0.3), |p| p.trunc_cutoff = Some(3))),
-            (vec!["--seeds", "1,2", "--noise-mode", "none"], with(params(&[1, 2], 1.0), |p| p.noise_mode = NoiseMode::None)),
+            (
+                vec!["--seeds", "9", "--trunc", "0.3", "--trunc-cutoff", "3"],
+                with(params(&[9], 0.3), |p| p.trunc_cutoff = Some(3)),
+            ),
+            (
+                vec!["--seeds", "1,2", "--noise-mode", "none"],
+                with(params(&[1, 2], 1.0), |p| p.noise_mode = NoiseMode::None),
+            ),
         ],
     });
 }
@@ -94,7 +108,10 @@ fn conditional_model_with_class_labels() {
             "synthesis_kwargs":{"channel_base":256,"channel_max":16}}"#,
         runs: vec![
             (vec!["--seeds", "0,1", "--class", "3"], with(params(&[0, 1], 1.0), |p| p.class_index = Some(3))),
-            (vec!["--seeds", "2", "--class", "0", "--trunc", "0.7"], with(params(&[2], 0.7), |p| p.class_index = Some(0))),
+            (
+                vec!["--seeds", "2", "--class", "0", "--trunc", "0.7"],
+                with(params(&[2], 0.7), |p| p.class_index = Some(0)),
+            ),
         ],
     });
 }
@@ -138,7 +155,11 @@ fn other_activation_filter_and_kernel_settings() {
 fn a_batch_may_mix_parameters_per_sample() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
-    make_model(&model_dir, r#"{"z_dim":8,"c_dim":0,"w_dim":8,"img_resolution":16,"img_channels":3,"synthesis_kwargs":{"channel_base":128,"channel_max":8}}"#, 3);
+    make_model(
+        &model_dir,
+        r#"{"z_dim":8,"c_dim":0,"w_dim":8,"img_resolution":16,"img_channels":3,"synthesis_kwargs":{"channel_base":128,"channel_max":8}}"#,
+        3,
+    );
     let model = Model::load(&model_dir, Device::Cpu).unwrap();
     let mut ps = params(&[0, 1, 2], 0.7);
     ps[1].trunc = 1.0;
@@ -156,7 +177,11 @@ fn a_batch_may_mix_parameters_per_sample() {
 fn random_noise_repeats_for_a_seed_and_differs_from_const_noise() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
-    make_model(&model_dir, r#"{"z_dim":8,"c_dim":0,"w_dim":8,"img_resolution":16,"img_channels":3,"synthesis_kwargs":{"channel_base":128,"channel_max":8}}"#, 4);
+    make_model(
+        &model_dir,
+        r#"{"z_dim":8,"c_dim":0,"w_dim":8,"img_resolution":16,"img_channels":3,"synthesis_kwargs":{"channel_base":128,"channel_max":8}}"#,
+        4,
+    );
     let model = Model::load(&model_dir, Device::Cpu).unwrap();
     let konst = params(&[5], 1.0);
     let random = with(params(&[5], 1.0), |p| p.noise_mode = NoiseMode::Random);

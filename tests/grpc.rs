@@ -98,7 +98,10 @@ fn the_rust_client_maps_errors_and_auth() {
         assert!(err.message().contains("invalid JSON"), "{}", err.message());
     });
     let metrics = String::from_utf8(s.get("/metrics").body).unwrap();
-    assert!(metrics.contains("mixgan_requests_total{route=\"/mixgan.v1.Mixgan/Compose\",status=\"grpc_0\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("mixgan_requests_total{route=\"/mixgan.v1.Mixgan/Compose\",status=\"grpc_0\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -26,7 +26,16 @@ fn fixture(kind: &str, model: Option<&Path>, out: &Path, marker: Option<&Path>) 
 
 fn import(src: &Path, out: &Path) -> std::process::Output {
     Command::new(bin())
-        .args(["import", src.to_str().unwrap(), "--name", "imported", "--classes", "face,portrait", "-o", out.to_str().unwrap()])
+        .args([
+            "import",
+            src.to_str().unwrap(),
+            "--name",
+            "imported",
+            "--classes",
+            "face,portrait",
+            "-o",
+            out.to_str().unwrap(),
+        ])
         .arg("--python")
         .arg(python())
         .output()
@@ -75,7 +84,10 @@ fn an_nvidia_snapshot_imports_without_nvidias_code() {
     assert!(stdout.contains("32x32") && stdout.contains("c_dim 3") && stdout.contains("Resnet"), "{stdout}");
     assert!(out.join("sample.png").is_file());
     let spec = std::fs::read_to_string(out.join("model.toml")).unwrap();
-    assert!(spec.contains("classes = [\"face\", \"portrait\"]") && spec.contains("architecture = \"resnet\""), "{spec}");
+    assert!(
+        spec.contains("classes = [\"face\", \"portrait\"]") && spec.contains("architecture = \"resnet\""),
+        "{spec}"
+    );
     same_pictures(&model, &out);
     // A second import into the same place is refused rather than overwriting.
     assert!(!import(&pkl, &out).status.success());

@@ -50,47 +50,147 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         (r##"{"width": 5000, "height": 48, "background": {"color": "#000000"}}"##.into(), "width", "4096"),
         (r##"{"width": 64, "height": 48}"##.into(), "layout", "nothing to draw"),
         (r##"{"width": 64, "height": 48, "format": "gif"}"##.into(), "layout", "unknown variant `gif`"),
-        (r##"{"width": 64, "height": 48, "quality": 0, "background": {"color": "#000000"}}"##.into(), "quality", "between 1 and 100"),
-        (r##"{"width": 64, "height": 48, "background": {"color": "blue"}}"##.into(), "background.color", "not a colour"),
-        (r##"{"width": 64, "height": 48, "background": {"color": "#000000", "class": "face"}}"##.into(), "background", "one of a `color`"),
-        (r##"{"width": 64, "height": 48, "background": {"image": "AAAA", "class": "face"}}"##.into(), "background", "one of a `color`"),
+        (
+            r##"{"width": 64, "height": 48, "quality": 0, "background": {"color": "#000000"}}"##.into(),
+            "quality",
+            "between 1 and 100",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "background": {"color": "blue"}}"##.into(),
+            "background.color",
+            "not a colour",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "background": {"color": "#000000", "class": "face"}}"##.into(),
+            "background",
+            "one of a `color`",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "background": {"image": "AAAA", "class": "face"}}"##.into(),
+            "background",
+            "one of a `color`",
+        ),
         (r##"{"width": 64, "height": 48, "background": {"image": "%%%"}}"##.into(), "background.image", "base64"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project": true}"##), "regions[0].project", "background `image`"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project_steps": 5}"##), "regions[0].project_steps", "needs `project: true`"),
-        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{{"class": "face", "box": [0, 0, 8, 8], "project": true, "project_steps": 5000}}]}}"##), "regions[0].project_steps", "from 1 to 1000"),
-        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{project_600}, {project_600}]}}"##), "regions", "1200 projection steps"),
-        (r##"{"width": 64, "height": 48, "background": {"image": "AAAA"}}"##.into(), "background.image", "decodable PNG or JPEG"),
-        (format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{big_mask}"}}}}"##), "background.image", "larger than 64x64"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project": true}"##),
+            "regions[0].project",
+            "background `image`",
+        ),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "project_steps": 5}"##),
+            "regions[0].project_steps",
+            "needs `project: true`",
+        ),
+        (
+            format!(
+                r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{{"class": "face", "box": [0, 0, 8, 8], "project": true, "project_steps": 5000}}]}}"##
+            ),
+            "regions[0].project_steps",
+            "from 1 to 1000",
+        ),
+        (
+            format!(
+                r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{project_600}, {project_600}]}}"##
+            ),
+            "regions",
+            "1200 projection steps",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "background": {"image": "AAAA"}}"##.into(),
+            "background.image",
+            "decodable PNG or JPEG",
+        ),
+        (
+            format!(r##"{{"width": 64, "height": 48, "background": {{"image": "{big_mask}"}}}}"##),
+            "background.image",
+            "larger than 64x64",
+        ),
         (with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].class", "background, face, hand"),
         (with_region(r##"{"model": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].model", "unknown model"),
         (with_region(r##"{"class": "face", "model": "face", "box": [0, 0, 8, 8]}"##), "regions[0]", "not both"),
         (with_region(r##"{"class": "face"}"##), "regions[0]", "exactly one of"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "ellipse": [4, 4, 2, 2]}"##), "regions[0]", "exactly one of"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "ellipse": [4, 4, 2, 2]}"##),
+            "regions[0]",
+            "exactly one of",
+        ),
         (with_region(r##"{"class": "face", "box": [100, 100, 8, 8]}"##), "regions[0]", "entirely off"),
         (with_region(r##"{"class": "face", "box": [0, 0, 8]}"##), "regions[0].box", "4 numbers"),
         (with_region(r##"{"class": "face", "box": [0, 0, 0, 8]}"##), "regions[0].box", "at least 1"),
         (with_region(r##"{"class": "face", "box": [1e300, 0, 8, 8]}"##), "regions[0].box", "finite"),
         (with_region(r##"{"class": "face", "box": [1e999, 0, 8, 8]}"##), "layout", "invalid JSON"),
         (with_region(r##"{"class": "face", "ellipse": [4, 4, 0, 2]}"##), "regions[0].ellipse", "radii"),
-        (with_region(r##"{"class": "face", "polygon": [[0, 0], [10, 10], [20, 20]]}"##), "regions[0].polygon", "degenerate"),
-        (with_region(r##"{"class": "face", "polygon": [[0, 0], [10, 10]]}"##), "regions[0].polygon", "3 to 4096 points"),
+        (
+            with_region(r##"{"class": "face", "polygon": [[0, 0], [10, 10], [20, 20]]}"##),
+            "regions[0].polygon",
+            "degenerate",
+        ),
+        (
+            with_region(r##"{"class": "face", "polygon": [[0, 0], [10, 10]]}"##),
+            "regions[0].polygon",
+            "3 to 4096 points",
+        ),
         (with_region(r##"{"class": "face", "polygon": [[0, 0], [10], [20, 20]]}"##), "regions[0].polygon[1]", "[x, y]"),
-        (with_region(r##"{"class": "face", "ellipse": [4, 4, 2, 2], "mask": "AAAA"}"##), "regions[0].mask", "placed on a `box`"),
+        (
+            with_region(r##"{"class": "face", "ellipse": [4, 4, 2, 2], "mask": "AAAA"}"##),
+            "regions[0].mask",
+            "placed on a `box`",
+        ),
         (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mask": "%%%"}"##), "regions[0].mask", "base64"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mask": "AAAA"}"##), "regions[0].mask", "decodable PNG"),
-        (with_region(&format!(r##"{{"class": "face", "box": [0, 0, 8, 8], "mask": "{big_mask}"}}"##)), "regions[0].mask", "larger than 64x64"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "feather": -1}"##), "regions[0].feather", "between 0 and 256"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "blend": "glue"}"##), "layout", "unknown variant `glue`"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mask": "AAAA"}"##),
+            "regions[0].mask",
+            "decodable PNG",
+        ),
+        (
+            with_region(&format!(r##"{{"class": "face", "box": [0, 0, 8, 8], "mask": "{big_mask}"}}"##)),
+            "regions[0].mask",
+            "larger than 64x64",
+        ),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "feather": -1}"##),
+            "regions[0].feather",
+            "between 0 and 256",
+        ),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "blend": "glue"}"##),
+            "layout",
+            "unknown variant `glue`",
+        ),
         (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "trunc": 1e9}"##), "regions[0].trunc", "psi"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "seed": 99999999999}"##), "regions[0].seed", "4294967295"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "seed": 99999999999}"##),
+            "regions[0].seed",
+            "4294967295",
+        ),
         (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mix_seed": 3}"##), "regions[0]", "go together"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mix_seed": 3, "mix_from": 99}"##), "regions[0].mix_from", "past the model"),
-        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "class_index": 1}"##), "regions[0].class_index", "unconditional"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "mix_seed": 3, "mix_from": 99}"##),
+            "regions[0].mix_from",
+            "past the model",
+        ),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "class_index": 1}"##),
+            "regions[0].class_index",
+            "unconditional",
+        ),
         (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "z": 1e100}"##), "regions[0].z", "finite"),
         (with_region(&many.join(",")), "regions", "limit is 64"),
-        (r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {"dragon": "#ff0000"}}}"##.into(), "label_map.palette.dragon", "unknown class"),
-        (r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {}}}"##.into(), "label_map.palette", "names no class"),
-        (r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {"face": "#ff0000"}}}"##.into(), "label_map.png", "decodable PNG"),
+        (
+            r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {"dragon": "#ff0000"}}}"##.into(),
+            "label_map.palette.dragon",
+            "unknown class",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {}}}"##.into(),
+            "label_map.palette",
+            "names no class",
+        ),
+        (
+            r##"{"width": 64, "height": 48, "label_map": {"png": "AAAA", "palette": {"face": "#ff0000"}}}"##.into(),
+            "label_map.png",
+            "decodable PNG",
+        ),
     ];
     let limits = RouterLimits { max_picture_side: 64, ..RouterLimits::default() };
     let r = renderer(limits);
@@ -112,7 +212,11 @@ fn partly_off_canvas_regions_are_clipped_not_refused() {
     let g = &plan.regions[0];
     assert_eq!((g.rect.x, g.rect.w), (-20, 50));
     assert_eq!((g.visible.x, g.visible.y, g.visible.w, g.visible.h), (0, 30, 30, 18));
-    r.render(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(), &DirectSource { max_batch: 4 }).unwrap();
+    r.render(
+        with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(),
+        &DirectSource { max_batch: 4 },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -175,11 +279,41 @@ impl Rng {
 fn random_json(rng: &mut Rng, depth: u32) -> serde_json::Value {
     use serde_json::{json, Value};
     const KEYS: &[&str] = &[
-        "width", "height", "seed", "format", "quality", "background", "regions", "label_map", "image", "class", "model", "box",
-        "ellipse", "polygon", "mask", "z", "fit", "blend", "feather", "color_match", "project", "project_steps", "trunc", "trunc_cutoff",
-        "class_index", "noise_mode", "mix_seed", "mix_from", "color", "png", "palette", "min_area",
+        "width",
+        "height",
+        "seed",
+        "format",
+        "quality",
+        "background",
+        "regions",
+        "label_map",
+        "image",
+        "class",
+        "model",
+        "box",
+        "ellipse",
+        "polygon",
+        "mask",
+        "z",
+        "fit",
+        "blend",
+        "feather",
+        "color_match",
+        "project",
+        "project_steps",
+        "trunc",
+        "trunc_cutoff",
+        "class_index",
+        "noise_mode",
+        "mix_seed",
+        "mix_from",
+        "color",
+        "png",
+        "palette",
+        "min_area",
     ];
-    const WORDS: &[&str] = &["face", "hand", "background", "png", "jpeg", "cover", "contain", "poisson", "none", "#ff0000", "", "AAAA"];
+    const WORDS: &[&str] =
+        &["face", "hand", "background", "png", "jpeg", "cover", "contain", "poisson", "none", "#ff0000", "", "AAAA"];
     match if depth > 4 { rng.below(4) } else { rng.below(7) } {
         0 => Value::Null,
         1 => json!(rng.below(2) == 1),
@@ -235,7 +369,9 @@ fn nothing_a_client_sends_panics_the_parser_or_router() {
             }
         }
     }
-    for deep in [format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)), format!("{{\"regions\": {}", "[".repeat(50_000))] {
+    for deep in
+        [format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)), format!("{{\"regions\": {}", "[".repeat(50_000))]
+    {
         assert!(r.plan(deep.as_bytes()).is_err());
     }
     assert!(accepted > 0, "the mutations should leave some layouts valid");
@@ -243,8 +379,10 @@ fn nothing_a_client_sends_panics_the_parser_or_router() {
 
 #[test]
 fn the_published_schema_names_exactly_the_accepted_keys() {
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("schema/layout.schema.json")).unwrap()).unwrap();
-    let keys = |v: &serde_json::Value| -> Vec<String> { v["properties"].as_object().unwrap().keys().cloned().collect() };
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schema/layout.schema.json")).unwrap()).unwrap();
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v["properties"].as_object().unwrap().keys().cloned().collect() };
     let r = renderer(RouterLimits::default());
     let unknown = |layout: String| r.plan(layout.as_bytes()).err().is_some_and(|e| e.reason.contains("unknown field"));
     for key in keys(&schema) {
@@ -252,13 +390,24 @@ fn the_published_schema_names_exactly_the_accepted_keys() {
     }
     assert!(unknown(r#"{"width": 8, "height": 8, "bogus": 1}"#.to_string()));
     for key in keys(&schema["$defs"]["region"]) {
-        assert!(!unknown(with_region(&format!(r#"{{"class": "face", "box": [0, 0, 8, 8], "{key}": null}}"#))), "region `{key}`");
+        assert!(
+            !unknown(with_region(&format!(r#"{{"class": "face", "box": [0, 0, 8, 8], "{key}": null}}"#))),
+            "region `{key}`"
+        );
     }
     assert!(unknown(with_region(r#"{"class": "face", "box": [0, 0, 8, 8], "bogus": 1}"#)));
     for key in keys(&schema["$defs"]["background"]) {
-        assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "background": {{"{key}": null}}}}"#)), "background `{key}`");
+        assert!(
+            !unknown(format!(r#"{{"width": 8, "height": 8, "background": {{"{key}": null}}}}"#)),
+            "background `{key}`"
+        );
     }
     for key in keys(&schema["$defs"]["label_map"]) {
-        assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "label_map": {{"png": "", "palette": {{}}, "{key}": null}}}}"#)), "label_map `{key}`");
+        assert!(
+            !unknown(format!(
+                r#"{{"width": 8, "height": 8, "label_map": {{"png": "", "palette": {{}}, "{key}": null}}}}"#
+            )),
+            "label_map `{key}`"
+        );
     }
 }

@@ -107,7 +107,15 @@ fn bad_generation_parameters_are_refused_by_name() {
     use mixgan::model::{GenerationParams, NoiseMode, StyleMix};
     let dir = model_dir();
     let model = Model::load(dir.path(), Device::Cpu).unwrap();
-    let ok = GenerationParams { seed: 1, trunc: 1.0, trunc_cutoff: None, class_index: None, noise_mode: NoiseMode::Const, mix: None, projected: None };
+    let ok = GenerationParams {
+        seed: 1,
+        trunc: 1.0,
+        trunc_cutoff: None,
+        class_index: None,
+        noise_mode: NoiseMode::Const,
+        mix: None,
+        projected: None,
+    };
     let cases = [
         (GenerationParams { trunc: f64::NAN, ..ok.clone() }, "trunc"),
         (GenerationParams { class_index: Some(0), ..ok.clone() }, "class_index"),

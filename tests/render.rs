@@ -17,11 +17,17 @@ fn root() -> PathBuf {
 
 fn registry() -> Arc<ModelRegistry> {
     static REG: OnceLock<Arc<ModelRegistry>> = OnceLock::new();
-    REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).expect("bundled models"))).clone()
+    REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).expect("bundled models")))
+        .clone()
 }
 
 fn renderer() -> Renderer {
-    Renderer { registry: registry(), limits: RouterLimits::default(), device: Device::Cpu, composite_on: Default::default() }
+    Renderer {
+        registry: registry(),
+        limits: RouterLimits::default(),
+        device: Device::Cpu,
+        composite_on: Default::default(),
+    }
 }
 
 fn render(layout: &str) -> Rendered {
@@ -58,7 +64,10 @@ fn every_example_renders_the_same_bytes_twice_at_its_size_and_format() {
         let (a, b) = (render(&text), render(&text));
         assert_eq!(a.bytes, b.bytes, "{name}: two renders differ");
         let img = image::load_from_memory(&a.bytes).unwrap();
-        assert_eq!((img.width() as u64, img.height() as u64), (layout["width"].as_u64().unwrap(), layout["height"].as_u64().unwrap()));
+        assert_eq!(
+            (img.width() as u64, img.height() as u64),
+            (layout["width"].as_u64().unwrap(), layout["height"].as_u64().unwrap())
+        );
         let want = match layout["format"].as_str().unwrap_or("png") {
             "jpeg" => image::ImageFormat::Jpeg,
             "webp" => image::ImageFormat::WebP,
@@ -70,8 +79,12 @@ fn every_example_renders_the_same_bytes_twice_at_its_size_and_format() {
 
 #[test]
 fn each_format_is_what_it_says() {
-    for (fmt, want) in [("png", image::ImageFormat::Png), ("jpeg", image::ImageFormat::Jpeg), ("webp", image::ImageFormat::WebP)] {
-        let r = render(&format!(r#"{{"width": 40, "height": 30, "format": "{fmt}", "quality": 80, "regions": [{{"class": "face", "box": [5, 5, 20, 20]}}]}}"#));
+    for (fmt, want) in
+        [("png", image::ImageFormat::Png), ("jpeg", image::ImageFormat::Jpeg), ("webp", image::ImageFormat::WebP)]
+    {
+        let r = render(&format!(
+            r#"{{"width": 40, "height": 30, "format": "{fmt}", "quality": 80, "regions": [{{"class": "face", "box": [5, 5, 20, 20]}}]}}"#
+        ));
         assert_eq!(image::guess_format(&r.bytes).unwrap(), want);
         assert_eq!(pixels(&r).dimensions(), (40, 30));
     }
@@ -88,7 +101,9 @@ fn geometries_cover_their_own_pixels_only() {
     assert!(distance_from_bg(&ellipse, 54, 40, 20, 16) > 10.0);
     assert_eq!(distance_from_bg(&ellipse, 24, 18, 6, 6), 0.0, "the bounding box's corner lies outside the ellipse");
 
-    let tri = pixels(&render(&one_region(r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none"}"#)));
+    let tri = pixels(&render(&one_region(
+        r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none"}"#,
+    )));
     assert!(distance_from_bg(&tri, 24, 14, 20, 20) > 10.0);
     assert_eq!(distance_from_bg(&tri, 90, 70, 15, 15), 0.0, "beyond the hypotenuse");
 
@@ -102,16 +117,20 @@ fn geometries_cover_their_own_pixels_only() {
     let mut png = Vec::new();
     m.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
-    let masked = pixels(&render(&one_region(&format!(r#"{{"class": "face", "box": [32, 16, 64, 64], "mask": "{b64}", "blend": "none"}}"#))));
+    let masked = pixels(&render(&one_region(&format!(
+        r#"{{"class": "face", "box": [32, 16, 64, 64], "mask": "{b64}", "blend": "none"}}"#
+    ))));
     assert!(distance_from_bg(&masked, 36, 20, 24, 56) > 10.0);
     assert_eq!(distance_from_bg(&masked, 68, 20, 24, 56), 0.0);
 }
 
 #[test]
 fn fits_place_the_patch_as_named() {
-    let wide = |fit: &str| pixels(&render(&format!(
-        r##"{{"width": 200, "height": 100, "background": {{"color": "#123456"}}, "regions": [{{"class": "face", "seed": 3, "box": [0, 0, 200, 100], "fit": "{fit}", "blend": "none"}}]}}"##
-    )));
+    let wide = |fit: &str| {
+        pixels(&render(&format!(
+            r##"{{"width": 200, "height": 100, "background": {{"color": "#123456"}}, "regions": [{{"class": "face", "seed": 3, "box": [0, 0, 200, 100], "fit": "{fit}", "blend": "none"}}]}}"##
+        )))
+    };
     let contain = wide("contain");
     assert_eq!(distance_from_bg(&contain, 0, 0, 48, 100), 0.0, "contain leaves the sides empty");
     assert_eq!(distance_from_bg(&contain, 152, 0, 48, 100), 0.0);
@@ -134,7 +153,9 @@ fn fits_place_the_patch_as_named() {
 fn blend_modes_differ_at_the_edge_and_leave_far_pixels_alone() {
     let mut seen = Vec::new();
     for mode in ["none", "alpha", "laplacian", "poisson"] {
-        let img = pixels(&render(&one_region(&format!(r#"{{"class": "hand", "seed": 5, "ellipse": [64, 48, 30, 30], "blend": "{mode}"}}"#))));
+        let img = pixels(&render(&one_region(&format!(
+            r#"{{"class": "hand", "seed": 5, "ellipse": [64, 48, 30, 30], "blend": "{mode}"}}"#
+        ))));
         assert_eq!(distance_from_bg(&img, 0, 0, 16, 96), 0.0, "{mode} touched far pixels");
         assert!(distance_from_bg(&img, 56, 40, 16, 16) > 5.0, "{mode} lost the patch");
         seen.push((mode, img));
@@ -150,7 +171,13 @@ fn blend_modes_differ_at_the_edge_and_leave_far_pixels_alone() {
 fn higher_z_wins_the_overlap_whatever_the_order() {
     let a = r#"{"class": "face", "seed": 1, "box": [10, 10, 70, 70], "blend": "none", "z": ZA}"#;
     let b = r#"{"class": "hand", "seed": 2, "box": [50, 20, 70, 70], "blend": "none", "z": ZB}"#;
-    let both = |za: i32, zb: i32| pixels(&render(&one_region(&format!("{},{}", a.replace("ZA", &za.to_string()), b.replace("ZB", &zb.to_string())))));
+    let both = |za: i32, zb: i32| {
+        pixels(&render(&one_region(&format!(
+            "{},{}",
+            a.replace("ZA", &za.to_string()),
+            b.replace("ZB", &zb.to_string())
+        ))))
+    };
     let only_a = pixels(&render(&one_region(&a.replace("ZA", "0"))));
     let only_b = pixels(&render(&one_region(&b.replace("ZB", "0"))));
     let p = (60, 50);
@@ -194,7 +221,9 @@ fn label_maps_become_one_region_per_component() {
 #[test]
 fn laplacian_and_poisson_hide_the_seam() {
     let score = |mode: &str| {
-        let r = render(&one_region(&format!(r#"{{"class": "hand", "seed": 9, "ellipse": [64, 48, 34, 34], "blend": "{mode}"}}"#)));
+        let r = render(&one_region(&format!(
+            r#"{{"class": "hand", "seed": 9, "ellipse": [64, 48, 34, 34], "blend": "{mode}"}}"#
+        )));
         let c = Compositor { device: Device::Cpu };
         c.seam_score(&r.canvas, &r.plan.regions[0], &r.plan).unwrap()
     };
@@ -224,11 +253,23 @@ fn the_poisson_solver_leaves_a_small_residual() {
 fn golden_pictures() {
     let cases: &[(&str, &str)] = &[
         ("box_none", r#"{"class": "face", "seed": 1, "box": [20, 10, 60, 60], "blend": "none"}"#),
-        ("ellipse_alpha", r#"{"class": "hand", "seed": 2, "ellipse": [64, 48, 36, 30], "blend": "alpha", "feather": 6}"#),
+        (
+            "ellipse_alpha",
+            r#"{"class": "hand", "seed": 2, "ellipse": [64, 48, 36, 30], "blend": "alpha", "feather": 6}"#,
+        ),
         ("polygon_laplacian", r#"{"class": "face", "seed": 3, "polygon": [[10, 80], [64, 5], [118, 80]]}"#),
-        ("box_poisson_color_match", r#"{"class": "hand", "seed": 4, "box": [30, 20, 60, 50], "blend": "poisson", "color_match": true}"#),
-        ("fits", r#"{"class": "face", "seed": 5, "box": [0, 0, 64, 40], "fit": "contain"}, {"class": "face", "seed": 5, "box": [64, 0, 64, 40], "fit": "stretch"}, {"class": "face", "seed": 5, "box": [32, 50, 64, 40], "fit": "cover", "z": -1}"#),
-        ("z_order_mixing", r#"{"class": "face", "seed": 6, "box": [10, 10, 70, 70], "z": 2, "trunc": 0.5}, {"class": "hand", "seed": 7, "box": [50, 20, 70, 70], "z": 1, "mix_seed": 8, "mix_from": 4}"#),
+        (
+            "box_poisson_color_match",
+            r#"{"class": "hand", "seed": 4, "box": [30, 20, 60, 50], "blend": "poisson", "color_match": true}"#,
+        ),
+        (
+            "fits",
+            r#"{"class": "face", "seed": 5, "box": [0, 0, 64, 40], "fit": "contain"}, {"class": "face", "seed": 5, "box": [64, 0, 64, 40], "fit": "stretch"}, {"class": "face", "seed": 5, "box": [32, 50, 64, 40], "fit": "cover", "z": -1}"#,
+        ),
+        (
+            "z_order_mixing",
+            r#"{"class": "face", "seed": 6, "box": [10, 10, 70, 70], "z": 2, "trunc": 0.5}, {"class": "hand", "seed": 7, "box": [50, 20, 70, 70], "z": 1, "mix_seed": 8, "mix_from": 4}"#,
+        ),
     ];
     let dir = root().join("tests/golden");
     let bless = std::env::var_os("MIXGAN_BLESS").is_some();
@@ -243,7 +284,9 @@ fn golden_pictures() {
             got.save(&path).unwrap();
             continue;
         }
-        let want = image::open(Path::new(&path)).unwrap_or_else(|e| panic!("{}: {e} (MIXGAN_BLESS=1 writes it)", path.display())).to_rgb8();
+        let want = image::open(Path::new(&path))
+            .unwrap_or_else(|e| panic!("{}: {e} (MIXGAN_BLESS=1 writes it)", path.display()))
+            .to_rgb8();
         let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
         assert!(worst <= 2, "{name}: differs from its golden picture by {worst}/255");
     }
@@ -259,7 +302,8 @@ fn encoded_b64(img: &RgbImage, format: image::ImageFormat) -> String {
 /// back exactly as sent, and the regions are regenerated.
 #[test]
 fn a_picture_background_is_kept_outside_the_regions_it_repairs() {
-    let photo = RgbImage::from_fn(128, 96, |x, y| image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * 7 + y * 13) % 256) as u8]));
+    let photo =
+        RgbImage::from_fn(128, 96, |x, y| image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * 7 + y * 13) % 256) as u8]));
     let b64 = encoded_b64(&photo, image::ImageFormat::Png);
     let layout = format!(
         r#"{{"width": 128, "height": 96, "background": {{"image": "{b64}"}}, "regions": [{{"class": "face", "box": [40, 20, 48, 48], "blend": "poisson"}}]}}"#
@@ -282,7 +326,9 @@ fn a_picture_background_is_kept_outside_the_regions_it_repairs() {
     // A JPEG at another size is scaled to the canvas.
     let small = image::imageops::resize(&photo, 64, 48, image::imageops::FilterType::Triangle);
     let jpeg = encoded_b64(&small, image::ImageFormat::Jpeg);
-    let layout = format!(r#"{{"width": 128, "height": 96, "background": {{"image": "{jpeg}"}}, "regions": [{{"class": "hand", "box": [0, 0, 32, 32]}}]}}"#);
+    let layout = format!(
+        r#"{{"width": 128, "height": 96, "background": {{"image": "{jpeg}"}}, "regions": [{{"class": "hand", "box": [0, 0, 32, 32]}}]}}"#
+    );
     let out = pixels(&render(&layout));
     assert_eq!(out.dimensions(), (128, 96));
     let far = out.get_pixel(120, 90);
@@ -294,7 +340,9 @@ fn a_picture_background_is_kept_outside_the_regions_it_repairs() {
 /// showed there (the generator's own likeness of it), unlike a fresh sample from a seed.
 #[test]
 fn a_projected_region_keeps_the_likeness_of_the_picture() {
-    let face = render(r##"{"width": 128, "height": 128, "background": {"color": "#000000"}, "regions": [{"class": "face", "seed": 7, "box": [0, 0, 128, 128], "blend": "none"}]}"##);
+    let face = render(
+        r##"{"width": 128, "height": 128, "background": {"color": "#000000"}, "regions": [{"class": "face", "seed": 7, "box": [0, 0, 128, 128], "blend": "none"}]}"##,
+    );
     let photo = pixels(&face);
     let b64 = encoded_b64(&photo, image::ImageFormat::Png);
     let repaired = |extra: &str| {
@@ -302,7 +350,8 @@ fn a_projected_region_keeps_the_likeness_of_the_picture() {
             r#"{{"width": 128, "height": 128, "background": {{"image": "{b64}"}}, "regions": [{{"class": "face", "seed": 99, "box": [16, 16, 96, 96], "blend": "none"{extra}}}]}}"#
         );
         let out = pixels(&render(&layout));
-        let err: f64 = out.as_raw().iter().zip(photo.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>();
+        let err: f64 =
+            out.as_raw().iter().zip(photo.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>();
         err / out.as_raw().len() as f64
     };
     let (sampled, projected) = (repaired(""), repaired(r#", "project": true, "project_steps": 60"#));
@@ -315,7 +364,12 @@ fn projection_works_for_every_fit_and_clipped_regions() {
     let photo = RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 120]));
     let b64 = encoded_b64(&photo, image::ImageFormat::Png);
     let renderer = renderer();
-    for (fit, rect) in [("cover", "[10, 8, 60, 40]"), ("contain", "[10, 8, 60, 40]"), ("stretch", "[10, 8, 60, 40]"), ("cover", "[-20, -10, 50, 50]")] {
+    for (fit, rect) in [
+        ("cover", "[10, 8, 60, 40]"),
+        ("contain", "[10, 8, 60, 40]"),
+        ("stretch", "[10, 8, 60, 40]"),
+        ("cover", "[-20, -10, 50, 50]"),
+    ] {
         let layout = format!(
             r#"{{"width": 96, "height": 64, "background": {{"image": "{b64}"}}, "regions": [{{"class": "hand", "box": {rect}, "fit": "{fit}", "project": true, "project_steps": 3}}]}}"#
         );

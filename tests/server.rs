@@ -11,7 +11,9 @@ const PORTRAIT: &str = include_str!("../examples/portrait.json");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 fn one_face(seed: u32) -> String {
-    format!(r##"{{"width": 96, "height": 96, "background": {{"color": "#202020"}}, "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 64, 64]}}]}}"##)
+    format!(
+        r##"{{"width": 96, "height": 96, "background": {{"color": "#202020"}}, "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 64, 64]}}]}}"##
+    )
 }
 
 #[test]
@@ -30,7 +32,8 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     let j = s.post("/v1/compose", &[JSON, ("accept", "application/json")], PORTRAIT.as_bytes());
     assert_eq!(j.status, 200);
     let v = j.json();
-    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
     assert_eq!(bytes, r.body);
     let regions = v["regions"].as_array().unwrap();
     assert_eq!(regions.len(), 3);
@@ -45,7 +48,8 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     assert!(s.get("/healthz").status == 200);
 
     let models = s.get("/v1/models").json();
-    let names: Vec<_> = models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> =
+        models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["background", "face", "hand"]);
     assert_eq!(models["models"][1]["resolution"], 64);
     assert_eq!(models["models"][1]["device"], "cpu");
@@ -63,7 +67,8 @@ fn compose_returns_the_picture_and_on_request_its_description() {
     let v = fixed.json();
     assert_eq!(v["background"], serde_json::json!({"image": true}));
     assert!(v["timings_ms"]["project"].as_f64().unwrap() > 0.0);
-    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
     let (before, after) = (img.to_rgb8(), image::load_from_memory(&bytes).unwrap().to_rgb8());
     assert_eq!(before.get_pixel(10, 500), after.get_pixel(10, 500), "far from the face nothing changes");
 }
@@ -73,7 +78,12 @@ fn every_error_class_has_its_status_and_json_body() {
     let s = Server::start(&[("MIXGAN_MAX_BODY_BYTES", "4096")], &[], true);
     let cases: Vec<(u16, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
         (400, "malformed_json", vec![JSON], b"{\"width\": ".to_vec()),
-        (422, "invalid_layout", vec![JSON], br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#.to_vec()),
+        (
+            422,
+            "invalid_layout",
+            vec![JSON],
+            br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#.to_vec(),
+        ),
         (415, "unsupported_media_type", vec![("content-type", "text/plain")], one_face(1).into_bytes()),
         (415, "unsupported_media_type", vec![], one_face(1).into_bytes()),
         (413, "body_too_large", vec![JSON], vec![b' '; 10_000]),
@@ -84,7 +94,11 @@ fn every_error_class_has_its_status_and_json_body() {
         assert_eq!(r.code(), code);
         assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
     }
-    let r = s.post("/v1/compose", &[JSON], br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#);
+    let r = s.post(
+        "/v1/compose",
+        &[JSON],
+        br#"{"width": 64, "height": 64, "regions": [{"class": "dragon", "box": [0, 0, 8, 8]}]}"#,
+    );
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("regions[0].class: unknown class `dragon`"));
     let r = s.get("/v2/nothing");
     assert_eq!((r.status, r.code().as_str()), (404, "not_found"));
@@ -99,11 +113,24 @@ fn every_error_class_has_its_status_and_json_body() {
 #[test]
 fn a_full_queue_answers_503_at_once() {
     // Batches wait up to 2 s to fill, and each model queue holds one job.
-    let s = Server::start(&[("MIXGAN_QUEUE_CAPACITY", "1"), ("MIXGAN_MAX_WAIT_MS", "2000"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let s = Server::start(
+        &[
+            ("MIXGAN_QUEUE_CAPACITY", "1"),
+            ("MIXGAN_MAX_WAIT_MS", "2000"),
+            ("MIXGAN_MAX_BATCH", "64"),
+            ("MIXGAN_WARMUP_ITERATIONS", "0"),
+        ],
+        &[],
+        true,
+    );
     let base = s.base.clone();
     let first = std::thread::spawn(move || {
         let a = agent(Some(Duration::from_secs(30)));
-        let r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(1).as_bytes()).unwrap();
+        let r = a
+            .post(format!("{base}/v1/compose"))
+            .header("content-type", "application/json")
+            .send(one_face(1).as_bytes())
+            .unwrap();
         r.status().as_u16()
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -146,11 +173,19 @@ fn not_ready_until_warmed_up() {
 #[test]
 fn sigterm_drains_the_request_in_flight_then_exits_0() {
     // The request waits ~1.5 s in the batcher, so SIGTERM arrives while it is in flight.
-    let mut s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let mut s = Server::start(
+        &[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")],
+        &[],
+        true,
+    );
     let base = s.base.clone();
     let req = std::thread::spawn(move || {
         let a = agent(Some(Duration::from_secs(30)));
-        let mut r = a.post(format!("{base}/v1/compose")).header("content-type", "application/json").send(one_face(3).as_bytes()).unwrap();
+        let mut r = a
+            .post(format!("{base}/v1/compose"))
+            .header("content-type", "application/json")
+            .send(one_face(3).as_bytes())
+            .unwrap();
         (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
     });
     std::thread::sleep(Duration::from_millis(400));
@@ -164,7 +199,11 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
 
 #[test]
 fn concurrent_requests_share_batches() {
-    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "30"), ("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let s = Server::start(
+        &[("MIXGAN_MAX_WAIT_MS", "30"), ("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_WARMUP_ITERATIONS", "0")],
+        &[],
+        true,
+    );
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let base = s.base.clone();
@@ -226,7 +265,12 @@ fn metrics_pass_promtool_and_cover_the_pipeline() {
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .expect("promtool (Debian package prometheus; `make test` installs it)");
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -253,7 +297,11 @@ fn openapi_lists_every_endpoint_and_each_answers() {
 #[test]
 fn cors_is_off_unless_configured() {
     let preflight = |s: &Server| {
-        let req = s.agent.options(s.url("/v1/compose")).header("origin", "http://example.com").header("access-control-request-method", "POST");
+        let req = s
+            .agent
+            .options(s.url("/v1/compose"))
+            .header("origin", "http://example.com")
+            .header("access-control-request-method", "POST");
         let r = req.call().unwrap();
         r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string())
     };
@@ -268,7 +316,12 @@ fn json_logs_carry_the_request_id() {
     let s = Server::start(&[], &["--log-format", "json"], true);
     s.post("/v1/compose", &[JSON, ("x-request-id", "abc-123")], one_face(5).as_bytes());
     std::thread::sleep(Duration::from_millis(100));
-    let line = s.stderr().lines().find(|l| l.contains("abc-123")).map(str::to_string).unwrap_or_else(|| panic!("{}", s.stderr()));
+    let line = s
+        .stderr()
+        .lines()
+        .find(|l| l.contains("abc-123"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{}", s.stderr()));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["fields"]["request_id"], "abc-123");
     assert_eq!(v["fields"]["status"], 200);
@@ -276,9 +329,14 @@ fn json_logs_carry_the_request_id() {
 
 #[test]
 fn a_job_whose_client_left_is_dropped() {
-    let s = Server::start(&[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")], &[], true);
+    let s = Server::start(
+        &[("MIXGAN_MAX_WAIT_MS", "1500"), ("MIXGAN_MAX_BATCH", "64"), ("MIXGAN_WARMUP_ITERATIONS", "0")],
+        &[],
+        true,
+    );
     let impatient = agent(Some(Duration::from_millis(300)));
-    let r = impatient.post(s.url("/v1/compose")).header("content-type", "application/json").send(one_face(7).as_bytes());
+    let r =
+        impatient.post(s.url("/v1/compose")).header("content-type", "application/json").send(one_face(7).as_bytes());
     assert!(r.is_err(), "the client should give up first");
     std::thread::sleep(Duration::from_millis(2000));
     let text = String::from_utf8(s.get("/metrics").body).unwrap();

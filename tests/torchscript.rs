@@ -40,10 +40,19 @@ fn a_torchscript_pair_generates_what_the_native_generator_does() {
     let a = Model::load(&native, Device::Cpu).unwrap();
     let b = Model::load(&scripted, Device::Cpu).unwrap();
     assert_eq!(b.generator.num_ws(), a.generator.num_ws());
-    let ps: Vec<GenerationParams> = [(0u32, 1.0, None, None), (5, 0.6, Some(3), None), (9, 0.7, None, Some(StyleMix { seed: 4, from: 5 }))]
-        .iter()
-        .map(|&(seed, trunc, trunc_cutoff, mix)| GenerationParams { seed, trunc, trunc_cutoff, class_index: Some(1), noise_mode: NoiseMode::Const, mix, projected: None })
-        .collect();
+    let ps: Vec<GenerationParams> =
+        [(0u32, 1.0, None, None), (5, 0.6, Some(3), None), (9, 0.7, None, Some(StyleMix { seed: 4, from: 5 }))]
+            .iter()
+            .map(|&(seed, trunc, trunc_cutoff, mix)| GenerationParams {
+                seed,
+                trunc,
+                trunc_cutoff,
+                class_index: Some(1),
+                noise_mode: NoiseMode::Const,
+                mix,
+                projected: None,
+            })
+            .collect();
     let diff = max_abs_diff(&a.generate(&ps).unwrap(), &b.generate(&ps).unwrap());
     assert!(diff <= 1e-4, "TorchScript differs from native by {diff:e}");
 

@@ -10,9 +10,7 @@ use std::process::{Command, Output};
 use common::*;
 
 fn tool(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tools")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools").join(name)
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -32,15 +30,7 @@ fn draw(kind: &str, seed: u32, dir: &Path) -> Vec<u8> {
     run_ok(
         Command::new(python())
             .arg(tool("procgen.py"))
-            .args([
-                "cache",
-                kind,
-                "--count",
-                "6",
-                "--seed",
-                &seed.to_string(),
-                "-o",
-            ])
+            .args(["cache", kind, "--count", "6", "--seed", &seed.to_string(), "-o"])
             .arg(&path),
     );
     let bytes = std::fs::read(&path).unwrap();
@@ -53,40 +43,17 @@ fn procedural_datasets_are_deterministic_and_varied() {
     let dir = tempfile::tempdir().unwrap();
     for (kind, side) in [("face", 64usize), ("hand", 64), ("background", 128)] {
         let a = draw(kind, 1, dir.path());
-        assert_eq!(
-            a.len(),
-            6 * side * side * 3,
-            "{kind}: six RGB pictures of {side} px"
-        );
-        assert_eq!(
-            a,
-            draw(kind, 1, dir.path()),
-            "{kind}: same seed, same pixels"
-        );
-        assert_ne!(
-            a,
-            draw(kind, 2, dir.path()),
-            "{kind}: another seed, other pixels"
-        );
+        assert_eq!(a.len(), 6 * side * side * 3, "{kind}: six RGB pictures of {side} px");
+        assert_eq!(a, draw(kind, 1, dir.path()), "{kind}: same seed, same pixels");
+        assert_ne!(a, draw(kind, 2, dir.path()), "{kind}: another seed, other pixels");
         // Each picture has structure (not one flat colour) and differs from the next.
         let pics: Vec<&[u8]> = a.chunks(side * side * 3).collect();
         for p in &pics {
             let mean = p.iter().map(|&v| f64::from(v)).sum::<f64>() / p.len() as f64;
-            let var = p
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / p.len() as f64;
-            assert!(
-                var.sqrt() > 10.0,
-                "{kind}: a picture is nearly flat (std {})",
-                var.sqrt()
-            );
+            let var = p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / p.len() as f64;
+            assert!(var.sqrt() > 10.0, "{kind}: a picture is nearly flat (std {})", var.sqrt());
         }
-        assert!(
-            pics.windows(2).all(|w| w[0] != w[1]),
-            "{kind}: repeated pictures"
-        );
+        assert!(pics.windows(2).all(|w| w[0] != w[1]), "{kind}: repeated pictures");
     }
 }
 
@@ -98,35 +65,9 @@ fn a_few_training_steps_export_a_model_mixgan_serves() {
         let out = run_ok(
             Command::new(python())
                 .arg(tool("train_stylegan2.py"))
-                .args([
-                    "--kind",
-                    "hand",
-                    "--res",
-                    "16",
-                    "--batch",
-                    "4",
-                    "--data-size",
-                    "16",
-                ])
-                .args([
-                    "--channel-base",
-                    "256",
-                    "--channel-max",
-                    "16",
-                    "--z-dim",
-                    "16",
-                    "--w-dim",
-                    "16",
-                ])
-                .args([
-                    "--threads",
-                    "1",
-                    "--log-seconds",
-                    "0",
-                    "--snap-every",
-                    "2",
-                    "--work",
-                ])
+                .args(["--kind", "hand", "--res", "16", "--batch", "4", "--data-size", "16"])
+                .args(["--channel-base", "256", "--channel-max", "16", "--z-dim", "16", "--w-dim", "16"])
+                .args(["--threads", "1", "--log-seconds", "0", "--snap-every", "2", "--work"])
                 .arg(&work)
                 .arg("--out")
                 .arg(&model)
@@ -143,10 +84,7 @@ fn a_few_training_steps_export_a_model_mixgan_serves() {
     assert!(!second.contains("hand step 1 "), "{second}");
 
     let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
-    assert!(
-        toml.contains("img_resolution = 16") && toml.contains("classes = [\"hand\"]"),
-        "{toml}"
-    );
+    assert!(toml.contains("img_resolution = 16") && toml.contains("classes = [\"hand\"]"), "{toml}");
     // mixgan loads the export and its pictures equal the reference generator's.
     let ours = dir.path().join("ours");
     run_ok(
@@ -173,16 +111,7 @@ fn a_few_training_steps_export_a_model_mixgan_serves() {
         let a = image::open(ours.join(&name)).unwrap().to_rgb8();
         let b = image::open(theirs.join(&name)).unwrap().to_rgb8();
         assert_eq!(a.dimensions(), (16, 16));
-        let worst = a
-            .as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap();
-        assert!(
-            worst <= 1,
-            "{name}: differs from the reference by {worst}/255"
-        );
+        let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        assert!(worst <= 1, "{name}: differs from the reference by {worst}/255");
     }
 }

@@ -119,7 +119,12 @@ fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<(Tensor, Tensor)>>
         return Ok(None);
     }
     let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
-    let var = x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
+    let var = x
+        .f_sub(&mean)?
+        .f_square()?
+        .f_mul(&sel)?
+        .f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?
+        .f_div_scalar(n)?;
     Ok(Some((mean, var.f_add_scalar(1e-8)?.f_sqrt()?)))
 }
 

@@ -10,9 +10,9 @@ pub mod seam;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::layout::{BlendMode, Fit};
-use resample::resize;
 use crate::router::geometry::{contained, Rect};
 use crate::router::{Background, Region, RoutePlan};
+use resample::resize;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -171,7 +171,9 @@ impl Compositor {
             }
             BlendMode::Poisson => {
                 let solved = poisson::clone(&base, &layer, &m)?;
-                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?.f_mul_scalar(4.0)?.f_clamp(0.0, 1.0)?;
+                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
+                    .f_mul_scalar(4.0)?
+                    .f_clamp(0.0, 1.0)?;
                 blend::mix(&base, &solved, &reach)?
             }
         };
@@ -242,4 +244,3 @@ pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
     }
     img
 }
-

@@ -62,8 +62,14 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let kind = base.kind();
     let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
     let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
-    let gx = d.f_narrow(2, 1, w - 1)?.f_sub(&d.f_narrow(2, 0, w - 1)?)?.f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
-    let gy = d.f_narrow(1, 1, h - 1)?.f_sub(&d.f_narrow(1, 0, h - 1)?)?.f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
+    let gx = d
+        .f_narrow(2, 1, w - 1)?
+        .f_sub(&d.f_narrow(2, 0, w - 1)?)?
+        .f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
+    let gy = d
+        .f_narrow(1, 1, h - 1)?
+        .f_sub(&d.f_narrow(1, 0, h - 1)?)?
+        .f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
     let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
     let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
     let rhs = div_x.f_add(&div_y)?;

@@ -174,7 +174,10 @@ impl Model {
     fn projector(&self) -> Result<&StyleGan2, ModelError> {
         match &self.generator {
             Generator::Native(g) if self.spec.generator.c_dim == 0 => Ok(g),
-            _ => Err(bad("project", format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", self.name()))),
+            _ => Err(bad(
+                "project",
+                format!("model `{}` cannot project: only unconditional native StyleGAN2 models can", self.name()),
+            )),
         }
     }
 
@@ -200,17 +203,25 @@ impl Model {
             return Err(bad("trunc", format!("{} is not a finite psi", p.trunc)));
         }
         match (p.class_index, g.c_dim) {
-            (Some(k), 0) => return Err(bad("class_index", format!("{k} given, but model `{}` is unconditional", self.name()))),
+            (Some(k), 0) => {
+                return Err(bad("class_index", format!("{k} given, but model `{}` is unconditional", self.name())))
+            }
             (Some(k), c) if k as i64 >= c => {
                 return Err(bad("class_index", format!("{k} is not below the model's {c} classes")))
             }
             (None, c) if c > 0 => {
-                return Err(bad("class_index", format!("model `{}` is conditional: give a class index below {c}", self.name())))
+                return Err(bad(
+                    "class_index",
+                    format!("model `{}` is conditional: give a class index below {c}", self.name()),
+                ))
             }
             _ => {}
         }
         if matches!(self.generator, Generator::Script(_)) && p.noise_mode != NoiseMode::Const {
-            return Err(bad("noise_mode", format!("model `{}` is TorchScript and uses the noise it was exported with: give const", self.name())));
+            return Err(bad(
+                "noise_mode",
+                format!("model `{}` is TorchScript and uses the noise it was exported with: give const", self.name()),
+            ));
         }
         if let Some(m) = p.mix {
             if m.from as i64 > self.generator.num_ws() {
@@ -220,7 +231,11 @@ impl Model {
         Ok(())
     }
 
-    fn latents(&self, seeds: impl Iterator<Item = u32>, classes: &[Option<usize>]) -> Result<(Tensor, Option<Tensor>), ModelError> {
+    fn latents(
+        &self,
+        seeds: impl Iterator<Item = u32>,
+        classes: &[Option<usize>],
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
         let g = &self.spec.generator;
         let z: Vec<f32> = seeds.flat_map(|s| latent::randn(s, g.z_dim as usize)).map(|v| v as f32).collect();
         let n = classes.len() as i64;
@@ -259,7 +274,8 @@ impl Model {
                 }
             }
         }
-        let mixed: Vec<(usize, StyleMix)> = params.iter().enumerate().filter_map(|(i, p)| p.mix.map(|m| (i, m))).collect();
+        let mixed: Vec<(usize, StyleMix)> =
+            params.iter().enumerate().filter_map(|(i, p)| p.mix.map(|m| (i, m))).collect();
         if mixed.is_empty() {
             return Ok(ws);
         }
@@ -331,10 +347,8 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
 /// The model directories under `root`: each folder holding a `model.toml`, sorted by name.
 pub fn model_dirs(root: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let entries = std::fs::read_dir(root).map_err(|source| ModelError::Io { path: root.to_path_buf(), source })?;
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.toml").is_file())
-        .collect();
+    let mut dirs: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("model.toml").is_file()).collect();
     dirs.sort();
     Ok(dirs)
 }

@@ -143,9 +143,12 @@ pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64)
     let wt = if groups == 1 {
         w.f_transpose(0, 1)?
     } else {
-        w.f_reshape([groups, cout / groups, cin_g, k, k])?
-            .f_transpose(1, 2)?
-            .f_reshape([groups * cin_g, cout / groups, k, k])?
+        w.f_reshape([groups, cout / groups, cin_g, k, k])?.f_transpose(1, 2)?.f_reshape([
+            groups * cin_g,
+            cout / groups,
+            k,
+            k,
+        ])?
     };
     let y = x.f_conv_transpose2d(&wt, None::<Tensor>, [2, 2], [pt, pt], [0, 0], groups, [1, 1])?;
     f.pad_and_filter(&y, p0 + pt, p1 + pt)
@@ -170,13 +173,15 @@ impl ModConv<'_> {
         let ws = self.weight.size();
         let (cout, cin, k) = (ws[0], ws[1], ws[2]);
         let need_w = self.demodulate || self.fused;
-        let modulated = if need_w {
-            Some(self.weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?)
-        } else {
-            None
-        };
+        let modulated =
+            if need_w { Some(self.weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?) } else { None };
         let dcoefs = match (&modulated, self.demodulate) {
-            (Some(w), true) => Some(w.f_square()?.f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?.f_add_scalar(1e-8)?.f_rsqrt()?),
+            (Some(w), true) => Some(
+                w.f_square()?
+                    .f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?
+                    .f_add_scalar(1e-8)?
+                    .f_rsqrt()?,
+            ),
             _ => None,
         };
         if !self.fused {

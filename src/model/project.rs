@@ -30,10 +30,16 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
     let w_dim = w_avg.size()[1];
     let z_dim = g.settings.z_dim;
     let w_std = {
-        let z: Vec<f32> = (0..SPREAD_SAMPLES).flat_map(|s| latent::randn(s, z_dim as usize)).map(|v| v as f32).collect();
+        let z: Vec<f32> =
+            (0..SPREAD_SAMPLES).flat_map(|s| latent::randn(s, z_dim as usize)).map(|v| v as f32).collect();
         let z = Tensor::from_slice(&z).f_view([i64::from(SPREAD_SAMPLES), z_dim])?.f_to_device(device)?;
         let w = g.mapping(&z, None)?.f_select(1, 0)?;
-        w.f_sub(&w_avg)?.f_square()?.f_sum(Kind::Float)?.f_div_scalar(f64::from(SPREAD_SAMPLES))?.f_sqrt()?.f_double_value(&[])?
+        w.f_sub(&w_avg)?
+            .f_square()?
+            .f_sum(Kind::Float)?
+            .f_div_scalar(f64::from(SPREAD_SAMPLES))?
+            .f_sqrt()?
+            .f_double_value(&[])?
     };
     let target = target.f_to_device(device)?.f_unsqueeze(0)?;
     let weight = weight.f_to_device(device)?.f_unsqueeze(0)?;
@@ -43,7 +49,12 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
     let total_s = weight_s.f_sum(Kind::Float)?.f_double_value(&[])?.max(1.0);
     let loss_of = |img: &Tensor| -> Result<Tensor> {
         let full = img.f_sub(&target)?.f_square()?.f_mul(&weight)?.f_sum(Kind::Float)?.f_div_scalar(total * 3.0)?;
-        let half = small(img)?.f_sub(&target_s)?.f_square()?.f_mul(&weight_s)?.f_sum(Kind::Float)?.f_div_scalar(total_s * 3.0)?;
+        let half = small(img)?
+            .f_sub(&target_s)?
+            .f_square()?
+            .f_mul(&weight_s)?
+            .f_sum(Kind::Float)?
+            .f_div_scalar(total_s * 3.0)?;
         full.f_add(&half)
     };
     let modes = [NoiseMode::Const];
@@ -56,7 +67,8 @@ fn search(g: &StyleGan2, target: &Tensor, weight: &Tensor, steps: usize) -> Resu
         let noise_scale = w_std * 0.05 * (1.0 - t / 0.75).max(0.0).powi(2);
         let ramp = ((1.0 - t) / 0.25).min(1.0);
         let lr = lr0 * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
-        let jitter: Vec<f32> = latent::randn(step as u32, w_dim as usize).into_iter().map(|x| (x * noise_scale) as f32).collect();
+        let jitter: Vec<f32> =
+            latent::randn(step as u32, w_dim as usize).into_iter().map(|x| (x * noise_scale) as f32).collect();
         let jitter = Tensor::from_slice(&jitter).f_view([1, w_dim])?.f_to_device(device)?;
         let ws = w.f_add(&jitter)?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
         let img = g.synthesis_graph(&ws, NoisePlan { modes: &modes, seeds: &seeds })?;

@@ -232,7 +232,9 @@ impl Activation {
             _ => {
                 return Err(invalid(
                     field,
-                    format!("`{name}` is not an activation (linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish)"),
+                    format!(
+                    "`{name}` is not an activation (linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish)"
+                ),
                 ))
             }
         })
@@ -302,7 +304,10 @@ impl GeneratorSettings {
         }
         let m = &self.mapping_kwargs;
         if !(1..=64).contains(&m.num_layers) {
-            return Err(invalid("generator.mapping_kwargs.num_layers", format!("{} is not between 1 and 64", m.num_layers)));
+            return Err(invalid(
+                "generator.mapping_kwargs.num_layers",
+                format!("{} is not between 1 and 64", m.num_layers),
+            ));
         }
         for (field, v) in [
             ("generator.mapping_kwargs.embed_features", m.embed_features),
@@ -323,11 +328,17 @@ impl GeneratorSettings {
         if s.channel_max < 1 || s.channel_base < res {
             return Err(invalid(
                 "generator.synthesis_kwargs.channel_base",
-                format!("channel_base {} and channel_max {} leave a block without channels", s.channel_base, s.channel_max),
+                format!(
+                    "channel_base {} and channel_max {} leave a block without channels",
+                    s.channel_base, s.channel_max
+                ),
             ));
         }
         if s.kernel_size < 1 || s.kernel_size % 2 == 0 || s.kernel_size > 15 {
-            return Err(invalid("generator.synthesis_kwargs.kernel_size", format!("{} is not an odd size up to 15", s.kernel_size)));
+            return Err(invalid(
+                "generator.synthesis_kwargs.kernel_size",
+                format!("{} is not an odd size up to 15", s.kernel_size),
+            ));
         }
         let taps = s.resample_filter.len();
         let sum: f64 = s.resample_filter.iter().sum();
@@ -350,8 +361,7 @@ impl ModelSpec {
     /// Reads and validates `dir/model.toml`.
     pub fn read(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
         let spec: ModelSpec = toml::from_str(&text)
             .map_err(|e| ModelError::Toml { path: path.clone(), message: e.message().to_string() })?;
         spec.validate()?;
@@ -372,12 +382,17 @@ impl ModelSpec {
         }
         if let Some(k) = d.class_index {
             if k as i64 >= self.generator.c_dim {
-                return Err(invalid("defaults.class_index", format!("{k} is not below c_dim {}", self.generator.c_dim)));
+                return Err(invalid(
+                    "defaults.class_index",
+                    format!("{k} is not below c_dim {}", self.generator.c_dim),
+                ));
             }
         }
         self.weights_path(Path::new(""))?;
         match (self.kind, &self.torchscript) {
-            (ModelKind::Torchscript, None) => return Err(invalid("torchscript", "kind = \"torchscript\" needs a [torchscript] table")),
+            (ModelKind::Torchscript, None) => {
+                return Err(invalid("torchscript", "kind = \"torchscript\" needs a [torchscript] table"))
+            }
             (ModelKind::Torchscript, Some(t)) => {
                 inside_dir("torchscript.mapping", &t.mapping, Path::new(""))?;
                 inside_dir("torchscript.synthesis", &t.synthesis, Path::new(""))?;
@@ -388,7 +403,9 @@ impl ModelSpec {
                     return Err(invalid("torchscript.batch", format!("{b} is not between 1 and 256")));
                 }
             }
-            (ModelKind::Stylegan2, Some(_)) => return Err(invalid("torchscript", "is only for kind = \"torchscript\"")),
+            (ModelKind::Stylegan2, Some(_)) => {
+                return Err(invalid("torchscript", "is only for kind = \"torchscript\""))
+            }
             (ModelKind::Stylegan2, None) => {}
         }
         Ok(())
@@ -428,7 +445,8 @@ mod tests {
         Ok(spec)
     }
 
-    const BASE: &str = "name = \"face\"\n[generator]\nz_dim = 8\nc_dim = 0\nw_dim = 8\nimg_resolution = 16\nimg_channels = 3\n";
+    const BASE: &str =
+        "name = \"face\"\n[generator]\nz_dim = 8\nc_dim = 0\nw_dim = 8\nimg_resolution = 16\nimg_channels = 3\n";
 
     #[test]
     fn nvidia_defaults_fill_missing_keys() {

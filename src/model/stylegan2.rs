@@ -136,7 +136,13 @@ impl StyledLayer {
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
         let noise = self.noise(pass.noise, res, x.device())?;
-        let conv = ModConv { weight: &self.weight, demodulate: true, up: self.up.as_ref(), padding: self.padding, fused: pass.fused };
+        let conv = ModConv {
+            weight: &self.weight,
+            demodulate: true,
+            up: self.up.as_ref(),
+            padding: self.padding,
+            fused: pass.fused,
+        };
         let y = conv.forward(x, &styles, noise.as_ref())?;
         bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
     }
@@ -208,7 +214,13 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: Option<Tensor>, img: Option<Tensor>, ws: &Tensor, pass: Pass) -> Result<(Tensor, Option<Tensor>)> {
+    fn forward(
+        &self,
+        x: Option<Tensor>,
+        img: Option<Tensor>,
+        ws: &Tensor,
+        pass: Pass,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
@@ -217,7 +229,11 @@ impl Block {
                 let x = k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?;
                 // Channels-last features let oneDNN pick its fast convolution kernels on CPU;
                 // the layout then carries through every following op.
-                let x = if pass.channels_last { x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])? } else { x };
+                let x = if pass.channels_last {
+                    x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?
+                } else {
+                    x
+                };
                 self.conv1.forward(&x, &w(0)?, pass, 1.0)?
             }
             (None, Some(x), Some(conv0)) => {

@@ -21,7 +21,10 @@ pub struct ScriptGenerator {
 
 fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
     if !path.is_file() {
-        return Err(ModelError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
+        return Err(ModelError::Io {
+            path: path.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
     }
     let mut m = CModule::load_on_device(path, device).map_err(|e| ModelError::Weights {
         path: path.into(),
@@ -90,7 +93,10 @@ impl ScriptGenerator {
         let ws = self.run(&self.mapping, &[z, c])?;
         let size = ws.size();
         if size.len() != 3 || size[1] != self.num_ws {
-            return Err(TchError::Shape(format!("mapping.pt returned {size:?}; the contract is [N, {}, w_dim]", self.num_ws)));
+            return Err(TchError::Shape(format!(
+                "mapping.pt returned {size:?}; the contract is [N, {}, w_dim]",
+                self.num_ws
+            )));
         }
         Ok(ws)
     }

@@ -81,12 +81,20 @@ pub fn load(path: &Path, g: &GeneratorSettings, device: Device) -> Result<HashMa
 }
 
 /// Reads exactly the `names` (with their shapes) from a weights file.
-pub fn load_named(path: &Path, names: &[(&str, Vec<i64>)], device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+pub fn load_named(
+    path: &Path,
+    names: &[(&str, Vec<i64>)],
+    device: Device,
+) -> Result<HashMap<String, Tensor>, ModelError> {
     let expected: BTreeMap<String, Vec<i64>> = names.iter().map(|(n, s)| (n.to_string(), s.clone())).collect();
     load_expected(path, &expected, device)
 }
 
-fn load_expected(path: &Path, expected: &BTreeMap<String, Vec<i64>>, device: Device) -> Result<HashMap<String, Tensor>, ModelError> {
+fn load_expected(
+    path: &Path,
+    expected: &BTreeMap<String, Vec<i64>>,
+    device: Device,
+) -> Result<HashMap<String, Tensor>, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
         path: path.to_path_buf(),
@@ -107,7 +115,8 @@ fn load_expected(path: &Path, expected: &BTreeMap<String, Vec<i64>>, device: Dev
             }
         }
     }
-    let mut extra: Vec<String> = file.names().into_iter().filter(|n| !expected.contains_key(*n)).map(|n| n.to_string()).collect();
+    let mut extra: Vec<String> =
+        file.names().into_iter().filter(|n| !expected.contains_key(*n)).map(|n| n.to_string()).collect();
     extra.sort();
     problems.extend(extra.into_iter().map(|n| format!("unexpected tensor `{n}`: the settings have no such layer")));
     if !problems.is_empty() {

@@ -29,7 +29,10 @@ pub fn decode_png_or_jpeg(field: &str, b64: &str, limits: PictureLimits) -> Resu
 
 fn decode(field: &str, b64: &str, limits: PictureLimits, jpeg_too: bool) -> Result<DynamicImage, LayoutError> {
     if b64.len() > limits.max_base64_len {
-        return Err(LayoutError::new(field, format!("is {} base64 characters; the limit is {}", b64.len(), limits.max_base64_len)));
+        return Err(LayoutError::new(
+            field,
+            format!("is {} base64 characters; the limit is {}", b64.len(), limits.max_base64_len),
+        ));
     }
     let payload = b64.trim();
     let payload = ["data:image/png;base64,", "data:image/jpeg;base64,"]
@@ -68,7 +71,11 @@ pub fn mask_values(img: &DynamicImage, w: u32, h: u32) -> Vec<f32> {
 }
 
 /// `img` at `w` x `h`: itself when it has that size, else scaled bilinearly.
-fn scaled_to<P: image::Pixel<Subpixel = u8> + 'static>(img: image::ImageBuffer<P, Vec<u8>>, w: u32, h: u32) -> image::ImageBuffer<P, Vec<u8>> {
+fn scaled_to<P: image::Pixel<Subpixel = u8> + 'static>(
+    img: image::ImageBuffer<P, Vec<u8>>,
+    w: u32,
+    h: u32,
+) -> image::ImageBuffer<P, Vec<u8>> {
     if img.dimensions() == (w, h) {
         img
     } else {

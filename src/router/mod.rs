@@ -50,7 +50,11 @@ pub enum Background {
     Color([u8; 3]),
     /// A client's picture at the canvas size, interleaved RGB, row-major.
     Image(Arc<Vec<u8>>),
-    Generated { model: Arc<Model>, fit: Fit, params: GenerationParams },
+    Generated {
+        model: Arc<Model>,
+        fit: Fit,
+        params: GenerationParams,
+    },
 }
 
 /// One region, ready to composite.
@@ -138,15 +142,27 @@ impl Router<'_> {
             (Some(_), Some(_)) => Err(err(field, "give `class` or `model`, not both")),
             (None, None) => Err(err(field, "needs a `class` or a `model`")),
             (Some(c), None) => self.registry.for_class(c).cloned().ok_or_else(|| {
-                err(format!("{field}.class"), format!("unknown class `{c}`; the loaded models serve: {}", self.registry.classes().join(", ")))
+                err(
+                    format!("{field}.class"),
+                    format!("unknown class `{c}`; the loaded models serve: {}", self.registry.classes().join(", ")),
+                )
             }),
             (None, Some(m)) => self.registry.get(m).cloned().ok_or_else(|| {
-                err(format!("{field}.model"), format!("unknown model `{m}`; loaded: {}", self.registry.names().join(", ")))
+                err(
+                    format!("{field}.model"),
+                    format!("unknown model `{m}`; loaded: {}", self.registry.names().join(", ")),
+                )
             }),
         }
     }
 
-    fn params(&self, field: &str, model: &Model, g: &GenerationSpec, seed: u32) -> Result<GenerationParams, LayoutError> {
+    fn params(
+        &self,
+        field: &str,
+        model: &Model,
+        g: &GenerationSpec,
+        seed: u32,
+    ) -> Result<GenerationParams, LayoutError> {
         let d = &model.spec.defaults;
         let small = |name: &str, v: Option<u64>| -> Result<Option<u32>, LayoutError> {
             v.map(|v| u32::try_from(v).map_err(|_| err(format!("{field}.{name}"), format!("{v} is above 4294967295"))))
@@ -246,7 +262,14 @@ impl Router<'_> {
         }
     }
 
-    fn region(&self, i: usize, r: &RegionSpec, canvas: &Rect, layout_seed: u64, has_picture: bool) -> Result<Region, LayoutError> {
+    fn region(
+        &self,
+        i: usize,
+        r: &RegionSpec,
+        canvas: &Rect,
+        layout_seed: u64,
+        has_picture: bool,
+    ) -> Result<Region, LayoutError> {
         let field = format!("regions[{i}]");
         let model = self.resolve(&field, &r.class, &r.model)?;
         let shape = self.shape(&field, r)?;
@@ -302,7 +325,13 @@ impl Router<'_> {
         })
     }
 
-    fn project_steps(&self, field: &str, r: &RegionSpec, model: &Model, has_picture: bool) -> Result<Option<usize>, LayoutError> {
+    fn project_steps(
+        &self,
+        field: &str,
+        r: &RegionSpec,
+        model: &Model,
+        has_picture: bool,
+    ) -> Result<Option<usize>, LayoutError> {
         if !r.project {
             return match r.project_steps {
                 Some(_) => Err(err(format!("{field}.project_steps"), "needs `project: true`")),
@@ -318,19 +347,30 @@ impl Router<'_> {
         })?;
         let steps = r.project_steps.unwrap_or(DEFAULT_PROJECT_STEPS as f64);
         if !(steps.is_finite() && steps.fract() == 0.0 && (1.0..=MAX_PROJECT_STEPS as f64).contains(&steps)) {
-            return Err(err(format!("{field}.project_steps"), format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}")));
+            return Err(err(
+                format!("{field}.project_steps"),
+                format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}"),
+            ));
         }
         Ok(Some(steps as usize))
     }
 
-    fn label_map_regions(&self, layout: &Layout, canvas: &Rect, first_index: usize) -> Result<Vec<Region>, LayoutError> {
+    fn label_map_regions(
+        &self,
+        layout: &Layout,
+        canvas: &Rect,
+        first_index: usize,
+    ) -> Result<Vec<Region>, LayoutError> {
         let Some(lm) = &layout.label_map else { return Ok(vec![]) };
         let mut palette = Vec::new();
         for (class, color) in &lm.palette {
             let field = format!("label_map.palette.{class}");
             let rgb = label_map::parse_color(&field, color)?;
             if self.registry.for_class(class).is_none() {
-                return Err(err(field, format!("unknown class `{class}`; the loaded models serve: {}", self.registry.classes().join(", "))));
+                return Err(err(
+                    field,
+                    format!("unknown class `{class}`; the loaded models serve: {}", self.registry.classes().join(", ")),
+                ));
             }
             palette.push((class.clone(), rgb));
         }
@@ -338,7 +378,9 @@ impl Router<'_> {
             return Err(err("label_map.palette", "names no class"));
         }
         let min_area = match lm.min_area {
-            Some(a) if !(a.is_finite() && a >= 0.0) => return Err(err("label_map.min_area", format!("{a} is not a pixel count"))),
+            Some(a) if !(a.is_finite() && a >= 0.0) => {
+                return Err(err("label_map.min_area", format!("{a} is not a pixel count")))
+            }
             Some(a) => a as i64,
             None => 64,
         };
@@ -347,7 +389,11 @@ impl Router<'_> {
         if comps.len() > self.limits.max_regions {
             return Err(err(
                 "label_map",
-                format!("has {} components; the limit is {} regions (raise min_area or merge specks)", comps.len(), self.limits.max_regions),
+                format!(
+                    "has {} components; the limit is {} regions (raise min_area or merge specks)",
+                    comps.len(),
+                    self.limits.max_regions
+                ),
             ));
         }
         comps
@@ -356,7 +402,12 @@ impl Router<'_> {
             .map(|(k, c)| {
                 let field = format!("label_map.{}[{k}]", c.class);
                 let model = self.registry.for_class(&c.class).cloned().expect("checked above");
-                let params = self.params(&field, &model, &GenerationSpec::default(), derived_seed(layout.seed, (first_index + k) as u64))?;
+                let params = self.params(
+                    &field,
+                    &model,
+                    &GenerationSpec::default(),
+                    derived_seed(layout.seed, (first_index + k) as u64),
+                )?;
                 Ok(Region {
                     source: field.clone(),
                     class: Some(c.class),
@@ -414,7 +465,8 @@ impl Router<'_> {
                 }
                 (None, None, class, model) => {
                     let model = self.resolve("background", class, model)?;
-                    let params = self.params("background", &model, &b.generation(), derived_seed(layout.seed, u64::MAX))?;
+                    let params =
+                        self.params("background", &model, &b.generation(), derived_seed(layout.seed, u64::MAX))?;
                     Background::Generated { model, fit: b.fit.unwrap_or_default(), params }
                 }
             },
@@ -427,10 +479,16 @@ impl Router<'_> {
         }
         let steps: usize = regions.iter().filter_map(|r| r.project_steps).sum();
         if steps > MAX_PROJECT_STEPS {
-            return Err(err("regions", format!("ask for {steps} projection steps in all; the limit is {MAX_PROJECT_STEPS}")));
+            return Err(err(
+                "regions",
+                format!("ask for {steps} projection steps in all; the limit is {MAX_PROJECT_STEPS}"),
+            ));
         }
         if regions.len() > self.limits.max_regions {
-            return Err(err("regions", format!("the layout makes {} regions; the limit is {}", regions.len(), self.limits.max_regions)));
+            return Err(err(
+                "regions",
+                format!("the layout makes {} regions; the limit is {}", regions.len(), self.limits.max_regions),
+            ));
         }
         // Stable sort: ties keep layout order.
         regions.sort_by(|a, b| a.z.total_cmp(&b.z));

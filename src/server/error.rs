@@ -14,12 +14,16 @@ pub enum ApiError {
     MalformedJson(String),
     /// A layout the router refuses.
     InvalidLayout(LayoutError),
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
     UnsupportedMediaType(String),
     Unauthorized,
     NotReady,
     Overloaded(String),
-    Timeout { after_ms: u64 },
+    Timeout {
+        after_ms: u64,
+    },
     Internal(String),
 }
 

@@ -41,7 +41,8 @@ impl From<ApiError> for Status {
 impl GrpcApi {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
         let Some(key) = &self.state.config.api_key else { return Ok(()) };
-        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given.is_some_and(|g| super::same_secret(g, key)) {
             Ok(())
         } else {

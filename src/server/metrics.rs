@@ -29,9 +29,14 @@ const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new("mixgan_requests_total", "HTTP requests by route and status."), &["route", "status"]).unwrap();
+        let requests = IntCounterVec::new(
+            Opts::new("mixgan_requests_total", "HTTP requests by route and status."),
+            &["route", "status"],
+        )
+        .unwrap();
         let request_seconds = HistogramVec::new(
-            HistogramOpts::new("mixgan_request_duration_seconds", "HTTP request duration by route.").buckets(SECONDS.to_vec()),
+            HistogramOpts::new("mixgan_request_duration_seconds", "HTTP request duration by route.")
+                .buckets(SECONDS.to_vec()),
             &["route"],
         )
         .unwrap();
@@ -42,33 +47,49 @@ impl Metrics {
         )
         .unwrap();
         let batch_size = HistogramVec::new(
-            HistogramOpts::new("mixgan_batch_size", "Patches per generator batch, by model.").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new("mixgan_batch_size", "Patches per generator batch, by model.")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             &["model"],
         )
         .unwrap();
         let batch_seconds = HistogramVec::new(
-            HistogramOpts::new("mixgan_batch_duration_seconds", "Generator time per batch, by model.").buckets(SECONDS.to_vec()),
-            &["model"],
-        )
-        .unwrap();
-        let queue_depth = IntGaugeVec::new(Opts::new("mixgan_queue_depth", "Patches waiting for a generator, by model."), &["model"]).unwrap();
-        let queue_seconds = HistogramVec::new(
-            HistogramOpts::new("mixgan_queue_duration_seconds", "Time a generation job waited for its batch, by model (the autoscaling signal).")
+            HistogramOpts::new("mixgan_batch_duration_seconds", "Generator time per batch, by model.")
                 .buckets(SECONDS.to_vec()),
             &["model"],
         )
         .unwrap();
+        let queue_depth =
+            IntGaugeVec::new(Opts::new("mixgan_queue_depth", "Patches waiting for a generator, by model."), &["model"])
+                .unwrap();
+        let queue_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "mixgan_queue_duration_seconds",
+                "Time a generation job waited for its batch, by model (the autoscaling signal).",
+            )
+            .buckets(SECONDS.to_vec()),
+            &["model"],
+        )
+        .unwrap();
         let in_flight = IntGauge::new("mixgan_in_flight_requests", "Requests being served.").unwrap();
-        let rejected = IntCounterVec::new(Opts::new("mixgan_rejected_total", "Requests refused without work, by reason."), &["reason"]).unwrap();
+        let rejected = IntCounterVec::new(
+            Opts::new("mixgan_rejected_total", "Requests refused without work, by reason."),
+            &["reason"],
+        )
+        .unwrap();
         let dropped_jobs = IntCounterVec::new(
             Opts::new("mixgan_dropped_jobs_total", "Generation jobs dropped because their client had gone, by model."),
             &["model"],
         )
         .unwrap();
         let models_loaded = IntGauge::new("mixgan_models_loaded", "Models loaded.").unwrap();
-        let ready = IntGauge::new("mixgan_ready", "1 when every model is loaded and warmed up and the server is not shutting down.").unwrap();
+        let ready = IntGauge::new(
+            "mixgan_ready",
+            "1 when every model is loaded and warmed up and the server is not shutting down.",
+        )
+        .unwrap();
         let patches_per_request = Histogram::with_opts(
-            HistogramOpts::new("mixgan_patches_per_request", "Generated patches per compose request.").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            HistogramOpts::new("mixgan_patches_per_request", "Generated patches per compose request.")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .unwrap();
         registry.register(Box::new(requests.clone())).unwrap();

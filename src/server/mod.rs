@@ -118,7 +118,10 @@ pub fn load_engine(state: &AppState) -> Result<(), String> {
         let params = m.default_params(0);
         for _ in 0..c.warmup_iterations {
             let rx = batcher.submit(m.name(), vec![params.clone()]).map_err(|e| e.to_string())?;
-            let _patch = rx.blocking_recv().map_err(|_| "a worker stopped during warm-up".to_string())?.map_err(|e| e.to_string())?;
+            let _patch = rx
+                .blocking_recv()
+                .map_err(|_| "a worker stopped during warm-up".to_string())?
+                .map_err(|e| e.to_string())?;
         }
     }
     let composite_on: CompositeOn = c.composite_on.parse().map_err(|e| format!("composite_on: {e}"))?;
@@ -176,7 +179,11 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "not_found", "message": "no such endpoint; see /openapi.json"}}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"code": "not_found", "message": "no such endpoint; see /openapi.json"}})),
+    )
+        .into_response()
 }
 
 /// Request id, in-flight gauge, request metrics and one log line per request.
@@ -202,7 +209,9 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
             route_ms = ms(t.route), generate_ms = ms(t.generate), composite_ms = ms(t.composite), encode_ms = ms(t.encode),
             "request"
         ),
-        None => tracing::info!(request_id = %id, %method, route = %route, status = status.as_u16(), ms = seconds * 1e3, "request"),
+        None => {
+            tracing::info!(request_id = %id, %method, route = %route, status = status.as_u16(), ms = seconds * 1e3, "request")
+        }
     }
     resp
 }
@@ -213,7 +222,11 @@ fn ms(d: Duration) -> f64 {
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.config.api_key {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         let ok = given.is_some_and(|g| same_secret(g, key));
         if !ok {
             return ApiError::Unauthorized.into_response();
@@ -309,12 +322,14 @@ async fn compose(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
         return Err(ApiError::UnsupportedMediaType(content_type.to_string()));
     }
     let limit = state.config.max_body_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::BodyTooLarge { limit })?;
-    let want_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    let want_json =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     Ok(respond(compose_layout(state, bytes).await?, want_json))
 }
 
@@ -323,7 +338,10 @@ pub(crate) async fn compose_layout(state: Arc<AppState>, layout: axum::body::Byt
     state.engine()?;
     let Ok(_admitted) = state.admitted.try_acquire() else {
         state.metrics.rejected.with_label_values(&["overload"]).inc();
-        return Err(ApiError::Overloaded(format!("{} requests are in flight already; try again shortly", state.config.max_in_flight)));
+        return Err(ApiError::Overloaded(format!(
+            "{} requests are in flight already; try again shortly",
+            state.config.max_in_flight
+        )));
     };
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     match tokio::time::timeout(timeout, run_compose(state.clone(), layout)).await {
@@ -405,7 +423,13 @@ async fn run_compose(state: Arc<AppState>, body: axum::body::Bytes) -> Result<Co
     if projecting {
         m.stage_seconds.with_label_values(&["project"]).observe(project.as_secs_f64());
     }
-    for (stage, d) in [("route", timings.route), ("queue", queue), ("generate", timings.generate.saturating_sub(queue)), ("composite", composite), ("encode", encode)] {
+    for (stage, d) in [
+        ("route", timings.route),
+        ("queue", queue),
+        ("generate", timings.generate.saturating_sub(queue)),
+        ("composite", composite),
+        ("encode", encode),
+    ] {
         m.stage_seconds.with_label_values(&[stage]).observe(d.as_secs_f64());
     }
     Ok(Composed { bytes, plan, timings, queue })
@@ -467,7 +491,9 @@ pub fn init_logging(format: LogFormat) {
 /// grace period. The bound address is printed on stdout first (useful with port 0).
 pub async fn serve(config: Config) -> Result<(), String> {
     init_logging(config.log_format);
-    let listener = tokio::net::TcpListener::bind(&config.addr).await.map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let listener = tokio::net::TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     println!("mixgan: listening on http://{local}");
     let grace = Duration::from_secs(config.grace_period_s);
@@ -513,7 +539,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     set_health(&state, false).await;
     let _ = stop_tx.send(true);
     match &reason {
-        Ok(sig) => tracing::info!(signal = %sig, grace_s = grace.as_secs(), "shutting down: draining in-flight requests"),
+        Ok(sig) => {
+            tracing::info!(signal = %sig, grace_s = grace.as_secs(), "shutting down: draining in-flight requests")
+        }
         Err(e) => tracing::error!("cannot serve: {e}"),
     }
     if tokio::time::timeout(grace, server).await.is_err() {

@@ -108,8 +108,12 @@ pub fn document() -> Value {
             }),
             "/readyz" => json!({"summary": summary, "responses": {
                 "200": {"description": "Ready", "content": {"application/json": {}}}, "503": error_response("Not ready")}}),
-            "/metrics" => json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}),
-            _ => json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}}),
+            "/metrics" => {
+                json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}})
+            }
+            _ => {
+                json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}})
+            }
         };
         paths.insert(path.to_string(), json!({ *method: op }));
     }

@@ -23,7 +23,19 @@ pub fn reference(args: &[&str]) {
 
 /// Writes a seeded random NVIDIA-format model (settings as JSON) into `dir`.
 pub fn make_model(dir: &Path, settings: &str, seed: u32) {
-    reference(&["make", "--out", dir.to_str().unwrap(), "--name", "test", "--classes", "thing", "--config", settings, "--seed", &seed.to_string()]);
+    reference(&[
+        "make",
+        "--out",
+        dir.to_str().unwrap(),
+        "--name",
+        "test",
+        "--classes",
+        "thing",
+        "--config",
+        settings,
+        "--seed",
+        &seed.to_string(),
+    ]);
 }
 
 /// The reference's images for `args` (generate options), as a float tensor.

@@ -25,7 +25,8 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The error code of a JSON error answer.
@@ -58,16 +59,18 @@ impl Server {
         if !args.contains(&"--models") {
             cmd.arg("--models").arg(&models);
         }
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        cmd.args(args).stdout(Stdio::piped()).stderr(std::fs::File::create(&stderr_path).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start mixgan serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("mixgan: listening on ").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
+        let base = line
+            .trim()
+            .strip_prefix("mixgan: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
+            .to_string();
         let server = Self { child, base, agent: agent(Some(Duration::from_secs(60))), stderr_path, _dir: dir };
         if wait_ready {
             server.wait_ready(Duration::from_secs(60));
@@ -133,7 +136,8 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        let ok =
+            Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill -{sig} failed");
     }
 
