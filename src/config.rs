@@ -1,11 +1,17 @@
 //! The service configuration: one struct, filled from defaults, then a TOML file, then
-//! `MIXGAN_*` environment variables, then command-line flags (each overriding the last).
+//! `MIXGAN_*` environment variables, then command-line flags (each overriding the last, in
+//! one merge). Every value is parsed and checked when it loads, so a bad setting stops the
+//! server before it listens, with the setting's name and where it came from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::error::UnknownChoice;
+use crate::model::DeviceChoice;
+use crate::pipeline::CompositeOn;
 use crate::router::RouterLimits;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -17,25 +23,25 @@ pub enum LogFormat {
 }
 
 impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            _ => Err(format!("`{s}` is not a log format (text, json)")),
+            _ => Err(UnknownChoice { given: s.into(), choices: "text, json" }),
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// Address to listen on; loopback unless you mean otherwise.
     pub addr: String,
     /// Folder of model directories.
     pub models: PathBuf,
     /// auto, cpu, cuda or cuda:N.
-    pub device: String,
+    pub device: DeviceChoice,
     /// Bearer token required on /v1/*; none = open.
     pub api_key: Option<String>,
     /// Origins allowed by CORS (`*` for any); empty = CORS off.
@@ -43,13 +49,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body.
     pub max_body_bytes: usize,
-    pub max_width: u32,
-    pub max_height: u32,
-    pub max_regions: usize,
-    /// Base64 length of one mask or label map.
-    pub max_picture_base64: usize,
-    /// Decoded width and height of one mask or label map.
-    pub max_picture_side: u32,
+    /// What a layout may ask for (`max_width`, `max_height`, `max_regions`,
+    /// `max_picture_base64`, `max_picture_side`), as top-level settings.
+    #[serde(flatten)]
+    pub limits: RouterLimits,
     /// A request that takes longer is answered 504.
     pub request_timeout_ms: u64,
     /// Patches waiting per model before new requests get 503.
@@ -69,25 +72,20 @@ pub struct Config {
     /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
     pub cpu_slots: usize,
     /// Where canvases are composited: device (the generators') or cpu.
-    pub composite_on: String,
+    pub composite_on: CompositeOn,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let limits = RouterLimits::default();
         Self {
             addr: "127.0.0.1:8080".into(),
             models: "models".into(),
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             api_key: None,
             cors_origins: vec![],
             log_format: LogFormat::Text,
             max_body_bytes: 32 << 20,
-            max_width: limits.max_width,
-            max_height: limits.max_height,
-            max_regions: limits.max_regions,
-            max_picture_base64: limits.max_picture_base64,
-            max_picture_side: limits.max_picture_side,
+            limits: RouterLimits::default(),
             request_timeout_ms: 30_000,
             queue_capacity: 64,
             max_in_flight: 32,
@@ -97,7 +95,7 @@ impl Default for Config {
             warmup_iterations: 2,
             torch_threads: 0,
             cpu_slots: 0,
-            composite_on: "device".into(),
+            composite_on: CompositeOn::Device,
         }
     }
 }
@@ -110,21 +108,51 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// Settings given as a table, with where each came from (a file, a variable, a flag).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    table: toml::Table,
+    origins: BTreeMap<String, String>,
+}
+
+impl Overrides {
+    /// `value` for setting `key`, given by `origin`.
+    pub fn set(&mut self, key: &str, value: toml::Value, origin: impl Into<String>) {
+        self.table.insert(key.into(), value);
+        self.origins.insert(key.into(), origin.into());
+    }
+
+    /// Every key of `table`, given by `origin` (a serialised set of command-line flags, say).
+    pub fn set_all(&mut self, table: toml::Table, origin: impl Fn(&str) -> String) {
+        for (key, value) in table {
+            let from = origin(&key);
+            self.set(&key, value, from);
+        }
+    }
+
+    fn merge(&mut self, other: Overrides) {
+        self.table.extend(other.table);
+        self.origins.extend(other.origins);
+    }
+}
+
 impl Config {
     /// Defaults, then `file`, then the `MIXGAN_<KEY>` variables among `env` whose key is a
-    /// setting (other `MIXGAN_*` variables belong to other tools and are left alone).
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?
-            }
-            None => toml::Table::new(),
-        };
+    /// setting (other `MIXGAN_*` variables belong to other tools and are left alone), then
+    /// `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: Overrides,
+    ) -> Result<Self, ConfigError> {
         let known = toml::Table::try_from(Config::default()).expect("the defaults serialise");
-        let mut from_env = Vec::new();
+        let mut given = Overrides::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+            let table = toml::from_str::<toml::Table>(&text)
+                .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?;
+            given.set_all(table, |_| path.display().to_string());
+        }
         for (name, value) in env {
             let Some(key) = name.strip_prefix("MIXGAN_").map(str::to_lowercase) else { continue };
             if !known.contains_key(&key) && key != "api_key" {
@@ -142,27 +170,45 @@ impl Config {
                 }
                 _ => toml::Value::String(value),
             };
-            table.insert(key, parsed);
-            from_env.push(name);
+            given.set(&key, parsed, name);
         }
-        let origin = match (file, from_env.is_empty()) {
-            (Some(p), true) => p.display().to_string(),
-            (Some(p), false) => format!("{} or {}", p.display(), from_env.join(", ")),
-            (None, _) => from_env.join(", "),
-        };
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid { origin: origin.clone(), message: e.message().to_string() }
+        given.merge(flags);
+        for (key, origin) in &given.origins {
+            if !known.contains_key(key) && key != "api_key" {
+                return Err(ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message: format!("unknown setting `{key}`"),
+                });
+            }
+        }
+        let config = Self::from_table(given.table.clone()).map_err(|e| {
+            // Name the first setting that fails on its own over the defaults.
+            let origin = given
+                .table
+                .iter()
+                .find(|(k, v)| Self::from_table(toml::Table::from_iter([((*k).clone(), (*v).clone())])).is_err())
+                .and_then(|(k, _)| given.origins.get(k).cloned())
+                .unwrap_or_else(|| "settings".into());
+            ConfigError::Invalid { origin, message: e.to_string().trim().replace('\n', " ") }
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            origin: given.origins.get(key).cloned().unwrap_or_else(|| "default".into()),
+            message,
+        })?;
         Ok(config)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn from_table(table: toml::Table) -> Result<Self, toml::de::Error> {
+        toml::Value::Table(table).try_into()
+    }
+
+    /// The first setting out of range: its key and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("max_body_bytes", self.max_body_bytes as u64),
-            ("max_width", u64::from(self.max_width)),
-            ("max_height", u64::from(self.max_height)),
-            ("max_regions", self.max_regions as u64),
+            ("max_width", u64::from(self.limits.max_width)),
+            ("max_height", u64::from(self.limits.max_height)),
+            ("max_regions", self.limits.max_regions as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("queue_capacity", self.queue_capacity as u64),
             ("max_in_flight", self.max_in_flight as u64),
@@ -170,24 +216,13 @@ impl Config {
         ];
         for (name, v) in positive {
             if v == 0 {
-                return Err(format!("`{name}` must be above 0"));
+                return Err((name, format!("`{name}` must be above 0")));
             }
         }
-        self.composite_on.parse::<crate::render::CompositeOn>().map_err(|e| format!("`composite_on`: {e}"))?;
         if self.api_key.as_deref() == Some("") {
-            return Err("`api_key` is empty; leave it out to serve without auth".into());
+            return Err(("api_key", "`api_key` is empty; leave it out to serve without auth".into()));
         }
         Ok(())
-    }
-
-    pub fn router_limits(&self) -> RouterLimits {
-        RouterLimits {
-            max_width: self.max_width,
-            max_height: self.max_height,
-            max_regions: self.max_regions,
-            max_picture_base64: self.max_picture_base64,
-            max_picture_side: self.max_picture_side,
-        }
     }
 }
 
@@ -199,36 +234,50 @@ mod tests {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, env(pairs), Overrides::default())
+    }
+
     #[test]
-    fn file_then_environment_override_defaults() {
+    fn file_then_environment_then_flags_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mixgan.toml");
-        std::fs::write(&path, "addr = \"127.0.0.1:9000\"\nmax_batch = 4\n").unwrap();
-        let c = Config::load(
-            Some(&path),
-            env(&[("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_PYTHON", "/x"), ("MIXGAN_CORS_ORIGINS", "a, b")]),
-        )
-        .unwrap();
+        std::fs::write(&path, "addr = \"127.0.0.1:9000\"\nmax_batch = 4\nmax_width = 640\n").unwrap();
+        let mut flags = Overrides::default();
+        flags.set("device", "cpu".into(), "--device");
+        let vars = env(&[("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_PYTHON", "/x"), ("MIXGAN_CORS_ORIGINS", "a, b")]);
+        let c = Config::load(Some(&path), vars, flags).unwrap();
         assert_eq!(c.addr, "127.0.0.1:9000");
         assert_eq!(c.max_batch, 16);
         assert_eq!(c.cors_origins, vec!["a", "b"]);
         assert_eq!(c.max_wait_ms, 20);
+        assert_eq!(c.limits.max_width, 640);
+        assert_eq!(c.limits.max_height, RouterLimits::default().max_height);
+        assert_eq!(c.device, DeviceChoice::Cpu);
     }
 
     #[test]
-    fn bad_settings_name_where_they_came_from() {
-        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "many")])).unwrap_err().to_string();
+    fn bad_settings_name_themselves_and_where_they_came_from() {
+        let err = load_env(&[("MIXGAN_MAX_BATCH", "many")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_MAX_BATCH"), "{err}");
-        let err = Config::load(None, env(&[("MIXGAN_MAX_BATCH", "0")])).unwrap_err().to_string();
-        assert!(err.contains("max_batch"), "{err}");
+        let err = load_env(&[("MIXGAN_MAX_BATCH", "0")]).unwrap_err().to_string();
+        assert!(err.contains("MIXGAN_MAX_BATCH") && err.contains("max_batch"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "max_batches = 3\n").unwrap();
-        let err = Config::load(Some(&path), vec![]).unwrap_err().to_string();
+        let err = Config::load(Some(&path), vec![], Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("max_batches") && err.contains("c.toml"), "{err}");
-        let err = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "gpu")])).unwrap_err().to_string();
-        assert!(err.contains("composite_on") && err.contains("device, cpu"), "{err}");
-        let c = Config::load(None, env(&[("MIXGAN_COMPOSITE_ON", "cpu")])).unwrap();
-        assert_eq!(c.composite_on, "cpu");
+        let err = load_env(&[("MIXGAN_COMPOSITE_ON", "gpu")]).unwrap_err().to_string();
+        assert!(
+            err.contains("MIXGAN_COMPOSITE_ON") && err.contains("composite_on") && err.contains("device, cpu"),
+            "{err}"
+        );
+        assert_eq!(load_env(&[("MIXGAN_COMPOSITE_ON", "cpu")]).unwrap().composite_on, CompositeOn::Cpu);
+        let mut flags = Overrides::default();
+        flags.set("device", "tpu".into(), "--device");
+        let err = Config::load(None, vec![], flags).unwrap_err().to_string();
+        assert!(err.starts_with("--device:") && err.contains("`tpu`") && err.contains("cuda:N"), "{err}");
+        let err = load_env(&[("MIXGAN_MAX_WIDTH", "-3")]).unwrap_err().to_string();
+        assert!(err.contains("MIXGAN_MAX_WIDTH"), "{err}");
     }
 }

@@ -104,31 +104,6 @@ pub fn noise(seed: u64, stream: u64, len: usize) -> Vec<f32> {
     out
 }
 
-/// Parses a seed list such as `0,1,42` or `0-9,100`.
-pub fn parse_seeds(text: &str) -> Result<Vec<u32>, String> {
-    let mut seeds = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let parse = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("`{s}` is not a seed (0 to 4294967295)"));
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (parse(a)?, parse(b)?);
-                if a > b {
-                    return Err(format!("seed range `{part}` runs backwards"));
-                }
-                if (b - a) as usize >= 1_000_000 {
-                    return Err(format!("seed range `{part}` holds more than a million seeds"));
-                }
-                seeds.extend(a..=b);
-            }
-            None => seeds.push(parse(part)?),
-        }
-    }
-    if seeds.is_empty() {
-        return Err("no seeds given".into());
-    }
-    Ok(seeds)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,13 +152,5 @@ mod tests {
         let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
         let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
         assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
-    }
-
-    #[test]
-    fn seed_lists_and_ranges() {
-        assert_eq!(parse_seeds("0-3,42").unwrap(), vec![0, 1, 2, 3, 42]);
-        assert!(parse_seeds("3-1").is_err());
-        assert!(parse_seeds("x").is_err());
-        assert!(parse_seeds("").is_err());
     }
 }

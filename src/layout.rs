@@ -178,11 +178,11 @@ impl RegionSpec {
 impl Layout {
     /// Parses a layout; syntax errors and unknown keys come back with their position.
     pub fn parse(bytes: &[u8]) -> Result<Self, LayoutError> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            let malformed =
-                matches!(e.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
-            let reason = if malformed { format!("invalid JSON: {e}") } else { e.to_string() };
-            LayoutError { malformed, ..LayoutError::new("layout", reason) }
+        serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                LayoutError::NotJson { reason: format!("invalid JSON: {e}") }
+            }
+            _ => LayoutError::new("layout", e.to_string()),
         })
     }
 }

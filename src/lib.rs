@@ -2,24 +2,23 @@
 //!
 //! Data flows one way, one module per stage:
 //! [`layout`] (the JSON a client sends) → [`router`] (validation, regions, masks, one
-//! generation job per model) → [`model`] (the generators, through [`registry`]) →
-//! [`compositor`] (blending on the device) → [`encode`] (PNG/JPEG/WebP).
-//! [`render`] runs that pipeline; [`latent`] makes NumPy-compatible latents; [`bench`]
-//! measures the generator against the Python reference; [`error`] holds the shared errors.
-//! [`batcher`] runs the generators on worker threads with dynamic batching; [`server`] is
-//! the HTTP service around it all, configured by [`config`]; [`loadtest`] measures it.
+//! generation job per model) → [`model`] (the generators, found in [`registry`], run in
+//! batches by [`batcher`]) → [`compositor`] (blending on the device) → [`encode`]
+//! (PNG/JPEG/WebP). [`pipeline`] is the one place that runs those stages in order, for every
+//! front end: [`server`] (HTTP and gRPC, configured by [`config`]) and [`cli`] (`mixgan
+//! render` and the other commands). [`latent`] makes NumPy-compatible latents; [`error`]
+//! holds the errors that cross modules.
 
 pub mod batcher;
-pub mod bench;
+pub mod cli;
 pub mod compositor;
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod latent;
 pub mod layout;
-pub mod loadtest;
 pub mod model;
+pub mod pipeline;
 pub mod registry;
-pub mod render;
 pub mod router;
 pub mod server;

@@ -3,18 +3,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use mixgan::server::openapi::ENDPOINTS;
+use mixgan::server::Endpoint;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn tool(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MIXGAN_TOOLS").expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
-    Path::new(&dir).join(name)
+    common::tools_dir().join(name)
 }
 
 fn read(rel: &str) -> String {
@@ -48,7 +47,7 @@ fn checkov_passes_the_manifests() {
 
 #[test]
 fn every_path_port_and_metric_named_exists_in_the_server() {
-    let endpoints: Vec<&str> = ENDPOINTS.iter().map(|(_, p, _)| *p).collect();
+    let endpoints: Vec<&str> = Endpoint::ALL.iter().map(|e| e.path()).collect();
     let deployment = read("deploy/k8s/deployment.yaml");
     let paths = values(&deployment, "path:");
     assert!(paths.len() >= 3, "{paths:?}");

@@ -14,8 +14,7 @@ use mixgan::server::grpc::pb;
 const PORTRAIT: &str = include_str!("../examples/portrait.json");
 
 fn tools_python() -> PathBuf {
-    let dir = std::env::var_os("MIXGAN_TOOLS").expect("MIXGAN_TOOLS is not set: run the tests through `make test`");
-    Path::new(&dir).join("python")
+    common::tools_dir().join("python")
 }
 
 fn runtime() -> tokio::runtime::Runtime {

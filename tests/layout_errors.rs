@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
+use mixgan::pipeline::Pipeline;
 use mixgan::registry::ModelRegistry;
-use mixgan::render::{DirectSource, Renderer};
 use mixgan::router::RouterLimits;
 use tch::Device;
 
@@ -20,8 +20,8 @@ fn registry() -> Arc<ModelRegistry> {
     REG.get_or_init(|| Arc::new(ModelRegistry::load(&root().join("models"), Device::Cpu).unwrap())).clone()
 }
 
-fn renderer(limits: RouterLimits) -> Renderer {
-    Renderer { registry: registry(), limits, device: Device::Cpu, composite_on: Default::default() }
+fn pipeline(limits: RouterLimits) -> Arc<Pipeline> {
+    Arc::new(Pipeline { registry: registry(), limits, device: Device::Cpu, composite_on: Default::default() })
 }
 
 fn png_b64(w: u32, h: u32) -> String {
@@ -193,13 +193,13 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         ),
     ];
     let limits = RouterLimits { max_picture_side: 64, ..RouterLimits::default() };
-    let r = renderer(limits);
+    let r = pipeline(limits);
     for (layout, field, reason) in &cases {
         match r.plan(layout.as_bytes()) {
             Ok(_) => panic!("accepted: {layout}"),
             Err(e) => {
-                assert_eq!(&e.field, field, "{e} for {layout}");
-                assert!(e.reason.contains(reason), "`{e}` lacks `{reason}` for {layout}");
+                assert_eq!(e.field(), *field, "{e} for {layout}");
+                assert!(e.reason().contains(reason), "`{e}` lacks `{reason}` for {layout}");
             }
         }
     }
@@ -207,16 +207,12 @@ fn every_kind_of_bad_layout_has_its_own_message() {
 
 #[test]
 fn partly_off_canvas_regions_are_clipped_not_refused() {
-    let r = renderer(RouterLimits::default());
+    let r = pipeline(RouterLimits::default());
     let plan = r.plan(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes()).unwrap();
     let g = &plan.regions[0];
     assert_eq!((g.rect.x, g.rect.w), (-20, 50));
     assert_eq!((g.visible.x, g.visible.y, g.visible.w, g.visible.h), (0, 30, 30, 18));
-    r.render(
-        with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(),
-        &DirectSource { max_batch: 4 },
-    )
-    .unwrap();
+    r.render(with_region(r##"{"class": "face", "box": [-20, 30, 50, 50]}"##).as_bytes(), 4).unwrap();
 }
 
 #[test]
@@ -335,8 +331,7 @@ fn random_json(rng: &mut Rng, depth: u32) -> serde_json::Value {
 
 #[test]
 fn nothing_a_client_sends_panics_the_parser_or_router() {
-    let r = renderer(RouterLimits::default());
-    let source = DirectSource { max_batch: 8 };
+    let r = pipeline(RouterLimits::default());
     let mut rng = Rng(0x5eed);
     let examples: Vec<Vec<u8>> = ["portrait", "label_map", "crowd"]
         .iter()
@@ -365,7 +360,7 @@ fn nothing_a_client_sends_panics_the_parser_or_router() {
         if let Ok(plan) = r.plan(&bytes) {
             accepted += 1;
             if plan.width * plan.height <= 640 * 512 {
-                let _ = r.render(&bytes, &source);
+                let _ = r.render(&bytes, 8);
             }
         }
     }
@@ -383,8 +378,9 @@ fn the_published_schema_names_exactly_the_accepted_keys() {
         serde_json::from_str(&std::fs::read_to_string(root().join("schema/layout.schema.json")).unwrap()).unwrap();
     let keys =
         |v: &serde_json::Value| -> Vec<String> { v["properties"].as_object().unwrap().keys().cloned().collect() };
-    let r = renderer(RouterLimits::default());
-    let unknown = |layout: String| r.plan(layout.as_bytes()).err().is_some_and(|e| e.reason.contains("unknown field"));
+    let r = pipeline(RouterLimits::default());
+    let unknown =
+        |layout: String| r.plan(layout.as_bytes()).err().is_some_and(|e| e.reason().contains("unknown field"));
     for key in keys(&schema) {
         assert!(!unknown(format!(r#"{{"width": 8, "height": 8, "{key}": null}}"#)), "top-level `{key}`");
     }

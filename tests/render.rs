@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use image::RgbImage;
 use mixgan::compositor::{poisson, Compositor};
+use mixgan::pipeline::{Pipeline, Rendered};
 use mixgan::registry::ModelRegistry;
-use mixgan::render::{DirectSource, Rendered, Renderer};
 use mixgan::router::RouterLimits;
 use tch::{Device, Kind, Tensor};
 
@@ -21,17 +21,17 @@ fn registry() -> Arc<ModelRegistry> {
         .clone()
 }
 
-fn renderer() -> Renderer {
-    Renderer {
+fn pipeline() -> Arc<Pipeline> {
+    Arc::new(Pipeline {
         registry: registry(),
         limits: RouterLimits::default(),
         device: Device::Cpu,
         composite_on: Default::default(),
-    }
+    })
 }
 
 fn render(layout: &str) -> Rendered {
-    renderer().render(layout.as_bytes(), &DirectSource { max_batch: 8 }).unwrap_or_else(|e| panic!("{e}\n{layout}"))
+    pipeline().render(layout.as_bytes(), 8).unwrap_or_else(|e| panic!("{e}\n{layout}"))
 }
 
 fn pixels(r: &Rendered) -> RgbImage {
@@ -363,7 +363,7 @@ fn a_projected_region_keeps_the_likeness_of_the_picture() {
 fn projection_works_for_every_fit_and_clipped_regions() {
     let photo = RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 120]));
     let b64 = encoded_b64(&photo, image::ImageFormat::Png);
-    let renderer = renderer();
+    let pipeline = pipeline();
     for (fit, rect) in [
         ("cover", "[10, 8, 60, 40]"),
         ("contain", "[10, 8, 60, 40]"),
@@ -373,12 +373,12 @@ fn projection_works_for_every_fit_and_clipped_regions() {
         let layout = format!(
             r#"{{"width": 96, "height": 64, "background": {{"image": "{b64}"}}, "regions": [{{"class": "hand", "box": {rect}, "fit": "{fit}", "project": true, "project_steps": 3}}]}}"#
         );
-        let mut plan = renderer.plan(layout.as_bytes()).unwrap();
-        renderer.project(&mut plan).unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
+        let mut plan = pipeline.plan(layout.as_bytes()).unwrap();
+        pipeline.project(&mut plan).unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
         let w = plan.regions[0].params.projected.as_ref().expect("projected");
         assert!(w.iter().all(|v| v.is_finite()) && !w.is_empty(), "{fit} {rect}");
         let job = plan.jobs.iter().find(|j| j.model.name() == "hand").unwrap();
-        assert_eq!(job.items[0].1.projected.as_ref(), Some(w), "the job carries the projection");
+        assert_eq!(plan.job_params(job)[0].projected.as_ref(), Some(w), "the job carries the projection");
         render(&layout);
     }
 }

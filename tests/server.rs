@@ -76,7 +76,9 @@ fn compose_returns_the_picture_and_on_request_its_description() {
 #[test]
 fn every_error_class_has_its_status_and_json_body() {
     let s = Server::start(&[("MIXGAN_MAX_BODY_BYTES", "4096")], &[], true);
-    let cases: Vec<(u16, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    // Status, error code, headers, body.
+    type Case<'a> = (u16, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         (400, "malformed_json", vec![JSON], b"{\"width\": ".to_vec()),
         (
             422,
@@ -346,7 +348,7 @@ fn a_job_whose_client_left_is_dropped() {
 
 #[test]
 fn overload_gets_pictures_or_503_and_the_server_survives() {
-    use mixgan::loadtest::{closed_loop, open_loop, Target};
+    use mixgan::cli::loadtest::{closed_loop, open_loop, Target};
     let s = Server::start(&[("MIXGAN_LOG", "warn")], &[], true);
     let target = Target { url: s.base.clone(), api_key: None, layout: one_face(4).into_bytes() };
     let sustainable = closed_loop(&target, 8, Duration::from_secs(2)).rps();

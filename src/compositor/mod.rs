@@ -90,7 +90,7 @@ fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor>
 
 impl Compositor {
     /// The finished canvas, [3, H, W] in generator units.
-    pub fn compose(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor> {
+    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let (h, w) = (plan.height, plan.width);
         let mut canvas = match (&plan.background, &patches.background) {

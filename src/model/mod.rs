@@ -2,6 +2,7 @@
 //! its generator on a device, and turns generation parameters (seed, truncation, class, noise,
 //! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
 
+pub mod device;
 pub mod ops;
 pub mod project;
 pub mod spec;
@@ -15,13 +16,14 @@ use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
 use crate::latent;
-pub use spec::{GenerationDefaults, GeneratorSettings, ModelSpec, NoiseMode};
+pub use device::{DeviceChoice, DeviceError};
+pub use spec::{GenerationDefaults, GeneratorSettings, ModelKind, ModelSpec, NoiseMode};
 pub use stylegan2::{ConvPath, NoisePlan, StyleGan2};
 pub use torchscript::ScriptGenerator;
 
 /// A model's generator: native StyleGAN2 or TorchScript by contract.
 pub enum Generator {
-    Native(StyleGan2),
+    Native(Box<StyleGan2>),
     Script(ScriptGenerator),
 }
 
@@ -131,7 +133,7 @@ impl Model {
         let generator = match &spec.torchscript {
             None => {
                 let tensors = weights::load(&path, &spec.generator, device)?;
-                Generator::Native(StyleGan2::new(spec.generator.clone(), tensors, device)?)
+                Generator::Native(Box::new(StyleGan2::new(spec.generator.clone(), tensors, device)?))
             }
             Some(ts) => {
                 let mut tensors = weights::load_named(&path, &[("mapping.w_avg", vec![spec.generator.w_dim])], device)?;
@@ -321,27 +323,6 @@ pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
         .f_to_kind(Kind::Uint8)?
         .f_to_device(Device::Cpu)?
         .f_contiguous()
-}
-
-/// `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(text: &str) -> Result<Device, String> {
-    let cuda_ok = |i: usize| {
-        let n = tch::Cuda::device_count() as usize;
-        if i < n {
-            Ok(Device::Cuda(i))
-        } else {
-            Err(format!("device `{text}`: CUDA has {n} device(s) here"))
-        }
-    };
-    match text {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda_ok(0),
-        _ => match text.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
-            Some(i) => cuda_ok(i),
-            None => Err(format!("device `{text}` is not auto, cpu, cuda or cuda:N")),
-        },
-    }
 }
 
 /// The model directories under `root`: each folder holding a `model.toml`, sorted by name.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
 use super::ModelError;
+use crate::error::UnknownChoice;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,13 +177,13 @@ pub enum NoiseMode {
 }
 
 impl std::str::FromStr for NoiseMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "const" => Ok(Self::Const),
             "random" => Ok(Self::Random),
             "none" => Ok(Self::None),
-            _ => Err(format!("`{s}` is not a noise mode (const, random, none)")),
+            _ => Err(UnknownChoice { given: s.into(), choices: "const, random, none (noise modes)" }),
         }
     }
 }
@@ -288,7 +289,7 @@ impl GeneratorSettings {
 
     pub fn validate(&self) -> Result<(), ModelError> {
         let res = self.img_resolution;
-        if res < 4 || res > 8192 || res & (res - 1) != 0 {
+        if !(4..=8192).contains(&res) || res & (res - 1) != 0 {
             return Err(invalid("generator.img_resolution", format!("{res} is not a power of two from 4 to 8192")));
         }
         if !(1..=4).contains(&self.img_channels) || self.img_channels == 2 {
@@ -362,8 +363,13 @@ impl ModelSpec {
     pub fn read(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("model.toml");
         let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let spec: ModelSpec = toml::from_str(&text)
-            .map_err(|e| ModelError::Toml { path: path.clone(), message: e.message().to_string() })?;
+        Self::parse(&text, &path)
+    }
+
+    /// The settings in `text`, read from `path` (which errors name), checked.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let spec: ModelSpec = toml::from_str(text)
+            .map_err(|e| ModelError::Toml { path: path.into(), message: e.message().to_string() })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -439,10 +445,8 @@ pub fn inside_dir(field: &str, name: &str, dir: &Path) -> Result<PathBuf, ModelE
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ModelSpec, String> {
-        let spec: ModelSpec = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        spec.validate().map_err(|e| e.to_string())?;
-        Ok(spec)
+    fn parse(text: &str) -> Result<ModelSpec, ModelError> {
+        ModelSpec::parse(text, Path::new("model.toml"))
     }
 
     const BASE: &str =
@@ -460,7 +464,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = parse(&format!("{BASE}[generator.synthesis_kwargs]\nchanel_base = 4\n")).unwrap_err();
+        let err = parse(&format!("{BASE}[generator.synthesis_kwargs]\nchanel_base = 4\n")).unwrap_err().to_string();
         assert!(err.contains("chanel_base"), "{err}");
     }
 
@@ -471,16 +475,17 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        let err = parse(&BASE.replace("img_resolution = 16", "img_resolution = 48")).unwrap_err();
+        let err = parse(&BASE.replace("img_resolution = 16", "img_resolution = 48")).unwrap_err().to_string();
         assert!(err.contains("img_resolution"), "{err}");
-        let err = parse(&format!("{BASE}[generator.synthesis_kwargs]\narchitecture = \"wide\"\n")).unwrap_err();
+        let err =
+            parse(&format!("{BASE}[generator.synthesis_kwargs]\narchitecture = \"wide\"\n")).unwrap_err().to_string();
         assert!(err.contains("architecture") || err.contains("wide"), "{err}");
     }
 
     #[test]
     fn weights_may_not_leave_the_directory() {
         for bad in ["../x.safetensors", "/etc/passwd", ""] {
-            let err = parse(&format!("weights = \"{bad}\"\n{BASE}")).unwrap_err();
+            let err = parse(&format!("weights = \"{bad}\"\n{BASE}")).unwrap_err().to_string();
             assert!(err.contains("weights"), "{err}");
         }
     }

@@ -8,6 +8,7 @@ use tch::{Device, TchError, Tensor};
 
 use super::ops::{bias_act, normalize_2nd_moment, Dense, Filter, ModConv};
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
+use crate::error::UnknownChoice;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -281,6 +282,18 @@ pub enum ConvPath {
     Unfused,
     /// Unfused on CPU; on CUDA fused for a single image, unfused for batches.
     Auto,
+}
+
+impl std::str::FromStr for ConvPath {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownChoice> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "fused" => Ok(Self::Fused),
+            "unfused" => Ok(Self::Unfused),
+            _ => Err(UnknownChoice { given: s.into(), choices: "auto, fused, unfused" }),
+        }
+    }
 }
 
 pub struct StyleGan2 {

@@ -1,29 +1,35 @@
 //! Every error the API answers, and the one place that maps each to its HTTP status and JSON
-//! body `{"error": {"code": "...", "message": "..."}}`.
+//! body `{"error": {"code": "...", "message": "..."}}` (`grpc.rs` maps them to gRPC codes).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use thiserror::Error;
 
 use crate::batcher::BatchError;
-use crate::error::{LayoutError, RenderError};
+use crate::error::{LayoutError, PipelineError};
 
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum ApiError {
     /// The body is not JSON.
-    MalformedJson(String),
+    #[error("{0}")]
+    MalformedJson(LayoutError),
     /// A layout the router refuses.
+    #[error("{0}")]
     InvalidLayout(LayoutError),
-    BodyTooLarge {
-        limit: usize,
-    },
+    #[error("the body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("send the layout as application/json, not `{0}`")]
     UnsupportedMediaType(String),
+    #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("the models are still loading and warming up, or the server is shutting down")]
     NotReady,
+    #[error("{0}")]
     Overloaded(String),
-    Timeout {
-        after_ms: u64,
-    },
+    #[error("the request took longer than {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -55,24 +61,26 @@ impl ApiError {
         }
     }
 
-    pub fn message(&self) -> String {
-        match self {
-            Self::MalformedJson(m) | Self::Overloaded(m) | Self::Internal(m) => m.clone(),
-            Self::InvalidLayout(e) => e.to_string(),
-            Self::BodyTooLarge { limit } => format!("the body is larger than {limit} bytes"),
-            Self::UnsupportedMediaType(got) => format!("send the layout as application/json, not `{got}`"),
-            Self::Unauthorized => "missing or wrong bearer token".into(),
-            Self::NotReady => "the models are still loading and warming up, or the server is shutting down".into(),
-            Self::Timeout { after_ms } => format!("the request took longer than {after_ms} ms"),
-        }
-    }
+    /// Every code, for the OpenAPI document.
+    pub const CODES: [&'static str; 9] = [
+        "malformed_json",
+        "invalid_layout",
+        "body_too_large",
+        "unsupported_media_type",
+        "unauthorized",
+        "not_ready",
+        "overloaded",
+        "timeout",
+        "internal",
+    ];
 }
 
-impl From<RenderError> for ApiError {
-    fn from(e: RenderError) -> Self {
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
         match e {
-            RenderError::Layout(l) if l.malformed => Self::MalformedJson(l.to_string()),
-            RenderError::Layout(l) => Self::InvalidLayout(l),
+            PipelineError::Layout(l @ LayoutError::NotJson { .. }) => Self::MalformedJson(l),
+            PipelineError::Layout(l) => Self::InvalidLayout(l),
+            PipelineError::Batch(b) => b.into(),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -89,7 +97,7 @@ impl From<BatchError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code(), "message": self.message()}});
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut resp = (self.status(), axum::Json(body)).into_response();
         match self {
             Self::Overloaded(_) | Self::NotReady => {

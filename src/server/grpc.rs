@@ -1,14 +1,16 @@
-//! The gRPC API (tonic, `proto/mixgan.proto`), served on the HTTP port: the same compose
-//! path, admission, limits, auth and metrics as the HTTP API, and `grpc.health.v1.Health`
-//! following readiness. It maps the shared `ApiError` to gRPC codes, nothing more.
+//! The gRPC API (tonic, `proto/mixgan.proto`), served on the HTTP port: the same
+//! [`AppState::render`] (admission, limits, pipeline), auth and metrics as the HTTP API, and
+//! `grpc.health.v1.Health` following readiness. It maps `ApiError` to gRPC codes, nothing more.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use super::error::ApiError;
-use super::{compose_layout, model_list, AppState, Composed};
+use super::state::AppState;
+use crate::pipeline::{millis, Rendered, Timings};
 
 pub mod pb {
     tonic::include_proto!("mixgan.v1");
@@ -24,7 +26,7 @@ pub struct GrpcApi {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        let message = e.message();
+        let message = e.to_string();
         match e {
             ApiError::MalformedJson(_) | ApiError::InvalidLayout(_) | ApiError::UnsupportedMediaType(_) => {
                 Status::invalid_argument(message)
@@ -40,14 +42,8 @@ impl From<ApiError> for Status {
 
 impl GrpcApi {
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
-        let Some(key) = &self.state.config.api_key else { return Ok(()) };
-        let given =
-            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given.is_some_and(|g| super::same_secret(g, key)) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
-        }
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        auth::check(self.state.config.api_key.as_deref(), given)
     }
 
     fn observe(&self, method: &str, started: Instant, code: tonic::Code) {
@@ -58,15 +54,23 @@ impl GrpcApi {
     }
 }
 
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+fn timings(t: &Timings) -> pb::Timings {
+    pb::Timings {
+        route_ms: millis(t.route),
+        project_ms: millis(t.project),
+        queue_ms: millis(t.queue),
+        generate_ms: millis(t.generate),
+        composite_ms: millis(t.composite),
+        encode_ms: millis(t.encode),
+        total_ms: millis(t.total()),
+    }
 }
 
-fn reply(done: Composed) -> pb::ComposeReply {
-    let Composed { bytes, plan, timings, queue } = done;
+fn reply(rendered: Rendered) -> pb::ComposeReply {
+    let Rendered { bytes, format, plan, timings: t, .. } = rendered;
     pb::ComposeReply {
         image: bytes,
-        mime: plan.format.mime().to_string(),
+        mime: format.mime().to_string(),
         width: plan.width as u32,
         height: plan.height as u32,
         regions: plan
@@ -82,15 +86,7 @@ fn reply(done: Composed) -> pb::ComposeReply {
                 visible: vec![r.visible.x, r.visible.y, r.visible.w, r.visible.h],
             })
             .collect(),
-        timings: Some(pb::Timings {
-            route_ms: ms(timings.route),
-            queue_ms: ms(queue),
-            generate_ms: ms(timings.generate),
-            composite_ms: ms(timings.composite),
-            encode_ms: ms(timings.encode),
-            total_ms: ms(timings.total()),
-            project_ms: ms(timings.project),
-        }),
+        timings: Some(timings(&t)),
     }
 }
 
@@ -104,7 +100,7 @@ impl Mixgan for GrpcApi {
             if layout.len() > self.state.config.max_body_bytes {
                 return Err(ApiError::BodyTooLarge { limit: self.state.config.max_body_bytes });
             }
-            compose_layout(self.state.clone(), layout.into()).await
+            self.state.render(layout).await
         }
         .await;
         let out = result.map(|done| Response::new(reply(done))).map_err(Status::from);
@@ -114,7 +110,9 @@ impl Mixgan for GrpcApi {
 
     async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {
         self.authorize(&req)?;
-        let models = model_list(&self.state)?
+        let models = self
+            .state
+            .models()?
             .into_iter()
             .map(|m| pb::Model {
                 kind: format!("{:?}", m.kind).to_lowercase(),

@@ -6,6 +6,8 @@ use prometheus::{
 };
 
 use crate::batcher::BatchObserver;
+use crate::pipeline::{Hooks, Stage};
+use crate::router::RoutePlan;
 
 pub struct Metrics {
     registry: Registry,
@@ -163,5 +165,15 @@ impl BatchObserver for Metrics {
 
     fn queued(&self, model: &str, seconds: f64) {
         self.queue_seconds.with_label_values(&[model]).observe(seconds);
+    }
+}
+
+impl Hooks for Metrics {
+    fn planned(&self, plan: &RoutePlan) {
+        self.patches_per_request.observe(plan.jobs.iter().map(|j| j.slots.len()).sum::<usize>() as f64);
+    }
+
+    fn stage_done(&self, stage: Stage, took: std::time::Duration) {
+        self.stage_seconds.with_label_values(&[stage.name()]).observe(took.as_secs_f64());
     }
 }

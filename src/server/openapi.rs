@@ -1,17 +1,11 @@
-//! The OpenAPI 3.1 document, built from the same route table the server mounts and from the
-//! published layout JSON Schema (which a test holds to the parser), so it cannot drift.
+//! The OpenAPI 3.1 document, built from the endpoint table the server mounts
+//! ([`Endpoint::ALL`]), the error codes `ApiError` answers and the published layout JSON
+//! Schema (which a test holds to the parser), so it cannot drift.
 
 use serde_json::{json, Value};
 
-/// Every endpoint: method, path, summary. The server mounts exactly these.
-pub const ENDPOINTS: &[(&str, &str, &str)] = &[
-    ("post", "/v1/compose", "Compose a picture from a layout"),
-    ("get", "/v1/models", "The loaded models"),
-    ("get", "/healthz", "Liveness: the process answers"),
-    ("get", "/readyz", "Readiness: every model loaded and warmed up, not shutting down"),
-    ("get", "/metrics", "Prometheus metrics"),
-    ("get", "/openapi.json", "This document"),
-];
+use super::error::ApiError;
+use super::routes::Endpoint;
 
 const LAYOUT_SCHEMA: &str = include_str!("../../schema/layout.schema.json");
 
@@ -43,8 +37,7 @@ pub fn document() -> Value {
         json!({
             "type": "object", "required": ["error"],
             "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": ["malformed_json", "invalid_layout", "body_too_large", "unsupported_media_type",
-                                                     "unauthorized", "not_ready", "overloaded", "timeout", "internal"]},
+                "code": {"type": "string", "enum": ApiError::CODES},
                 "message": {"type": "string"}}}}
         }),
     );
@@ -80,11 +73,11 @@ pub fn document() -> Value {
             "projects": {"type": "boolean", "description": "Regions served by it may `project`."}}}),
     );
     let mut paths = serde_json::Map::new();
-    for (method, path, summary) in ENDPOINTS {
-        let op = match *path {
-            "/v1/compose" => json!({
+    for endpoint in Endpoint::ALL {
+        let summary = endpoint.summary();
+        let mut op = match endpoint {
+            Endpoint::Compose => json!({
                 "summary": summary,
-                "security": [{"bearer": []}, {}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Layout"}}}},
                 "responses": {
                     "200": {"description": "The picture; with `Accept: application/json`, the picture in base64 with the resolved regions and timings",
@@ -100,22 +93,25 @@ pub fn document() -> Value {
                     "500": error_response("Anything else")
                 }
             }),
-            "/v1/models" => json!({
-                "summary": summary, "security": [{"bearer": []}, {}],
+            Endpoint::Models => json!({
+                "summary": summary,
                 "responses": {"200": {"description": "The models", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}}}},
                     "401": error_response("Missing or wrong bearer token"), "503": error_response("Not ready")}
             }),
-            "/readyz" => json!({"summary": summary, "responses": {
+            Endpoint::Readyz => json!({"summary": summary, "responses": {
                 "200": {"description": "Ready", "content": {"application/json": {}}}, "503": error_response("Not ready")}}),
-            "/metrics" => {
+            Endpoint::Metrics => {
                 json!({"summary": summary, "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}})
             }
-            _ => {
+            Endpoint::Healthz | Endpoint::OpenApi => {
                 json!({"summary": summary, "responses": {"200": {"description": "OK", "content": {"application/json": {}}}}})
             }
         };
-        paths.insert(path.to_string(), json!({ *method: op }));
+        if endpoint.guarded() {
+            op["security"] = json!([{"bearer": []}, {}]);
+        }
+        paths.insert(endpoint.path().to_string(), json!({ endpoint.method(): op }));
     }
     json!({
         "openapi": "3.1.0",
@@ -141,6 +137,6 @@ mod tests {
             assert!(schemas.contains_key(name), "dangling reference to {target}");
         }
         assert!(!text.contains("$defs"));
-        assert_eq!(doc["paths"].as_object().unwrap().len(), ENDPOINTS.len());
+        assert_eq!(doc["paths"].as_object().unwrap().len(), Endpoint::ALL.len());
     }
 }

@@ -4,11 +4,39 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
+/// The Python with PyTorch the helper tools run on, found as `mixgan` finds it
+/// (`$MIXGAN_PYTHON`, else the environment `make setup` installs), checked once.
 pub fn python() -> PathBuf {
-    std::env::var_os("MIXGAN_PYTHON")
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let python = mixgan::cli::python::python(None);
+            if let Err(e) = mixgan::cli::python::check(&python, &["torch", "numpy"]) {
+                panic!(
+                    "run the tests with `make test`, which installs what they need ({})",
+                    e.to_string().replace('\n', " ")
+                );
+            }
+            python
+        })
+        .clone()
+}
+
+/// The test tools' folder (hadolint, checkov, a Python with grpcio-tools): `$MIXGAN_TOOLS`,
+/// else where `scripts/setup-test-tools` installs them.
+pub fn tools_dir() -> PathBuf {
+    let cached = || {
+        let cache = std::env::var_os("MIXGAN_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/mixgan")))?;
+        Some(cache.join("venv-tools/bin")).filter(|d| d.join("python").is_file())
+    };
+    std::env::var_os("MIXGAN_TOOLS")
         .map(PathBuf::from)
-        .expect("MIXGAN_PYTHON is not set: run the tests through `make test` (scripts/with-torch)")
+        .or_else(cached)
+        .expect("the test tools are not installed: run the tests with `make test`, which installs them")
 }
 
 pub fn reference_script() -> PathBuf {

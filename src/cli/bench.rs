@@ -1,14 +1,70 @@
-//! The generator benchmark: mixgan's native generator and the Python reference on the same
-//! weights, batch sizes, device and thread count, in one run, with their ratio.
-//! It only measures; it changes no model.
+//! `mixgan bench`: mixgan's native generator and the Python reference on the same weights,
+//! batch sizes, device and thread count, in one run, with their ratio. It only measures; it
+//! changes no model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use tch::Device;
 
-use crate::model::{to_pixels, ConvPath, GenerationParams, Model, ModelError};
+use super::{python, say};
+use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A folder of model directories, or one model directory.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Batch sizes.
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    batches: Vec<usize>,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Threads for both sides (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Python with PyTorch for the baseline (default: $MIXGAN_PYTHON, else the environment
+    /// `make setup` installs, else python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Modulated convolutions: auto, fused (grouped, per-sample weights) or unfused.
+    #[arg(long, default_value = "auto")]
+    conv_path: ConvPath,
+}
+
+pub fn run_command(a: BenchArgs) -> Result<()> {
+    let device = a.device.resolve().context("--device")?;
+    let models = if a.models.join("model.toml").is_file() { vec![a.models.clone()] } else { model_dirs(&a.models)? };
+    if models.is_empty() {
+        bail!("no model directories (with a model.toml) under {}", a.models.display());
+    }
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cfg = BenchConfig {
+        models,
+        batches: a.batches,
+        iters: a.iters,
+        warmup: a.warmup,
+        threads,
+        device,
+        python: (!a.no_baseline).then(|| python::python(a.python)),
+        reference: python::tool("sg2_reference.py"),
+        conv_path: a.conv_path,
+    };
+    let rows = run(&cfg, |w| eprintln!("warning: {w}"))?;
+    say(&format_table(&rows, device, threads));
+    Ok(())
+}
 
 pub struct BenchConfig {
     pub models: Vec<PathBuf>,
@@ -74,9 +130,9 @@ fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelE
     Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
 }
 
-fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, String> {
+fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>> {
     let Some(python) = &cfg.python else { return Ok(vec![None; cfg.batches.len()]) };
-    let settings = serde_json::to_string(&model.spec.generator).map_err(|e| e.to_string())?;
+    let settings = serde_json::to_string(&model.spec.generator)?;
     let device = match cfg.device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
@@ -96,12 +152,12 @@ fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>, Str
             &cfg.warmup.to_string(),
         ])
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        .with_context(|| format!("cannot run {}", python.display()))?;
     if !out.status.success() {
-        return Err(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        bail!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let times: std::collections::HashMap<String, f64> =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable reference output: {e}"))?;
+        serde_json::from_slice(&out.stdout).context("unreadable reference output")?;
     Ok(cfg.batches.iter().map(|b| times.get(&b.to_string()).copied()).collect())
 }
 
@@ -118,7 +174,7 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
         }
         let cpu_diff = device_vs_cpu(&model, cfg)?;
         let theirs = time_python(&model, cfg).unwrap_or_else(|e| {
-            warn(format!("{}: baseline skipped: {e}", model.name()));
+            warn(format!("{}: baseline skipped: {e:#}", model.name()));
             vec![None; cfg.batches.len()]
         });
         for ((&batch, mixgan_s), python_s) in cfg.batches.iter().zip(ours).zip(theirs) {
@@ -171,26 +227,4 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
         }
     }
     s
-}
-
-/// The reference script (tools/sg2_reference.py).
-pub fn find_reference() -> PathBuf {
-    find_tool("sg2_reference.py")
-}
-
-/// A script of `tools/`: under the working directory, else beside the binary's repository.
-pub fn find_tool(name: &str) -> PathBuf {
-    let local = Path::new("tools").join(name);
-    if local.is_file() {
-        return local;
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1) {
-            let p = dir.join("tools").join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    local
 }

@@ -1,5 +1,6 @@
-//! Client-supplied pictures (region masks, label maps): base64 PNG decoded under size limits,
-//! so a small request cannot claim a huge decoded image (no decompression bombs).
+//! Client-supplied pictures (region masks, label maps, background photos to repair): base64
+//! PNG or JPEG decoded under size limits, so a small request cannot claim a huge decoded image
+//! (no decompression bombs), and scaled to where the router places them.
 
 use std::io::Cursor;
 

@@ -1,16 +1,82 @@
-//! The service benchmark: drives a running `mixgan serve` over HTTP, closed-loop at given
-//! concurrencies or open-loop at a fixed rate, and measures the bare generators on the same
-//! mix of patches in-process for comparison. It only measures; it serves nothing.
+//! `mixgan loadtest`, the service benchmark: drives a running `mixgan serve` over HTTP,
+//! closed-loop at given concurrencies or open-loop at a fixed rate, and measures the bare
+//! generators on the same mix of patches in-process for comparison. It only measures; it
+//! serves nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::GenerationParams;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+
+use super::say;
+use crate::model::DeviceChoice;
+use crate::pipeline::Pipeline;
 use crate::registry::ModelRegistry;
-use crate::render::Renderer;
 use crate::router::RouterLimits;
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// A running server; without it, one is started on a free loopback port.
+    #[arg(long)]
+    url: Option<String>,
+    /// The layout every request sends.
+    #[arg(long, default_value = "examples/portrait.json")]
+    layout: PathBuf,
+    /// Models for the started server and for the bare-generator baseline.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Closed-loop client counts.
+    #[arg(long, default_value = "1,4,16", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Bearer token for the server.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Batch size of the bare-generator baseline (the server's default max_batch).
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Soak instead: open loop at twice the closed-loop rate at the highest concurrency (or
+    /// at --rate), for --seconds, checking answers and the server's memory.
+    #[arg(long)]
+    soak: bool,
+    /// Requests per second for --soak.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Alternating rounds of bare generators and service for the comparison.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Device of the started server and of the baseline: auto (CUDA when available), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+pub fn run_command(a: LoadArgs) -> Result<()> {
+    let layout = std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?;
+    let plan = LoadPlan {
+        url: a.url,
+        api_key: a.api_key,
+        layout,
+        layout_name: a.layout.display().to_string(),
+        models: a.models,
+        concurrency: a.concurrency,
+        seconds: a.seconds,
+        max_batch: a.max_batch,
+        soak: a.soak,
+        rate: a.rate,
+        rounds: a.rounds,
+        device: a.device,
+    };
+    let mut text = String::new();
+    let result = run_into(&plan, &mut text);
+    say(&text);
+    result
+}
 
 pub struct Target {
     pub url: String,
@@ -156,23 +222,18 @@ pub fn open_loop(t: &Target, rate: f64, duration: Duration, clients: usize, mut 
 
 /// The bare generators on the layout's mix of patches: `requests` layouts' worth of patches,
 /// each model's in batches of `max_batch`, in this thread. Layouts per second.
-pub fn bare_generators(
-    registry: Arc<ModelRegistry>,
-    layout: &[u8],
-    requests: usize,
-    max_batch: usize,
-) -> Result<f64, String> {
-    let device = registry.iter().next().map(|m| m.generator.device()).ok_or("no models")?;
-    let renderer = Renderer { registry, limits: RouterLimits::default(), device, composite_on: Default::default() };
-    let plan = renderer.plan(layout).map_err(|e| e.to_string())?;
+pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: usize, max_batch: usize) -> Result<f64> {
+    let device = registry.iter().next().map(|m| m.generator.device()).ok_or_else(|| anyhow!("no models"))?;
+    let pipeline = Pipeline { registry, limits: RouterLimits::default(), device, composite_on: Default::default() };
+    let plan = pipeline.plan(layout)?;
     let _guard = tch::no_grad_guard();
-    let run = |n: usize| -> Result<f64, String> {
+    let run = |n: usize| -> Result<f64> {
         let started = Instant::now();
         for job in &plan.jobs {
-            let params: Vec<GenerationParams> = (0..n).flat_map(|_| job.items.iter().map(|(_, p)| p.clone())).collect();
+            let params = plan.job_params(job);
+            let params: Vec<_> = (0..n).flat_map(|_| params.iter().cloned()).collect();
             for chunk in params.chunks(max_batch.max(1)) {
-                let out = job.model.generate(chunk).map_err(|e| e.to_string())?;
-                let _ = out.f_to_device(tch::Device::Cpu).map_err(|e| e.to_string())?;
+                let _ = job.model.generate(chunk)?.f_to_device(tch::Device::Cpu)?;
             }
         }
         Ok(started.elapsed().as_secs_f64())
@@ -204,14 +265,7 @@ pub struct LoadPlan {
     pub soak: bool,
     pub rate: Option<f64>,
     pub rounds: usize,
-    /// auto, cpu, cuda or cuda:N, as `mixgan serve --device` takes it.
-    pub device: String,
-}
-
-/// The report's text, and why the run failed if it did (the text is printed either way).
-pub struct LoadReport {
-    pub text: String,
-    pub failure: Option<String>,
+    pub device: DeviceChoice,
 }
 
 /// A `mixgan serve` child (this executable) on a free loopback port, stopped with SIGTERM
@@ -222,27 +276,31 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(models: &Path, device: &str) -> Result<Self, String> {
+    fn start(models: &Path, device: DeviceChoice) -> Result<Self> {
         use std::io::BufRead;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe()?;
         let mut child = std::process::Command::new(exe)
             .env("MIXGAN_LOG", "warn")
-            .args(["serve", "--addr", "127.0.0.1:0", "--device", device, "--models"])
+            .args(["serve", "--addr", "127.0.0.1:0", "--device", &device.to_string(), "--models"])
             .arg(models)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start the server: {e}"))?;
+            .context("cannot start the server")?;
         let mut line = String::new();
-        let stdout = child.stdout.take().ok_or("no server stdout")?;
-        std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
-        let url = line.trim().strip_prefix("mixgan: listening on ").ok_or("the server did not start")?.to_string();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no server stdout"))?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("mixgan: listening on ")
+            .ok_or_else(|| anyhow!("the server did not start"))?
+            .to_string();
         let server = Self { child, url };
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let started = Instant::now();
         while agent.get(format!("{}/readyz", server.url)).call().map(|r| r.status().as_u16()).ok() != Some(200) {
             if started.elapsed().as_secs() > 120 {
-                return Err("the server was not ready within 2 minutes".into());
+                bail!("the server was not ready within 2 minutes");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -257,18 +315,12 @@ impl Drop for ChildServer {
     }
 }
 
-pub fn run(plan: &LoadPlan) -> LoadReport {
-    let mut text = String::new();
-    let failure = run_into(plan, &mut text).err();
-    LoadReport { text, failure }
-}
-
-fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
+fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let child = match &a.url {
         Some(_) => None,
-        None => Some(ChildServer::start(&a.models, &a.device)?),
+        None => Some(ChildServer::start(&a.models, a.device)?),
     };
-    let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).ok_or("no server")?;
+    let url = a.url.clone().or_else(|| child.as_ref().map(|c| c.url.clone())).ok_or_else(|| anyhow!("no server"))?;
     let target = Target { url: url.clone(), api_key: a.api_key.clone(), layout: a.layout.clone() };
     let duration = Duration::from_secs_f64(a.seconds.max(0.5));
     *text += &format!("server {url}, layout {}, {:.0} s per row, device {}\n", a.layout_name, a.seconds, a.device);
@@ -294,8 +346,7 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
     }
     // The comparison alternates short rounds of the bare generators and of the service at the
     // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
-    let device = crate::model::parse_device(&a.device)?;
-    let registry = Arc::new(ModelRegistry::load(&a.models, device).map_err(|e| e.to_string())?);
+    let registry = Arc::new(ModelRegistry::load(&a.models, a.device.resolve()?)?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();
@@ -321,7 +372,7 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<(), String> {
 
 /// Open loop at twice the closed-loop rate (or `rate`): every answer must be a picture or a
 /// 503, the server must stay alive, and its memory must not grow by more than a quarter.
-fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, text: &mut String) -> Result<(), String> {
+fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, text: &mut String) -> Result<()> {
     let rate = match a.rate {
         Some(r) => r,
         None => 2.0 * closed_loop(target, *a.concurrency.iter().max().unwrap_or(&16), Duration::from_secs(5)).rps(),
@@ -351,7 +402,7 @@ fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, tex
             mb(max)
         );
         if last as f64 > settled as f64 * 1.25 {
-            return Err("memory grew by more than 25 % during the soak".into());
+            bail!("memory grew by more than 25 % during the soak");
         }
     }
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -359,7 +410,7 @@ fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, tex
     *text += &format!("server alive after the soak: {alive}\n");
     let other: Vec<_> = r.statuses.keys().filter(|s| **s != 200 && **s != 503).collect();
     if !other.is_empty() || !alive {
-        return Err(format!("answers other than 200 and 503: {other:?}, alive: {alive}"));
+        bail!("answers other than 200 and 503: {other:?}, alive: {alive}");
     }
     Ok(())
 }

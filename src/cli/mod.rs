@@ -1,0 +1,66 @@
+//! The `mixgan` command line: one sub-command per file, each parsing its flags and handing the
+//! work to the library (the pipeline, the server, the models). Also what only the command
+//! line needs: seed lists, the Python helper lookup, and the two benchmarks (`bench` for the
+//! generators, `loadtest` for the service, an HTTP client). None of it is on a request's path.
+
+pub mod bench;
+mod generate;
+mod import;
+pub mod loadtest;
+pub mod python;
+mod render;
+pub mod seeds;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mixgan", version, about = "A mixture of StyleGANs: expert generators composed into one picture")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images from one model for a list of seeds (like NVIDIA's gen_images.py).
+    Generate(generate::GenerateArgs),
+    /// Time each model's generator against the Python reference on the same weights.
+    Bench(bench::BenchArgs),
+    /// Render a layout (JSON) into one picture, offline, through the server's pipeline.
+    Render(render::RenderArgs),
+    /// Serve the HTTP and gRPC API (every option also from --config and MIXGAN_* variables).
+    Serve(serve::ServeArgs),
+    /// Load-test the service (starting one unless --url is given) against the bare generators.
+    Loadtest(loadtest::LoadArgs),
+    /// Turn an NVIDIA .pkl or rosinality .pt checkpoint into a model directory.
+    Import(import::ImportArgs),
+}
+
+/// Parses the arguments, runs the sub-command, and prints its error (with its causes).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run_command(a),
+        Command::Render(a) => render::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Loadtest(a) => loadtest::run_command(a),
+        Command::Import(a) => import::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}

@@ -1,0 +1,117 @@
+//! `mixgan render`: one layout to one picture, offline, through the same pipeline the server
+//! runs (in this thread instead of on the batcher's workers).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::say;
+use crate::compositor::ownership_map;
+use crate::layout::ImageFormat;
+use crate::model::DeviceChoice;
+use crate::pipeline::{CompositeOn, Pipeline};
+use crate::registry::ModelRegistry;
+use crate::router::RouterLimits;
+
+#[derive(Args)]
+pub struct RenderArgs {
+    /// The layout file (JSON); `-` reads standard input.
+    layout: PathBuf,
+    /// Output picture (default: OUTDIR/<layout name>.<png|jpg|webp>).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Where the picture goes when --output is not given.
+    #[arg(long, default_value = ".")]
+    outdir: PathBuf,
+    /// Folder of model directories.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Print per-stage timings (route, project if any, generate, composite, encode).
+    #[arg(long)]
+    timings: bool,
+    /// Also write the ownership map (a picture coloured by region) here.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// A picture (PNG or JPEG) to repair: it becomes the layout's background `image`.
+    #[arg(long)]
+    background_image: Option<PathBuf>,
+    /// Where to composite: device (the generators') or cpu.
+    #[arg(long, default_value = "device")]
+    composite_on: CompositeOn,
+    /// Largest generation batch.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Render this many times; --timings then shows the median run (the first pays one-time
+    /// start-up costs that a running server does not).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+}
+
+pub fn run(a: RenderArgs) -> Result<()> {
+    let device = a.device.resolve().context("--device")?;
+    let layout = if a.layout.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(&a.layout).with_context(|| format!("cannot read {}", a.layout.display()))?
+    };
+    let layout = match &a.background_image {
+        Some(path) => with_background_image(&layout, path)?,
+        None => layout,
+    };
+    let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
+    let pipeline =
+        Arc::new(Pipeline { registry, limits: RouterLimits::default(), device, composite_on: a.composite_on });
+    let mut runs =
+        (0..a.repeat.max(1)).map(|_| pipeline.render(&layout, a.max_batch)).collect::<Result<Vec<_>, _>>()?;
+    runs.sort_by_key(|r| r.timings.total());
+    let out = runs.swap_remove(runs.len() / 2);
+    let output = a.output.clone().unwrap_or_else(|| {
+        let stem = a.layout.file_stem().map_or("layout".into(), |s| s.to_string_lossy().into_owned());
+        let ext = match out.format {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Webp => "webp",
+        };
+        a.outdir.join(format!("{stem}.{ext}"))
+    });
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&output, &out.bytes).with_context(|| format!("cannot write {}", output.display()))?;
+    if let Some(path) = &a.masks {
+        ownership_map(&out.plan).save(path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let (w, h, regions) = (out.plan.width, out.plan.height, out.plan.regions.len());
+    let mut text = format!("{w}x{h} {} with {regions} region(s) -> {}\n", out.format.mime(), output.display());
+    if a.timings {
+        let stages = out.timings.in_ms();
+        let total = stages[stages.len() - 1].1;
+        for (name, ms) in stages {
+            // Queue is part of generate and always zero here; project shows only when it ran.
+            if name == "queue" || (name == "project" && ms == 0.0) {
+                continue;
+            }
+            let share = if name == "total" { String::new() } else { format!(" {:5.1} %", 100.0 * ms / total) };
+            text += &format!("{name:>10} {ms:8.2} ms{share}\n");
+        }
+    }
+    say(&text);
+    Ok(())
+}
+
+/// The layout with `path`'s picture as its background `image`.
+fn with_background_image(layout: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let picture = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_slice(layout).context("the layout is not JSON")?;
+    let Some(obj) = v.as_object_mut() else { bail!("the layout is not a JSON object") };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &picture);
+    obj.insert("background".into(), serde_json::json!({ "image": b64 }));
+    Ok(serde_json::to_vec(&v)?)
+}

@@ -1,0 +1,113 @@
+//! Where the generators run, as settings and flags name it: `auto` (CUDA when available,
+//! else the CPU), `cpu`, `cuda` or `cuda:N`. Parsed when a setting loads; resolved against
+//! the machine before any model loads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+use thiserror::Error;
+
+use crate::error::UnknownChoice;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// A CUDA device this machine does not have.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("`{choice}` is not available: CUDA has {available} device(s) here")]
+pub struct DeviceError {
+    pub choice: DeviceChoice,
+    pub available: usize,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device, DeviceError> {
+        match self {
+            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(i) => {
+                let available = tch::Cuda::device_count().max(0) as usize;
+                if i < available {
+                    Ok(Device::Cuda(i))
+                } else {
+                    Err(DeviceError { choice: self, available })
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = UnknownChoice;
+    fn from_str(text: &str) -> Result<Self, UnknownChoice> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| UnknownChoice { given: text.into(), choices: "auto, cpu, cuda or cuda:N" }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = UnknownChoice;
+    fn try_from(text: String) -> Result<Self, UnknownChoice> {
+        text.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        for (text, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(choice));
+        }
+        assert_eq!(DeviceChoice::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU", ""] {
+            let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
+            assert!(err.contains("cuda:N"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_gpu_is_an_error_not_a_fallback() {
+        let n = tch::Cuda::device_count().max(0) as usize;
+        let err = DeviceChoice::Cuda(n).resolve().unwrap_err();
+        assert_eq!(err.available, n);
+        assert_eq!(DeviceChoice::Cpu.resolve(), Ok(Device::Cpu));
+    }
+}

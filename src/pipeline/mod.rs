@@ -1,0 +1,349 @@
+//! The one path from a layout to a picture, for every front end (HTTP, gRPC, `mixgan render`):
+//! route → project (repairs only) → generate → composite → encode, each a named [`Stage`]
+//! timed in one [`Timings`]. The front end chooses where the stages run (a [`Runner`]: in this
+//! thread, or on blocking threads with the batcher's workers); [`Hooks`] observe each stage
+//! as it ends (metrics today; progress events and cancellation hang here next). It owns the
+//! order of the stages and nothing else: no HTTP, no admission, no queues of its own.
+
+pub mod runners;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Tensor};
+
+use crate::compositor::{Compositor, Patches};
+use crate::encode::{self, Format};
+use crate::error::{LayoutError, PipelineError, UnknownChoice};
+use crate::layout::{ImageFormat, Layout};
+use crate::model::to_pixels;
+use crate::registry::ModelRegistry;
+use crate::router::{Background, PatchSlot, RoutePlan, Router, RouterLimits};
+
+pub use runners::{Batched, InThread};
+
+/// The stages of a request, in order. `Queue` is the part of generation spent waiting for a
+/// batch to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Route,
+    Project,
+    Queue,
+    Generate,
+    Composite,
+    Encode,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Route => "route",
+            Self::Project => "project",
+            Self::Queue => "queue",
+            Self::Generate => "generate",
+            Self::Composite => "composite",
+            Self::Encode => "encode",
+        }
+    }
+}
+
+/// Wall time per stage of one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub route: Duration,
+    /// Projection of the regions that ask for it (zero for most layouts).
+    pub project: Duration,
+    /// Part of `generate`: the longest any of the request's jobs waited for its batch.
+    pub queue: Duration,
+    pub generate: Duration,
+    pub composite: Duration,
+    pub encode: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.route + self.project + self.generate + self.composite + self.encode
+    }
+
+    /// Each stage and the total in milliseconds, as every front end reports them.
+    pub fn in_ms(&self) -> [(&'static str, f64); 7] {
+        let ms = millis;
+        [
+            ("route", ms(self.route)),
+            ("project", ms(self.project)),
+            ("queue", ms(self.queue)),
+            ("generate", ms(self.generate)),
+            ("composite", ms(self.composite)),
+            ("encode", ms(self.encode)),
+            ("total", ms(self.total())),
+        ]
+    }
+}
+
+/// Milliseconds, to the microsecond (log lines and answers show no float noise).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Where the canvas is composited: on the generators' device (the default), or on the CPU.
+/// On a GPU a small canvas is a long chain of small kernels that every request queues on the
+/// same stream, while on the CPU requests composite side by side; which serves faster
+/// depends on the machine, and `scripts/gpu-check` times both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CompositeOn {
+    #[default]
+    Device,
+    Cpu,
+}
+
+impl std::str::FromStr for CompositeOn {
+    type Err = UnknownChoice;
+    fn from_str(text: &str) -> Result<Self, UnknownChoice> {
+        match text {
+            "device" => Ok(Self::Device),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(UnknownChoice { given: other.into(), choices: "device, cpu" }),
+        }
+    }
+}
+
+impl TryFrom<String> for CompositeOn {
+    type Error = UnknownChoice;
+    fn try_from(text: String) -> Result<Self, UnknownChoice> {
+        text.parse()
+    }
+}
+
+impl From<CompositeOn> for String {
+    fn from(c: CompositeOn) -> String {
+        match c {
+            CompositeOn::Device => "device".into(),
+            CompositeOn::Cpu => "cpu".into(),
+        }
+    }
+}
+
+impl CompositeOn {
+    /// The device to composite on when the patches come from `generators`.
+    pub fn device(self, generators: Device) -> Device {
+        match self {
+            Self::Device => generators,
+            Self::Cpu => Device::Cpu,
+        }
+    }
+}
+
+/// A finished request.
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    pub format: ImageFormat,
+    pub plan: RoutePlan,
+    /// [3, H, W] in generator units, where it was composited.
+    pub canvas: Tensor,
+    pub timings: Timings,
+}
+
+/// Where the stages run; the pipeline decides only their order.
+pub trait Runner: Sync {
+    /// Runs `work`, the CPU-heavy part of `stage` (routing, projection, or compositing with
+    /// encoding), and returns its result.
+    fn cpu<T, F>(&self, stage: Stage, work: F) -> impl Future<Output = Result<T, PipelineError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PipelineError> + Send + 'static;
+
+    /// Generates every job of `plan`: one patch [C, S, S] per slot, a list per job in job
+    /// order, and the longest time any job queued.
+    fn generate(
+        &self,
+        plan: &RoutePlan,
+    ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send;
+}
+
+/// What a front end hears of a request as it passes through the stages.
+pub trait Hooks: Sync {
+    /// The layout is routed: its plan, before any generation.
+    fn planned(&self, _plan: &RoutePlan) {}
+    /// A stage is over. `Generate` is reported less its `Queue` part; `Project` only when a
+    /// region projects.
+    fn stage_done(&self, _stage: Stage, _took: Duration) {}
+}
+
+/// Hears nothing.
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// What the stages need: the models, the router's limits and the devices.
+pub struct Pipeline {
+    pub registry: Arc<ModelRegistry>,
+    pub limits: RouterLimits,
+    /// The generators' device.
+    pub device: Device,
+    pub composite_on: CompositeOn,
+}
+
+impl Pipeline {
+    /// Every stage of `layout`, in order, run where `runner` says.
+    pub async fn run(
+        self: &Arc<Self>,
+        layout: Vec<u8>,
+        runner: &impl Runner,
+        hooks: &dyn Hooks,
+    ) -> Result<Rendered, PipelineError> {
+        let mut timings = Timings::default();
+        let started = Instant::now();
+        let me = self.clone();
+        let plan = runner.cpu(Stage::Route, move || Ok(me.plan(&layout)?)).await?;
+        timings.route = started.elapsed();
+        hooks.stage_done(Stage::Route, timings.route);
+        hooks.planned(&plan);
+
+        let plan = if plan.projects() {
+            let started = Instant::now();
+            let me = self.clone();
+            let plan = runner
+                .cpu(Stage::Project, move || {
+                    let mut plan = plan;
+                    me.project(&mut plan)?;
+                    Ok(plan)
+                })
+                .await?;
+            timings.project = started.elapsed();
+            hooks.stage_done(Stage::Project, timings.project);
+            plan
+        } else {
+            plan
+        };
+
+        let started = Instant::now();
+        let (batches, queue) = runner.generate(&plan).await?;
+        timings.generate = started.elapsed();
+        timings.queue = queue;
+        hooks.stage_done(Stage::Queue, queue);
+        hooks.stage_done(Stage::Generate, timings.generate.saturating_sub(queue));
+
+        // Compositing and encoding share one trip to a worker thread.
+        let me = self.clone();
+        let (plan, canvas, bytes, composite, encode) = runner
+            .cpu(Stage::Composite, move || {
+                let patches = assemble(&plan, batches)?;
+                let started = Instant::now();
+                let canvas = me.composite(&plan, &patches)?;
+                let composite = started.elapsed();
+                let started = Instant::now();
+                let bytes = me.encode(&canvas, &plan)?;
+                Ok((plan, canvas, bytes, composite, started.elapsed()))
+            })
+            .await?;
+        timings.composite = composite;
+        timings.encode = encode;
+        hooks.stage_done(Stage::Composite, composite);
+        hooks.stage_done(Stage::Encode, encode);
+        Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
+    }
+
+    /// The whole pipeline in this thread, generating in batches of at most `max_batch`: for
+    /// `mixgan render`, tools and tests. Not for use inside an async runtime.
+    pub fn render(self: &Arc<Self>, layout: &[u8], max_batch: usize) -> Result<Rendered, PipelineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(PipelineError::Runtime)?;
+        runtime.block_on(self.run(layout.to_vec(), &InThread { max_batch }, &NoHooks))
+    }
+
+    /// Parses and routes a layout: every check happens here, before any generation.
+    pub fn plan(&self, layout_json: &[u8]) -> Result<RoutePlan, LayoutError> {
+        let layout = Layout::parse(layout_json)?;
+        Router { registry: &self.registry, limits: &self.limits }.route(&layout)
+    }
+
+    /// Regions that `project` get the ws that reproduce what the background picture shows
+    /// under them (see `model::project`). Heavy: a generator pass forward and back per step.
+    pub fn project(&self, plan: &mut RoutePlan) -> Result<(), PipelineError> {
+        let Background::Image(rgb) = &plan.background else { return Ok(()) };
+        if !plan.projects() {
+            return Ok(());
+        }
+        let compositor = Compositor { device: self.device };
+        let picture = compositor.picture(rgb, plan.height, plan.width)?;
+        for region in plan.regions.iter_mut() {
+            let Some(steps) = region.project_steps else { continue };
+            let res = region.model.spec.generator.img_resolution;
+            let (target, weight) = compositor.projection_target(&picture, region, res)?;
+            let ws = region.model.project(&target, &weight, steps)?;
+            let w = Vec::<f32>::try_from(ws.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+            region.params.projected = Some(Arc::new(w));
+        }
+        Ok(())
+    }
+
+    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, PipelineError> {
+        let _guard = tch::no_grad_guard();
+        Ok(Compositor { device: self.composite_on.device(self.device) }.composite(plan, patches)?)
+    }
+
+    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, PipelineError> {
+        let format = match plan.format {
+            ImageFormat::Png => Format::Png,
+            ImageFormat::Jpeg => Format::Jpeg { quality: plan.quality },
+            ImageFormat::Webp => Format::WebP,
+        };
+        if canvas.device() == Device::Cpu {
+            let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
+            return Ok(encode::encode_raw(&data, w, h, c, format)?);
+        }
+        // On a GPU, convert there and move a quarter of the bytes.
+        let pixels = to_pixels(&canvas.f_unsqueeze(0)?)?.f_get(0)?;
+        Ok(encode::encode(&pixels, format)?)
+    }
+}
+
+/// Hands each job's patches (in `plan.jobs` order) to the slots they were made for.
+fn assemble(plan: &RoutePlan, batches: Vec<Vec<Tensor>>) -> Result<Patches, PipelineError> {
+    let mut patches = Patches { background: None, regions: (0..plan.regions.len()).map(|_| None).collect() };
+    for (job, batch) in plan.jobs.iter().zip(batches) {
+        if batch.len() != job.slots.len() {
+            return Err(PipelineError::Internal(format!(
+                "model `{}` returned {} patches for {} slots",
+                job.model.name(),
+                batch.len(),
+                job.slots.len()
+            )));
+        }
+        for (slot, patch) in job.slots.iter().zip(batch) {
+            match slot {
+                PatchSlot::Background => patches.background = Some(patch),
+                PatchSlot::Region(r) => patches.regions[*r] = Some(patch),
+            }
+        }
+    }
+    Ok(patches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_on_names_the_device() {
+        let gpu = Device::Cuda(0);
+        assert_eq!(CompositeOn::default().device(gpu), gpu);
+        assert_eq!(CompositeOn::Cpu.device(gpu), Device::Cpu);
+        assert_eq!("cpu".parse::<CompositeOn>(), Ok(CompositeOn::Cpu));
+        assert!("gpu".parse::<CompositeOn>().unwrap_err().to_string().contains("device, cpu"));
+    }
+
+    #[test]
+    fn timings_add_up_and_round_to_the_microsecond() {
+        let t = Timings {
+            route: Duration::from_nanos(14_301_123),
+            generate: Duration::from_millis(30),
+            queue: Duration::from_millis(10),
+            ..Timings::default()
+        };
+        let ms: std::collections::HashMap<_, _> = t.in_ms().into_iter().collect();
+        assert_eq!(ms["route"], 14.301);
+        assert_eq!(ms["queue"], 10.0);
+        assert_eq!(ms["total"], 44.301, "queue is part of generate, not added again");
+    }
+}

@@ -1,0 +1,136 @@
+//! The two places the pipeline's stages run: [`InThread`] (the caller's thread, for
+//! `mixgan render`, tools and tests) and [`Batched`] (the service: CPU work on blocking
+//! threads under the CPU slots, generation through the batcher's per-model workers, so that
+//! concurrent requests share batches).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tch::Tensor;
+use tokio::sync::Semaphore;
+
+use super::{Runner, Stage};
+use crate::batcher::{BatchError, BatchModel, BatchSettings, Batcher, CpuSlots, Lane};
+use crate::error::PipelineError;
+use crate::model::{GenerationParams, Model, ModelError};
+use crate::registry::ModelRegistry;
+use crate::router::RoutePlan;
+
+/// A batcher worker runs a model on a batch of generation parameters: one patch each.
+impl BatchModel for Model {
+    type Item = GenerationParams;
+    type Output = Tensor;
+    type Error = ModelError;
+
+    fn run(&self, items: &[GenerationParams]) -> Result<Vec<Tensor>, ModelError> {
+        Ok(self.generate(items)?.f_unbind(0)?)
+    }
+}
+
+/// One batcher lane per model: its `[batching]` settings, else `defaults`.
+pub fn lanes(registry: &ModelRegistry, defaults: BatchSettings) -> Vec<Lane<Model>> {
+    registry
+        .iter()
+        .map(|model| {
+            let b = &model.spec.batching;
+            let settings = BatchSettings {
+                max_batch: b.max_batch.unwrap_or(defaults.max_batch),
+                max_wait: b.max_wait_ms.map(Duration::from_millis).unwrap_or(defaults.max_wait),
+            };
+            Lane { name: model.name().to_string(), model: model.clone(), settings }
+        })
+        .collect()
+}
+
+/// Everything in the calling thread, generating in batches of at most `max_batch`.
+pub struct InThread {
+    pub max_batch: usize,
+}
+
+impl Runner for InThread {
+    async fn cpu<T, F>(&self, _stage: Stage, work: F) -> Result<T, PipelineError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PipelineError> + Send + 'static,
+    {
+        work()
+    }
+
+    fn generate(
+        &self,
+        plan: &RoutePlan,
+    ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
+        let batches = plan
+            .jobs
+            .iter()
+            .map(|job| {
+                let params = plan.job_params(job);
+                let mut patches = Vec::with_capacity(params.len());
+                for chunk in params.chunks(self.max_batch.max(1)) {
+                    patches.extend(job.model.run(chunk)?);
+                }
+                Ok(patches)
+            })
+            .collect::<Result<Vec<_>, PipelineError>>();
+        async move { Ok((batches?, Duration::ZERO)) }
+    }
+}
+
+/// The service's stages: routing on a blocking thread; projection and compositing there too,
+/// after a place at `gate` (bounding the threads waiting) and a CPU slot; generation through
+/// the batcher, every job submitted before any is awaited so they batch together.
+pub struct Batched<'a> {
+    pub batcher: &'a Batcher<Model>,
+    pub slots: Arc<CpuSlots>,
+    pub gate: &'a Semaphore,
+}
+
+impl Runner for Batched<'_> {
+    fn cpu<T, F>(&self, stage: Stage, work: F) -> impl Future<Output = Result<T, PipelineError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PipelineError> + Send + 'static,
+    {
+        let slots = self.slots.clone();
+        async move {
+            // Routing is cheap and takes no slot: its jobs should reach the queues at once,
+            // where they can join batches.
+            let joined = if stage == Stage::Route {
+                tokio::task::spawn_blocking(work).await
+            } else {
+                let _gate = self.gate.acquire().await.map_err(|_| PipelineError::Internal("shutting down".into()))?;
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slots.acquire();
+                    work()
+                })
+                .await
+            };
+            joined.map_err(|e| PipelineError::Panicked { stage: stage.name(), message: e.to_string() })?
+        }
+    }
+
+    fn generate(
+        &self,
+        plan: &RoutePlan,
+    ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
+        let submitted = plan
+            .jobs
+            .iter()
+            .map(|job| {
+                let rx = self.batcher.submit(job.model.name(), plan.job_params(job))?;
+                Ok((job.model.name().to_string(), rx))
+            })
+            .collect::<Result<Vec<_>, BatchError>>();
+        async move {
+            let mut batches = Vec::new();
+            let mut queue = Duration::ZERO;
+            for (model, rx) in submitted? {
+                let (patches, report) = rx.await.map_err(|_| BatchError::Stopped(model))??;
+                queue = queue.max(report.queued);
+                batches.push(patches);
+            }
+            Ok((batches, queue))
+        }
+    }
+}

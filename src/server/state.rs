@@ -1,0 +1,220 @@
+//! What the service holds: its settings, admission and CPU limits, metrics, readiness and,
+//! once the models are loaded and warmed up, the [`Engine`] (the pipeline and its batcher).
+//! Also the one entry both APIs call to serve a layout: admission, the time limit, the pipeline.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use tch::Device;
+use thiserror::Error;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
+use crate::config::Config;
+use crate::model::{Model, ModelError, ModelKind};
+use crate::pipeline::{runners, Batched, Pipeline, Rendered};
+use crate::registry::ModelRegistry;
+
+/// What exists once the models are loaded.
+pub struct Engine {
+    pub pipeline: Arc<Pipeline>,
+    pub batcher: Batcher<Model>,
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Models(#[from] ModelError),
+    #[error("warming up model `{model}`: {source}")]
+    Warmup { model: String, source: BatchError },
+    #[error("the engine was loaded twice")]
+    LoadedTwice,
+}
+
+pub struct AppState {
+    pub config: Config,
+    /// The generators' device, resolved from the settings before the server listens.
+    pub device: Device,
+    /// CPU work slots shared by the pipeline's CPU stages and the generator workers.
+    pub(super) cpu_slots: Arc<CpuSlots>,
+    /// Bounds the blocking threads that wait for a CPU slot, so a crowd of requests queues
+    /// here as cheap tasks instead of as parked threads.
+    pub(super) cpu_gate: tokio::sync::Semaphore,
+    /// Compose requests admitted at once; one more is refused at once with 503.
+    admitted: tokio::sync::Semaphore,
+    /// grpc.health.v1: NOT_SERVING until ready, and again while shutting down.
+    pub(super) health: tonic_health::server::HealthReporter,
+    /// gRPC routes so far: the health service (the API joins them in `app`).
+    pub(super) grpc_health: tonic::service::Routes,
+    pub metrics: Arc<Metrics>,
+    pub engine: OnceLock<Engine>,
+    ready: AtomicBool,
+    shutting_down: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Config, device: Device) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = if config.cpu_slots == 0 { cores } else { config.cpu_slots };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        Arc::new(Self {
+            health,
+            grpc_health: tonic::service::Routes::new(health_service),
+            cpu_slots: Arc::new(CpuSlots::new(slots)),
+            cpu_gate: tokio::sync::Semaphore::new(slots),
+            admitted: tokio::sync::Semaphore::new(config.max_in_flight),
+            config,
+            device,
+            metrics: Arc::new(Metrics::new()),
+            engine: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(super) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.metrics.ready.set(0);
+    }
+
+    /// The engine once warmed up. It stays available while shutting down, so in-flight
+    /// requests can finish.
+    pub(super) fn engine(&self) -> Result<&Engine, ApiError> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(ApiError::NotReady);
+        }
+        self.engine.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The client's `x-request-id` when it is sensible, else a new one.
+    pub(super) fn request_id(&self, headers: &HeaderMap) -> String {
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:x}-{:06x}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// Loads the models, starts the workers and warms each model up; then the server is ready.
+    pub fn load_engine(&self) -> Result<(), EngineError> {
+        let c = &self.config;
+        // The CPU's parallelism comes from running batches and compositing side by side (one
+        // task per CPU slot), so each libtorch call gets one thread unless told otherwise; on a
+        // GPU too, where the CPU's libtorch work is compositing (`composite_on = "cpu"`) or none.
+        tch::set_num_threads(c.torch_threads.max(1) as i32);
+        let registry = Arc::new(ModelRegistry::load(&c.models, self.device)?);
+        for m in registry.iter() {
+            self.metrics.register_model(m.name());
+        }
+        self.metrics.models_loaded.set(registry.iter().count() as i64);
+        let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
+        let lanes = runners::lanes(&registry, defaults);
+        let batcher = Batcher::start(lanes, c.queue_capacity, self.cpu_slots.clone(), self.metrics.clone());
+        for m in registry.iter() {
+            let warmup = |source| EngineError::Warmup { model: m.name().to_string(), source };
+            for _ in 0..c.warmup_iterations {
+                let rx = batcher.submit(m.name(), vec![m.default_params(0)]).map_err(warmup)?;
+                rx.blocking_recv().map_err(|_| warmup(BatchError::Stopped(m.name().into())))?.map_err(warmup)?;
+            }
+        }
+        let pipeline = Arc::new(Pipeline {
+            registry,
+            limits: c.limits.clone(),
+            device: self.device,
+            composite_on: c.composite_on,
+        });
+        if self.engine.set(Engine { pipeline, batcher }).is_err() {
+            return Err(EngineError::LoadedTwice);
+        }
+        self.ready.store(true, Ordering::Release);
+        self.metrics.ready.set(1);
+        Ok(())
+    }
+
+    /// Serves one layout for either API: admission (503 beyond `max_in_flight`), the time
+    /// limit (504), then the pipeline with the batcher's workers.
+    pub async fn render(&self, layout: Vec<u8>) -> Result<Rendered, ApiError> {
+        let engine = self.engine()?;
+        let Ok(_admitted) = self.admitted.try_acquire() else {
+            self.metrics.rejected.with_label_values(&["overload"]).inc();
+            return Err(ApiError::Overloaded(format!(
+                "{} requests are in flight already; try again shortly",
+                self.config.max_in_flight
+            )));
+        };
+        let runner = Batched { batcher: &engine.batcher, slots: self.cpu_slots.clone(), gate: &self.cpu_gate };
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let run = engine.pipeline.run(layout, &runner, self.metrics.as_ref());
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => Err(ApiError::Timeout { after_ms: self.config.request_timeout_ms }),
+            Ok(result) => {
+                let result = result.map_err(ApiError::from);
+                if let Err(ApiError::Overloaded(_)) = &result {
+                    self.metrics.rejected.with_label_values(&["overload"]).inc();
+                }
+                result
+            }
+        }
+    }
+
+    /// The loaded models as both APIs describe them.
+    pub(super) fn models(&self) -> Result<Vec<ModelInfo>, ApiError> {
+        let engine = self.engine()?;
+        let ready = self.is_ready();
+        Ok(engine.pipeline.registry.iter().map(|m| ModelInfo::new(m, &engine.batcher, ready)).collect())
+    }
+}
+
+/// One model as both APIs describe it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(super) struct ModelInfo {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub kind: ModelKind,
+    pub resolution: i64,
+    pub channels: i64,
+    pub c_dim: i64,
+    pub device: String,
+    pub batching: Option<BatchingInfo>,
+    pub queue_depth: usize,
+    pub ready: bool,
+    /// Whether regions served by it may `project`.
+    pub projects: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(super) struct BatchingInfo {
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+impl ModelInfo {
+    fn new(m: &Model, batcher: &Batcher<Model>, ready: bool) -> Self {
+        let g = &m.spec.generator;
+        Self {
+            name: m.name().to_string(),
+            classes: m.spec.classes.clone(),
+            kind: m.spec.kind,
+            resolution: g.img_resolution,
+            channels: g.img_channels,
+            c_dim: g.c_dim,
+            device: format!("{:?}", m.generator.device()).to_lowercase(),
+            batching: batcher
+                .settings(m.name())
+                .map(|b| BatchingInfo { max_batch: b.max_batch, max_wait_ms: b.max_wait.as_millis() as u64 }),
+            queue_depth: batcher.queue_depth(m.name()),
+            ready,
+            projects: m.can_project(),
+        }
+    }
+}
