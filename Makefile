@@ -3,7 +3,7 @@
 WITH_TORCH := scripts/with-torch
 OUT ?= out
 
-.PHONY: run test build bench setup clean samples
+.PHONY: run test lint build bench setup clean samples
 
 setup:
 	@scripts/setup-torch >/dev/null
@@ -27,8 +27,13 @@ samples: build
 	done
 	@echo "pictures: $(OUT)/<model>/seedNNNN.png, composed layouts: $(OUT)/<example>.png|jpg"
 
-test: setup
+# The house style first (formatter, then clippy with warnings as errors), then every test.
+test: setup lint
 	MIXGAN_TOOLS=$$(scripts/setup-test-tools) $(WITH_TORCH) cargo test --release
+
+lint: setup
+	cargo fmt --check
+	$(WITH_TORCH) cargo clippy --release --all-targets --locked -- -D warnings
 
 bench: build
 	$(WITH_TORCH) target/release/mixgan bench --models models --batches 1,8 --iters 20

@@ -17,7 +17,9 @@ fn main() {
         println!("cargo:warning=torch-sys did not report a libtorch folder; binaries need LD_LIBRARY_PATH");
         return;
     };
-    let lib = PathBuf::from(lib);
+    // The real folder, not a link to it (such as .libtorch): a container or another machine
+    // carries the libraries at their real path.
+    let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| PathBuf::from(lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());

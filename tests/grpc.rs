@@ -127,3 +127,35 @@ fn grpc_health_follows_readiness() {
     });
     assert_eq!(s.get("/readyz").status, 200);
 }
+
+/// The one pipeline: HTTP, gRPC and `mixgan render` give the same bytes for every example.
+#[test]
+fn http_grpc_and_render_give_the_same_bytes_for_every_example() {
+    let s = Server::start(&[], &[], true);
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["portrait", "label_map", "crowd"] {
+        let path = root.join(format!("examples/{name}.json"));
+        let layout = std::fs::read_to_string(&path).unwrap();
+        let http = s.compose(&layout);
+        assert_eq!(http.status, 200, "{name}: {}", String::from_utf8_lossy(&http.body));
+        let grpc = runtime().block_on(async {
+            let mut client = pb::mixgan_client::MixganClient::connect(s.base.clone()).await.unwrap();
+            client.compose(pb::ComposeRequest { layout_json: layout.clone() }).await.unwrap().into_inner().image
+        });
+        let out = dir.path().join(name);
+        let run = Command::new(common::bin())
+            .arg("render")
+            .arg(&path)
+            .arg("-o")
+            .arg(&out)
+            .arg("--models")
+            .arg(root.join("models"))
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let rendered = std::fs::read(&out).unwrap();
+        assert!(grpc == http.body, "{name}: gRPC and HTTP pictures differ");
+        assert!(rendered == http.body, "{name}: `mixgan render` and HTTP pictures differ");
+    }
+}

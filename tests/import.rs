@@ -24,22 +24,27 @@ fn fixture(kind: &str, model: Option<&Path>, out: &Path, marker: Option<&Path>) 
     assert!(o.status.success(), "fixture {kind}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `mixgan import` as a user runs it: without `--python`, and, when `make setup`'s environment
+/// is in the cache, without `MIXGAN_PYTHON` either, so the binary finds PyTorch by itself.
 fn import(src: &Path, out: &Path) -> std::process::Output {
-    Command::new(bin())
-        .args([
-            "import",
-            src.to_str().unwrap(),
-            "--name",
-            "imported",
-            "--classes",
-            "face,portrait",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .arg("--python")
-        .arg(python())
-        .output()
-        .unwrap()
+    let mut cmd = Command::new(bin());
+    if mixgan::cli::python::cached_environment().is_some() {
+        cmd.env_remove("MIXGAN_PYTHON");
+    } else {
+        cmd.env("MIXGAN_PYTHON", python());
+    }
+    cmd.args([
+        "import",
+        src.to_str().unwrap(),
+        "--name",
+        "imported",
+        "--classes",
+        "face,portrait",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap()
 }
 
 fn params(c_dim: i64) -> Vec<GenerationParams> {
@@ -91,6 +96,27 @@ fn an_nvidia_snapshot_imports_without_nvidias_code() {
     same_pictures(&model, &out);
     // A second import into the same place is refused rather than overwriting.
     assert!(!import(&pkl, &out).status.success());
+}
+
+#[test]
+fn a_python_without_pytorch_gets_a_message_that_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("bare");
+    let made = Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&venv).status().unwrap();
+    assert!(made.success());
+    let o = Command::new(bin())
+        .env("MIXGAN_PYTHON", venv.join("bin/python"))
+        .args(["import", "x.pkl", "--name", "x", "--classes", "face", "-o"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot import torch") && err.contains("make setup") && err.contains("MIXGAN_PYTHON"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing is written");
 }
 
 #[test]

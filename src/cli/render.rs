@@ -46,6 +46,9 @@ pub struct RenderArgs {
     /// Largest generation batch.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
+    /// libtorch threads per operation (0: 1, as the server runs, which gives the server's bytes).
+    #[arg(long, default_value_t = 0)]
+    torch_threads: usize,
     /// Render this many times; --timings then shows the median run (the first pays one-time
     /// start-up costs that a running server does not).
     #[arg(long, default_value_t = 1)]
@@ -54,6 +57,7 @@ pub struct RenderArgs {
 
 pub fn run(a: RenderArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
+    crate::model::set_threads(a.torch_threads);
     let layout = if a.layout.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;

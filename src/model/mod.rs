@@ -325,6 +325,13 @@ pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
         .f_contiguous()
 }
 
+/// libtorch's threads per operation; 0 means 1. One thread is the default everywhere the
+/// pipeline runs: tasks run side by side instead, and a picture's bytes then do not depend
+/// on the machine's core count (more threads may round reductions differently).
+pub fn set_threads(threads: usize) {
+    tch::set_num_threads(threads.max(1) as i32);
+}
+
 /// The model directories under `root`: each folder holding a `model.toml`, sorted by name.
 pub fn model_dirs(root: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let entries = std::fs::read_dir(root).map_err(|source| ModelError::Io { path: root.to_path_buf(), source })?;

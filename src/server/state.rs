@@ -111,7 +111,7 @@ impl AppState {
         // The CPU's parallelism comes from running batches and compositing side by side (one
         // task per CPU slot), so each libtorch call gets one thread unless told otherwise; on a
         // GPU too, where the CPU's libtorch work is compositing (`composite_on = "cpu"`) or none.
-        tch::set_num_threads(c.torch_threads.max(1) as i32);
+        crate::model::set_threads(c.torch_threads);
         let registry = Arc::new(ModelRegistry::load(&c.models, self.device)?);
         for m in registry.iter() {
             self.metrics.register_model(m.name());
