@@ -359,3 +359,28 @@ fn overload_gets_pictures_or_503_and_the_server_survives() {
     assert_eq!(s.get("/healthz").status, 200);
     assert_eq!(s.compose(&one_face(5)).status, 200);
 }
+
+#[test]
+fn bad_settings_stop_the_server_before_it_listens() {
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    // Variables, flags, and what the message must name.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 4] = [
+        (&[("MIXGAN_COMPOSITE_ON", "gpu")], &[], "MIXGAN_COMPOSITE_ON"),
+        (&[], &["--device", "cuda:7"], "device"),
+        (&[("MIXGAN_MAX_BATCH", "0")], &[], "max_batch"),
+        (&[("MIXGAN_MAX_WIDTH", "wide")], &[], "MIXGAN_MAX_WIDTH"),
+    ];
+    for (env, args, named) in cases {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--models"]).arg(&models).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{env:?} {args:?} started");
+        assert!(!stdout.contains("listening"), "{env:?} {args:?} listened first: {stdout}");
+        assert!(stderr.contains(named), "{env:?} {args:?}: {stderr}");
+    }
+}

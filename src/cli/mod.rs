@@ -53,14 +53,45 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line. The library's errors already include their cause in
+/// their own message, so a cause whose text was said already is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text += ": ";
+        }
+        text += &message;
+    }
+    text
 }
 
 /// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
 fn say(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_said_once() {
+        let inner = std::io::Error::other("disk full");
+        let wrapped = anyhow::Error::new(crate::config::ConfigError::Io { path: "c.toml".into(), source: inner });
+        assert_eq!(report(&wrapped), "cannot read c.toml: disk full");
+        let with_context = anyhow::anyhow!("`cuda:1` is not available").context("--device");
+        assert_eq!(report(&with_context), "--device: `cuda:1` is not available");
+    }
 }
