@@ -15,7 +15,7 @@ your NVIDIA source tree (stylegan3, or stylegan2-ada-pytorch for the StyleGAN2 h
 NVIDIA's gen_images.py asks for CUDA; without a GPU, --cpu runs it with its `cuda` device
 mapped to the CPU. NVIDIA's tree needs its own Python packages (click, scipy, requests):
 put them on PYTHONPATH; the StyleGAN2 imports run with PYTHONPATH cleared. `mixgan import`
-uses $MIXGAN_PYTHON (set it to this Python).
+finds PyTorch as it always does ($MIXGAN_PYTHON, else the environment `make setup` installs).
 """
 import argparse
 import copy
