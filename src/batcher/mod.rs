@@ -247,12 +247,12 @@ impl<M: BatchModel> Worker<M> {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_chunks(&items)));
         let result = match result {
             Ok(r) => r,
-            Err(p) => Err(format!("panic: {}", panic_text(p.as_ref()))),
+            Err(p) => Err(BatchError::Failed(format!("panic: {}", panic_text(p.as_ref())))),
         };
         let seconds = started.elapsed();
         self.observer.batch(&self.name, items.len(), seconds.as_secs_f64());
         if let Err(e) = &result {
-            tracing::error!(model = %self.name, "generation failed: {e}");
+            tracing::error!(model = %self.name, "{e}");
         }
         let mut outputs = result.map(Vec::into_iter);
         for (job, n) in jobs.into_iter().zip(sizes) {
@@ -260,18 +260,19 @@ impl<M: BatchModel> Worker<M> {
             self.observer.queued(&self.name, report.queued.as_secs_f64());
             let reply = match &mut outputs {
                 Ok(all) => Ok((all.by_ref().take(n).collect(), report)),
-                Err(e) => Err(BatchError::Failed(e.clone())),
+                Err(e) => Err(e.clone()),
             };
             let _ = job.reply.send(reply);
         }
     }
 
-    fn run_chunks(&self, items: &[M::Item]) -> Result<Vec<M::Output>, String> {
+    fn run_chunks(&self, items: &[M::Item]) -> Result<Vec<M::Output>, BatchError> {
         let mut outputs = Vec::with_capacity(items.len());
         for chunk in items.chunks(self.settings.max_batch) {
-            let out = self.model.run(chunk).map_err(|e| e.to_string())?;
+            let out = self.model.run(chunk).map_err(|e| BatchError::Failed(e.to_string()))?;
             if out.len() != chunk.len() {
-                return Err(format!("the model returned {} outputs for {} items", out.len(), chunk.len()));
+                let why = format!("the model returned {} outputs for {} items", out.len(), chunk.len());
+                return Err(BatchError::Failed(why));
             }
             outputs.extend(out);
         }

@@ -18,6 +18,15 @@ struct Fake {
 const FAIL: u32 = 999;
 const PANIC: u32 = 666;
 
+#[derive(Debug)]
+struct Failure;
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the fake model fails")
+    }
+}
+
 impl Fake {
     fn held() -> (Arc<Self>, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel();
@@ -38,9 +47,9 @@ impl Fake {
 impl BatchModel for Fake {
     type Item = u32;
     type Output = u32;
-    type Error = String;
+    type Error = Failure;
 
-    fn run(&self, items: &[u32]) -> Result<Vec<u32>, String> {
+    fn run(&self, items: &[u32]) -> Result<Vec<u32>, Failure> {
         self.calls.lock().unwrap().push(items.to_vec());
         if let Some(tx) = self.entered.lock().unwrap().as_ref() {
             let _ = tx.send(());
@@ -50,7 +59,7 @@ impl BatchModel for Fake {
             panic!("the fake model panics");
         }
         if items.contains(&FAIL) {
-            return Err("the fake model fails".into());
+            return Err(Failure);
         }
         Ok(items.iter().map(|i| i * 10).collect())
     }
