@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::error::UnknownChoice;
-use crate::model::DeviceChoice;
+use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::CompositeOn;
 use crate::router::RouterLimits;
 
@@ -42,6 +42,8 @@ pub struct Config {
     pub models: PathBuf,
     /// auto, cpu, cuda or cuda:N.
     pub device: DeviceChoice,
+    /// auto, fp32, fp16 or bf16 for every native model; unset, each model's own setting.
+    pub precision: Option<Precision>,
     /// Bearer token required on /v1/*; none = open.
     pub api_key: Option<String>,
     /// Origins allowed by CORS (`*` for any); empty = CORS off.
@@ -71,7 +73,8 @@ pub struct Config {
     pub torch_threads: usize,
     /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
     pub cpu_slots: usize,
-    /// Where canvases are composited: device (the generators') or cpu.
+    /// Where canvases are composited: auto (the CPU for canvases up to 1024 x 1024, the
+    /// generators' device above), device or cpu.
     pub composite_on: CompositeOn,
 }
 
@@ -81,6 +84,7 @@ impl Default for Config {
             addr: "127.0.0.1:8080".into(),
             models: "models".into(),
             device: DeviceChoice::Auto,
+            precision: None,
             api_key: None,
             cors_origins: vec![],
             log_format: LogFormat::Text,
@@ -95,7 +99,7 @@ impl Default for Config {
             warmup_iterations: 2,
             torch_threads: 0,
             cpu_slots: 0,
-            composite_on: CompositeOn::Device,
+            composite_on: CompositeOn::Auto,
         }
     }
 }
@@ -107,6 +111,9 @@ pub enum ConfigError {
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
+
+/// Settings that are unset by default (so the serialised defaults leave them out).
+const UNSET_BY_DEFAULT: [&str; 2] = ["api_key", "precision"];
 
 /// Settings given as a table, with where each came from (a file, a variable, a flag).
 #[derive(Debug, Default, Clone)]
@@ -155,7 +162,7 @@ impl Config {
         }
         for (name, value) in env {
             let Some(key) = name.strip_prefix("MIXGAN_").map(str::to_lowercase) else { continue };
-            if !known.contains_key(&key) && key != "api_key" {
+            if !known.contains_key(&key) && !UNSET_BY_DEFAULT.contains(&key.as_str()) {
                 continue;
             }
             let parsed = match known.get(&key) {
@@ -174,7 +181,7 @@ impl Config {
         }
         given.merge(flags);
         for (key, origin) in &given.origins {
-            if !known.contains_key(key) && key != "api_key" {
+            if !known.contains_key(key) && !UNSET_BY_DEFAULT.contains(&key.as_str()) {
                 return Err(ConfigError::Invalid {
                     origin: origin.clone(),
                     message: format!("unknown setting `{key}`"),
@@ -279,5 +286,9 @@ mod tests {
         assert!(err.starts_with("--device:") && err.contains("`tpu`") && err.contains("cuda:N"), "{err}");
         let err = load_env(&[("MIXGAN_MAX_WIDTH", "-3")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_MAX_WIDTH"), "{err}");
+        assert_eq!(load_env(&[("MIXGAN_PRECISION", "bf16")]).unwrap().precision, Some(Precision::Bf16));
+        assert_eq!(load_env(&[]).unwrap().precision, None);
+        let err = load_env(&[("MIXGAN_PRECISION", "half")]).unwrap_err().to_string();
+        assert!(err.contains("MIXGAN_PRECISION") && err.contains("fp16, bf16"), "{err}");
     }
 }

@@ -33,9 +33,11 @@ pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
         return Err(EncodeError::Shape(size));
     }
     let (h, w, c) = (size[0] as u32, size[1] as u32, size[2]);
-    let mut data = vec![0u8; pixels.numel()];
-    pixels.f_contiguous()?.f_copy_data_u8(&mut data, pixels.numel())?;
-    encode_raw(&data, w, h, c as u8, format)
+    let pixels = pixels.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    // SAFETY: `pixels` is a contiguous uint8 tensor on the CPU holding h * w * c values; it
+    // lives, unchanged, until this function returns, and nothing else writes to it.
+    let data: &[u8] = unsafe { std::slice::from_raw_parts(pixels.data_ptr() as *const u8, pixels.numel()) };
+    encode_raw(data, w, h, c as u8, format)
 }
 
 /// NVIDIA's conversion of a [C, H, W] float image in generator units to interleaved uint8
@@ -47,8 +49,11 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
     }
     let (c, h, w) = (size[0] as usize, size[1] as usize, size[2] as usize);
     let plane = h * w;
-    let mut floats = vec![0f32; c * plane];
-    image.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_copy_data(&mut floats, c * plane)?;
+    let image = image.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+    // Read in place: copying a large canvas out first costs as much as the conversion.
+    // SAFETY: `image` is a contiguous float32 tensor on the CPU holding c * h * w values; it
+    // lives, unchanged, until this function returns, and nothing else writes to it.
+    let floats: &[f32] = unsafe { std::slice::from_raw_parts(image.data_ptr() as *const f32, c * plane) };
     let mut out = vec![0u8; c * plane];
     let to_u8 = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
     if c == 3 {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use crate::model::{model_dirs, Model, ModelError};
+use crate::model::{model_dirs, Model, ModelError, Precision};
 
 pub struct ModelRegistry {
     models: BTreeMap<String, Arc<Model>>,
@@ -16,9 +16,18 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// Loads every model directory under `root` onto `device`; two models of one name are an error.
     pub fn load(root: &Path, device: Device) -> Result<Self, ModelError> {
+        Self::load_in(root, device, None)
+    }
+
+    /// As [`ModelRegistry::load`], with every native model in `precision` instead of its own
+    /// `model.toml` setting (`None` keeps each model's).
+    pub fn load_in(root: &Path, device: Device, precision: Option<Precision>) -> Result<Self, ModelError> {
         let mut models = BTreeMap::new();
         for dir in model_dirs(root)? {
-            let model = Model::load(&dir, device)?;
+            let mut model = Model::load(&dir, device)?;
+            if let Some(p) = precision {
+                model.set_precision(p);
+            }
             let name = model.name().to_string();
             if models.insert(name.clone(), Arc::new(model)).is_some() {
                 return Err(ModelError::InvalidSettings {

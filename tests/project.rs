@@ -16,7 +16,7 @@ fn projection_finds_a_w_that_reproduces_the_target() {
     let weight = Tensor::ones([1, 64, 64], (Kind::Float, Device::Cpu));
     let start = model.generate(&[GenerationParams { trunc: 0.0, ..model.default_params(0) }]).unwrap().get(0);
     let started = std::time::Instant::now();
-    let ws = model.project(&target, &weight, 100).unwrap();
+    let ws = model.project(&target.unsqueeze(0), &weight.unsqueeze(0), 100).unwrap();
     let elapsed = started.elapsed();
     let w: Vec<f32> = Vec::try_from(ws.flatten(0, -1)).unwrap();
     let p = GenerationParams { projected: Some(std::sync::Arc::new(w)), ..model.default_params(0) };
@@ -24,4 +24,28 @@ fn projection_finds_a_w_that_reproduces_the_target() {
     let (before, after) = (mse(&start, &target), mse(&found, &target));
     eprintln!("mse from w_avg {before:.4}, after projection {after:.4}, {elapsed:?}");
     assert!(after < before * 0.5, "projection did not approach the target: {before} -> {after}");
+}
+
+/// Several targets searched as one batch land where each lands alone: each one's loss depends
+/// on its own w, and Adam works value by value.
+#[test]
+fn a_batch_of_targets_projects_as_each_would_alone() {
+    let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face"), Device::Cpu).unwrap();
+    let targets = model
+        .generate(&[
+            GenerationParams { trunc: 1.0, ..model.default_params(3) },
+            GenerationParams { trunc: 1.0, ..model.default_params(4) },
+        ])
+        .unwrap();
+    // The second target matters only on its left half.
+    let weights = Tensor::ones([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+    let _ = weights.get(1).narrow(2, 32, 32).fill_(0.0);
+    let together = model.project(&targets, &weights, 30).unwrap();
+    for i in 0..2 {
+        let alone = model.project(&targets.narrow(0, i, 1), &weights.narrow(0, i, 1), 30).unwrap();
+        let diff = (together.get(i) - alone.get(0)).abs().max().double_value(&[]);
+        let spread = alone.abs().max().double_value(&[]);
+        eprintln!("target {i}: |together - alone| {diff:.2e} of |w| up to {spread:.2}");
+        assert!(diff <= 1e-3 * spread.max(1.0), "target {i}: {diff}");
+    }
 }

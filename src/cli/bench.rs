@@ -11,7 +11,7 @@ use clap::Args;
 use tch::Device;
 
 use super::{python, say};
-use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError};
+use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError, Precision};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -38,9 +38,16 @@ pub struct BenchArgs {
     /// Skip the Python baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Skip generating on the CPU to compare with the device (slow for large models).
+    #[arg(long)]
+    no_cpu_check: bool,
     /// Modulated convolutions: auto, fused (grouped, per-sample weights) or unfused.
     #[arg(long, default_value = "auto")]
     conv_path: ConvPath,
+    /// auto, fp32, fp16 or bf16 (default: each model's own setting). The pictures of any
+    /// precision but fp32 are also compared with fp32's.
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
@@ -60,6 +67,8 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
         python: (!a.no_baseline).then(|| python::python(a.python)),
         reference: python::tool("sg2_reference.py"),
         conv_path: a.conv_path,
+        precision: a.precision,
+        cpu_check: !a.no_cpu_check,
     };
     let rows = run(&cfg, |w| eprintln!("warning: {w}"))?;
     say(&format_table(&rows, device, threads));
@@ -77,12 +86,22 @@ pub struct BenchConfig {
     pub python: Option<PathBuf>,
     pub reference: PathBuf,
     pub conv_path: ConvPath,
+    /// Every model's precision instead of its own setting.
+    pub precision: Option<Precision>,
+    /// Compare the device's pictures with the CPU's.
+    pub cpu_check: bool,
 }
 
 pub struct BenchRow {
     pub model: String,
     /// Largest |device - CPU| over a few images, when the device is not the CPU.
     pub cpu_diff: Option<f64>,
+    /// The precision the model ran in, and its pictures against fp32's on the same device
+    /// (largest and mean difference in 8-bit levels), when it is not fp32 throughout.
+    pub precision: Option<Precision>,
+    pub vs_fp32: Option<(f64, f64)>,
+    /// Floating-point operations per picture (`GeneratorSettings::flops`).
+    pub flops: f64,
     pub resolution: i64,
     pub batch: usize,
     /// Median seconds per batch.
@@ -116,18 +135,40 @@ fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, Mo
     Ok(median(times))
 }
 
-/// The same images on the benchmark device and on the CPU: the largest absolute difference.
+fn check_params(model: &Model) -> Vec<GenerationParams> {
+    (0..4).map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) }).collect()
+}
+
+/// The same images on the benchmark device and on the CPU (in float32): the largest absolute
+/// difference.
 fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelError> {
-    if cfg.device == Device::Cpu {
+    if cfg.device == Device::Cpu || !cfg.cpu_check {
         return Ok(None);
     }
-    let cpu = Model::load(&model.dir, Device::Cpu)?;
-    let params: Vec<GenerationParams> = (0..4)
-        .map(|s| GenerationParams { noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) })
-        .collect();
+    let mut cpu = Model::load(&model.dir, Device::Cpu)?;
+    cpu.set_precision(Precision::Fp32);
+    let params = check_params(model);
     let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
     let b = cpu.generate(&params)?;
     Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
+}
+
+/// The model's pictures against fp32's on the same device, in 8-bit levels (largest, mean),
+/// when any of its blocks runs in half precision.
+fn vs_fp32(model: &mut Model) -> Result<Option<(f64, f64)>, ModelError> {
+    let Some(precision) = model.precision() else { return Ok(None) };
+    let g = &model.spec.generator;
+    let device = model.generator.device();
+    if g.block_resolutions().iter().all(|&r| precision.block_kind(r, g, device) == tch::Kind::Float) {
+        return Ok(None);
+    }
+    let params = check_params(model);
+    let half = to_pixels(&model.generate(&params)?)?;
+    model.set_precision(Precision::Fp32);
+    let full = to_pixels(&model.generate(&params)?);
+    model.set_precision(precision);
+    let d = half.f_to_kind(tch::Kind::Float)?.f_sub(&full?.f_to_kind(tch::Kind::Float)?)?.f_abs()?;
+    Ok(Some((d.f_max()?.f_double_value(&[])?, d.f_mean(tch::Kind::Float)?.f_double_value(&[])?)))
 }
 
 fn time_python(model: &Model, cfg: &BenchConfig) -> Result<Vec<Option<f64>>> {
@@ -168,11 +209,15 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
     for dir in &cfg.models {
         let mut model = Model::load(dir, cfg.device)?;
         model.set_conv_path(cfg.conv_path);
+        if let Some(p) = cfg.precision {
+            model.set_precision(p);
+        }
         let mut ours = Vec::new();
         for &b in &cfg.batches {
             ours.push(time_mixgan(&model, b, cfg)?);
         }
         let cpu_diff = device_vs_cpu(&model, cfg)?;
+        let vs_fp32 = vs_fp32(&mut model)?;
         let theirs = time_python(&model, cfg).unwrap_or_else(|e| {
             warn(format!("{}: baseline skipped: {e:#}", model.name()));
             vec![None; cfg.batches.len()]
@@ -181,6 +226,9 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
             rows.push(BenchRow {
                 model: model.name().to_string(),
                 cpu_diff,
+                precision: model.precision(),
+                vs_fp32,
+                flops: model.spec.generator.flops(),
                 resolution: model.spec.generator.img_resolution,
                 batch,
                 mixgan_s,
@@ -197,8 +245,8 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
         "device {device:?}, {threads} thread(s); median of timed runs; ratio = mixgan / Python reference (< 1 is faster)\n"
     );
     s += &format!(
-        "{:<12} {:>5} {:>6} {:>14} {:>10} {:>14} {:>10} {:>7}\n",
-        "model", "res", "batch", "mixgan ms/img", "img/s", "python ms/img", "img/s", "ratio"
+        "{:<12} {:>5} {:>6} {:>14} {:>10} {:>14} {:>10} {:>7} {:>9}\n",
+        "model", "res", "batch", "mixgan ms/img", "img/s", "python ms/img", "img/s", "ratio", "TFLOP/s"
     );
     for r in rows {
         let per = |t: f64| t * 1e3 / r.batch as f64;
@@ -209,7 +257,7 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
             None => ("-".into(), "-".into(), "-".into()),
         };
         s += &format!(
-            "{:<12} {:>5} {:>6} {:>14.2} {:>10.1} {:>14} {:>10} {:>7}\n",
+            "{:<12} {:>5} {:>6} {:>14.2} {:>10.1} {:>14} {:>10} {:>7} {:>9.3}\n",
             r.model,
             r.resolution,
             r.batch,
@@ -217,14 +265,26 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
             r.batch as f64 / r.mixgan_s,
             pm,
             pr,
-            ratio
+            ratio,
+            r.flops * r.batch as f64 / r.mixgan_s / 1e12
         );
     }
     let mut seen = std::collections::HashSet::new();
     for r in rows {
-        if let (Some(d), true) = (r.cpu_diff, seen.insert(&r.model)) {
-            s += &format!("{}: max |{device:?} - CPU| = {d:.2e} on 4 images (fp32)\n", r.model);
+        if !seen.insert(&r.model) {
+            continue;
         }
+        let precision = r.precision.map_or("as exported".to_string(), |p| p.to_string());
+        if let Some(d) = r.cpu_diff {
+            s += &format!("{}: max |{device:?} - CPU| = {d:.2e} on 4 images ({precision})\n", r.model);
+        }
+        if let Some((max, mean)) = r.vs_fp32 {
+            s += &format!(
+                "{}: {precision} against fp32 on {device:?}: largest {max:.0}, mean {mean:.3} levels of 255 on 4 images\n",
+                r.model
+            );
+        }
+        s += &format!("{}: {:.2} GFLOP per picture\n", r.model, r.flops / 1e9);
     }
     s
 }

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::say;
 use super::seeds::parse_seeds;
 use crate::encode::write_png;
-use crate::model::{to_pixels, DeviceChoice, GenerationParams, Model, NoiseMode, StyleMix};
+use crate::model::{to_pixels, DeviceChoice, GenerationParams, Model, NoiseMode, Precision, StyleMix};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -48,6 +48,9 @@ pub struct GenerateArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// auto, fp32, fp16 or bf16 (default: the model's own setting, usually auto).
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 fn progress(len: usize) -> ProgressBar {
@@ -62,7 +65,10 @@ fn progress(len: usize) -> ProgressBar {
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
     let seeds = parse_seeds(&a.seeds).context("--seeds")?;
-    let model = Model::load(&a.model, device)?;
+    let mut model = Model::load(&a.model, device)?;
+    if let Some(p) = a.precision {
+        model.set_precision(p);
+    }
     let d = &model.spec.defaults;
     if a.class_index.is_some() && model.spec.generator.c_dim == 0 {
         eprintln!("warning: --class ignored: model `{}` is unconditional", model.name());

@@ -10,7 +10,7 @@ use clap::Args;
 use super::say;
 use crate::compositor::ownership_map;
 use crate::layout::ImageFormat;
-use crate::model::DeviceChoice;
+use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::{CompositeOn, Pipeline};
 use crate::registry::ModelRegistry;
 use crate::router::RouterLimits;
@@ -40,8 +40,12 @@ pub struct RenderArgs {
     /// A picture (PNG or JPEG) to repair: it becomes the layout's background `image`.
     #[arg(long)]
     background_image: Option<PathBuf>,
-    /// Where to composite: device (the generators') or cpu.
-    #[arg(long, default_value = "device")]
+    /// auto, fp32, fp16 or bf16 for every native model (default: each model's own setting).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Where to composite: auto (the CPU up to 1024 x 1024 px, else the generators' device),
+    /// device or cpu.
+    #[arg(long, default_value = "auto")]
     composite_on: CompositeOn,
     /// Largest generation batch.
     #[arg(long, default_value_t = 16)]
@@ -69,7 +73,7 @@ pub fn run(a: RenderArgs) -> Result<()> {
         Some(path) => with_background_image(&layout, path)?,
         None => layout,
     };
-    let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
+    let registry = Arc::new(ModelRegistry::load_in(&a.models, device, a.precision)?);
     let pipeline =
         Arc::new(Pipeline { registry, limits: RouterLimits::default(), device, composite_on: a.composite_on });
     let mut runs =

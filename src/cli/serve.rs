@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::{Config, LogFormat, Overrides};
-use crate::model::DeviceChoice;
+use crate::model::{DeviceChoice, Precision};
 
 #[derive(Args, Serialize)]
 pub struct ServeArgs {
@@ -28,6 +28,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceChoice>,
+    /// auto, fp32, fp16 or bf16 for every native model [default: each model's own setting].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<Precision>,
     /// Bearer token required on /v1/* (also MIXGAN_API_KEY).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,9 @@
 
 pub mod device;
 pub mod ops;
+pub mod precision;
 pub mod project;
+pub mod settings;
 pub mod spec;
 pub mod stylegan2;
 pub mod torchscript;
@@ -17,6 +19,7 @@ use thiserror::Error;
 
 use crate::latent;
 pub use device::{DeviceChoice, DeviceError};
+pub use precision::Precision;
 pub use spec::{GenerationDefaults, GeneratorSettings, ModelKind, ModelSpec, NoiseMode};
 pub use stylegan2::{ConvPath, NoisePlan, StyleGan2};
 pub use torchscript::ScriptGenerator;
@@ -133,7 +136,9 @@ impl Model {
         let generator = match &spec.torchscript {
             None => {
                 let tensors = weights::load(&path, &spec.generator, device)?;
-                Generator::Native(Box::new(StyleGan2::new(spec.generator.clone(), tensors, device)?))
+                let mut g = StyleGan2::new(spec.generator.clone(), tensors, device)?;
+                g.precision = spec.precision;
+                Generator::Native(Box::new(g))
             }
             Some(ts) => {
                 let mut tensors = weights::load_named(&path, &[("mapping.w_avg", vec![spec.generator.w_dim])], device)?;
@@ -150,6 +155,21 @@ impl Model {
     pub fn set_conv_path(&mut self, path: ConvPath) {
         if let Generator::Native(g) = &mut self.generator {
             g.conv_path = path;
+        }
+    }
+
+    /// The arithmetic the native generator's synthesis runs in (TorchScript: no effect).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if let Generator::Native(g) = &mut self.generator {
+            g.precision = precision;
+        }
+    }
+
+    /// The native generator's precision; TorchScript models run as exported.
+    pub fn precision(&self) -> Option<Precision> {
+        match &self.generator {
+            Generator::Native(g) => Some(g.precision),
+            Generator::Script(_) => None,
         }
     }
 
@@ -192,10 +212,10 @@ impl Model {
         self.projector().map(|_| ())
     }
 
-    /// ws [1, num_ws, w_dim] whose picture matches `target` [3, R, R] where `weight`
-    /// [1, R, R] says (see [`project::project`]).
-    pub fn project(&self, target: &Tensor, weight: &Tensor, steps: usize) -> Result<Tensor, ModelError> {
-        Ok(project::project(self.projector()?, target, weight, steps)?)
+    /// ws [N, num_ws, w_dim] whose pictures match `targets` [N, 3, R, R] where `weights`
+    /// [N, 1, R, R] say, searched as one batch (see [`project::project`]).
+    pub fn project(&self, targets: &Tensor, weights: &Tensor, steps: usize) -> Result<Tensor, ModelError> {
+        Ok(project::project(self.projector()?, targets, weights, steps)?)
     }
 
     /// Checks one sample's parameters against this model.

@@ -100,8 +100,20 @@ impl Filter {
     fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
         let x = pad_or_crop(x, before, after)?;
         let ch = x.size()[1];
-        let k = self.up_kernel.f_view([1, 1, self.taps, self.taps])?.f_expand([ch, 1, self.taps, self.taps], false)?;
-        x.f_conv2d(&k.f_contiguous()?, None::<Tensor>, [1, 1], [0, 0], [1, 1], ch)
+        let k = self.kernel(x.kind())?.f_view([1, 1, self.taps, self.taps])?;
+        x.f_conv2d(
+            &k.f_expand([ch, 1, self.taps, self.taps], false)?.f_contiguous()?,
+            None::<Tensor>,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            ch,
+        )
+    }
+
+    /// The kernel in the features' type (a no-op for float32).
+    fn kernel(&self, kind: Kind) -> Result<Tensor> {
+        self.up_kernel.f_to_kind(kind)
     }
 
     /// NVIDIA's `upsample2d`: 2x zero insertion, padding and the filter, with gain 4. Done as
@@ -113,7 +125,12 @@ impl Filter {
         let p1 = (t - 2) / 2;
         let pad = t - 1 - p0;
         // The transposed convolution correlates with the kernel as given, so un-flip it.
-        let k = self.up_kernel.f_flip([0, 1])?.f_view([1, 1, t, t])?.f_expand([ch, 1, t, t], false)?.f_contiguous()?;
+        let k = self
+            .kernel(x.kind())?
+            .f_flip([0, 1])?
+            .f_view([1, 1, t, t])?
+            .f_expand([ch, 1, t, t], false)?
+            .f_contiguous()?;
         let y = x.f_conv_transpose2d(&k, None::<Tensor>, [2, 2], [pad, pad], [0, 0], ch, [1, 1])?;
         let (oh, ow) = (2 * h + p0 + p1 - t + 1, 2 * w + p0 + p1 - t + 1);
         y.f_narrow(2, 0, oh)?.f_narrow(3, 0, ow)
@@ -159,6 +176,8 @@ pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64)
 /// `fused` runs each sample's own weights as one grouped convolution (NVIDIA's inference
 /// path); otherwise activations are scaled before and after one shared convolution, which
 /// is the faster of the two for batches on CPU. Both are the same function to float rounding.
+/// The features may be float16 or bfloat16: the weights, styles and demodulation coefficients
+/// are then computed in float32 and cast, as in NVIDIA's code.
 pub struct ModConv<'a> {
     pub weight: &'a Tensor,
     pub demodulate: bool,
@@ -167,14 +186,29 @@ pub struct ModConv<'a> {
     pub fused: bool,
 }
 
+/// Whether `kind` is a half-precision type.
+pub fn is_half(kind: Kind) -> bool {
+    matches!(kind, Kind::Half | Kind::BFloat16)
+}
+
 impl ModConv<'_> {
     pub fn forward(&self, x: &Tensor, styles: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
         let n = x.size()[0];
+        let kind = x.kind();
         let ws = self.weight.size();
         let (cout, cin, k) = (ws[0], ws[1], ws[2]);
+        // In half precision the weights and styles are first scaled to at most 1 (the weights
+        // to 1/sqrt(fan-in)), so the products stay in range; demodulation cancels the scale.
+        let (weight, styles) = if is_half(kind) && self.demodulate {
+            let wmax = self.weight.f_abs()?.f_amax([1i64, 2, 3], true)?;
+            let weight = self.weight.f_div(&wmax)?.f_mul_scalar(1.0 / ((cin * k * k) as f64).sqrt())?;
+            (weight, styles.f_div(&styles.f_abs()?.f_amax([1i64], true)?)?)
+        } else {
+            (self.weight.shallow_clone(), styles.shallow_clone())
+        };
         let need_w = self.demodulate || self.fused;
         let modulated =
-            if need_w { Some(self.weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?) } else { None };
+            if need_w { Some(weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?) } else { None };
         let dcoefs = match (&modulated, self.demodulate) {
             (Some(w), true) => Some(
                 w.f_square()?
@@ -185,26 +219,35 @@ impl ModConv<'_> {
             _ => None,
         };
         if !self.fused {
-            let xs = x.f_mul(&styles.f_reshape([n, cin, 1, 1])?)?;
-            let mut y = self.conv(&xs, self.weight, 1)?;
-            if let Some(d) = &dcoefs {
-                y = y.f_mul(&d.f_reshape([n, cout, 1, 1])?)?;
-            }
-            if let Some(nz) = noise {
-                y = y.f_add(nz)?;
-            }
-            return Ok(y);
+            let xs = x.f_mul(&styles.f_to_kind(kind)?.f_reshape([n, cin, 1, 1])?)?;
+            let y = self.conv(&xs, &weight.f_to_kind(kind)?, 1)?;
+            let d = dcoefs.map(|d| d.f_to_kind(kind)?.f_reshape([n, cout, 1, 1])).transpose()?;
+            return match (d, noise) {
+                // NVIDIA's fused multiply-add, one rounding in half precision.
+                (Some(d), Some(nz)) if is_half(kind) => nz.f_to_kind(kind)?.f_addcmul(&y, &d),
+                (Some(d), Some(nz)) => y.f_mul(&d)?.f_add(nz),
+                (Some(d), None) => y.f_mul(&d),
+                (None, Some(nz)) => y.f_add(&nz.f_to_kind(kind)?),
+                (None, None) => Ok(y),
+            };
         }
         let mut w = modulated.expect("fused path modulates");
         if let Some(d) = &dcoefs {
             w = w.f_mul(&d.f_reshape([n, cout, 1, 1, 1])?)?;
         }
         let xg = x.f_reshape([1, n * cin, x.size()[2], x.size()[3]])?;
-        let wg = w.f_reshape([n * cout, cin, k, k])?;
+        let wg = w.f_reshape([n * cout, cin, k, k])?.f_to_kind(kind)?;
         let y = self.conv(&xg, &wg, n)?;
         let mut y = y.f_reshape([n, cout, y.size()[2], y.size()[3]])?;
-        if let Some(nz) = noise {
-            y = y.f_add(nz)?;
+        match noise {
+            // In place, as NVIDIA adds it: half-precision features stay half (the noise is
+            // float32, and an ordinary add would promote them).
+            Some(nz) if is_half(kind) => {
+                y = y.f_contiguous()?;
+                let _ = y.f_add_(nz)?;
+            }
+            Some(nz) => y = y.f_add(nz)?,
+            None => {}
         }
         Ok(y)
     }

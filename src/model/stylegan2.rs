@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
-use tch::{Device, TchError, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
-use super::ops::{bias_act, normalize_2nd_moment, Dense, Filter, ModConv};
+use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter, ModConv};
+use super::precision::Precision;
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
 use crate::error::UnknownChoice;
 
@@ -145,7 +146,8 @@ impl StyledLayer {
             fused: pass.fused,
         };
         let y = conv.forward(x, &styles, noise.as_ref())?;
-        bias_act(&y, Some(&self.bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
+        let bias = self.bias.f_to_kind(y.kind())?;
+        bias_act(&y, Some(&bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
     }
 }
 
@@ -172,11 +174,17 @@ impl ToRgb {
         })
     }
 
+    /// The block's contribution to the picture, in float32 whatever the features' type.
     fn forward(&self, x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
         let conv = ModConv { weight: &self.weight, demodulate: false, up: None, padding: 0, fused };
         let y = conv.forward(x, &styles, None)?;
-        bias_act(&y, Some(&self.bias), Activation::Linear, 1.0, self.clamp)
+        let y = bias_act(&y, Some(&self.bias.f_to_kind(y.kind())?), Activation::Linear, 1.0, self.clamp)?;
+        if is_half(y.kind()) {
+            y.f_to_kind(Kind::Float)?.f_contiguous()
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -215,31 +223,40 @@ impl Block {
         })
     }
 
+    /// `kind` is the type the block computes in; `channels_last`, its features' layout.
     fn forward(
         &self,
         x: Option<Tensor>,
         img: Option<Tensor>,
         ws: &Tensor,
         pass: Pass,
+        kind: Kind,
+        channels_last: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
+        // Channels-last features let oneDNN (CPU) and cuDNN (half precision) pick their fast
+        // convolution kernels; the layout then carries through the block's ops.
+        let layout = |x: Tensor| -> Result<Tensor> {
+            if channels_last {
+                x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])
+            } else {
+                x.f_contiguous()
+            }
+        };
         let x = match (&self.konst, x, &self.conv0) {
             (Some(k), _, _) => {
-                let x = k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?;
-                // Channels-last features let oneDNN pick its fast convolution kernels on CPU;
-                // the layout then carries through every following op.
-                let x = if pass.channels_last {
-                    x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?
-                } else {
-                    x
-                };
+                let x = layout(k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?.f_to_kind(kind)?)?;
                 self.conv1.forward(&x, &w(0)?, pass, 1.0)?
             }
             (None, Some(x), Some(conv0)) => {
+                // A block that changes the type or runs on CUDA sets its features' layout, as
+                // NVIDIA's blocks do; on the CPU in float32 the layout the first block chose
+                // carries through (forcing it at every block measured slower).
+                let x = if x.kind() != kind || pass.cuda { layout(x.f_to_kind(kind)?)? } else { x };
                 if let Some(skip) = &self.skip {
-                    let y = x.f_conv2d(skip, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
+                    let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
                     let y = self.filter.upsample2d(&y)?.f_mul_scalar(half)?;
                     let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
                     y.f_add(&self.conv1.forward(&h, &w(1)?, pass, half)?)?
@@ -270,7 +287,7 @@ impl Block {
 struct Pass<'a> {
     noise: NoisePlan<'a>,
     fused: bool,
-    channels_last: bool,
+    cuda: bool,
 }
 
 /// How the modulated convolutions run for a batch.
@@ -303,6 +320,7 @@ pub struct StyleGan2 {
     num_ws: i64,
     device: Device,
     pub conv_path: ConvPath,
+    pub precision: Precision,
 }
 
 // SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
@@ -321,7 +339,7 @@ impl StyleGan2 {
             .map(|res| Block::new(&settings, &mut weights, res))
             .collect::<Result<_>>()?;
         let num_ws = settings.num_ws();
-        Ok(Self { settings, mapping, blocks, num_ws, device, conv_path: ConvPath::Auto })
+        Ok(Self { settings, mapping, blocks, num_ws, device, conv_path: ConvPath::Auto, precision: Precision::Auto })
     }
 
     pub fn num_ws(&self) -> i64 {
@@ -348,14 +366,19 @@ impl StyleGan2 {
         truncate(ws, &self.mapping.w_avg, self.num_ws, psi, cutoff)
     }
 
-    /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1].
+    /// ws [N, num_ws, w_dim] to images [N, img_channels, res, res] in about [-1, 1], float32,
+    /// computed in the generator's `precision`.
     pub fn synthesis(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.synthesis_graph(ws, noise)
+        self.run(ws, noise, self.precision)
     }
 
-    /// `synthesis`, recording the autograd graph (for projection).
+    /// `synthesis` in float32, recording the autograd graph (for projection).
     pub fn synthesis_graph(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
+        self.run(ws, noise, Precision::Fp32)
+    }
+
+    fn run(&self, ws: &Tensor, noise: NoisePlan, precision: Precision) -> Result<Tensor> {
         let n = ws.size()[0];
         let on_cpu = self.device == Device::Cpu;
         let fused = match self.conv_path {
@@ -363,14 +386,16 @@ impl StyleGan2 {
             ConvPath::Unfused => false,
             ConvPath::Auto => n == 1 && !on_cpu,
         };
-        let pass = Pass { noise, fused, channels_last: on_cpu && !fused };
+        let pass = Pass { noise, fused, cuda: self.device.is_cuda() };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
-        for block in &self.blocks {
+        for (block, res) in self.blocks.iter().zip(self.settings.block_resolutions()) {
             let count = block.num_conv + i64::from(block.torgb.is_some());
             let bws = ws.f_narrow(1, idx, count)?;
             idx += block.num_conv;
-            let (nx, nimg) = block.forward(x, img, &bws, pass)?;
+            let kind = precision.block_kind(res, &self.settings, self.device);
+            let channels_last = precision.channels_last(res, &self.settings, self.device) && !fused;
+            let (nx, nimg) = block.forward(x, img, &bws, pass, kind, channels_last)?;
             x = Some(nx);
             img = nimg;
         }

@@ -127,6 +127,7 @@ impl Mixgan for GrpcApi {
                 queue_depth: m.queue_depth as u32,
                 ready: m.ready,
                 projects: m.projects,
+                precision: m.precision.map(|p| p.to_string()).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListModelsReply { models }))

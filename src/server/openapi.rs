@@ -70,7 +70,9 @@ pub fn document() -> Value {
             "c_dim": {"type": "integer"}, "device": {"type": "string"},
             "batching": {"type": "object", "properties": {"max_batch": {"type": "integer"}, "max_wait_ms": {"type": "integer"}}},
             "queue_depth": {"type": "integer"}, "ready": {"type": "boolean"},
-            "projects": {"type": "boolean", "description": "Regions served by it may `project`."}}}),
+            "projects": {"type": "boolean", "description": "Regions served by it may `project`."},
+            "precision": {"type": ["string", "null"], "enum": ["auto", "fp32", "fp16", "bf16", null],
+                          "description": "A native generator's arithmetic; null for TorchScript models."}}}),
     );
     let mut paths = serde_json::Map::new();
     for endpoint in Endpoint::ALL {

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
 use crate::config::Config;
-use crate::model::{Model, ModelError, ModelKind};
+use crate::model::{Model, ModelError, ModelKind, Precision};
 use crate::pipeline::{runners, Batched, Pipeline, Rendered};
 use crate::registry::ModelRegistry;
 
@@ -112,7 +112,7 @@ impl AppState {
         // task per CPU slot), so each libtorch call gets one thread unless told otherwise; on a
         // GPU too, where the CPU's libtorch work is compositing (`composite_on = "cpu"`) or none.
         crate::model::set_threads(c.torch_threads);
-        let registry = Arc::new(ModelRegistry::load(&c.models, self.device)?);
+        let registry = Arc::new(ModelRegistry::load_in(&c.models, self.device, c.precision)?);
         for m in registry.iter() {
             self.metrics.register_model(m.name());
         }
@@ -190,6 +190,8 @@ pub(super) struct ModelInfo {
     pub ready: bool,
     /// Whether regions served by it may `project`.
     pub projects: bool,
+    /// A native generator's arithmetic; none for TorchScript models.
+    pub precision: Option<Precision>,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -215,6 +217,7 @@ impl ModelInfo {
             queue_depth: batcher.queue_depth(m.name()),
             ready,
             projects: m.can_project(),
+            precision: m.precision(),
         }
     }
 }
