@@ -65,6 +65,19 @@ pub enum BlendMode {
     None,
 }
 
+/// Which coverage a region's patch is blended under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matte {
+    /// The patch's own alpha where its model draws one, else the region's shape.
+    #[default]
+    Auto,
+    /// The region's shape times the patch's alpha (the model must draw alpha).
+    Patch,
+    /// The region's shape alone: the patch's backdrop shows inside it.
+    Region,
+}
+
 /// Generation parameters, the same as `mixgan generate`'s options.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +131,7 @@ pub struct RegionSpec {
     pub feather: Option<f64>,
     #[serde(default)]
     pub color_match: bool,
+    pub matte: Option<Matte>,
     /// Regenerate from the likeness of what the background picture shows here.
     #[serde(default)]
     pub project: bool,
@@ -145,6 +159,7 @@ pub struct LabelMapSpec {
     pub feather: Option<f64>,
     #[serde(default)]
     pub color_match: bool,
+    pub matte: Option<Matte>,
 }
 
 impl BackgroundSpec {
@@ -176,13 +191,20 @@ impl RegionSpec {
 }
 
 impl Layout {
-    /// Parses a layout; syntax errors and unknown keys come back with their position.
+    /// Parses a layout; syntax errors come back with their position, wrong values and
+    /// unknown keys with the JSON path of the field (`regions[2].blend`).
     pub fn parse(bytes: &[u8]) -> Result<Self, LayoutError> {
-        serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                LayoutError::NotJson { reason: format!("invalid JSON: {e}") }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    LayoutError::NotJson { reason: format!("invalid JSON: {inner}") }
+                }
+                _ if path == "." => LayoutError::new("layout", inner.to_string()),
+                _ => LayoutError::new(path, inner.to_string()),
             }
-            _ => LayoutError::new("layout", e.to_string()),
         })
     }
 }

@@ -44,12 +44,12 @@ fn every_kind_of_bad_layout_has_its_own_message() {
     let cases: Vec<(String, &str, &str)> = vec![
         ("{not json".into(), "layout", "invalid JSON"),
         (r##"{"width": 64}"##.into(), "layout", "missing field `height`"),
-        (r##"{"width": 64, "height": 48, "colour": 1}"##.into(), "layout", "unknown field `colour`"),
+        (r##"{"width": 64, "height": 48, "colour": 1}"##.into(), "colour", "unknown field `colour`"),
         (r##"{"width": 0, "height": 48, "background": {"color": "#000000"}}"##.into(), "width", "whole number"),
         (r##"{"width": 64.5, "height": 48, "background": {"color": "#000000"}}"##.into(), "width", "whole number"),
         (r##"{"width": 5000, "height": 48, "background": {"color": "#000000"}}"##.into(), "width", "4096"),
         (r##"{"width": 64, "height": 48}"##.into(), "layout", "nothing to draw"),
-        (r##"{"width": 64, "height": 48, "format": "gif"}"##.into(), "layout", "unknown variant `gif`"),
+        (r##"{"width": 64, "height": 48, "format": "gif"}"##.into(), "format", "unknown variant `gif`"),
         (
             r##"{"width": 64, "height": 48, "quality": 0, "background": {"color": "#000000"}}"##.into(),
             "quality",
@@ -154,7 +154,7 @@ fn every_kind_of_bad_layout_has_its_own_message() {
         ),
         (
             with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "blend": "glue"}"##),
-            "layout",
+            "regions[0].blend",
             "unknown variant `glue`",
         ),
         (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "trunc": 1e9}"##), "regions[0].trunc", "psi"),

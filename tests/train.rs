@@ -57,6 +57,40 @@ fn procedural_datasets_are_deterministic_and_varied() {
     }
 }
 
+/// `procgen.py cache --alpha`: [N, H, W, 4] with the subject's coverage as the fourth channel.
+fn draw_rgba(kind: &str, dir: &Path) -> Vec<u8> {
+    let path = dir.join(format!("{kind}-rgba.npy"));
+    run_ok(Command::new(python()).arg(tool("procgen.py")).args(["cache", kind, "--count", "6", "--alpha", "-o"]).arg(&path));
+    let bytes = std::fs::read(&path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
+    bytes[header..].to_vec()
+}
+
+#[test]
+fn faces_and_hands_come_with_their_coverage() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = 64usize;
+    for kind in ["face", "hand"] {
+        let rgba = draw_rgba(kind, dir.path());
+        let rgb = draw(kind, 0, dir.path());
+        assert_eq!(rgba.len(), 6 * side * side * 4, "{kind}: six RGBA pictures");
+        for (n, (p, q)) in rgba.chunks(side * side * 4).zip(rgb.chunks(side * side * 3)).enumerate() {
+            let colour: Vec<u8> = p.chunks(4).flat_map(|px| px[..3].to_vec()).collect();
+            assert_eq!(colour, q, "{kind} {n}: the colour is the RGB dataset's");
+            let alpha: Vec<u8> = p.chunks(4).map(|px| px[3]).collect();
+            let at = |x: usize, y: usize| alpha[y * side + x];
+            // The top corners are backdrop, the middle is the subject, and the edge is
+            // antialiased: some pixels are partly covered.
+            assert_eq!((at(0, 0), at(side - 1, 0)), (0, 0), "{kind} {n}: top corners");
+            assert_eq!(at(side / 2, side / 2), 255, "{kind} {n}: centre");
+            let partial = alpha.iter().filter(|&&a| a > 0 && a < 255).count();
+            assert!(partial > 20, "{kind} {n}: {partial} edge pixels partly covered");
+            let covered = alpha.iter().map(|&a| f64::from(a) / 255.0).sum::<f64>() / alpha.len() as f64;
+            assert!((0.1..0.8).contains(&covered), "{kind} {n}: covers {covered:.2} of the picture");
+        }
+    }
+}
+
 #[test]
 fn a_few_training_steps_export_a_model_mixgan_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,6 +119,8 @@ fn a_few_training_steps_export_a_model_mixgan_serves() {
 
     let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
     assert!(toml.contains("img_resolution = 16") && toml.contains("classes = [\"hand\"]"), "{toml}");
+    // Hands learn their coverage: four channels, the fourth declared alpha.
+    assert!(toml.contains("img_channels = 4") && toml.contains("alpha = true"), "{toml}");
     // mixgan loads the export and its pictures equal the reference generator's.
     let ours = dir.path().join("ours");
     run_ok(
@@ -108,8 +144,9 @@ fn a_few_training_steps_export_a_model_mixgan_serves() {
     ]);
     for seed in 0..4 {
         let name = format!("seed{seed:04}.png");
-        let a = image::open(ours.join(&name)).unwrap().to_rgb8();
-        let b = image::open(theirs.join(&name)).unwrap().to_rgb8();
+        let (a, b) = (image::open(ours.join(&name)).unwrap(), image::open(theirs.join(&name)).unwrap());
+        assert_eq!(a.color(), image::ColorType::Rgba8, "{name}: mixgan generate writes RGBA");
+        let (a, b) = (a.to_rgba8(), b.to_rgba8());
         assert_eq!(a.dimensions(), (16, 16));
         let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
         assert!(worst <= 1, "{name}: differs from the reference by {worst}/255");

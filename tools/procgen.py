@@ -8,6 +8,9 @@ target size with PIL and reduced with a Lanczos filter, which antialiases the ed
 Sub-commands:
   grid     a grid of samples of one kind, for the README
   cache    N samples of one kind as a uint8 .npy array [N, H, W, 3] (parallel)
+
+With --alpha, faces and hands come with a fourth channel, the exact coverage of the subject
+(head, hair, neck and shoulders; the hand cut straight below the sleeve's cuff).
 """
 import argparse
 import math
@@ -64,7 +67,8 @@ def draw_face(r, n):
     s = n * SS
     bg_top = tuple(int(v) for v in r.integers(40, 230, 3))
     img = vertical_gradient(s, bg_top, shade(bg_top, r.uniform(0.6, 1.0)))
-    d = ImageDraw.Draw(img)
+    layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))  # the subject: head, hair, neck, shoulders
+    d = ImageDraw.Draw(layer)
     skin = jitter(SKIN[r.integers(len(SKIN))], r)
     hair = jitter(HAIR[r.integers(len(HAIR))], r, 8)
     cx = s * r.uniform(0.46, 0.54)
@@ -139,7 +143,8 @@ def draw_face(r, n):
         for side in (-1, 1):
             x, y, rr = cx + side * hw * 0.55, cy + hh * 0.3, hw * 0.14
             d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=mix(skin, (230, 110, 110), 0.35))
-    return lighting(img, r, r.uniform(0.1, 0.45))
+    img.paste(layer, (0, 0), layer)
+    return lighting(img, r, r.uniform(0.1, 0.45)), layer.getchannel("A")
 
 
 # ----------------------------------------------------------------------------- hands
@@ -174,11 +179,12 @@ def draw_hand(r, n):
     pw, ph = s * r.uniform(0.2, 0.25), s * r.uniform(0.22, 0.27)  # palm half sizes
     fw = pw * r.uniform(0.36, 0.44)  # finger width
     lengths = [0.95, 1.05, 1.0, 0.78]
-    # Wrist and sleeve.
+    # Wrist and a sleeve's cuff, cut straight below it (the subject ends there).
     sleeve = tuple(int(v) for v in r.integers(20, 240, 3))
-    d.rectangle([cx - pw * 0.7, cy + ph * 0.6, cx + pw * 0.7, s * 1.1], fill=edge)
-    d.rectangle([cx - pw * 0.66, cy + ph * 0.6, cx + pw * 0.66, s * 1.1], fill=skin)
-    d.rectangle([cx - pw * 0.9, cy + ph * 1.35, cx + pw * 0.9, s * 1.1], fill=sleeve)
+    cut = cy + ph * r.uniform(1.6, 1.8)
+    d.rectangle([cx - pw * 0.7, cy + ph * 0.6, cx + pw * 0.7, cut], fill=edge)
+    d.rectangle([cx - pw * 0.66, cy + ph * 0.6, cx + pw * 0.66, cut], fill=skin)
+    d.rectangle([cx - pw * 0.9, cy + ph * 1.35, cx + pw * 0.9, cut], fill=sleeve)
     fingers = []
     for i in range(4):
         base_x = cx - pw * 0.75 + i * pw * 0.5
@@ -217,7 +223,7 @@ def draw_hand(r, n):
     if pose == "waving" or r.random() < 0.7:
         layer = layer.rotate(r.uniform(-30, 30), resample=Image.BICUBIC, center=(s / 2, s * 0.6))
     img.paste(layer, (0, 0), layer)
-    return lighting(img, r, r.uniform(0.1, 0.4))
+    return lighting(img, r, r.uniform(0.1, 0.4)), layer.getchannel("A")
 
 
 # ----------------------------------------------------------------------------- landscapes
@@ -330,30 +336,42 @@ def draw_landscape(r, n):
             y = r.uniform(wl + 2, s)
             x = r.uniform(0, s)
             d.line([x, y, x + r.uniform(5, 20) * SS, y], fill=mix(light, horizon, 0.5), width=1)
-    return img
+    return img, None
 
 
 DRAW = {"face": draw_face, "hand": draw_hand, "background": draw_landscape}
 
 
-def sample(kind, index, seed=0, size=None):
-    """One picture as uint8 [H, W, 3]; `size` overrides the kind's default resolution."""
+def has_alpha(kind):
+    """Faces and hands have a subject in front of a backdrop; landscapes are all backdrop."""
+    return kind in ("face", "hand")
+
+
+def sample(kind, index, seed=0, size=None, alpha=False):
+    """One picture as uint8 [H, W, 3]; `size` overrides the kind's default resolution. With
+    `alpha`, [H, W, 4]: the fourth channel is the subject's coverage of each pixel (the mean of
+    the supersampled pixels it covers, so edges are antialiased), 255 everywhere for kinds
+    without a subject."""
     n = size or SIZES[kind]
-    img = DRAW[kind](rng_for(kind, index, seed), n)
-    return np.asarray(img.resize((n, n), Image.LANCZOS), dtype=np.uint8)
+    img, cover = DRAW[kind](rng_for(kind, index, seed), n)
+    rgb = np.asarray(img.resize((n, n), Image.LANCZOS), dtype=np.uint8)
+    if not alpha:
+        return rgb
+    a = np.full((n, n), 255, np.uint8) if cover is None else np.asarray(cover.resize((n, n), Image.BOX), dtype=np.uint8)
+    return np.concatenate([rgb, a[:, :, None]], axis=2)
 
 
 def _cache_chunk(args):
-    kind, start, stop, seed, size = args
-    return np.stack([sample(kind, i, seed, size) for i in range(start, stop)])
+    kind, start, stop, seed, size, alpha = args
+    return np.stack([sample(kind, i, seed, size, alpha) for i in range(start, stop)])
 
 
-def make_cache(kind, count, seed=0, size=None, workers=None):
-    """`count` samples [N, H, W, 3], drawn in parallel processes."""
+def make_cache(kind, count, seed=0, size=None, workers=None, alpha=False):
+    """`count` samples [N, H, W, 3] (4 with `alpha`), drawn in parallel processes."""
     from multiprocessing import Pool
     workers = workers or os.cpu_count() or 1
     step = max(1, min(500, count // (workers * 4) or 1))
-    jobs = [(kind, a, min(count, a + step), seed, size) for a in range(0, count, step)]
+    jobs = [(kind, a, min(count, a + step), seed, size, alpha) for a in range(0, count, step)]
     if workers == 1 or len(jobs) == 1:
         return np.concatenate([_cache_chunk(j) for j in jobs])
     with Pool(workers) as pool:
@@ -384,13 +402,15 @@ def main():
     c.add_argument("--count", type=int, required=True)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--size", type=int)
+    c.add_argument("--alpha", action="store_true", help="a fourth channel: the subject's coverage")
     c.add_argument("-o", "--out", required=True)
+    g.add_argument("--alpha", action="store_true", help="RGBA: the subject's coverage as alpha")
     a = p.parse_args()
     if a.cmd == "grid":
-        imgs = np.stack([sample(a.kind, i, a.seed, a.size) for i in range(a.count)])
+        imgs = np.stack([sample(a.kind, i, a.seed, a.size, a.alpha) for i in range(a.count)])
         Image.fromarray(grid(imgs, a.cols)).save(a.out)
     else:
-        np.save(a.out, make_cache(a.kind, a.count, a.seed, a.size))
+        np.save(a.out, make_cache(a.kind, a.count, a.seed, a.size, alpha=a.alpha))
 
 
 if __name__ == "__main__":

@@ -189,12 +189,15 @@ def write_model(out, name, classes, gen, seed, defaults=None):
     write_model_dir(out, name, classes, gen, random_state_dict(Settings(gen), seed), defaults)
 
 
-def write_model_dir(out, name, classes, gen, sd, defaults=None):
-    """A mixgan model directory: `sd` (G_ema tensor names) plus its model.toml."""
+def write_model_dir(out, name, classes, gen, sd, defaults=None, alpha=False):
+    """A mixgan model directory: `sd` (G_ema tensor names) plus its model.toml. `alpha`: the
+    fourth output channel is the subject's coverage."""
     os.makedirs(out, exist_ok=True)
     save_safetensors(sd, os.path.join(out, "weights.safetensors"))
     lines = [f"name = {json.dumps(name)}", f"classes = {toml_value(classes)}",
-             'kind = "stylegan2"', 'weights = "weights.safetensors"', "", "[generator]"]
+             'kind = "stylegan2"', 'weights = "weights.safetensors"']
+    lines += ["alpha = true"] if alpha else []
+    lines += ["", "[generator]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in gen.items() if not isinstance(v, dict)]
     for table in ("mapping_kwargs", "synthesis_kwargs"):
         if gen.get(table):
@@ -398,7 +401,7 @@ def cmd_generate(a):
         from PIL import Image
         os.makedirs(a.out, exist_ok=True)
         for seed, px in zip(seeds, to_uint8(img).numpy()):
-            mode = "L" if px.shape[2] == 1 else "RGB"
+            mode = {1: "L", 3: "RGB", 4: "RGBA"}[px.shape[2]]
             Image.fromarray(px[:, :, 0] if mode == "L" else px, mode).save(
                 os.path.join(a.out, f"seed{seed:04d}.png"))
 

@@ -180,21 +180,24 @@ class Discriminator(nn.Module):
 # ----------------------------------------------------------------------------- training
 
 def gen_settings(a):
-    return {"z_dim": a.z_dim, "c_dim": 0, "w_dim": a.w_dim, "img_resolution": a.res, "img_channels": 3,
+    return {"z_dim": a.z_dim, "c_dim": 0, "w_dim": a.w_dim, "img_resolution": a.res,
+            "img_channels": 4 if a.alpha else 3,
             "mapping_kwargs": {"num_layers": a.map_layers},
             "synthesis_kwargs": {"channel_base": a.channel_base, "channel_max": a.channel_max,
                                  "architecture": a.architecture, "conv_clamp": 256}}
 
 
 def load_data(a, device):
-    """The dataset as uint8 [N, 3, H, W] on `device`, drawn once and cached as .npy."""
-    path = os.path.join(a.work, f"data-{a.kind}-{a.res}-{a.data_size}-{a.data_seed}.npy")
+    """The dataset as uint8 [N, C, H, W] on `device` (C = 4 with alpha), drawn once and
+    cached as .npy."""
+    tag = "-rgba" if a.alpha else ""
+    path = os.path.join(a.work, f"data-{a.kind}-{a.res}-{a.data_size}-{a.data_seed}{tag}.npy")
     if os.path.exists(path):
         arr = np.load(path)
     else:
         t0 = time.time()
         print(f"drawing {a.data_size} {a.kind} pictures at {a.res} px ...", flush=True)
-        arr = procgen.make_cache(a.kind, a.data_size, a.data_seed, a.res)
+        arr = procgen.make_cache(a.kind, a.data_size, a.data_seed, a.res, alpha=a.alpha)
         np.save(path, arr)
         print(f"  done in {time.time() - t0:.1f} s", flush=True)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)
@@ -209,14 +212,47 @@ def real_batch(data, n, flip):
     return x
 
 
+def over_checks(img):
+    """RGBA uint8 [N, H, W, 4] shown over a grey checkerboard (RGB), so the alpha can be judged."""
+    n, h, w, _ = img.shape
+    y, x = np.mgrid[0:h, 0:w]
+    checks = np.where((y // 8 + x // 8) % 2 == 0, 160.0, 96.0)[None, :, :, None]
+    a = img[..., 3:].astype(float) / 255
+    return (img[..., :3] * a + checks * (1 - a)).round().astype(np.uint8)
+
+
 def sample_grid(s, sd, path, device, psi=1.0):
-    """16 seeds (NumPy's legacy normal latents, as mixgan draws them) in a 4x4 grid."""
+    """16 seeds (NumPy's legacy normal latents, as mixgan draws them) in a 4x4 grid; RGBA
+    models over a checkerboard, with their alpha beside."""
     from PIL import Image
     with torch.no_grad():
         z = torch.cat([ref.legacy_z(seed, s.z_dim) for seed in range(16)]).float().to(device)
         ws = ref.truncate(ref.mapping(s, sd, z, torch.zeros(16, 0, device=device)), sd["mapping.w_avg"], psi)
         img = ref.to_uint8(synthesis(s, sd, ws, "const").float().cpu()).numpy()
+    if img.shape[3] == 4:
+        alpha = np.repeat(img[..., 3:], 3, axis=3)
+        img = np.concatenate([over_checks(img), alpha], axis=2)
     Image.fromarray(procgen.grid(img, 4)).save(path)
+
+
+def init_from(s, sd, model_dir):
+    """Starts from a trained model directory of the same architecture. A 3-channel model
+    grows a fourth (alpha) output: zero weights and bias, so it starts at half coverage and
+    the colour is unchanged."""
+    old = ref.load_safetensors(os.path.join(model_dir, "weights.safetensors"))
+    for name, t in sd.items():
+        if name not in old:
+            raise SystemExit(f"--init-from {model_dir}: it has no {name}")
+        src = old[name].float()
+        if src.shape == t.shape:
+            sd[name] = src.clone()
+        elif ".torgb." in name and src.shape[0] == 3 and t.shape[0] == 4:
+            grown = torch.zeros_like(t)
+            grown[:3] = src
+            sd[name] = grown
+        else:
+            raise SystemExit(f"--init-from {model_dir}: {name} is {tuple(src.shape)}, not {tuple(t.shape)}")
+    return sd
 
 
 def export(a, s, sd_ema):
@@ -229,7 +265,7 @@ def export(a, s, sd_ema):
     if diff > 1e-3:
         raise SystemExit(f"the training graph and the reference differ by {diff}; not exporting")
     defaults = {"trunc": a.export_trunc, "noise_mode": "const"}
-    ref.write_model_dir(a.out, a.name or a.kind, [a.name or a.kind], gen_settings(a), sd, defaults)
+    ref.write_model_dir(a.out, a.name or a.kind, [a.name or a.kind], gen_settings(a), sd, defaults, alpha=a.alpha)
 
 
 def train(a):
@@ -244,9 +280,19 @@ def train(a):
     torch.manual_seed(a.seed)
     s = ref.Settings(gen_settings(a))
     data = load_data(a, device)
-    G = {k: v.to(device) for k, v in init_generator(s, a.seed).items()}
+    sd = init_generator(s, a.seed)
+    if a.init_from:
+        sd = init_from(s, sd, a.init_from)
+    G = {k: v.to(device) for k, v in sd.items()}
     for k, v in G.items():
         v.requires_grad_(not k.endswith(BUFFERS))
+    if a.only_alpha:
+        # Learn only the alpha row of each toRGB layer: the colour stays exactly the start's.
+        if not (a.alpha and a.init_from):
+            raise SystemExit("--only-alpha needs --alpha and --init-from")
+        for k, v in G.items():
+            v.requires_grad_(k.endswith((".torgb.weight", ".torgb.bias")))
+    colour_rows = [v for v in G.values() if v.requires_grad] if a.only_alpha else []
     D = Discriminator(s).to(device)
     G_ema = {k: v.detach().clone() for k, v in G.items()}
     g_params = [v for k, v in G.items() if v.requires_grad]
@@ -289,10 +335,12 @@ def train(a):
         z = torch.randn(a.batch, s.z_dim, device=device)
         # G: non-saturating logistic loss; w_avg follows W.
         with autocast:
-            fake = generate(s, G, z, a.mixing, track_w_avg=0.995)
+            fake = generate(s, G, z, a.mixing, track_w_avg=None if a.only_alpha else 0.995)
             loss_g = F.softplus(-D(fake).float()).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        for v in colour_rows:
+            v.grad[:3] = 0
         opt_g.step()
         # D: logistic loss on fakes and reals.
         real = real_batch(data, a.batch, flip)
@@ -354,6 +402,12 @@ def main():
     p.add_argument("--minutes", type=float, help="stop after this much training time")
     p.add_argument("--snap-every", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="continue from the state in --work")
+    p.add_argument("--alpha", choices=["auto", "on", "off"], default="auto",
+                   help="a fourth output channel, the subject's coverage (auto: faces and hands)")
+    p.add_argument("--only-alpha", action="store_true",
+                   help="with --init-from: train only the alpha output, keep the colour as it is")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start G from this model directory (an RGB model grows an alpha output)")
     p.add_argument("--data-size", type=int, default=20000)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -365,6 +419,7 @@ def main():
     p.add_argument("--log-seconds", type=float, default=10.0)
     a = p.parse_args()
     a.res = a.res or procgen.SIZES[a.kind]
+    a.alpha = a.alpha == "on" or (a.alpha == "auto" and procgen.has_alpha(a.kind))
     a.architecture = a.architecture or ("resnet" if a.kind == "background" else "skip")
     a.ema_kimg = a.ema_kimg if a.ema_kimg is not None else a.batch * 10 / 32
     if not (a.steps or a.minutes):

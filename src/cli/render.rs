@@ -31,7 +31,8 @@ pub struct RenderArgs {
     /// Print per-stage timings (route, project if any, generate, composite, encode).
     #[arg(long)]
     timings: bool,
-    /// Also write the ownership map (a picture coloured by region) here.
+    /// Also write the ownership map (a picture coloured by region, by each region's final
+    /// matte) here.
     #[arg(long)]
     masks: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
@@ -94,7 +95,7 @@ pub fn run(a: RenderArgs) -> Result<()> {
     }
     std::fs::write(&output, &out.bytes).with_context(|| format!("cannot write {}", output.display()))?;
     if let Some(path) = &a.masks {
-        ownership_map(&out.plan).save(path).with_context(|| format!("cannot write {}", path.display()))?;
+        ownership_map(&out.plan, &out.alphas)?.save(path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (w, h, regions) = (out.plan.width, out.plan.height, out.plan.regions.len());
     let mut text = format!("{w}x{h} {} with {regions} region(s) -> {}\n", out.format.mime(), output.display());

@@ -3,6 +3,7 @@
 //! the finished canvas leaves it. It never runs a model or reads the layout JSON.
 
 pub mod blend;
+pub mod matte;
 pub mod poisson;
 pub mod resample;
 pub mod seam;
@@ -25,6 +26,16 @@ pub struct Patches {
 
 pub struct Compositor {
     pub device: Device,
+}
+
+/// A finished canvas and what each region's patch covered.
+pub struct Composited {
+    /// [3, H, W] in generator units.
+    pub canvas: Tensor,
+    /// Indexed like `RoutePlan::regions`: the patch's fitted alpha over the region's visible
+    /// rectangle, [1, h, w] in [0, 1], for regions matted by their patch; the final matte is
+    /// this times the region's mask.
+    pub alphas: Vec<Option<Tensor>>,
 }
 
 /// 8-bit values in generator units are `(c + UNIT_OFFSET) / UNIT_SCALE`, chosen so NVIDIA's
@@ -55,24 +66,32 @@ fn rgb(patch: &Tensor) -> Result<Tensor> {
 }
 
 /// The patch scaled into a `w` x `h` rectangle, with its coverage when it does not fill it.
-pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit) -> Result<(Tensor, Option<Tensor>)> {
-    let p = rgb(patch)?;
+/// With `matte`, the patch's alpha is fitted by the same transform and is the coverage, and
+/// the colour comes back premultiplied by it (see [`matte::premultiplied`]).
+pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit, matte: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let p = if matte { matte::premultiplied(patch)? } else { rgb(patch)? };
     let (ph, pw) = (p.size()[1] as f64, p.size()[2] as f64);
+    let split = |t: Tensor, cov: Option<Tensor>| -> Result<(Tensor, Option<Tensor>)> {
+        if !matte {
+            return Ok((t, cov));
+        }
+        Ok((t.f_narrow(0, 0, 3)?, Some(t.f_narrow(0, 3, 1)?)))
+    };
     match fit {
-        Fit::Stretch => Ok((resize(&p, h, w)?, None)),
+        Fit::Stretch => split(resize(&p, h, w)?, None),
         Fit::Cover => {
             let (rh, rw, at) = covered(pw, ph, w, h);
-            Ok((window(&resize(&p, rh, rw)?, &at)?, None))
+            split(window(&resize(&p, rh, rw)?, &at)?, None)
         }
         Fit::Contain => {
             let at = contained(pw as i64, ph as i64, w, h);
             let (rh, rw, oy, ox) = (at.h, at.w, at.y, at.x);
             let r = resize(&p, rh, rw)?;
-            let img = Tensor::f_zeros([3, h, w], (Kind::Float, p.device()))?;
+            let img = Tensor::f_zeros([p.size()[0], h, w], (Kind::Float, p.device()))?;
             let cov = Tensor::f_zeros([1, h, w], (Kind::Float, p.device()))?;
             img.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_copy_(&r)?;
             let _ = cov.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_fill_(1.0)?;
-            Ok((img, Some(cov)))
+            split(img, Some(cov))
         }
     }
 }
@@ -89,13 +108,13 @@ fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor>
 }
 
 impl Compositor {
-    /// The finished canvas, [3, H, W] in generator units.
-    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor> {
+    /// The finished canvas and the patches' alphas.
+    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited> {
         let _guard = tch::no_grad_guard();
         let (h, w) = (plan.height, plan.width);
-        let mut canvas = match (&plan.background, &patches.background) {
+        let canvas = match (&plan.background, &patches.background) {
             (Background::Generated { fit, .. }, Some(p)) => {
-                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit)?;
+                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit, false)?;
                 match cov {
                     Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
                     None => img.f_contiguous()?,
@@ -106,12 +125,15 @@ impl Compositor {
             (Background::Generated { .. }, None) => self.solid([128, 128, 128], h, w)?,
         };
         let bounds = Rect { x: 0, y: 0, w, h };
+        let mut alphas = Vec::with_capacity(plan.regions.len());
         for (region, patch) in plan.regions.iter().zip(&patches.regions) {
-            if let Some(p) = patch {
-                canvas = self.paint(canvas, region, &p.f_to_device(self.device)?, &bounds)?;
-            }
+            let alpha = match patch {
+                Some(p) => self.paint(&canvas, region, &p.f_to_device(self.device)?, &bounds)?,
+                None => None,
+            };
+            alphas.push(alpha);
         }
-        Ok(canvas)
+        Ok(Composited { canvas, alphas })
     }
 
     fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
@@ -141,16 +163,37 @@ impl Compositor {
         paste(&zeros, &m, v, win)
     }
 
-    fn paint(&self, canvas: Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Tensor> {
+    /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
+    /// rectangle when it mattes the patch.
+    fn paint(&self, canvas: &Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Option<Tensor>> {
         let (r, v) = (&region.rect, &region.visible);
-        let (full, _) = fit_patch(patch, r.w, r.h, region.fit)?;
-        let mut p = window(&full, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
+        let (full, cov) = fit_patch(patch, r.w, r.h, region.fit, region.patch_matte)?;
+        let in_rect = Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h };
+        let mut p = window(&full, &in_rect)?;
+        let alpha = match (region.patch_matte, cov) {
+            (true, Some(c)) => Some(window(&c, &in_rect)?),
+            _ => None,
+        };
         if region.color_match {
             let reach = (region.feather.ceil() as i64).max(6);
             let win = v.expand(reach, bounds);
-            let m = self.mask_in(region, &win)?;
+            let mut m = self.mask_in(region, &win)?;
+            if let Some(a) = &alpha {
+                m = m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, v, &win)?)?;
+            }
             let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;
-            p = blend::match_colors(&p, &inner, &window(&canvas, &win)?, &blend::ring(&m, reach)?)?;
+            let ring = blend::ring(&m, reach)?;
+            p = match &alpha {
+                Some(a) => {
+                    let straight = matte::unpremultiplied(&p, a)?;
+                    blend::match_colors(&straight, &inner, &window(canvas, &win)?, &ring)?.f_mul(a)?
+                }
+                None => blend::match_colors(&p, &inner, &window(canvas, &win)?, &ring)?,
+            };
+        }
+        if let Some(a) = &alpha {
+            // Over what is already there: where the subject is absent the canvas shows through.
+            p = matte::over(&window(canvas, v)?, &p, a)?;
         }
         let margin = match region.blend {
             BlendMode::None => 0,
@@ -159,7 +202,7 @@ impl Compositor {
             BlendMode::Poisson => 2,
         };
         let win = v.expand(margin, bounds);
-        let base = window(&canvas, &win)?;
+        let base = window(canvas, &win)?;
         let m = self.mask_in(region, &win)?;
         let layer = paste(&base, &p, v, &win)?;
         let out = match region.blend {
@@ -177,8 +220,8 @@ impl Compositor {
                 blend::mix(&base, &solved, &reach)?
             }
         };
-        window(&canvas, &win)?.f_copy_(&out)?;
-        Ok(canvas)
+        window(canvas, &win)?.f_copy_(&out)?;
+        Ok(alpha)
     }
 
     /// What a `res` x `res` patch fitted to `region` would have to show to reproduce
@@ -216,9 +259,10 @@ impl Compositor {
     }
 }
 
-/// A picture of which region owns each pixel (the topmost with coverage over one half), for
-/// debugging layouts: each region its own colour, the background black.
-pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
+/// A picture of which region owns each pixel (the topmost whose final matte, its mask times
+/// its patch's alpha where the patch mattes itself, is over one half), for debugging layouts:
+/// each region its own colour, the background black.
+pub fn ownership_map(plan: &RoutePlan, alphas: &[Option<Tensor>]) -> Result<image::RgbImage> {
     const COLORS: [[u8; 3]; 10] = [
         [230, 25, 75],
         [60, 180, 75],
@@ -234,13 +278,19 @@ pub fn ownership_map(plan: &RoutePlan) -> image::RgbImage {
     let mut img = image::RgbImage::new(plan.width as u32, plan.height as u32);
     for (i, r) in plan.regions.iter().enumerate() {
         let v = &r.visible;
+        let alpha = match alphas.get(i) {
+            Some(Some(a)) => Some(Vec::<f32>::try_from(a.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?),
+            _ => None,
+        };
         for y in 0..v.h {
             for x in 0..v.w {
-                if r.mask[(y * v.w + x) as usize] > 0.5 {
+                let k = (y * v.w + x) as usize;
+                let matte = r.mask[k] * alpha.as_ref().map_or(1.0, |a| a[k]);
+                if matte > 0.5 {
                     img.put_pixel((v.x + x) as u32, (v.y + y) as u32, image::Rgb(COLORS[i % COLORS.len()]));
                 }
             }
         }
     }
-    img
+    Ok(img)
 }

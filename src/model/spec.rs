@@ -35,6 +35,10 @@ pub struct ModelSpec {
     /// The arithmetic of a native generator's synthesis (see `model::precision`).
     #[serde(default)]
     pub precision: Precision,
+    /// The fourth output channel is the subject's coverage (alpha, in generator units like
+    /// the colour): the compositor then mattes the patch by it (see `compositor::matte`).
+    #[serde(default)]
+    pub alpha: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -174,6 +178,12 @@ impl ModelSpec {
             }
             (ModelKind::Stylegan2, None) => {}
         }
+        if self.alpha && self.generator.img_channels != 4 {
+            return Err(invalid(
+                "alpha",
+                format!("needs generator.img_channels = 4 (colour and alpha), not {}", self.generator.img_channels),
+            ));
+        }
         if self.kind == ModelKind::Torchscript && self.precision != Precision::Auto {
             return Err(invalid("precision", "is for native generators; a TorchScript model runs as it was exported"));
         }
@@ -251,6 +261,15 @@ mod tests {
             let err = parse(&format!("weights = \"{bad}\"\n{BASE}")).unwrap_err().to_string();
             assert!(err.contains("weights"), "{err}");
         }
+    }
+
+    #[test]
+    fn alpha_needs_a_fourth_channel() {
+        let err = parse(&format!("alpha = true\n{BASE}")).unwrap_err().to_string();
+        assert!(err.contains("alpha") && err.contains("img_channels"), "{err}");
+        let spec = parse(&format!("alpha = true\n{}", BASE.replace("img_channels = 3", "img_channels = 4"))).unwrap();
+        assert!(spec.alpha);
+        assert!(!parse(BASE).unwrap().alpha);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Tensor};
 
-use crate::compositor::{Compositor, Patches};
+use crate::compositor::{Composited, Compositor, Patches};
 use crate::encode::{self, Format};
 use crate::error::{LayoutError, PipelineError, UnknownChoice};
 use crate::layout::{ImageFormat, Layout};
@@ -152,6 +152,8 @@ pub struct Rendered {
     pub plan: RoutePlan,
     /// [3, H, W] in generator units, where it was composited.
     pub canvas: Tensor,
+    /// Per region, the alpha of a patch that matted itself (see [`Composited::alphas`]).
+    pub alphas: Vec<Option<Tensor>>,
     pub timings: Timings,
 }
 
@@ -236,22 +238,22 @@ impl Pipeline {
 
         // Compositing and encoding share one trip to a worker thread.
         let me = self.clone();
-        let (plan, canvas, bytes, composite, encode) = runner
+        let (plan, Composited { canvas, alphas }, bytes, composite, encode) = runner
             .cpu(Stage::Composite, move || {
                 let patches = assemble(&plan, batches)?;
                 let started = Instant::now();
-                let canvas = me.composite(&plan, &patches)?;
+                let done = me.composite(&plan, &patches)?;
                 let composite = started.elapsed();
                 let started = Instant::now();
-                let bytes = me.encode(&canvas, &plan)?;
-                Ok((plan, canvas, bytes, composite, started.elapsed()))
+                let bytes = me.encode(&done.canvas, &plan)?;
+                Ok((plan, done, bytes, composite, started.elapsed()))
             })
             .await?;
         timings.composite = composite;
         timings.encode = encode;
         hooks.stage_done(Stage::Composite, composite);
         hooks.stage_done(Stage::Encode, encode);
-        Ok(Rendered { bytes, format: plan.format, plan, canvas, timings })
+        Ok(Rendered { bytes, format: plan.format, plan, canvas, alphas, timings })
     }
 
     /// The whole pipeline in this thread, generating in batches of at most `max_batch`: for
@@ -302,7 +304,7 @@ impl Pipeline {
         Ok(())
     }
 
-    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Tensor, PipelineError> {
+    pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited, PipelineError> {
         let _guard = tch::no_grad_guard();
         let device = self.composite_on.device(self.device, plan.width * plan.height);
         Ok(Compositor { device }.composite(plan, patches)?)

@@ -76,10 +76,24 @@ pub struct Region {
     pub blend: BlendMode,
     pub feather: f64,
     pub color_match: bool,
+    /// Whether the patch's own alpha mattes it (the `matte` the layout asked for, resolved
+    /// against the model).
+    pub patch_matte: bool,
     /// Projection steps when the patch is generated from the likeness of the background
     /// picture under the region (see `Pipeline::project`).
     pub project_steps: Option<usize>,
     pub params: GenerationParams,
+}
+
+impl Region {
+    /// What mattes the patch, as the answers name it: `patch` or `region`.
+    pub fn matte_name(&self) -> &'static str {
+        if self.patch_matte {
+            "patch"
+        } else {
+            "region"
+        }
+    }
 }
 
 /// Where a generated patch goes.

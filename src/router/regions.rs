@@ -8,7 +8,7 @@ use super::geometry::{self, polygon_area, Rect, Shape};
 use super::picture::{self, PictureLimits};
 use super::{derived_seed, err, finite, label_map, Region, Router, DEFAULT_PROJECT_STEPS, MAX_PROJECT_STEPS};
 use crate::error::LayoutError;
-use crate::layout::{BlendMode, Fit, GenerationSpec, Layout, RegionSpec};
+use crate::layout::{BlendMode, Fit, GenerationSpec, Layout, Matte, RegionSpec};
 use crate::model::{GenerationParams, Model, ModelError, StyleMix};
 
 impl Router<'_> {
@@ -146,6 +146,19 @@ impl Router<'_> {
         }
     }
 
+    /// Whether `model`'s alpha mattes the patch under `matte`.
+    fn patch_matte(field: &str, matte: Option<Matte>, model: &Model) -> Result<bool, LayoutError> {
+        match matte.unwrap_or_default() {
+            Matte::Auto => Ok(model.spec.alpha),
+            Matte::Region => Ok(false),
+            Matte::Patch if model.spec.alpha => Ok(true),
+            Matte::Patch => Err(err(
+                format!("{field}.matte"),
+                format!("model `{}` draws no alpha; use \"auto\" or \"region\"", model.name()),
+            )),
+        }
+    }
+
     pub(super) fn region(
         &self,
         i: usize,
@@ -192,6 +205,7 @@ impl Router<'_> {
         let z = finite(&format!("{field}.z"), r.z.unwrap_or(0.0))?;
         let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
         let project_steps = self.project_steps(&field, r, &model, has_picture)?;
+        let patch_matte = Self::patch_matte(&field, r.matte, &model)?;
         Ok(Region {
             source: field.clone(),
             class: r.class.clone(),
@@ -204,6 +218,7 @@ impl Router<'_> {
             blend: r.blend.unwrap_or_default(),
             feather: Self::feather(&field, r.feather, &rect, r.blend.unwrap_or_default())?,
             color_match: r.color_match,
+            patch_matte,
             project_steps,
             params,
         })
@@ -292,7 +307,9 @@ impl Router<'_> {
                     &GenerationSpec::default(),
                     derived_seed(layout.seed, (first_index + k) as u64),
                 )?;
+                let patch_matte = Self::patch_matte("label_map", lm.matte, &model)?;
                 Ok(Region {
+                    patch_matte,
                     source: field.clone(),
                     class: Some(c.class),
                     model,

@@ -59,6 +59,7 @@ fn describe(rendered: Rendered) -> serde_json::Value {
                 "source": r.source, "class": r.class, "model": r.model.name(), "seed": r.params.seed, "z": r.z,
                 "box": [r.rect.x, r.rect.y, r.rect.w, r.rect.h],
                 "visible": [r.visible.x, r.visible.y, r.visible.w, r.visible.h],
+                "matte": r.matte_name(),
             })
         })
         .collect();

@@ -84,6 +84,7 @@ fn reply(rendered: Rendered) -> pb::ComposeReply {
                 z: r.z,
                 r#box: vec![r.rect.x, r.rect.y, r.rect.w, r.rect.h],
                 visible: vec![r.visible.x, r.visible.y, r.visible.w, r.visible.h],
+                matte: r.matte_name().to_string(),
             })
             .collect(),
         timings: Some(timings(&t)),
@@ -128,6 +129,7 @@ impl Mixgan for GrpcApi {
                 ready: m.ready,
                 projects: m.projects,
                 precision: m.precision.map(|p| p.to_string()).unwrap_or_default(),
+                alpha: m.alpha,
             })
             .collect();
         Ok(Response::new(pb::ListModelsReply { models }))

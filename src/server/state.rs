@@ -183,6 +183,8 @@ pub(super) struct ModelInfo {
     pub kind: ModelKind,
     pub resolution: i64,
     pub channels: i64,
+    /// The fourth channel is alpha.
+    pub alpha: bool,
     pub c_dim: i64,
     pub device: String,
     pub batching: Option<BatchingInfo>,
@@ -209,6 +211,7 @@ impl ModelInfo {
             kind: m.spec.kind,
             resolution: g.img_resolution,
             channels: g.img_channels,
+            alpha: m.spec.alpha,
             c_dim: g.c_dim,
             device: format!("{:?}", m.generator.device()).to_lowercase(),
             batching: batcher
