@@ -136,6 +136,10 @@ pub struct RegionSpec {
     #[serde(default)]
     pub project: bool,
     pub project_steps: Option<f64>,
+    /// Nudge the seed's w so the patch's border agrees with the background around it.
+    #[serde(default)]
+    pub harmonize: bool,
+    pub harmonize_steps: Option<f64>,
     pub seed: Option<u64>,
     pub trunc: Option<f64>,
     pub trunc_cutoff: Option<u64>,

@@ -59,8 +59,11 @@ fn pipeline() -> Arc<Pipeline> {
         let plain = dir.path().join("plain");
         make_model(&plain, &SETTINGS_RGBA.replace("\"img_channels\": 4", "\"img_channels\": 3"), 3);
         let toml = std::fs::read_to_string(plain.join("model.toml")).unwrap();
-        std::fs::write(plain.join("model.toml"), toml.replace("\"test\"", "\"plain\"").replace("\"thing\"", "\"plain\""))
-            .unwrap();
+        std::fs::write(
+            plain.join("model.toml"),
+            toml.replace("\"test\"", "\"plain\"").replace("\"thing\"", "\"plain\""),
+        )
+        .unwrap();
         dir
     });
     let registry = ModelRegistry::load(dir.path(), Device::Cpu).expect("fixture models");
@@ -142,4 +145,23 @@ fn the_masks_view_and_the_leak_measure_use_the_final_matte() {
     assert!(leak < 0.5, "leak {leak}");
     let (leak, _) = matte::backdrop_leak(&shape.canvas, &alone.canvas, &r.plan.regions[0], alpha).unwrap().unwrap();
     assert!(leak > 5.0, "the shape alone leaks the backdrop: {leak}");
+}
+
+/// The harmonised region's ring errors for `layout` (its first region).
+fn harmony(pipeline: &Arc<Pipeline>, layout: &str) -> mixgan::router::Harmony {
+    let r = pipeline.render(layout.as_bytes(), 8).unwrap_or_else(|e| panic!("{e}\n{layout}"));
+    r.plan.regions[0].harmony.expect("harmonised")
+}
+
+#[test]
+fn harmonize_brings_the_border_ring_towards_the_background() {
+    let layout = |class: &str, extra: &str| {
+        format!(
+            r##"{{"width": 96, "height": 96, "background": {{"color": "#3a6ea5"}},
+                "regions": [{{"class": "{class}", "seed": 7, "box": [16, 16, 64, 64], "harmonize": true{extra}}}]}}"##
+        )
+    };
+    let h = harmony(&pipeline(), &layout("plain", r#", "harmonize_steps": 60"#));
+    eprintln!("plain: {h:?}");
+    assert!(h.ring_error_after <= 0.7 * h.ring_error_before, "{h:?}");
 }

@@ -60,7 +60,12 @@ fn procedural_datasets_are_deterministic_and_varied() {
 /// `procgen.py cache --alpha`: [N, H, W, 4] with the subject's coverage as the fourth channel.
 fn draw_rgba(kind: &str, dir: &Path) -> Vec<u8> {
     let path = dir.join(format!("{kind}-rgba.npy"));
-    run_ok(Command::new(python()).arg(tool("procgen.py")).args(["cache", kind, "--count", "6", "--alpha", "-o"]).arg(&path));
+    run_ok(
+        Command::new(python())
+            .arg(tool("procgen.py"))
+            .args(["cache", kind, "--count", "6", "--alpha", "-o"])
+            .arg(&path),
+    );
     let bytes = std::fs::read(&path).unwrap();
     let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
     bytes[header..].to_vec()

@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::say;
-use crate::compositor::ownership_map;
+use crate::compositor::{matte, ownership_map};
 use crate::layout::ImageFormat;
 use crate::model::{DeviceChoice, Precision};
-use crate::pipeline::{CompositeOn, Pipeline};
+use crate::pipeline::{CompositeOn, Pipeline, Rendered};
 use crate::registry::ModelRegistry;
 use crate::router::RouterLimits;
 
@@ -58,6 +58,9 @@ pub struct RenderArgs {
     /// start-up costs that a running server does not).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Also measure how much of each matted patch's backdrop shows (see `print_leak`).
+    #[arg(long)]
+    leak: bool,
 }
 
 pub fn run(a: RenderArgs) -> Result<()> {
@@ -95,10 +98,18 @@ pub fn run(a: RenderArgs) -> Result<()> {
     }
     std::fs::write(&output, &out.bytes).with_context(|| format!("cannot write {}", output.display()))?;
     if let Some(path) = &a.masks {
-        ownership_map(&out.plan, &out.alphas)?.save(path).with_context(|| format!("cannot write {}", path.display()))?;
+        ownership_map(&out.plan, &out.alphas)?
+            .save(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (w, h, regions) = (out.plan.width, out.plan.height, out.plan.regions.len());
     let mut text = format!("{w}x{h} {} with {regions} region(s) -> {}\n", out.format.mime(), output.display());
+    for r in &out.plan.regions {
+        if let Some(h) = r.harmony {
+            let (b, after) = (h.ring_error_before, h.ring_error_after);
+            text += &format!("{} harmonised: border ring {b:.1} -> {after:.1} levels from the background\n", r.source);
+        }
+    }
     if a.timings {
         let stages = out.timings.in_ms();
         let total = stages[stages.len() - 1].1;
@@ -112,7 +123,50 @@ pub fn run(a: RenderArgs) -> Result<()> {
         }
     }
     say(&text);
+    if a.leak {
+        say(&leak_table(&pipeline, &layout, &out, a.max_batch)?);
+    }
     Ok(())
+}
+
+/// The backdrop leak of every region whose patch mattes itself: the mean difference, in
+/// 8-bit levels, between the picture and the same layout without its regions, over the
+/// region's pixels where its patch's alpha is below 0.1 (where the subject is absent), beside
+/// the same figure with every region matted by its shape alone (`matte: "region"`, the
+/// compositing of models without alpha).
+fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch: usize) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_slice(layout).context("the layout is not JSON")?;
+    let mut shapes = v.clone();
+    for r in shapes["regions"].as_array_mut().into_iter().flatten() {
+        r["matte"] = "region".into();
+    }
+    if shapes["label_map"].is_object() {
+        shapes["label_map"]["matte"] = "region".into();
+    }
+    let mut alone = v;
+    let obj = alone.as_object_mut().context("the layout is not a JSON object")?;
+    obj.remove("regions");
+    obj.remove("label_map");
+    obj.entry("background").or_insert(serde_json::json!({"color": "#808080"}));
+    let shapes = pipeline.render(&serde_json::to_vec(&shapes)?, max_batch)?;
+    let alone = pipeline.render(&serde_json::to_vec(&alone)?, max_batch)?;
+    let mut text = format!(
+        "backdrop leak, 8-bit levels where the subject is absent (alpha < {})\n{:<24} {:<10} {:>8} {:>8} {:>14}\n",
+        matte::BACKDROP_ALPHA,
+        "region",
+        "class",
+        "pixels",
+        "matte",
+        "shape alone"
+    );
+    for (i, region) in out.plan.regions.iter().enumerate() {
+        let Some(alpha) = &out.alphas[i] else { continue };
+        let Some((leak, n)) = matte::backdrop_leak(&out.canvas, &alone.canvas, region, alpha)? else { continue };
+        let (before, _) = matte::backdrop_leak(&shapes.canvas, &alone.canvas, region, alpha)?.unwrap_or((0.0, 0));
+        let class = region.class.as_deref().unwrap_or(region.model.name());
+        text += &format!("{:<24} {:<10} {n:>8} {leak:>8.2} {before:>14.2}\n", region.source, class);
+    }
+    Ok(text)
 }
 
 /// The layout with `path`'s picture as its background `image`.

@@ -112,18 +112,7 @@ impl Compositor {
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited> {
         let _guard = tch::no_grad_guard();
         let (h, w) = (plan.height, plan.width);
-        let canvas = match (&plan.background, &patches.background) {
-            (Background::Generated { fit, .. }, Some(p)) => {
-                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit, false)?;
-                match cov {
-                    Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
-                    None => img.f_contiguous()?,
-                }
-            }
-            (Background::Color(c), _) => self.solid(*c, h, w)?,
-            (Background::Image(rgb), _) => self.picture(rgb, h, w)?,
-            (Background::Generated { .. }, None) => self.solid([128, 128, 128], h, w)?,
-        };
+        let canvas = self.background(plan, patches.background.as_ref())?;
         let bounds = Rect { x: 0, y: 0, w, h };
         let mut alphas = Vec::with_capacity(plan.regions.len());
         for (region, patch) in plan.regions.iter().zip(&patches.regions) {
@@ -134,6 +123,23 @@ impl Compositor {
             alphas.push(alpha);
         }
         Ok(Composited { canvas, alphas })
+    }
+
+    /// The canvas with the background alone: its colour, picture or generated `patch`.
+    pub fn background(&self, plan: &RoutePlan, patch: Option<&Tensor>) -> Result<Tensor> {
+        let (h, w) = (plan.height, plan.width);
+        Ok(match (&plan.background, patch) {
+            (Background::Generated { fit, .. }, Some(p)) => {
+                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit, false)?;
+                match cov {
+                    Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
+                    None => img.f_contiguous()?,
+                }
+            }
+            (Background::Color(c), _) => self.solid(*c, h, w)?,
+            (Background::Image(rgb), _) => self.picture(rgb, h, w)?,
+            (Background::Generated { .. }, None) => self.solid([128, 128, 128], h, w)?,
+        })
     }
 
     fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
@@ -229,13 +235,25 @@ impl Compositor {
     /// target [3, res, res] and its weight [1, res, res] (the region's mask, zero where the
     /// patch is cropped off or off the canvas).
     pub fn projection_target(&self, canvas: &Tensor, region: &Region, res: i64) -> Result<(Tensor, Tensor)> {
+        let v = &region.visible;
+        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
+        self.target_under(canvas, region, res, &m)
+    }
+
+    /// `projection_target` with another weight over the region's visible rectangle.
+    pub fn target_under(
+        &self,
+        canvas: &Tensor,
+        region: &Region,
+        res: i64,
+        weight: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (r, v) = (&region.rect, &region.visible);
         // Picture and weight as one [4, h, w] tensor, so the fit is undone once for both.
         let both = Tensor::f_zeros([4, r.h, r.w], (Kind::Float, self.device))?;
         let inner = window(&both, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
         inner.f_narrow(0, 0, 3)?.f_copy_(&window(canvas, v)?)?;
-        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
-        inner.f_narrow(0, 3, 1)?.f_copy_(&m)?;
+        inner.f_narrow(0, 3, 1)?.f_copy_(weight)?;
         let both = match region.fit {
             Fit::Stretch => both,
             Fit::Cover => {
@@ -248,6 +266,17 @@ impl Compositor {
         };
         let fitted = resize(&both, res, res)?;
         Ok((fitted.f_narrow(0, 0, 3)?, fitted.f_narrow(0, 3, 1)?))
+    }
+
+    /// The band just inside `region`'s edge where its patch meets what lies around it,
+    /// [1, v.h, v.w] over the visible rectangle: mask pixels (over one half) within `band`
+    /// pixels of one outside it. The canvas's own edges are no seam.
+    pub fn border_ring(&self, region: &Region, bounds: &Rect, band: i64) -> Result<Tensor> {
+        let v = &region.visible;
+        let win = v.expand(band, bounds);
+        let hard = self.mask_in(region, &win)?.f_gt(0.5)?.f_to_kind(Kind::Float)?;
+        let near_outside = blend::dilate(&hard.f_neg()?.f_add_scalar(1.0)?, band)?;
+        window(&hard.f_mul(&near_outside)?, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })
     }
 
     /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).

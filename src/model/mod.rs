@@ -218,6 +218,24 @@ impl Model {
         Ok(project::project(self.projector()?, targets, weights, steps)?)
     }
 
+    /// ws near each of `params`' own whose pictures match `targets` [N, 3, R, R] where
+    /// `weights` [N, 1, R, R] say, held near the seeds' by `hold` (see [`project::harmonize`]).
+    pub fn harmonize(
+        &self,
+        params: &[GenerationParams],
+        targets: &Tensor,
+        weights: &Tensor,
+        steps: usize,
+        hold: f64,
+    ) -> Result<Tensor, ModelError> {
+        let g = self.projector()?;
+        let start = tch::no_grad(|| self.ws(params))?;
+        let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
+        let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
+        let noise = stylegan2::NoisePlan { modes: &modes, seeds: &seeds };
+        Ok(project::harmonize(g, &start, targets, weights, steps, hold, noise)?)
+    }
+
     /// Checks one sample's parameters against this model.
     pub fn check(&self, p: &GenerationParams) -> Result<(), ModelError> {
         let g = &self.spec.generator;

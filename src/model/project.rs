@@ -42,30 +42,108 @@ fn w_spread(g: &StyleGan2, w_avg: &Tensor) -> Result<f64> {
         .f_double_value(&[])
 }
 
+/// Finds, for each of `start_ws` [N, num_ws, w_dim], the nearby ws whose pictures match
+/// `targets` where `weights` say: one offset per sample added to every layer's w, found by
+/// the projection's schedule from zero, with `hold` times its squared length over W's spread
+/// added to the loss so the picture stays the seed's own. For harmonising a patch's border
+/// with what lies around its region. Returns the new ws.
+pub fn harmonize(
+    g: &StyleGan2,
+    start_ws: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    steps: usize,
+    hold: f64,
+    noise: NoisePlan,
+) -> Result<Tensor> {
+    tch::with_grad(|| {
+        let device = g.device();
+        let start = start_ws.f_to_device(device)?.f_detach()?;
+        let w_std = w_spread(g, &g.w_avg().f_to_device(device)?.f_view([1, -1])?)?;
+        let (n, w_dim) = (start.size()[0], start.size()[2]);
+        let offset = Tensor::f_zeros([n, 1, w_dim], (Kind::Float, device))?;
+        let search = Search { g, targets, weights, steps, lr: 0.05, noise };
+        let penalty =
+            |d: &Tensor| -> Result<Tensor> { d.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(hold / (w_std * w_std)) };
+        let offset = search.run(offset, |d, _| start.f_add(d), Some(&penalty))?;
+        start.f_add(&offset)
+    })
+}
+
+/// An Adam search over one variable per target, on the projection's learning-rate schedule.
+struct Search<'a> {
+    g: &'a StyleGan2,
+    targets: &'a Tensor,
+    weights: &'a Tensor,
+    steps: usize,
+    lr: f64,
+    noise: NoisePlan<'a>,
+}
+
+type Penalty<'p> = &'p dyn Fn(&Tensor) -> Result<Tensor>;
+
+impl Search<'_> {
+    /// Optimises `var` (made into ws by `ws_of(var, step)`) and returns it.
+    fn run(
+        &self,
+        var: Tensor,
+        ws_of: impl Fn(&Tensor, usize) -> Result<Tensor>,
+        penalty: Option<Penalty<'_>>,
+    ) -> Result<Tensor> {
+        let device = self.g.device();
+        let targets = self.targets.f_to_device(device)?;
+        let weights = self.weights.f_to_device(device)?;
+        let small = |x: &Tensor| x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+        let (targets_s, weights_s) = (small(&targets)?, small(&weights)?);
+        // Each target's weighted mean square error, over its own weight.
+        let per_sample = |d: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let total = w.f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?.f_clamp_min(1.0)?;
+            d.f_square()?
+                .f_mul(w)?
+                .f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?
+                .f_div(&total)?
+                .f_div_scalar(3.0)
+        };
+        let loss_of = |img: &Tensor| -> Result<Tensor> {
+            let img = img.f_narrow(1, 0, 3)?;
+            let full = per_sample(&img.f_sub(&targets)?, &weights)?;
+            let half = per_sample(&small(&img)?.f_sub(&targets_s)?, &weights_s)?;
+            full.f_add(&half)?.f_sum(Kind::Float)
+        };
+        let mut var = var.f_set_requires_grad(true)?;
+        let (mut m, mut v) = (var.f_zeros_like()?, var.f_zeros_like()?);
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        for step in 0..self.steps {
+            let t = step as f64 / self.steps as f64;
+            let ramp = ((1.0 - t) / 0.25).min(1.0);
+            let lr = self.lr * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
+            let img = self.g.synthesis_graph(&ws_of(&var, step)?, self.noise)?;
+            let mut loss = loss_of(&img)?;
+            if let Some(p) = penalty {
+                loss = loss.f_add(&p(&var)?)?;
+            }
+            let grad = Tensor::f_run_backward(&[&loss], &[&var], false, false)?.remove(0);
+            tch::no_grad(|| -> Result<()> {
+                m = m.f_mul_scalar(b1)?.f_add(&grad.f_mul_scalar(1.0 - b1)?)?;
+                v = v.f_mul_scalar(b2)?.f_add(&grad.f_square()?.f_mul_scalar(1.0 - b2)?)?;
+                let k = step as i32 + 1;
+                let mhat = m.f_div_scalar(1.0 - b1.powi(k))?;
+                let vhat = v.f_div_scalar(1.0 - b2.powi(k))?;
+                let update = mhat.f_div(&vhat.f_sqrt()?.f_add_scalar(eps)?)?.f_mul_scalar(lr)?;
+                let _ = var.f_sub_(&update)?;
+                Ok(())
+            })?;
+        }
+        var.f_detach()
+    }
+}
+
 fn search(g: &StyleGan2, targets: &Tensor, weights: &Tensor, steps: usize) -> Result<Tensor> {
     let device = g.device();
     let n = targets.size()[0];
     let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
     let w_dim = w_avg.size()[1];
     let w_std = w_spread(g, &w_avg)?;
-    let targets = targets.f_to_device(device)?;
-    let weights = weights.f_to_device(device)?;
-    let small = |x: &Tensor| x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
-    let (targets_s, weights_s) = (small(&targets)?, small(&weights)?);
-    // Each target's weighted mean square error, over its own weight.
-    let per_sample = |d: &Tensor, w: &Tensor| -> Result<Tensor> {
-        let total = w.f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?.f_clamp_min(1.0)?;
-        d.f_square()?
-            .f_mul(w)?
-            .f_sum_dim_intlist(&[1i64, 2, 3][..], false, Kind::Float)?
-            .f_div(&total)?
-            .f_div_scalar(3.0)
-    };
-    let loss_of = |img: &Tensor| -> Result<Tensor> {
-        let full = per_sample(&img.f_sub(&targets)?, &weights)?;
-        let half = per_sample(&small(img)?.f_sub(&targets_s)?, &weights_s)?;
-        full.f_add(&half)?.f_sum(Kind::Float)
-    };
     // The noise on w for every step, decaying to none at three quarters of the way; the same
     // for every target, as it would be for each alone.
     let mut jitter = Vec::with_capacity(steps * w_dim as usize);
@@ -77,26 +155,12 @@ fn search(g: &StyleGan2, targets: &Tensor, weights: &Tensor, steps: usize) -> Re
     let jitter = Tensor::from_slice(&jitter).f_view([steps as i64, 1, w_dim])?.f_to_device(device)?;
     let modes = vec![NoiseMode::Const; n as usize];
     let seeds = vec![0u64; n as usize];
-    let mut w = w_avg.f_repeat([n, 1])?.f_set_requires_grad(true)?;
-    let (mut m, mut v) = (w.f_zeros_like()?, w.f_zeros_like()?);
-    let (b1, b2, eps, lr0) = (0.9f64, 0.999f64, 1e-8, 0.1);
-    for step in 0..steps {
-        let t = step as f64 / steps as f64;
-        let ramp = ((1.0 - t) / 0.25).min(1.0);
-        let lr = lr0 * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
-        let ws = w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])?;
-        let img = g.synthesis_graph(&ws, NoisePlan { modes: &modes, seeds: &seeds })?;
-        let grad = Tensor::f_run_backward(&[&loss_of(&img)?], &[&w], false, false)?.remove(0);
-        tch::no_grad(|| -> Result<()> {
-            m = m.f_mul_scalar(b1)?.f_add(&grad.f_mul_scalar(1.0 - b1)?)?;
-            v = v.f_mul_scalar(b2)?.f_add(&grad.f_square()?.f_mul_scalar(1.0 - b2)?)?;
-            let k = step as i32 + 1;
-            let mhat = m.f_div_scalar(1.0 - b1.powi(k))?;
-            let vhat = v.f_div_scalar(1.0 - b2.powi(k))?;
-            let update = mhat.f_div(&vhat.f_sqrt()?.f_add_scalar(eps)?)?.f_mul_scalar(lr)?;
-            let _ = w.f_sub_(&update)?;
-            Ok(())
-        })?;
-    }
-    w.f_detach()?.f_unsqueeze(1)?.f_repeat([1, g.num_ws(), 1])
+    let search = Search { g, targets, weights, steps, lr: 0.1, noise: NoisePlan { modes: &modes, seeds: &seeds } };
+    let num_ws = g.num_ws();
+    let w = search.run(
+        w_avg.f_repeat([n, 1])?,
+        |w, step| w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
+        None,
+    )?;
+    w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])
 }

@@ -6,6 +6,7 @@
 //! order of the stages and nothing else: no HTTP, no admission, no queues of its own.
 
 pub mod runners;
+mod search;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::error::{LayoutError, PipelineError, UnknownChoice};
 use crate::layout::{ImageFormat, Layout};
 use crate::model::to_pixels;
 use crate::registry::ModelRegistry;
-use crate::router::{Background, PatchSlot, RoutePlan, Router, RouterLimits};
+use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
 pub use runners::{Batched, InThread};
 
@@ -212,13 +213,14 @@ impl Pipeline {
         hooks.stage_done(Stage::Route, timings.route);
         hooks.planned(&plan);
 
-        let plan = if plan.projects() {
+        let plan = if plan.projects() || plan.harmonizes() {
             let started = Instant::now();
             let me = self.clone();
             let plan = runner
                 .cpu(Stage::Project, move || {
                     let mut plan = plan;
                     me.project(&mut plan)?;
+                    me.harmonize(&mut plan)?;
                     Ok(plan)
                 })
                 .await?;
@@ -267,41 +269,6 @@ impl Pipeline {
     pub fn plan(&self, layout_json: &[u8]) -> Result<RoutePlan, LayoutError> {
         let layout = Layout::parse(layout_json)?;
         Router { registry: &self.registry, limits: &self.limits }.route(&layout)
-    }
-
-    /// Regions that `project` get the ws that reproduce what the background picture shows
-    /// under them (see `model::project`); the regions of one model with the same step count
-    /// are searched as one batch. Heavy: a generator pass forward and back per step.
-    pub fn project(&self, plan: &mut RoutePlan) -> Result<(), PipelineError> {
-        let Background::Image(rgb) = &plan.background else { return Ok(()) };
-        if !plan.projects() {
-            return Ok(());
-        }
-        let compositor = Compositor { device: self.device };
-        let picture = compositor.picture(rgb, plan.height, plan.width)?;
-        let mut groups: std::collections::BTreeMap<(String, usize), Vec<usize>> = Default::default();
-        for (i, region) in plan.regions.iter().enumerate() {
-            if let Some(steps) = region.project_steps {
-                groups.entry((region.model.name().to_string(), steps)).or_default().push(i);
-            }
-        }
-        for ((_, steps), members) in groups {
-            let model = plan.regions[members[0]].model.clone();
-            let res = model.spec.generator.img_resolution;
-            let (mut targets, mut weights) = (Vec::new(), Vec::new());
-            for &i in &members {
-                let (target, weight) = compositor.projection_target(&picture, &plan.regions[i], res)?;
-                targets.push(target);
-                weights.push(weight);
-            }
-            let ws = model.project(&Tensor::f_stack(&targets, 0)?, &Tensor::f_stack(&weights, 0)?, steps)?;
-            let ws = ws.f_to_device(Device::Cpu)?;
-            for (k, &i) in members.iter().enumerate() {
-                let w = Vec::<f32>::try_from(ws.f_get(k as i64)?.f_flatten(0, -1)?)?;
-                plan.regions[i].params.projected = Some(Arc::new(w));
-            }
-        }
-        Ok(())
     }
 
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited, PipelineError> {

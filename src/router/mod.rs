@@ -43,6 +43,8 @@ const MAX_COORD: f64 = 1e6;
 /// Projection steps of a region that names none, and the most one layout may ask for in all
 /// (each is a forward and backward pass of the generator).
 pub const DEFAULT_PROJECT_STEPS: usize = 100;
+/// Harmonisation steps of a region that names none.
+pub const DEFAULT_HARMONIZE_STEPS: usize = 50;
 pub const MAX_PROJECT_STEPS: usize = 1000;
 
 #[derive(Debug, Clone)]
@@ -82,7 +84,21 @@ pub struct Region {
     /// Projection steps when the patch is generated from the likeness of the background
     /// picture under the region (see `Pipeline::project`).
     pub project_steps: Option<usize>,
+    /// Harmonisation steps when the seed's w is nudged so the patch's border ring agrees
+    /// with the background (see `Pipeline::harmonize`).
+    pub harmonize_steps: Option<usize>,
+    /// What harmonising did, once it has run.
+    pub harmony: Option<Harmony>,
     pub params: GenerationParams,
+}
+
+/// The border-ring error of a harmonised region before and after: the mean difference, in
+/// 8-bit levels, between the patch and the background over the ring just inside the
+/// region's edge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Harmony {
+    pub ring_error_before: f64,
+    pub ring_error_after: f64,
 }
 
 impl Region {
@@ -141,6 +157,11 @@ impl RoutePlan {
     /// Whether any region is generated from a projection of the background picture.
     pub fn projects(&self) -> bool {
         self.regions.iter().any(|r| r.project_steps.is_some())
+    }
+
+    /// Whether any region is harmonised with its surroundings.
+    pub fn harmonizes(&self) -> bool {
+        self.regions.iter().any(|r| r.harmonize_steps.is_some())
     }
 }
 
@@ -220,11 +241,11 @@ impl Router<'_> {
         for (i, r) in layout.regions.iter().enumerate() {
             regions.push(self.region(i, r, &canvas, layout.seed, has_picture)?);
         }
-        let steps: usize = regions.iter().filter_map(|r| r.project_steps).sum();
+        let steps: usize = regions.iter().map(|r| r.project_steps.unwrap_or(0) + r.harmonize_steps.unwrap_or(0)).sum();
         if steps > MAX_PROJECT_STEPS {
             return Err(err(
                 "regions",
-                format!("ask for {steps} projection steps in all; the limit is {MAX_PROJECT_STEPS}"),
+                format!("ask for {steps} projection and harmonisation steps in all; the limit is {MAX_PROJECT_STEPS}"),
             ));
         }
         if regions.len() > self.limits.max_regions {

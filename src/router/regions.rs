@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use super::geometry::{self, polygon_area, Rect, Shape};
 use super::picture::{self, PictureLimits};
-use super::{derived_seed, err, finite, label_map, Region, Router, DEFAULT_PROJECT_STEPS, MAX_PROJECT_STEPS};
+use super::{
+    derived_seed, err, finite, label_map, Region, Router, DEFAULT_HARMONIZE_STEPS, DEFAULT_PROJECT_STEPS,
+    MAX_PROJECT_STEPS,
+};
 use crate::error::LayoutError;
 use crate::layout::{BlendMode, Fit, GenerationSpec, Layout, Matte, RegionSpec};
 use crate::model::{GenerationParams, Model, ModelError, StyleMix};
@@ -206,6 +209,7 @@ impl Router<'_> {
         let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
         let project_steps = self.project_steps(&field, r, &model, has_picture)?;
         let patch_matte = Self::patch_matte(&field, r.matte, &model)?;
+        let harmonize_steps = self.harmonize_steps(&field, r, &model)?;
         Ok(Region {
             source: field.clone(),
             class: r.class.clone(),
@@ -220,6 +224,8 @@ impl Router<'_> {
             color_match: r.color_match,
             patch_matte,
             project_steps,
+            harmonize_steps,
+            harmony: None,
             params,
         })
     }
@@ -244,14 +250,24 @@ impl Router<'_> {
             ModelError::InvalidParam { reason, .. } => err(format!("{field}.project"), reason),
             other => err(format!("{field}.project"), other.to_string()),
         })?;
-        let steps = r.project_steps.unwrap_or(DEFAULT_PROJECT_STEPS as f64);
-        if !(steps.is_finite() && steps.fract() == 0.0 && (1.0..=MAX_PROJECT_STEPS as f64).contains(&steps)) {
+        steps_in(field, "project_steps", r.project_steps, DEFAULT_PROJECT_STEPS).map(Some)
+    }
+
+    fn harmonize_steps(&self, field: &str, r: &RegionSpec, model: &Model) -> Result<Option<usize>, LayoutError> {
+        if !r.harmonize {
+            return match r.harmonize_steps {
+                Some(_) => Err(err(format!("{field}.harmonize_steps"), "needs `harmonize: true`")),
+                None => Ok(None),
+            };
+        }
+        if r.project {
             return Err(err(
-                format!("{field}.project_steps"),
-                format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}"),
+                format!("{field}.harmonize"),
+                "a projected region already follows the picture; give `project` or `harmonize`, not both",
             ));
         }
-        Ok(Some(steps as usize))
+        model.check_project().map_err(|e| err(format!("{field}.harmonize"), e.to_string()))?;
+        steps_in(field, "harmonize_steps", r.harmonize_steps, DEFAULT_HARMONIZE_STEPS).map(Some)
     }
 
     pub(super) fn label_map_regions(
@@ -322,9 +338,23 @@ impl Router<'_> {
                     feather: Self::feather(&field, lm.feather, &c.rect, lm.blend.unwrap_or_default())?,
                     color_match: lm.color_match,
                     project_steps: None,
+                    harmonize_steps: None,
+                    harmony: None,
                     params,
                 })
             })
             .collect()
     }
+}
+
+/// A step count as given (a whole number from 1 to the layout's limit), else `default`.
+fn steps_in(field: &str, name: &str, given: Option<f64>, default: usize) -> Result<usize, LayoutError> {
+    let steps = given.unwrap_or(default as f64);
+    if !(steps.is_finite() && steps.fract() == 0.0 && (1.0..=MAX_PROJECT_STEPS as f64).contains(&steps)) {
+        return Err(err(
+            format!("{field}.{name}"),
+            format!("{steps} is not a whole number from 1 to {MAX_PROJECT_STEPS}"),
+        ));
+    }
+    Ok(steps as usize)
 }

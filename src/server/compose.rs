@@ -55,11 +55,14 @@ fn describe(rendered: Rendered) -> serde_json::Value {
         .regions
         .iter()
         .map(|r| {
+            let harmony = r
+                .harmony
+                .map(|h| json!({"ring_error_before": h.ring_error_before, "ring_error_after": h.ring_error_after}));
             json!({
                 "source": r.source, "class": r.class, "model": r.model.name(), "seed": r.params.seed, "z": r.z,
                 "box": [r.rect.x, r.rect.y, r.rect.w, r.rect.h],
                 "visible": [r.visible.x, r.visible.y, r.visible.w, r.visible.h],
-                "matte": r.matte_name(),
+                "matte": r.matte_name(), "harmony": harmony,
             })
         })
         .collect();

@@ -85,6 +85,10 @@ fn reply(rendered: Rendered) -> pb::ComposeReply {
                 r#box: vec![r.rect.x, r.rect.y, r.rect.w, r.rect.h],
                 visible: vec![r.visible.x, r.visible.y, r.visible.w, r.visible.h],
                 matte: r.matte_name().to_string(),
+                harmony: r.harmony.map(|h| pb::Harmony {
+                    ring_error_before: h.ring_error_before,
+                    ring_error_after: h.ring_error_after,
+                }),
             })
             .collect(),
         timings: Some(timings(&t)),
