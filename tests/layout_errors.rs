@@ -93,7 +93,7 @@ fn every_kind_of_bad_layout_has_its_own_message() {
                 r##"{{"width": 64, "height": 48, "background": {{"image": "{small}"}}, "regions": [{project_600}, {project_600}]}}"##
             ),
             "regions",
-            "1200 projection steps",
+            "1200 projection and harmonisation steps",
         ),
         (
             r##"{"width": 64, "height": 48, "background": {"image": "AAAA"}}"##.into(),
@@ -106,6 +106,24 @@ fn every_kind_of_bad_layout_has_its_own_message() {
             "larger than 64x64",
         ),
         (with_region(r##"{"class": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].class", "background, face, hand"),
+        (with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "matte": "mostly"}"##), "regions[0].matte", "`mostly`"),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "harmonize_steps": 5}"##),
+            "regions[0].harmonize_steps",
+            "needs `harmonize: true`",
+        ),
+        (
+            with_region(r##"{"class": "face", "box": [0, 0, 8, 8], "harmonize": true, "harmonize_steps": 0}"##),
+            "regions[0].harmonize_steps",
+            "from 1 to 1000",
+        ),
+        (
+            with_region(
+                r##"{"class": "face", "box": [0, 0, 8, 8], "harmonize": true, "harmonize_steps": 600}, {"class": "face", "box": [0, 0, 8, 8], "harmonize": true, "harmonize_steps": 600}"##,
+            ),
+            "regions",
+            "1200 projection and harmonisation steps",
+        ),
         (with_region(r##"{"model": "dragon", "box": [0, 0, 8, 8]}"##), "regions[0].model", "unknown model"),
         (with_region(r##"{"class": "face", "model": "face", "box": [0, 0, 8, 8]}"##), "regions[0]", "not both"),
         (with_region(r##"{"class": "face"}"##), "regions[0]", "exactly one of"),

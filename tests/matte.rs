@@ -140,10 +140,10 @@ fn the_masks_view_and_the_leak_measure_use_the_final_matte() {
 
     let alone = render(r##"{"width": 128, "height": 96, "background": {"color": "#808080"}}"##);
     let alpha = r.alphas[0].as_ref().expect("a matted patch reports its alpha");
-    let (leak, n) = matte::backdrop_leak(&r.canvas, &alone.canvas, &r.plan.regions[0], alpha).unwrap().unwrap();
+    let (leak, n) = matte::backdrop_leak(&r.canvas, &alone.canvas, &r.plan.regions[0], alpha, None).unwrap().unwrap();
     assert_eq!(n, 112 * 80);
     assert!(leak < 0.5, "leak {leak}");
-    let (leak, _) = matte::backdrop_leak(&shape.canvas, &alone.canvas, &r.plan.regions[0], alpha).unwrap().unwrap();
+    let (leak, _) = matte::backdrop_leak(&shape.canvas, &alone.canvas, &r.plan.regions[0], alpha, None).unwrap().unwrap();
     assert!(leak > 5.0, "the shape alone leaks the backdrop: {leak}");
 }
 

@@ -92,17 +92,17 @@ fn each_format_is_what_it_says() {
 
 #[test]
 fn geometries_cover_their_own_pixels_only() {
-    let boxed = pixels(&render(&one_region(r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none"}"#)));
+    let boxed = pixels(&render(&one_region(r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none", "matte": "region"}"#)));
     assert!(distance_from_bg(&boxed, 40, 24, 48, 48) > 10.0);
     assert_eq!(distance_from_bg(&boxed, 0, 0, 30, 96), 0.0);
     assert_eq!(distance_from_bg(&boxed, 98, 0, 30, 96), 0.0);
 
-    let ellipse = pixels(&render(&one_region(r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none"}"#)));
+    let ellipse = pixels(&render(&one_region(r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none", "matte": "region"}"#)));
     assert!(distance_from_bg(&ellipse, 54, 40, 20, 16) > 10.0);
     assert_eq!(distance_from_bg(&ellipse, 24, 18, 6, 6), 0.0, "the bounding box's corner lies outside the ellipse");
 
     let tri = pixels(&render(&one_region(
-        r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none"}"#,
+        r#"{"class": "hand", "polygon": [[20, 10], [110, 10], [20, 90]], "blend": "none", "matte": "region"}"#,
     )));
     assert!(distance_from_bg(&tri, 24, 14, 20, 20) > 10.0);
     assert_eq!(distance_from_bg(&tri, 90, 70, 15, 15), 0.0, "beyond the hypotenuse");
@@ -169,8 +169,8 @@ fn blend_modes_differ_at_the_edge_and_leave_far_pixels_alone() {
 
 #[test]
 fn higher_z_wins_the_overlap_whatever_the_order() {
-    let a = r#"{"class": "face", "seed": 1, "box": [10, 10, 70, 70], "blend": "none", "z": ZA}"#;
-    let b = r#"{"class": "hand", "seed": 2, "box": [50, 20, 70, 70], "blend": "none", "z": ZB}"#;
+    let a = r#"{"class": "face", "seed": 1, "box": [10, 10, 70, 70], "blend": "none", "matte": "region", "z": ZA}"#;
+    let b = r#"{"class": "hand", "seed": 2, "box": [50, 20, 70, 70], "blend": "none", "matte": "region", "z": ZB}"#;
     let both = |za: i32, zb: i32| {
         pixels(&render(&one_region(&format!(
             "{},{}",
@@ -248,7 +248,10 @@ fn the_poisson_solver_leaves_a_small_residual() {
 }
 
 /// Golden pictures: small layouts against PNGs in tests/golden, within 2/255 per channel
-/// (oneDNN's kernels may round differently across CPUs). `MIXGAN_BLESS=1` rewrites them.
+/// (oneDNN's kernels may round differently across CPUs), each twice: with every region matted
+/// by its shape alone (`NAME.png`, the pictures from before the experts drew alpha: their
+/// colour is unchanged) and as the layout asks by default (`NAME_matte.png`, the face and
+/// hand experts' own alpha). `MIXGAN_BLESS=1` rewrites them.
 #[test]
 fn golden_pictures() {
     let cases: &[(&str, &str)] = &[
@@ -273,7 +276,11 @@ fn golden_pictures() {
     ];
     let dir = root().join("tests/golden");
     let bless = std::env::var_os("MIXGAN_BLESS").is_some();
-    for (name, regions) in cases {
+    let matted = cases.iter().map(|(name, regions)| (format!("{name}_matte"), regions.to_string()));
+    let shapes = cases.iter().map(|(name, regions)| {
+        (name.to_string(), regions.replace(r#"{"class""#, r#"{"matte": "region", "class""#))
+    });
+    for (name, regions) in shapes.chain(matted) {
         let layout = format!(
             r##"{{"width": 128, "height": 96, "seed": 1, "background": {{"class": "background", "seed": 3}}, "regions": [{regions}]}}"##
         );

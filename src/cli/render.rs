@@ -137,11 +137,11 @@ pub fn run(a: RenderArgs) -> Result<()> {
 fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch: usize) -> Result<String> {
     let v: serde_json::Value = serde_json::from_slice(layout).context("the layout is not JSON")?;
     let mut shapes = v.clone();
-    for r in shapes["regions"].as_array_mut().into_iter().flatten() {
+    for r in shapes.get_mut("regions").and_then(|r| r.as_array_mut()).into_iter().flatten() {
         r["matte"] = "region".into();
     }
-    if shapes["label_map"].is_object() {
-        shapes["label_map"]["matte"] = "region".into();
+    if let Some(lm) = shapes.get_mut("label_map").filter(|lm| lm.is_object()) {
+        lm["matte"] = "region".into();
     }
     let mut alone = v;
     let obj = alone.as_object_mut().context("the layout is not a JSON object")?;
@@ -159,12 +159,24 @@ fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch
         "matte",
         "shape alone"
     );
+    let (h, w) = (out.plan.height, out.plan.width);
+    let mattes = out
+        .plan
+        .regions
+        .iter()
+        .zip(&out.alphas)
+        .map(|(r, a)| matte::final_matte(r, a.as_ref(), h, w))
+        .collect::<Result<Vec<_>, _>>()?;
     for (i, region) in out.plan.regions.iter().enumerate() {
         let Some(alpha) = &out.alphas[i] else { continue };
-        let Some((leak, n)) = matte::backdrop_leak(&out.canvas, &alone.canvas, region, alpha)? else { continue };
-        let (before, _) = matte::backdrop_leak(&shapes.canvas, &alone.canvas, region, alpha)?.unwrap_or((0.0, 0));
+        // Where regions overlap, another's subject is no leak.
+        let others = mattes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| m.shallow_clone());
+        let others = others.reduce(|a, b| a.maximum(&b));
+        let leak = |canvas| matte::backdrop_leak(canvas, &alone.canvas, region, alpha, others.as_ref());
+        let Some((after, n)) = leak(&out.canvas)? else { continue };
+        let (before, _) = leak(&shapes.canvas)?.unwrap_or((0.0, 0));
         let class = region.class.as_deref().unwrap_or(region.model.name());
-        text += &format!("{:<24} {:<10} {n:>8} {leak:>8.2} {before:>14.2}\n", region.source, class);
+        text += &format!("{:<24} {:<10} {n:>8} {after:>8.2} {before:>14.2}\n", region.source, class);
     }
     Ok(text)
 }
