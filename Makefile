@@ -23,7 +23,7 @@ samples: build
 	done
 	@for l in examples/*.json; do \
 	  name=$$(basename $$l .json); \
-	  target/release/mixgan render $$l --outdir $(OUT) --masks $(OUT)/$$name-masks.png --timings || exit 1; \
+	  target/release/mixgan render $$l --outdir $(OUT) --masks $(OUT)/$$name-masks.png --timings --leak || exit 1; \
 	done
 	@echo "pictures: $(OUT)/<model>/seedNNNN.png, composed layouts: $(OUT)/<example>.png|jpg"
 

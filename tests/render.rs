@@ -92,12 +92,16 @@ fn each_format_is_what_it_says() {
 
 #[test]
 fn geometries_cover_their_own_pixels_only() {
-    let boxed = pixels(&render(&one_region(r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none", "matte": "region"}"#)));
+    let boxed = pixels(&render(&one_region(
+        r#"{"class": "face", "box": [32, 16, 64, 64], "blend": "none", "matte": "region"}"#,
+    )));
     assert!(distance_from_bg(&boxed, 40, 24, 48, 48) > 10.0);
     assert_eq!(distance_from_bg(&boxed, 0, 0, 30, 96), 0.0);
     assert_eq!(distance_from_bg(&boxed, 98, 0, 30, 96), 0.0);
 
-    let ellipse = pixels(&render(&one_region(r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none", "matte": "region"}"#)));
+    let ellipse = pixels(&render(&one_region(
+        r#"{"class": "face", "ellipse": [64, 48, 40, 30], "blend": "none", "matte": "region"}"#,
+    )));
     assert!(distance_from_bg(&ellipse, 54, 40, 20, 16) > 10.0);
     assert_eq!(distance_from_bg(&ellipse, 24, 18, 6, 6), 0.0, "the bounding box's corner lies outside the ellipse");
 
@@ -277,9 +281,9 @@ fn golden_pictures() {
     let dir = root().join("tests/golden");
     let bless = std::env::var_os("MIXGAN_BLESS").is_some();
     let matted = cases.iter().map(|(name, regions)| (format!("{name}_matte"), regions.to_string()));
-    let shapes = cases.iter().map(|(name, regions)| {
-        (name.to_string(), regions.replace(r#"{"class""#, r#"{"matte": "region", "class""#))
-    });
+    let shapes = cases
+        .iter()
+        .map(|(name, regions)| (name.to_string(), regions.replace(r#"{"class""#, r#"{"matte": "region", "class""#)));
     for (name, regions) in shapes.chain(matted) {
         let layout = format!(
             r##"{{"width": 128, "height": 96, "seed": 1, "background": {{"class": "background", "seed": 3}}, "regions": [{regions}]}}"##
@@ -387,5 +391,61 @@ fn projection_works_for_every_fit_and_clipped_regions() {
         let job = plan.jobs.iter().find(|j| j.model.name() == "hand").unwrap();
         assert_eq!(plan.job_params(job)[0].projected.as_ref(), Some(w), "the job carries the projection");
         render(&layout);
+    }
+}
+
+/// The bundled face draws its own alpha: given a large box over flat grey, the box's top
+/// corners show the grey (its bottom corners hold the subject's shoulders).
+#[test]
+fn the_bundled_face_leaves_the_grey_in_the_corners_of_its_box() {
+    for seed in [1, 11, 23] {
+        let layout = format!(
+            r##"{{"width": 256, "height": 256, "background": {{"color": "#808080"}},
+                "regions": [{{"class": "face", "seed": {seed}, "box": [16, 16, 224, 224]}}]}}"##
+        );
+        let r = render(&layout);
+        assert_eq!(r.plan.regions[0].matte_name(), "patch");
+        let img = pixels(&r);
+        let corner = 224 / 8;
+        for (x0, y0) in [(16, 16), (16 + 224 - corner, 16)] {
+            let mut sum = 0.0;
+            for y in y0..y0 + corner {
+                for x in x0..x0 + corner {
+                    sum += img.get_pixel(x, y).0.iter().map(|&v| f64::from(v.abs_diff(0x80))).sum::<f64>() / 3.0;
+                }
+            }
+            let mean = sum / f64::from(corner * corner);
+            assert!(mean <= 3.0, "seed {seed}: the corner at ({x0}, {y0}) is {mean:.2} levels from the grey");
+        }
+        // Under its shape alone the same box shows the expert's coloured backdrop there.
+        let shape = pixels(&render(&layout.replace(r#""box""#, r#""matte": "region", "box""#)));
+        let d = shape.get_pixel(20, 20).0.iter().map(|&v| v.abs_diff(0x80)).max().unwrap();
+        assert!(d > 10, "seed {seed}: the backdrop is {d} levels from grey");
+    }
+}
+
+/// With mattes, no example region's edge is more visible than with its shape alone.
+#[test]
+fn mattes_make_no_seam_worse_on_the_examples() {
+    let c = Compositor { device: Device::Cpu };
+    for name in ["portrait", "crowd", "label_map"] {
+        let layout = std::fs::read_to_string(root().join(format!("examples/{name}.json"))).unwrap();
+        let mut shapes: serde_json::Value = serde_json::from_str(&layout).unwrap();
+        for r in shapes.get_mut("regions").and_then(|r| r.as_array_mut()).into_iter().flatten() {
+            r["matte"] = "region".into();
+        }
+        if let Some(lm) = shapes.get_mut("label_map") {
+            lm["matte"] = "region".into();
+        }
+        let (matted, plain) = (render(&layout), render(&shapes.to_string()));
+        for (i, region) in matted.plan.regions.iter().enumerate() {
+            let with = c.seam_score(&matted.canvas, region, &matted.plan).unwrap();
+            let without = c.seam_score(&plain.canvas, &plain.plan.regions[i], &plain.plan).unwrap();
+            assert!(
+                with <= without * 1.05 + 0.05,
+                "{name} {}: seam {with:.2} with mattes, {without:.2} without",
+                region.source
+            );
+        }
     }
 }

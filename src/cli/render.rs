@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::say;
-use crate::compositor::{matte, ownership_map};
+use crate::compositor::{matte, ownership_map, Compositor};
 use crate::layout::ImageFormat;
 use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::{CompositeOn, Pipeline, Rendered};
@@ -58,7 +58,8 @@ pub struct RenderArgs {
     /// start-up costs that a running server does not).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
-    /// Also measure how much of each matted patch's backdrop shows (see `print_leak`).
+    /// Also measure, for each region whose patch mattes itself, how much of its backdrop
+    /// shows and its seam score, beside the same with its shape alone as the matte.
     #[arg(long)]
     leak: bool,
 }
@@ -131,9 +132,9 @@ pub fn run(a: RenderArgs) -> Result<()> {
 
 /// The backdrop leak of every region whose patch mattes itself: the mean difference, in
 /// 8-bit levels, between the picture and the same layout without its regions, over the
-/// region's pixels where its patch's alpha is below 0.1 (where the subject is absent), beside
-/// the same figure with every region matted by its shape alone (`matte: "region"`, the
-/// compositing of models without alpha).
+/// region's pixels where its patch's alpha is below 0.1 (where the subject is absent), and
+/// the seam score at the region's edge; each beside the same figure with every region matted
+/// by its shape alone (`matte: "region"`, the compositing of models without alpha).
 fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch: usize) -> Result<String> {
     let v: serde_json::Value = serde_json::from_slice(layout).context("the layout is not JSON")?;
     let mut shapes = v.clone();
@@ -151,12 +152,15 @@ fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch
     let shapes = pipeline.render(&serde_json::to_vec(&shapes)?, max_batch)?;
     let alone = pipeline.render(&serde_json::to_vec(&alone)?, max_batch)?;
     let mut text = format!(
-        "backdrop leak, 8-bit levels where the subject is absent (alpha < {})\n{:<24} {:<10} {:>8} {:>8} {:>14}\n",
+        "backdrop leak: 8-bit levels where the subject is absent (alpha < {}); seam score at the region's edge\n\
+         {:<24} {:<6} {:>7} {:>6} {:>12} {:>6} {:>12}\n",
         matte::BACKDROP_ALPHA,
         "region",
         "class",
         "pixels",
-        "matte",
+        "leak",
+        "shape alone",
+        "seam",
         "shape alone"
     );
     let (h, w) = (out.plan.height, out.plan.width);
@@ -167,6 +171,7 @@ fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch
         .zip(&out.alphas)
         .map(|(r, a)| matte::final_matte(r, a.as_ref(), h, w))
         .collect::<Result<Vec<_>, _>>()?;
+    let compositor = Compositor { device: out.canvas.device() };
     for (i, region) in out.plan.regions.iter().enumerate() {
         let Some(alpha) = &out.alphas[i] else { continue };
         // Where regions overlap, another's subject is no leak.
@@ -175,8 +180,13 @@ fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch
         let leak = |canvas| matte::backdrop_leak(canvas, &alone.canvas, region, alpha, others.as_ref());
         let Some((after, n)) = leak(&out.canvas)? else { continue };
         let (before, _) = leak(&shapes.canvas)?.unwrap_or((0.0, 0));
+        let seam = compositor.seam_score(&out.canvas, region, &out.plan)?;
+        let seam_before = compositor.seam_score(&shapes.canvas, region, &out.plan)?;
         let class = region.class.as_deref().unwrap_or(region.model.name());
-        text += &format!("{:<24} {:<10} {n:>8} {after:>8.2} {before:>14.2}\n", region.source, class);
+        text += &format!(
+            "{:<24} {class:<6} {n:>7} {after:>6.2} {before:>12.2} {seam:>6.2} {seam_before:>12.2}\n",
+            region.source
+        );
     }
     Ok(text)
 }

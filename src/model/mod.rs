@@ -346,7 +346,20 @@ impl Model {
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
         Ok(match &self.generator {
             Generator::Native(g) => g.synthesis(&ws, NoisePlan { modes: &modes, seeds: &seeds })?,
-            Generator::Script(g) => g.synthesis(&ws)?,
+            Generator::Script(g) => {
+                // A module traced by someone else must draw what model.toml declares (alpha
+                // needs its fourth channel).
+                let img = g.synthesis(&ws)?;
+                let (size, g) = (img.size(), &self.spec.generator);
+                if size.len() != 4 || size[1] != g.img_channels || size[2] != g.img_resolution {
+                    return Err(ModelError::Torch(tch::TchError::Shape(format!(
+                        "synthesis.pt returned {size:?}; model.toml declares [N, {}, {res}, {res}]",
+                        g.img_channels,
+                        res = g.img_resolution
+                    ))));
+                }
+                img
+            }
         })
     }
 }

@@ -91,7 +91,8 @@ impl Search<'_> {
         penalty: Option<Penalty<'_>>,
     ) -> Result<Tensor> {
         let device = self.g.device();
-        let targets = self.targets.f_to_device(device)?;
+        // Colour only: a model that draws alpha is matched on its colour.
+        let targets = self.targets.f_narrow(1, 0, 3)?.f_to_device(device)?;
         let weights = self.weights.f_to_device(device)?;
         let small = |x: &Tensor| x.f_avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
         let (targets_s, weights_s) = (small(&targets)?, small(&weights)?);
