@@ -24,18 +24,22 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// The .npy payload of `procgen.py cache` (the bytes after the header).
-fn draw(kind: &str, seed: u32, dir: &Path) -> Vec<u8> {
-    let path = dir.join(format!("{kind}-{seed}.npy"));
-    run_ok(
-        Command::new(python())
-            .arg(tool("procgen.py"))
-            .args(["cache", kind, "--count", "6", "--seed", &seed.to_string(), "-o"])
-            .arg(&path),
-    );
+/// The .npy payload of `procgen.py cache` (the bytes after the header), RGB or with `--alpha`.
+fn cache(kind: &str, seed: u32, alpha: bool, dir: &Path) -> Vec<u8> {
+    let path = dir.join(format!("{kind}-{seed}-{alpha}.npy"));
+    let mut cmd = Command::new(python());
+    cmd.arg(tool("procgen.py")).args(["cache", kind, "--count", "6", "--seed", &seed.to_string()]);
+    if alpha {
+        cmd.arg("--alpha");
+    }
+    run_ok(cmd.arg("-o").arg(&path));
     let bytes = std::fs::read(&path).unwrap();
     let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
     bytes[header..].to_vec()
+}
+
+fn draw(kind: &str, seed: u32, dir: &Path) -> Vec<u8> {
+    cache(kind, seed, false, dir)
 }
 
 #[test]
@@ -57,26 +61,12 @@ fn procedural_datasets_are_deterministic_and_varied() {
     }
 }
 
-/// `procgen.py cache --alpha`: [N, H, W, 4] with the subject's coverage as the fourth channel.
-fn draw_rgba(kind: &str, dir: &Path) -> Vec<u8> {
-    let path = dir.join(format!("{kind}-rgba.npy"));
-    run_ok(
-        Command::new(python())
-            .arg(tool("procgen.py"))
-            .args(["cache", kind, "--count", "6", "--alpha", "-o"])
-            .arg(&path),
-    );
-    let bytes = std::fs::read(&path).unwrap();
-    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
-    bytes[header..].to_vec()
-}
-
 #[test]
 fn faces_and_hands_come_with_their_coverage() {
     let dir = tempfile::tempdir().unwrap();
     let side = 64usize;
     for kind in ["face", "hand"] {
-        let rgba = draw_rgba(kind, dir.path());
+        let rgba = cache(kind, 0, true, dir.path());
         let rgb = draw(kind, 0, dir.path());
         assert_eq!(rgba.len(), 6 * side * side * 4, "{kind}: six RGBA pictures");
         for (n, (p, q)) in rgba.chunks(side * side * 4).zip(rgb.chunks(side * side * 3)).enumerate() {
