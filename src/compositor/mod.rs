@@ -219,6 +219,11 @@ impl Compositor {
                 blend::laplacian(&base, &layer, &soft, blend::levels_for(v.w.min(v.h)))?
             }
             BlendMode::Poisson => {
+                // With a matte the subject alone is cloned: its backdrop stays the canvas's.
+                let m = match &alpha {
+                    Some(a) => m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, v, &win)?)?,
+                    None => m,
+                };
                 let solved = poisson::clone(&base, &layer, &m)?;
                 let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
                     .f_mul_scalar(4.0)?
