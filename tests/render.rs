@@ -385,7 +385,9 @@ fn projection_works_for_every_fit_and_clipped_regions() {
             r#"{{"width": 96, "height": 64, "background": {{"image": "{b64}"}}, "regions": [{{"class": "hand", "box": {rect}, "fit": "{fit}", "project": true, "project_steps": 3}}]}}"#
         );
         let mut plan = pipeline.plan(layout.as_bytes()).unwrap();
-        pipeline.project(&mut plan).unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
+        pipeline
+            .project(&mut plan, &std::sync::atomic::AtomicBool::new(false))
+            .unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
         let w = plan.regions[0].params.projected.as_ref().expect("projected");
         assert!(w.iter().all(|v| v.is_finite()) && !w.is_empty(), "{fit} {rect}");
         let job = plan.jobs.iter().find(|j| j.model.name() == "hand").unwrap();

@@ -384,3 +384,52 @@ fn bad_settings_stop_the_server_before_it_listens() {
         assert!(stderr.contains(named), "{env:?} {args:?}: {stderr}");
     }
 }
+
+/// A `side` x `side` layout whose one face region projects for 1000 steps from a picture.
+fn long_projection(side: u32) -> String {
+    let img = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 120]));
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
+    format!(
+        r#"{{"width": {side}, "height": {side}, "background": {{"image": "{b64}"}},
+            "regions": [{{"class": "face", "box": [0, 0, {side}, {side}], "project": true, "project_steps": 1000}}]}}"#
+    )
+}
+
+#[test]
+fn clients_that_hang_up_on_projections_stop_costing_anything() {
+    let s = Server::start(&[], &[], true);
+    let timed = || {
+        let t = Instant::now();
+        assert_eq!(s.compose(PORTRAIT).status, 200);
+        t.elapsed()
+    };
+    let mut idle: Vec<Duration> = (0..5).map(|_| timed()).collect();
+    idle.sort();
+    let idle = idle[2];
+    // Four clients ask for 1000-step projections (a minute of work each here) and hang up.
+    let layout = long_projection(64);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, layout) = (s.url("/v1/compose"), layout.clone());
+            std::thread::spawn(move || {
+                let impatient = agent(Some(Duration::from_millis(1000)));
+                impatient.post(&url).header("content-type", "application/json").send(layout.as_bytes()).is_err()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap(), "the client should give up first");
+    }
+    // Within a second the server is idle again: no projection runs on for nobody.
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = s.cpu_seconds();
+    std::thread::sleep(Duration::from_millis(1000));
+    let busy = s.cpu_seconds() - before;
+    assert!(busy < 0.15, "the server used {busy:.2} s of CPU in the second after its clients left");
+    let after = timed();
+    assert!(after <= idle * 2, "a portrait took {after:?} after the hang-ups, {idle:?} idle");
+    let text = String::from_utf8(s.get("/metrics").body).unwrap();
+    assert!(text.contains("mixgan_cancelled_total{reason=\"client_left\"} 4"), "{text}");
+}

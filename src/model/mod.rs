@@ -13,6 +13,7 @@ pub mod torchscript;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
@@ -84,6 +85,9 @@ pub enum ModelError {
     InvalidParam { field: String, reason: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A search was told to stop (its request was cancelled) before it finished.
+    #[error("stopped: the request was cancelled")]
+    Stopped,
 }
 
 /// One image to generate: NVIDIA `gen_images.py`'s options, per sample.
@@ -214,8 +218,15 @@ impl Model {
 
     /// ws [N, num_ws, w_dim] whose pictures match `targets` [N, 3, R, R] where `weights`
     /// [N, 1, R, R] say, searched as one batch (see [`project::project`]).
-    pub fn project(&self, targets: &Tensor, weights: &Tensor, steps: usize) -> Result<Tensor, ModelError> {
-        Ok(project::project(self.projector()?, targets, weights, steps)?)
+    /// Stops, with [`ModelError::Stopped`], within one step of `stop` being set.
+    pub fn project(
+        &self,
+        targets: &Tensor,
+        weights: &Tensor,
+        steps: usize,
+        stop: &AtomicBool,
+    ) -> Result<Tensor, ModelError> {
+        project::project(self.projector()?, targets, weights, steps, stop)
     }
 
     /// ws near each of `params`' own whose pictures match `targets` [N, 3, R, R] where
@@ -227,13 +238,14 @@ impl Model {
         weights: &Tensor,
         steps: usize,
         hold: f64,
+        stop: &AtomicBool,
     ) -> Result<Tensor, ModelError> {
         let g = self.projector()?;
         let start = tch::no_grad(|| self.ws(params))?;
         let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
         let noise = stylegan2::NoisePlan { modes: &modes, seeds: &seeds };
-        Ok(project::harmonize(g, &start, targets, weights, steps, hold, noise)?)
+        project::harmonize(g, &start, targets, weights, steps, hold, noise, stop)
     }
 
     /// Checks one sample's parameters against this model.

@@ -5,10 +5,12 @@
 //! error at full and half resolution instead of LPIPS, which would need VGG weights.
 //! Only the native generator projects (it needs gradients through the synthesis).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tch::{Kind, Tensor};
 
 use super::stylegan2::{NoisePlan, StyleGan2};
-use super::NoiseMode;
+use super::{ModelError, NoiseMode};
 use crate::latent;
 
 type Result<T> = std::result::Result<T, tch::TchError>;
@@ -22,9 +24,16 @@ const SPREAD_SAMPLES: u32 = 256;
 /// follows the path it would follow alone. Deterministic: its noise comes from fixed seeds.
 /// Everything per step stays on the generator's device (the noise for every step is made
 /// up front). Returns ws [N, num_ws, w_dim] (the same w at every layer).
-pub fn project(g: &StyleGan2, targets: &Tensor, weights: &Tensor, steps: usize) -> Result<Tensor> {
+/// Stops with [`ModelError::Stopped`] within one step of `stop` being set.
+pub fn project(
+    g: &StyleGan2,
+    targets: &Tensor,
+    weights: &Tensor,
+    steps: usize,
+    stop: &AtomicBool,
+) -> std::result::Result<Tensor, ModelError> {
     // Callers usually run under a no-grad guard; the search needs gradients.
-    tch::with_grad(|| search(g, targets, weights, steps))
+    tch::with_grad(|| search(g, targets, weights, steps, stop))
 }
 
 /// How far W spreads around `w_avg` (the root mean square distance of samples), which scales
@@ -55,18 +64,19 @@ pub fn harmonize(
     steps: usize,
     hold: f64,
     noise: NoisePlan,
-) -> Result<Tensor> {
+    stop: &AtomicBool,
+) -> std::result::Result<Tensor, ModelError> {
     tch::with_grad(|| {
         let device = g.device();
         let start = start_ws.f_to_device(device)?.f_detach()?;
         let w_std = w_spread(g, &g.w_avg().f_to_device(device)?.f_view([1, -1])?)?;
         let (n, w_dim) = (start.size()[0], start.size()[2]);
         let offset = Tensor::f_zeros([n, 1, w_dim], (Kind::Float, device))?;
-        let search = Search { g, targets, weights, steps, lr: 0.05, noise };
+        let search = Search { g, targets, weights, steps, lr: 0.05, noise, stop };
         let penalty =
             |d: &Tensor| -> Result<Tensor> { d.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(hold / (w_std * w_std)) };
         let offset = search.run(offset, |d, _| start.f_add(d), Some(&penalty))?;
-        start.f_add(&offset)
+        Ok(start.f_add(&offset)?)
     })
 }
 
@@ -78,6 +88,8 @@ struct Search<'a> {
     steps: usize,
     lr: f64,
     noise: NoisePlan<'a>,
+    /// Checked before every step.
+    stop: &'a AtomicBool,
 }
 
 type Penalty<'p> = &'p dyn Fn(&Tensor) -> Result<Tensor>;
@@ -89,7 +101,7 @@ impl Search<'_> {
         var: Tensor,
         ws_of: impl Fn(&Tensor, usize) -> Result<Tensor>,
         penalty: Option<Penalty<'_>>,
-    ) -> Result<Tensor> {
+    ) -> std::result::Result<Tensor, ModelError> {
         let device = self.g.device();
         // Colour only: a model that draws alpha is matched on its colour.
         let targets = self.targets.f_narrow(1, 0, 3)?.f_to_device(device)?;
@@ -115,6 +127,9 @@ impl Search<'_> {
         let (mut m, mut v) = (var.f_zeros_like()?, var.f_zeros_like()?);
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         for step in 0..self.steps {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(ModelError::Stopped);
+            }
             let t = step as f64 / self.steps as f64;
             let ramp = ((1.0 - t) / 0.25).min(1.0);
             let lr = self.lr * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
@@ -135,11 +150,17 @@ impl Search<'_> {
                 Ok(())
             })?;
         }
-        var.f_detach()
+        Ok(var.f_detach()?)
     }
 }
 
-fn search(g: &StyleGan2, targets: &Tensor, weights: &Tensor, steps: usize) -> Result<Tensor> {
+fn search(
+    g: &StyleGan2,
+    targets: &Tensor,
+    weights: &Tensor,
+    steps: usize,
+    stop: &AtomicBool,
+) -> std::result::Result<Tensor, ModelError> {
     let device = g.device();
     let n = targets.size()[0];
     let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
@@ -156,12 +177,13 @@ fn search(g: &StyleGan2, targets: &Tensor, weights: &Tensor, steps: usize) -> Re
     let jitter = Tensor::from_slice(&jitter).f_view([steps as i64, 1, w_dim])?.f_to_device(device)?;
     let modes = vec![NoiseMode::Const; n as usize];
     let seeds = vec![0u64; n as usize];
-    let search = Search { g, targets, weights, steps, lr: 0.1, noise: NoisePlan { modes: &modes, seeds: &seeds } };
+    let noise = NoisePlan { modes: &modes, seeds: &seeds };
+    let search = Search { g, targets, weights, steps, lr: 0.1, noise, stop };
     let num_ws = g.num_ws();
     let w = search.run(
         w_avg.f_repeat([n, 1])?,
         |w, step| w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
         None,
     )?;
-    w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])
+    Ok(w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])?)
 }

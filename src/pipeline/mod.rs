@@ -2,13 +2,14 @@
 //! route → project (repairs only) → generate → composite → encode, each a named [`Stage`]
 //! timed in one [`Timings`]. The front end chooses where the stages run (a [`Runner`]: in this
 //! thread, or on blocking threads with the batcher's workers); [`Hooks`] observe each stage
-//! as it ends (metrics today; progress events and cancellation hang here next). It owns the
+//! as it ends (metrics today; progress events hang here next). It owns the
 //! order of the stages and nothing else: no HTTP, no admission, no queues of its own.
 
 pub mod runners;
 mod search;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -184,6 +185,15 @@ pub trait Hooks: Sync {
     fn stage_done(&self, _stage: Stage, _took: Duration) {}
 }
 
+/// Sets its flag when dropped.
+struct StopWhenDropped(Arc<AtomicBool>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Hears nothing.
 pub struct NoHooks;
 impl Hooks for NoHooks {}
@@ -216,11 +226,15 @@ impl Pipeline {
         let plan = if plan.projects() || plan.harmonizes() {
             let started = Instant::now();
             let me = self.clone();
+            // Set when this future is dropped (the client left, or the time ran out): the
+            // searches then stop within one step instead of running on for nobody.
+            let stop = Arc::new(AtomicBool::new(false));
+            let _stop_when_dropped = StopWhenDropped(stop.clone());
             let plan = runner
                 .cpu(Stage::Project, move || {
                     let mut plan = plan;
-                    me.project(&mut plan)?;
-                    me.harmonize(&mut plan)?;
+                    me.project(&mut plan, &stop)?;
+                    me.harmonize(&mut plan, &stop)?;
                     Ok(plan)
                 })
                 .await?;

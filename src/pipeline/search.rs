@@ -4,6 +4,7 @@
 //! the plan's generation parameters; the generate stage then draws the patches as usual.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
@@ -52,7 +53,8 @@ impl Pipeline {
     /// Regions that `project` get the ws that reproduce what the background picture shows
     /// under them (see `model::project`); the regions of one model with the same step count
     /// are searched as one batch. Heavy: a generator pass forward and back per step.
-    pub fn project(&self, plan: &mut RoutePlan) -> Result<(), PipelineError> {
+    /// Stops within one search step of `stop` being set.
+    pub fn project(&self, plan: &mut RoutePlan, stop: &AtomicBool) -> Result<(), PipelineError> {
         let Background::Image(rgb) = &plan.background else { return Ok(()) };
         if !plan.projects() {
             return Ok(());
@@ -68,7 +70,7 @@ impl Pipeline {
                 targets.push(target);
                 weights.push(weight);
             }
-            let ws = model.project(&Tensor::f_stack(&targets, 0)?, &Tensor::f_stack(&weights, 0)?, steps)?;
+            let ws = model.project(&Tensor::f_stack(&targets, 0)?, &Tensor::f_stack(&weights, 0)?, steps, stop)?;
             let ws = ws.f_to_device(Device::Cpu)?;
             for (k, &i) in members.iter().enumerate() {
                 let w = Vec::<f32>::try_from(ws.f_get(k as i64)?.f_flatten(0, -1)?)?;
@@ -82,7 +84,7 @@ impl Pipeline {
     /// background (not the other regions) over the ring just inside their edge (see
     /// `model::project::harmonize`); `Region::harmony` records the ring error before and
     /// after. A generated background is drawn here once to be matched.
-    pub fn harmonize(&self, plan: &mut RoutePlan) -> Result<(), PipelineError> {
+    pub fn harmonize(&self, plan: &mut RoutePlan, stop: &AtomicBool) -> Result<(), PipelineError> {
         if !plan.harmonizes() {
             return Ok(());
         }
@@ -109,7 +111,8 @@ impl Pipeline {
             let (targets, weights) = (Tensor::f_stack(&targets, 0)?, Tensor::f_stack(&weights, 0)?);
             let params: Vec<GenerationParams> = members.iter().map(|&i| plan.regions[i].params.clone()).collect();
             let before = ring_errors(&model.generate(&params)?, &targets, &weights)?;
-            let ws = model.harmonize(&params, &targets, &weights, steps, HARMONIZE_HOLD)?.f_to_device(Device::Cpu)?;
+            let ws =
+                model.harmonize(&params, &targets, &weights, steps, HARMONIZE_HOLD, stop)?.f_to_device(Device::Cpu)?;
             let mut nudged = params;
             for (k, p) in nudged.iter_mut().enumerate() {
                 p.projected = Some(Arc::new(Vec::<f32>::try_from(ws.f_get(k as i64)?.f_flatten(0, -1)?)?));

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub queue_seconds: HistogramVec,
     pub in_flight: IntGauge,
     pub rejected: IntCounterVec,
+    pub cancelled: IntCounterVec,
     pub dropped_jobs: IntCounterVec,
     pub models_loaded: IntGauge,
     pub ready: IntGauge,
@@ -78,6 +79,14 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let cancelled = IntCounterVec::new(
+            Opts::new(
+                "mixgan_cancelled_total",
+                "Admitted requests that ended before their answer, by reason (client_left, timeout).",
+            ),
+            &["reason"],
+        )
+        .unwrap();
         let dropped_jobs = IntCounterVec::new(
             Opts::new("mixgan_dropped_jobs_total", "Generation jobs dropped because their client had gone, by model."),
             &["model"],
@@ -103,11 +112,15 @@ impl Metrics {
         registry.register(Box::new(queue_seconds.clone())).unwrap();
         registry.register(Box::new(in_flight.clone())).unwrap();
         registry.register(Box::new(rejected.clone())).unwrap();
+        registry.register(Box::new(cancelled.clone())).unwrap();
         registry.register(Box::new(dropped_jobs.clone())).unwrap();
         registry.register(Box::new(models_loaded.clone())).unwrap();
         registry.register(Box::new(ready.clone())).unwrap();
         registry.register(Box::new(patches_per_request.clone())).unwrap();
         let _ = rejected.with_label_values(&["overload"]);
+        for reason in ["client_left", "timeout"] {
+            let _ = cancelled.with_label_values(&[reason]);
+        }
         Self {
             registry,
             requests,
@@ -119,6 +132,7 @@ impl Metrics {
             queue_seconds,
             in_flight,
             rejected,
+            cancelled,
             dropped_jobs,
             models_loaded,
             ready,

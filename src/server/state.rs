@@ -155,8 +155,15 @@ impl AppState {
         let runner = Batched { batcher: &engine.batcher, slots: self.cpu_slots.clone(), gate: &self.cpu_gate };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let run = engine.pipeline.run(layout, &runner, self.metrics.as_ref());
-        match tokio::time::timeout(timeout, run).await {
-            Err(_) => Err(ApiError::Timeout { after_ms: self.config.request_timeout_ms }),
+        // Dropped unanswered (the client hung up): counted, and the pipeline stops its work.
+        let mut left = ClientLeft(Some(&self.metrics));
+        let result = tokio::time::timeout(timeout, run).await;
+        left.0 = None;
+        match result {
+            Err(_) => {
+                self.metrics.cancelled.with_label_values(&["timeout"]).inc();
+                Err(ApiError::Timeout { after_ms: self.config.request_timeout_ms })
+            }
             Ok(result) => {
                 let result = result.map_err(ApiError::from);
                 if let Err(ApiError::Overloaded(_)) = &result {
@@ -172,6 +179,17 @@ impl AppState {
         let engine = self.engine()?;
         let ready = self.is_ready();
         Ok(engine.pipeline.registry.iter().map(|m| ModelInfo::new(m, &engine.batcher, ready)).collect())
+    }
+}
+
+/// Counts a request whose future is dropped before it has an answer.
+struct ClientLeft<'a>(Option<&'a Metrics>);
+
+impl Drop for ClientLeft<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.cancelled.with_label_values(&["client_left"]).inc();
+        }
     }
 }
 
