@@ -61,6 +61,11 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Compose requests served at once; more get 503 at once.
     pub max_in_flight: usize,
+    /// Latent-search work admitted at once: projection and harmonisation steps, each weighted
+    /// by its model's size ((resolution / 64)²). A request that would pass it gets 503 with
+    /// Retry-After; requests without searches never wait for it. 0: 1000 for every two CPU
+    /// slots, so searches leave CPU for cheap requests.
+    pub max_search_in_flight: usize,
     /// Default largest batch per model (a model.toml `[batching]` table overrides).
     pub max_batch: usize,
     /// Default longest wait for a batch to fill, in milliseconds.
@@ -93,6 +98,7 @@ impl Default for Config {
             request_timeout_ms: 30_000,
             queue_capacity: 64,
             max_in_flight: 32,
+            max_search_in_flight: 0,
             max_batch: 8,
             max_wait_ms: 20,
             grace_period_s: 30,

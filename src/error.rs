@@ -62,6 +62,9 @@ pub enum PipelineError {
     Batch(#[from] BatchError),
     #[error("the {stage} stage panicked: {message}")]
     Panicked { stage: &'static str, message: String },
+    /// Admission refused the request for now: it asks for more than is free.
+    #[error("{0}")]
+    Busy(String),
     #[error("cannot start the pipeline's runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]

@@ -399,7 +399,8 @@ fn long_projection(side: u32) -> String {
 
 #[test]
 fn clients_that_hang_up_on_projections_stop_costing_anything() {
-    let s = Server::start(&[], &[], true);
+    // A search budget that admits all four (admission is the next test's subject).
+    let s = Server::start(&[("MIXGAN_MAX_SEARCH_IN_FLIGHT", "4000")], &[], true);
     let timed = || {
         let t = Instant::now();
         assert_eq!(s.compose(PORTRAIT).status, 200);
@@ -432,4 +433,34 @@ fn clients_that_hang_up_on_projections_stop_costing_anything() {
     assert!(after <= idle * 2, "a portrait took {after:?} after the hang-ups, {idle:?} idle");
     let text = String::from_utf8(s.get("/metrics").body).unwrap();
     assert!(text.contains("mixgan_cancelled_total{reason=\"client_left\"} 4"), "{text}");
+}
+
+#[test]
+fn searches_beyond_their_budget_get_503_while_plain_requests_go_on() {
+    // One 1000-step projection fills the budget; a second is refused at once, a portrait is not.
+    let s = Server::start(&[("MIXGAN_MAX_SEARCH_IN_FLIGHT", "1000")], &[], true);
+    let layout = long_projection(64);
+    let first = {
+        let (url, layout) = (s.url("/v1/compose"), layout.clone());
+        std::thread::spawn(move || {
+            let impatient = agent(Some(Duration::from_millis(3000)));
+            impatient.post(&url).header("content-type", "application/json").send(layout.as_bytes()).is_err()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let second = s.post("/v1/compose", &[JSON], layout.as_bytes());
+    assert_eq!(second.status, 503, "{}", String::from_utf8_lossy(&second.body));
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(String::from_utf8_lossy(&second.body).contains("projections"), "{}", String::from_utf8_lossy(&second.body));
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once");
+    assert_eq!(s.compose(PORTRAIT).status, 200);
+    assert!(first.join().unwrap(), "the first client gives up on its long search");
+    let text = String::from_utf8(s.get("/metrics").body).unwrap();
+    assert!(text.contains("mixgan_rejected_total{reason=\"search_budget\"} 1"), "{text}");
+    // Its budget comes back when it ends: the next search is admitted (and hung up on).
+    std::thread::sleep(Duration::from_millis(300));
+    let impatient = agent(Some(Duration::from_millis(500)));
+    let r = impatient.post(s.url("/v1/compose")).header("content-type", "application/json").send(layout.as_bytes());
+    assert!(r.is_err(), "admitted, so the client timed out rather than getting a 503: {:?}", r.map(|r| r.status()));
 }

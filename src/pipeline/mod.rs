@@ -180,6 +180,10 @@ pub trait Runner: Sync {
 pub trait Hooks: Sync {
     /// The layout is routed: its plan, before any generation.
     fn planned(&self, _plan: &RoutePlan) {}
+    /// Whether the plan may go on (admission by its cost); an error ends the request.
+    fn admit(&self, _plan: &RoutePlan) -> Result<(), PipelineError> {
+        Ok(())
+    }
     /// A stage is over. `Generate` is reported less its `Queue` part; `Project` only when a
     /// region projects.
     fn stage_done(&self, _stage: Stage, _took: Duration) {}
@@ -222,6 +226,7 @@ impl Pipeline {
         timings.route = started.elapsed();
         hooks.stage_done(Stage::Route, timings.route);
         hooks.planned(&plan);
+        hooks.admit(&plan)?;
 
         let plan = if plan.projects() || plan.harmonizes() {
             let started = Instant::now();

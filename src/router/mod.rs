@@ -159,6 +159,19 @@ impl RoutePlan {
         self.regions.iter().any(|r| r.project_steps.is_some())
     }
 
+    /// The latent-search work the plan asks for: projection and harmonisation steps, each
+    /// weighted by its model's size ((resolution / 64)², at least 1), what admission counts.
+    pub fn search_cost(&self) -> usize {
+        self.regions
+            .iter()
+            .map(|r| {
+                let res = r.model.spec.generator.img_resolution as usize;
+                let weight = (res * res).div_ceil(64 * 64).max(1);
+                (r.project_steps.unwrap_or(0) + r.harmonize_steps.unwrap_or(0)) * weight
+            })
+            .sum()
+    }
+
     /// Whether any region is harmonised with its surroundings.
     pub fn harmonizes(&self) -> bool {
         self.regions.iter().any(|r| r.harmonize_steps.is_some())

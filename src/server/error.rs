@@ -81,6 +81,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::Layout(l @ LayoutError::NotJson { .. }) => Self::MalformedJson(l),
             PipelineError::Layout(l) => Self::InvalidLayout(l),
             PipelineError::Batch(b) => b.into(),
+            PipelineError::Busy(why) => Self::Overloaded(why),
             other => Self::Internal(other.to_string()),
         }
     }

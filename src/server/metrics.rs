@@ -118,6 +118,7 @@ impl Metrics {
         registry.register(Box::new(ready.clone())).unwrap();
         registry.register(Box::new(patches_per_request.clone())).unwrap();
         let _ = rejected.with_label_values(&["overload"]);
+        let _ = rejected.with_label_values(&["search_budget"]);
         for reason in ["client_left", "timeout"] {
             let _ = cancelled.with_label_values(&[reason]);
         }

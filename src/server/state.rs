@@ -14,9 +14,11 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
 use crate::config::Config;
+use crate::error::PipelineError;
 use crate::model::{Model, ModelError, ModelKind, Precision};
-use crate::pipeline::{runners, Batched, Pipeline, Rendered};
+use crate::pipeline::{runners, Batched, Hooks, Pipeline, Rendered, Stage};
 use crate::registry::ModelRegistry;
+use crate::router::RoutePlan;
 
 /// What exists once the models are loaded.
 pub struct Engine {
@@ -45,6 +47,9 @@ pub struct AppState {
     pub(super) cpu_gate: tokio::sync::Semaphore,
     /// Compose requests admitted at once; one more is refused at once with 503.
     admitted: tokio::sync::Semaphore,
+    /// Latent-search work admitted at once (see `Config::max_search_in_flight`).
+    search_budget: Arc<tokio::sync::Semaphore>,
+    search_total: usize,
     /// grpc.health.v1: NOT_SERVING until ready, and again while shutting down.
     pub(super) health: tonic_health::server::HealthReporter,
     /// gRPC routes so far: the health service (the API joins them in `app`).
@@ -67,6 +72,8 @@ impl AppState {
             cpu_slots: Arc::new(CpuSlots::new(slots)),
             cpu_gate: tokio::sync::Semaphore::new(slots),
             admitted: tokio::sync::Semaphore::new(config.max_in_flight),
+            search_budget: Arc::new(tokio::sync::Semaphore::new(search_budget(&config, slots))),
+            search_total: search_budget(&config, slots),
             config,
             device,
             metrics: Arc::new(Metrics::new()),
@@ -154,7 +161,13 @@ impl AppState {
         };
         let runner = Batched { batcher: &engine.batcher, slots: self.cpu_slots.clone(), gate: &self.cpu_gate };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        let run = engine.pipeline.run(layout, &runner, self.metrics.as_ref());
+        let hooks = Admission {
+            metrics: &self.metrics,
+            budget: &self.search_budget,
+            total: self.search_total,
+            held: Default::default(),
+        };
+        let run = engine.pipeline.run(layout, &runner, &hooks);
         // Dropped unanswered (the client hung up): counted, and the pipeline stops its work.
         let mut left = ClientLeft(Some(&self.metrics));
         let result = tokio::time::timeout(timeout, run).await;
@@ -165,8 +178,9 @@ impl AppState {
                 Err(ApiError::Timeout { after_ms: self.config.request_timeout_ms })
             }
             Ok(result) => {
+                let busy = matches!(&result, Err(PipelineError::Busy(_)));
                 let result = result.map_err(ApiError::from);
-                if let Err(ApiError::Overloaded(_)) = &result {
+                if let (Err(ApiError::Overloaded(_)), false) = (&result, busy) {
                     self.metrics.rejected.with_label_values(&["overload"]).inc();
                 }
                 result
@@ -179,6 +193,54 @@ impl AppState {
         let engine = self.engine()?;
         let ready = self.is_ready();
         Ok(engine.pipeline.registry.iter().map(|m| ModelInfo::new(m, &engine.batcher, ready)).collect())
+    }
+}
+
+/// The latent-search work admitted at once: as configured, else 1000 steps for every two CPU
+/// slots (at least 1000, one longest search of a 64 px model).
+fn search_budget(config: &Config, slots: usize) -> usize {
+    match config.max_search_in_flight {
+        0 => 1000 * (slots / 2).max(1),
+        n => n,
+    }
+}
+
+/// One request's hooks: the metrics, and admission of its latent searches by their cost
+/// (the permits are held until the request ends).
+struct Admission<'a> {
+    metrics: &'a Metrics,
+    budget: &'a Arc<tokio::sync::Semaphore>,
+    total: usize,
+    held: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Hooks for Admission<'_> {
+    fn planned(&self, plan: &RoutePlan) {
+        self.metrics.planned(plan);
+    }
+
+    fn admit(&self, plan: &RoutePlan) -> Result<(), PipelineError> {
+        let cost = plan.search_cost();
+        if cost == 0 {
+            return Ok(());
+        }
+        let busy = || {
+            self.metrics.rejected.with_label_values(&["search_budget"]).inc();
+            PipelineError::Busy(format!(
+                "the server is busy with other projections and harmonisations (this layout's search costs {cost} \
+                 of {} step units); try again shortly",
+                self.budget.available_permits().max(cost)
+            ))
+        };
+        // A search larger than the whole budget runs when it has the budget to itself.
+        let permits = u32::try_from(cost.min(self.total)).map_err(|_| busy())?;
+        let permit = self.budget.clone().try_acquire_many_owned(permits).map_err(|_| busy())?;
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        Ok(())
+    }
+
+    fn stage_done(&self, stage: Stage, took: Duration) {
+        self.metrics.stage_done(stage, took);
     }
 }
 
