@@ -64,7 +64,7 @@ pub struct Config {
     /// Latent-search work admitted at once: projection and harmonisation steps, each weighted
     /// by its model's size ((resolution / 64)²). A request that would pass it gets 503 with
     /// Retry-After; requests without searches never wait for it. 0: 1000 for every two CPU
-    /// slots, so searches leave CPU for cheap requests.
+    /// slots. Whatever the budget, searching requests take at most half the CPU slots.
     pub max_search_in_flight: usize,
     /// Default largest batch per model (a model.toml `[batching]` table overrides).
     pub max_batch: usize,

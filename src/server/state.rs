@@ -50,6 +50,9 @@ pub struct AppState {
     /// Latent-search work admitted at once (see `Config::max_search_in_flight`).
     search_budget: Arc<tokio::sync::Semaphore>,
     search_total: usize,
+    /// Requests searching at once: at most half the CPU slots (at least one), so a search
+    /// never holds every slot and cheap requests always find one.
+    searches: Arc<tokio::sync::Semaphore>,
     /// grpc.health.v1: NOT_SERVING until ready, and again while shutting down.
     pub(super) health: tonic_health::server::HealthReporter,
     /// gRPC routes so far: the health service (the API joins them in `app`).
@@ -74,6 +77,7 @@ impl AppState {
             admitted: tokio::sync::Semaphore::new(config.max_in_flight),
             search_budget: Arc::new(tokio::sync::Semaphore::new(search_budget(&config, slots))),
             search_total: search_budget(&config, slots),
+            searches: Arc::new(tokio::sync::Semaphore::new((slots / 2).max(1))),
             config,
             device,
             metrics: Arc::new(Metrics::new()),
@@ -165,6 +169,7 @@ impl AppState {
             metrics: &self.metrics,
             budget: &self.search_budget,
             total: self.search_total,
+            searches: &self.searches,
             held: Default::default(),
         };
         let run = engine.pipeline.run(layout, &runner, &hooks);
@@ -211,7 +216,8 @@ struct Admission<'a> {
     metrics: &'a Metrics,
     budget: &'a Arc<tokio::sync::Semaphore>,
     total: usize,
-    held: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    searches: &'a Arc<tokio::sync::Semaphore>,
+    held: std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Hooks for Admission<'_> {
@@ -234,8 +240,9 @@ impl Hooks for Admission<'_> {
         };
         // A search larger than the whole budget runs when it has the budget to itself.
         let permits = u32::try_from(cost.min(self.total)).map_err(|_| busy())?;
+        let slot = self.searches.clone().try_acquire_owned().map_err(|_| busy())?;
         let permit = self.budget.clone().try_acquire_many_owned(permits).map_err(|_| busy())?;
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).extend([slot, permit]);
         Ok(())
     }
 
