@@ -399,8 +399,8 @@ fn long_projection(side: u32) -> String {
 
 #[test]
 fn clients_that_hang_up_on_projections_stop_costing_anything() {
-    // A search budget that admits all four (admission is the next test's subject).
-    let s = Server::start(&[("MIXGAN_MAX_SEARCH_IN_FLIGHT", "4000")], &[], true);
+    // Search budget and CPU slots that admit all four (admission is the next test's subject).
+    let s = Server::start(&[("MIXGAN_MAX_SEARCH_IN_FLIGHT", "4000"), ("MIXGAN_CPU_SLOTS", "8")], &[], true);
     let timed = || {
         let t = Instant::now();
         assert_eq!(s.compose(PORTRAIT).status, 200);
