@@ -245,7 +245,7 @@ impl Model {
         let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
         let noise = stylegan2::NoisePlan { modes: &modes, seeds: &seeds };
-        project::harmonize(g, &start, targets, weights, steps, hold, noise, stop)
+        project::harmonize(g, &start, (targets, weights), steps, hold, noise, stop)
     }
 
     /// Checks one sample's parameters against this model.

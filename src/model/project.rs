@@ -59,8 +59,7 @@ fn w_spread(g: &StyleGan2, w_avg: &Tensor) -> Result<f64> {
 pub fn harmonize(
     g: &StyleGan2,
     start_ws: &Tensor,
-    targets: &Tensor,
-    weights: &Tensor,
+    (targets, weights): (&Tensor, &Tensor),
     steps: usize,
     hold: f64,
     noise: NoisePlan,
