@@ -429,7 +429,10 @@ fn clients_that_hang_up_on_projections_stop_costing_anything() {
     std::thread::sleep(Duration::from_millis(1000));
     let busy = s.cpu_seconds() - before;
     assert!(busy < 0.15, "the server used {busy:.2} s of CPU in the second after its clients left");
-    let after = timed();
+    // Medians of a few, so one slow answer on a busy test machine does not decide.
+    let mut after: Vec<Duration> = (0..3).map(|_| timed()).collect();
+    after.sort();
+    let after = after[1];
     assert!(after <= idle * 2, "a portrait took {after:?} after the hang-ups, {idle:?} idle");
     let text = String::from_utf8(s.get("/metrics").body).unwrap();
     assert!(text.contains("mixgan_cancelled_total{reason=\"client_left\"} 4"), "{text}");
