@@ -13,6 +13,7 @@ use crate::layout::ImageFormat;
 use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::{CompositeOn, Pipeline, Rendered};
 use crate::registry::ModelRegistry;
+use crate::router::geometry::Rect;
 use crate::router::RouterLimits;
 
 #[derive(Args)]
@@ -163,15 +164,15 @@ fn leak_table(pipeline: &Arc<Pipeline>, layout: &[u8], out: &Rendered, max_batch
         "seam",
         "shape alone"
     );
-    let (h, w) = (out.plan.height, out.plan.width);
+    let compositor = Compositor { device: out.canvas.device() };
+    let canvas = Rect { x: 0, y: 0, w: out.plan.width, h: out.plan.height };
     let mattes = out
         .plan
         .regions
         .iter()
         .zip(&out.alphas)
-        .map(|(r, a)| matte::final_matte(r, a.as_ref(), h, w))
+        .map(|(r, a)| compositor.matte_in(r, a.as_ref(), &canvas))
         .collect::<Result<Vec<_>, _>>()?;
-    let compositor = Compositor { device: out.canvas.device() };
     for (i, region) in out.plan.regions.iter().enumerate() {
         let Some(alpha) = &out.alphas[i] else { continue };
         // Where regions overlap, another's subject is no leak.

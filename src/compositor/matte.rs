@@ -37,20 +37,6 @@ pub fn over(base: &Tensor, colour: &Tensor, alpha: &Tensor) -> Result<Tensor> {
 /// Below this coverage a pixel counts as the subject's backdrop.
 pub const BACKDROP_ALPHA: f64 = 0.1;
 
-/// `region`'s final matte over a `height` x `width` canvas, [1, H, W]: its mask times its
-/// patch's `alpha` where the patch mattes itself.
-pub fn final_matte(region: &Region, alpha: Option<&Tensor>, height: i64, width: i64) -> Result<Tensor> {
-    let v: &Rect = &region.visible;
-    let device = alpha.map_or(tch::Device::Cpu, |a| a.device());
-    let mut m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(device)?;
-    if let Some(a) = alpha {
-        m = m.f_mul(a)?;
-    }
-    let canvas = Tensor::f_zeros([1, height, width], (Kind::Float, device))?;
-    canvas.f_narrow(1, v.y, v.h)?.f_narrow(2, v.x, v.w)?.f_copy_(&m)?;
-    Ok(canvas)
-}
-
 /// How much of the patch's backdrop shows in `region` of a finished canvas: the mean absolute
 /// difference, in 8-bit levels averaged over the channels, between `canvas` and
 /// `background_alone` (the same layout without its regions) over the region's pixels (mask

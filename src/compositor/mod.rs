@@ -171,6 +171,16 @@ impl Compositor {
 
     /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
     /// rectangle when it mattes the patch.
+    /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
+    /// (over the visible rectangle) where the patch mattes itself.
+    pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
+        let m = self.mask_in(region, win)?;
+        match alpha {
+            Some(a) => m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, &region.visible, win)?),
+            None => Ok(m),
+        }
+    }
+
     fn paint(&self, canvas: &Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Option<Tensor>> {
         let (r, v) = (&region.rect, &region.visible);
         let (full, cov) = fit_patch(patch, r.w, r.h, region.fit, region.patch_matte)?;
@@ -183,10 +193,7 @@ impl Compositor {
         if region.color_match {
             let reach = (region.feather.ceil() as i64).max(6);
             let win = v.expand(reach, bounds);
-            let mut m = self.mask_in(region, &win)?;
-            if let Some(a) = &alpha {
-                m = m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, v, &win)?)?;
-            }
+            let m = self.matte_in(region, alpha.as_ref(), &win)?;
             let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;
             let ring = blend::ring(&m, reach)?;
             p = match &alpha {
@@ -220,10 +227,7 @@ impl Compositor {
             }
             BlendMode::Poisson => {
                 // With a matte the subject alone is cloned: its backdrop stays the canvas's.
-                let m = match &alpha {
-                    Some(a) => m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, v, &win)?)?,
-                    None => m,
-                };
+                let m = if alpha.is_some() { self.matte_in(region, alpha.as_ref(), &win)? } else { m };
                 let solved = poisson::clone(&base, &layer, &m)?;
                 let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
                     .f_mul_scalar(4.0)?

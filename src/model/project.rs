@@ -33,7 +33,33 @@ pub fn project(
     stop: &AtomicBool,
 ) -> std::result::Result<Tensor, ModelError> {
     // Callers usually run under a no-grad guard; the search needs gradients.
-    tch::with_grad(|| search(g, targets, weights, steps, stop))
+    tch::with_grad(|| {
+        let device = g.device();
+        let n = targets.size()[0];
+        let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
+        let w_dim = w_avg.size()[1];
+        let w_std = w_spread(g, &w_avg)?;
+        // The noise on w for every step, decaying to none at three quarters of the way; the same
+        // for every target, as it would be for each alone.
+        let mut jitter = Vec::with_capacity(steps * w_dim as usize);
+        for step in 0..steps {
+            let t = step as f64 / steps as f64;
+            let scale = w_std * 0.05 * (1.0 - t / 0.75).max(0.0).powi(2);
+            jitter.extend(latent::randn(step as u32, w_dim as usize).into_iter().map(|x| (x * scale) as f32));
+        }
+        let jitter = Tensor::from_slice(&jitter).f_view([steps as i64, 1, w_dim])?.f_to_device(device)?;
+        let modes = vec![NoiseMode::Const; n as usize];
+        let seeds = vec![0u64; n as usize];
+        let noise = NoisePlan { modes: &modes, seeds: &seeds };
+        let search = Search { g, targets, weights, steps, lr: 0.1, noise, stop };
+        let num_ws = g.num_ws();
+        let w = search.run(
+            w_avg.f_repeat([n, 1])?,
+            |w, step| w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
+            None,
+        )?;
+        Ok(w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])?)
+    })
 }
 
 /// How far W spreads around `w_avg` (the root mean square distance of samples), which scales
@@ -151,38 +177,4 @@ impl Search<'_> {
         }
         Ok(var.f_detach()?)
     }
-}
-
-fn search(
-    g: &StyleGan2,
-    targets: &Tensor,
-    weights: &Tensor,
-    steps: usize,
-    stop: &AtomicBool,
-) -> std::result::Result<Tensor, ModelError> {
-    let device = g.device();
-    let n = targets.size()[0];
-    let w_avg = g.w_avg().f_to_device(device)?.f_view([1, -1])?;
-    let w_dim = w_avg.size()[1];
-    let w_std = w_spread(g, &w_avg)?;
-    // The noise on w for every step, decaying to none at three quarters of the way; the same
-    // for every target, as it would be for each alone.
-    let mut jitter = Vec::with_capacity(steps * w_dim as usize);
-    for step in 0..steps {
-        let t = step as f64 / steps as f64;
-        let scale = w_std * 0.05 * (1.0 - t / 0.75).max(0.0).powi(2);
-        jitter.extend(latent::randn(step as u32, w_dim as usize).into_iter().map(|x| (x * scale) as f32));
-    }
-    let jitter = Tensor::from_slice(&jitter).f_view([steps as i64, 1, w_dim])?.f_to_device(device)?;
-    let modes = vec![NoiseMode::Const; n as usize];
-    let seeds = vec![0u64; n as usize];
-    let noise = NoisePlan { modes: &modes, seeds: &seeds };
-    let search = Search { g, targets, weights, steps, lr: 0.1, noise, stop };
-    let num_ws = g.num_ws();
-    let w = search.run(
-        w_avg.f_repeat([n, 1])?,
-        |w, step| w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
-        None,
-    )?;
-    Ok(w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])?)
 }
