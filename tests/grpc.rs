@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,6 @@ use common::server::Server;
 use mixgan::server::grpc::pb;
 
 const PORTRAIT: &str = include_str!("../examples/portrait.json");
-
-fn tools_python() -> PathBuf {
-    common::tools_dir().join("python")
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -47,18 +43,10 @@ fn a_python_grpc_client_gets_the_bytes_http_gets() {
     let s = Server::start(&[], &[], true);
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let gen = Command::new(tools_python())
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", root.join("proto").display()))
-        .arg(format!("--python_out={}", dir.path().display()))
-        .arg(format!("--grpc_python_out={}", dir.path().display()))
-        .arg(root.join("proto/mixgan.proto"))
-        .output()
-        .unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let python = common::python_grpc_client(dir.path());
     let out = dir.path().join("grpc.png");
     let target = s.base.trim_start_matches("http://").to_string();
-    let run = Command::new(tools_python())
+    let run = Command::new(python)
         .args(["-c", PY_CLIENT])
         .arg(dir.path())
         .arg(&target)

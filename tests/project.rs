@@ -17,7 +17,9 @@ fn projection_finds_a_w_that_reproduces_the_target() {
     let weight = Tensor::ones([1, 64, 64], (Kind::Float, Device::Cpu));
     let start = model.generate(&[GenerationParams { trunc: 0.0, ..model.default_params(0) }]).unwrap().get(0);
     let started = std::time::Instant::now();
-    let ws = model.project(&target.unsqueeze(0), &weight.unsqueeze(0), 100, &AtomicBool::new(false)).unwrap();
+    let ws = model
+        .project(&target.unsqueeze(0), &weight.unsqueeze(0), 100, mixgan::model::Watch::new(&AtomicBool::new(false)))
+        .unwrap();
     let elapsed = started.elapsed();
     let w: Vec<f32> = Vec::try_from(ws.flatten(0, -1)).unwrap();
     let p = GenerationParams { projected: Some(std::sync::Arc::new(w)), ..model.default_params(0) };
@@ -41,10 +43,16 @@ fn a_batch_of_targets_projects_as_each_would_alone() {
     // The second target matters only on its left half.
     let weights = Tensor::ones([2, 1, 64, 64], (Kind::Float, Device::Cpu));
     let _ = weights.get(1).narrow(2, 32, 32).fill_(0.0);
-    let together = model.project(&targets, &weights, 30, &AtomicBool::new(false)).unwrap();
+    let together = model.project(&targets, &weights, 30, mixgan::model::Watch::new(&AtomicBool::new(false))).unwrap();
     for i in 0..2 {
-        let alone =
-            model.project(&targets.narrow(0, i, 1), &weights.narrow(0, i, 1), 30, &AtomicBool::new(false)).unwrap();
+        let alone = model
+            .project(
+                &targets.narrow(0, i, 1),
+                &weights.narrow(0, i, 1),
+                30,
+                mixgan::model::Watch::new(&AtomicBool::new(false)),
+            )
+            .unwrap();
         let diff = (together.get(i) - alone.get(0)).abs().max().double_value(&[]);
         let spread = alone.abs().max().double_value(&[]);
         eprintln!("target {i}: |together - alone| {diff:.2e} of |w| up to {spread:.2}");

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{agent, Server};
+use common::server::{agent, projection_layout, Server};
 
 const PORTRAIT: &str = include_str!("../examples/portrait.json");
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -385,18 +385,6 @@ fn bad_settings_stop_the_server_before_it_listens() {
     }
 }
 
-/// A `side` x `side` layout whose one face region projects for 1000 steps from a picture.
-fn long_projection(side: u32) -> String {
-    let img = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 120]));
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
-    format!(
-        r#"{{"width": {side}, "height": {side}, "background": {{"image": "{b64}"}},
-            "regions": [{{"class": "face", "box": [0, 0, {side}, {side}], "project": true, "project_steps": 1000}}]}}"#
-    )
-}
-
 #[test]
 fn clients_that_hang_up_on_projections_stop_costing_anything() {
     // Search budget and CPU slots that admit all four (admission is the next test's subject).
@@ -410,7 +398,7 @@ fn clients_that_hang_up_on_projections_stop_costing_anything() {
     idle.sort();
     let idle = idle[2];
     // Four clients ask for 1000-step projections (a minute of work each here) and hang up.
-    let layout = long_projection(64);
+    let layout = projection_layout(64, 1000);
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (url, layout) = (s.url("/v1/compose"), layout.clone());
@@ -442,7 +430,7 @@ fn clients_that_hang_up_on_projections_stop_costing_anything() {
 fn searches_beyond_their_budget_get_503_while_plain_requests_go_on() {
     // One 1000-step projection fills the budget; a second is refused at once, a portrait is not.
     let s = Server::start(&[("MIXGAN_MAX_SEARCH_IN_FLIGHT", "1000")], &[], true);
-    let layout = long_projection(64);
+    let layout = projection_layout(64, 1000);
     let first = {
         let (url, layout) = (s.url("/v1/compose"), layout.clone());
         std::thread::spawn(move || {

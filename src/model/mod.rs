@@ -13,7 +13,6 @@ pub mod torchscript;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
@@ -21,6 +20,7 @@ use thiserror::Error;
 use crate::latent;
 pub use device::{DeviceChoice, DeviceError};
 pub use precision::Precision;
+pub use project::Watch;
 pub use spec::{GenerationDefaults, GeneratorSettings, ModelKind, ModelSpec, NoiseMode};
 pub use stylegan2::{ConvPath, NoisePlan, StyleGan2};
 pub use torchscript::ScriptGenerator;
@@ -218,15 +218,15 @@ impl Model {
 
     /// ws [N, num_ws, w_dim] whose pictures match `targets` [N, 3, R, R] where `weights`
     /// [N, 1, R, R] say, searched as one batch (see [`project::project`]).
-    /// Stops, with [`ModelError::Stopped`], within one step of `stop` being set.
+    /// Stops, with [`ModelError::Stopped`], within one step of `watch.stop` being set.
     pub fn project(
         &self,
         targets: &Tensor,
         weights: &Tensor,
         steps: usize,
-        stop: &AtomicBool,
+        watch: Watch,
     ) -> Result<Tensor, ModelError> {
-        project::project(self.projector()?, targets, weights, steps, stop)
+        project::project(self.projector()?, targets, weights, steps, watch)
     }
 
     /// ws near each of `params`' own whose pictures match `targets` [N, 3, R, R] where
@@ -238,14 +238,14 @@ impl Model {
         weights: &Tensor,
         steps: usize,
         hold: f64,
-        stop: &AtomicBool,
+        watch: Watch,
     ) -> Result<Tensor, ModelError> {
         let g = self.projector()?;
         let start = tch::no_grad(|| self.ws(params))?;
         let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
         let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
         let noise = stylegan2::NoisePlan { modes: &modes, seeds: &seeds };
-        project::harmonize(g, &start, (targets, weights), steps, hold, noise, stop)
+        project::harmonize(g, &start, (targets, weights), steps, hold, noise, watch)
     }
 
     /// Checks one sample's parameters against this model.

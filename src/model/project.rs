@@ -18,19 +18,40 @@ type Result<T> = std::result::Result<T, tch::TchError>;
 /// Samples of W used to measure its spread, which scales the noise added to w.
 const SPREAD_SAMPLES: u32 = 256;
 
+/// About how many times a search reports its loss (reading the loss waits for the device).
+const REPORTS: usize = 100;
+
+/// Told `(step, steps, mean loss per target)` every few steps and at the last.
+pub type StepReport<'a> = &'a (dyn Fn(usize, usize, f64) + Sync);
+
+/// What a search heeds as it goes: `stop`, checked before every step, and who hears its
+/// progress, if anyone.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    pub stop: &'a AtomicBool,
+    pub report: Option<StepReport<'a>>,
+}
+
+impl<'a> Watch<'a> {
+    /// Stops when `stop` is set; reports to no one.
+    pub fn new(stop: &'a AtomicBool) -> Self {
+        Self { stop, report: None }
+    }
+}
+
 /// Finds one w per target: `targets` [N, 3, R, R] in generator units, weighted by `weights`
 /// [N, 1, R, R] in [0, 1], in `steps` Adam steps. The targets are searched as one batch:
 /// each one's loss depends on its own w only, and Adam works value by value, so every w
 /// follows the path it would follow alone. Deterministic: its noise comes from fixed seeds.
 /// Everything per step stays on the generator's device (the noise for every step is made
 /// up front). Returns ws [N, num_ws, w_dim] (the same w at every layer).
-/// Stops with [`ModelError::Stopped`] within one step of `stop` being set.
+/// Stops with [`ModelError::Stopped`] within one step of `watch.stop` being set.
 pub fn project(
     g: &StyleGan2,
     targets: &Tensor,
     weights: &Tensor,
     steps: usize,
-    stop: &AtomicBool,
+    watch: Watch,
 ) -> std::result::Result<Tensor, ModelError> {
     // Callers usually run under a no-grad guard; the search needs gradients.
     tch::with_grad(|| {
@@ -51,7 +72,7 @@ pub fn project(
         let modes = vec![NoiseMode::Const; n as usize];
         let seeds = vec![0u64; n as usize];
         let noise = NoisePlan { modes: &modes, seeds: &seeds };
-        let search = Search { g, targets, weights, steps, lr: 0.1, noise, stop };
+        let search = Search { g, targets, weights, steps, lr: 0.1, noise, watch };
         let num_ws = g.num_ws();
         let w = search.run(
             w_avg.f_repeat([n, 1])?,
@@ -89,7 +110,7 @@ pub fn harmonize(
     steps: usize,
     hold: f64,
     noise: NoisePlan,
-    stop: &AtomicBool,
+    watch: Watch,
 ) -> std::result::Result<Tensor, ModelError> {
     tch::with_grad(|| {
         let device = g.device();
@@ -97,7 +118,7 @@ pub fn harmonize(
         let w_std = w_spread(g, &g.w_avg().f_to_device(device)?.f_view([1, -1])?)?;
         let (n, w_dim) = (start.size()[0], start.size()[2]);
         let offset = Tensor::f_zeros([n, 1, w_dim], (Kind::Float, device))?;
-        let search = Search { g, targets, weights, steps, lr: 0.05, noise, stop };
+        let search = Search { g, targets, weights, steps, lr: 0.05, noise, watch };
         let penalty =
             |d: &Tensor| -> Result<Tensor> { d.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(hold / (w_std * w_std)) };
         let offset = search.run(offset, |d, _| start.f_add(d), Some(&penalty))?;
@@ -113,8 +134,7 @@ struct Search<'a> {
     steps: usize,
     lr: f64,
     noise: NoisePlan<'a>,
-    /// Checked before every step.
-    stop: &'a AtomicBool,
+    watch: Watch<'a>,
 }
 
 type Penalty<'p> = &'p dyn Fn(&Tensor) -> Result<Tensor>;
@@ -148,11 +168,13 @@ impl Search<'_> {
             let half = per_sample(&small(&img)?.f_sub(&targets_s)?, &weights_s)?;
             full.f_add(&half)?.f_sum(Kind::Float)
         };
+        let n = targets.size()[0] as f64;
+        let every = (self.steps / REPORTS).max(1);
         let mut var = var.f_set_requires_grad(true)?;
         let (mut m, mut v) = (var.f_zeros_like()?, var.f_zeros_like()?);
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         for step in 0..self.steps {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.watch.stop.load(Ordering::Relaxed) {
                 return Err(ModelError::Stopped);
             }
             let t = step as f64 / self.steps as f64;
@@ -162,6 +184,10 @@ impl Search<'_> {
             let mut loss = loss_of(&img)?;
             if let Some(p) = penalty {
                 loss = loss.f_add(&p(&var)?)?;
+            }
+            let done = step + 1;
+            if let Some(report) = self.watch.report.filter(|_| done % every == 0 || done == self.steps) {
+                report(done, self.steps, loss.f_double_value(&[])? / n);
             }
             let grad = Tensor::f_run_backward(&[&loss], &[&var], false, false)?.remove(0);
             tch::no_grad(|| -> Result<()> {

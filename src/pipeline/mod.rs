@@ -2,9 +2,10 @@
 //! route → project (repairs only) → generate → composite → encode, each a named [`Stage`]
 //! timed in one [`Timings`]. The front end chooses where the stages run (a [`Runner`]: in this
 //! thread, or on blocking threads with the batcher's workers); [`Hooks`] observe each stage
-//! as it ends (metrics today; progress events hang here next). It owns the
+//! as it ends (metrics) and may take its [`Progress`] events. It owns the
 //! order of the stages and nothing else: no HTTP, no admission, no queues of its own.
 
+pub mod progress;
 pub mod runners;
 mod search;
 
@@ -23,7 +24,9 @@ use crate::model::to_pixels;
 use crate::registry::ModelRegistry;
 use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
+pub use progress::{JobSize, Progress, ProgressSink, Search};
 pub use runners::{Batched, InThread};
+pub use search::SearchWatch;
 
 /// The stages of a request, in order. `Queue` is the part of generation spent waiting for a
 /// batch to fill.
@@ -169,10 +172,11 @@ pub trait Runner: Sync {
         F: FnOnce() -> Result<T, PipelineError> + Send + 'static;
 
     /// Generates every job of `plan`: one patch [C, S, S] per slot, a list per job in job
-    /// order, and the longest time any job queued.
+    /// order, and the longest time any job queued. Tells `progress` of each job as it is done.
     fn generate(
         &self,
         plan: &RoutePlan,
+        progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send;
 }
 
@@ -187,6 +191,10 @@ pub trait Hooks: Sync {
     /// A stage is over. `Generate` is reported less its `Queue` part; `Project` only when a
     /// region projects.
     fn stage_done(&self, _stage: Stage, _took: Duration) {}
+    /// Who hears the request's [`Progress`], if anyone.
+    fn progress(&self) -> Option<ProgressSink> {
+        None
+    }
 }
 
 /// Sets its flag when dropped.
@@ -227,6 +235,11 @@ impl Pipeline {
         hooks.stage_done(Stage::Route, timings.route);
         hooks.planned(&plan);
         hooks.admit(&plan)?;
+        let sink = hooks.progress();
+        let search_steps = Self::search_steps(&plan);
+        if let Some(sink) = &sink {
+            sink(Progress::planned(&plan, search_steps));
+        }
 
         let plan = if plan.projects() || plan.harmonizes() {
             let started = Instant::now();
@@ -235,14 +248,8 @@ impl Pipeline {
             // searches then stop within one step instead of running on for nobody.
             let stop = Arc::new(AtomicBool::new(false));
             let _stop_when_dropped = StopWhenDropped(stop.clone());
-            let plan = runner
-                .cpu(Stage::Project, move || {
-                    let mut plan = plan;
-                    me.project(&mut plan, &stop)?;
-                    me.harmonize(&mut plan, &stop)?;
-                    Ok(plan)
-                })
-                .await?;
+            let plan =
+                runner.cpu(Stage::Project, search_job(me, plan, stop.clone(), sink.clone(), search_steps)).await?;
             timings.project = started.elapsed();
             hooks.stage_done(Stage::Project, timings.project);
             plan
@@ -251,7 +258,7 @@ impl Pipeline {
         };
 
         let started = Instant::now();
-        let (batches, queue) = runner.generate(&plan).await?;
+        let (batches, queue) = runner.generate(&plan, sink.clone()).await?;
         timings.generate = started.elapsed();
         timings.queue = queue;
         hooks.stage_done(Stage::Queue, queue);
@@ -274,6 +281,9 @@ impl Pipeline {
         timings.encode = encode;
         hooks.stage_done(Stage::Composite, composite);
         hooks.stage_done(Stage::Encode, encode);
+        if let Some(sink) = &sink {
+            sink(Progress::Composited { composite_ms: millis(composite), encode_ms: millis(encode) });
+        }
         Ok(Rendered { bytes, format: plan.format, plan, canvas, alphas, timings })
     }
 
@@ -310,6 +320,18 @@ impl Pipeline {
         let pixels = to_pixels(&canvas.f_unsqueeze(0)?)?.f_get(0)?;
         Ok(encode::encode(&pixels, format)?)
     }
+}
+
+/// The project stage's work, made outside `Pipeline::run` so that its type borrows nothing of
+/// that future (which keeps the future `Send` for every lifetime).
+fn search_job(
+    me: Arc<Pipeline>,
+    plan: RoutePlan,
+    stop: Arc<AtomicBool>,
+    sink: Option<ProgressSink>,
+    total: usize,
+) -> impl FnOnce() -> Result<RoutePlan, PipelineError> + Send + 'static {
+    move || me.search(plan, &SearchWatch::new(&stop, sink, total))
 }
 
 /// Hands each job's patches (in `plan.jobs` order) to the slots they were made for.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tch::Tensor;
 use tokio::sync::Semaphore;
 
-use super::{Runner, Stage};
+use super::progress::{tell, Progress, ProgressSink};
+use super::{millis, Runner, Stage};
 use crate::batcher::{BatchError, BatchModel, BatchSettings, Batcher, CpuSlots, Lane};
 use crate::error::PipelineError;
 use crate::model::{GenerationParams, Model, ModelError};
@@ -60,6 +61,7 @@ impl Runner for InThread {
     fn generate(
         &self,
         plan: &RoutePlan,
+        progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
         let batches = plan
             .jobs
@@ -70,6 +72,8 @@ impl Runner for InThread {
                 for chunk in params.chunks(self.max_batch.max(1)) {
                     patches.extend(job.model.run(chunk)?);
                 }
+                let (model, count) = (job.model.name().to_string(), patches.len());
+                tell(progress.as_ref(), || Progress::Batch { model, patches: count, queued_ms: 0.0 });
                 Ok(patches)
             })
             .collect::<Result<Vec<_>, PipelineError>>();
@@ -113,6 +117,7 @@ impl Runner for Batched<'_> {
     fn generate(
         &self,
         plan: &RoutePlan,
+        progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
         let submitted = plan
             .jobs
@@ -126,8 +131,11 @@ impl Runner for Batched<'_> {
             let mut batches = Vec::new();
             let mut queue = Duration::ZERO;
             for (model, rx) in submitted? {
-                let (patches, report) = rx.await.map_err(|_| BatchError::Stopped(model))??;
+                let (patches, report) = rx.await.map_err(|_| BatchError::Stopped(model.clone()))??;
                 queue = queue.max(report.queued);
+                if let Some(sink) = &progress {
+                    sink(Progress::Batch { model, patches: patches.len(), queued_ms: millis(report.queued) });
+                }
                 batches.push(patches);
             }
             Ok((batches, queue))

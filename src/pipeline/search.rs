@@ -4,15 +4,16 @@
 //! the plan's generation parameters; the generate stage then draws the patches as usual.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use super::progress::{tell, Progress, ProgressSink, Search};
 use super::Pipeline;
 use crate::compositor::Compositor;
 use crate::error::PipelineError;
-use crate::model::GenerationParams;
+use crate::model::{GenerationParams, Model, Watch};
 use crate::router::geometry::Rect;
 use crate::router::{Background, Harmony, Region, RoutePlan};
 
@@ -38,6 +39,48 @@ fn groups(plan: &RoutePlan, steps_of: impl Fn(&Region) -> Option<usize>) -> BTre
     groups
 }
 
+/// The searches of one request, watched as one: they stop together, and report their steps
+/// against the request's total.
+pub struct SearchWatch<'a> {
+    pub stop: &'a AtomicBool,
+    pub sink: Option<ProgressSink>,
+    /// Every search step the plan asks for (see [`Pipeline::search_steps`]).
+    pub total: usize,
+    done: AtomicUsize,
+}
+
+impl<'a> SearchWatch<'a> {
+    pub fn new(stop: &'a AtomicBool, sink: Option<ProgressSink>, total: usize) -> Self {
+        Self { stop, sink, total, done: AtomicUsize::new(0) }
+    }
+
+    /// Runs one group's search (`steps` steps of `model`) with `search` given the [`Watch`].
+    fn group<T>(
+        &self,
+        kind: Search,
+        model: &Model,
+        steps: usize,
+        search: impl FnOnce(Watch) -> Result<T, PipelineError>,
+    ) -> Result<T, PipelineError> {
+        let before = self.done.load(Ordering::Relaxed);
+        let report = |step: usize, steps: usize, loss: f64| {
+            tell(self.sink.as_ref(), || Progress::Step {
+                search: kind,
+                model: model.name().to_string(),
+                step,
+                steps,
+                loss,
+                done: before + step,
+                total: self.total,
+            })
+        };
+        let watch = Watch { stop: self.stop, report: self.sink.as_ref().map(|_| &report as _) };
+        let out = search(watch)?;
+        self.done.store(before + steps, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
 /// Each picture's mean absolute difference from its target over its weight, in 8-bit levels.
 fn ring_errors(images: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Vec<f64>, PipelineError> {
     let dims = &[1i64, 2, 3][..];
@@ -50,11 +93,27 @@ fn ring_errors(images: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Ve
 }
 
 impl Pipeline {
+    /// Every search step `plan` asks for: one count per group searched as a batch.
+    pub fn search_steps(plan: &RoutePlan) -> usize {
+        let projected = match plan.background {
+            Background::Image(_) => groups(plan, |r| r.project_steps).keys().map(|(_, steps)| steps).sum(),
+            _ => 0,
+        };
+        projected + groups(plan, |r| r.harmonize_steps).keys().map(|(_, steps)| steps).sum::<usize>()
+    }
+
+    /// Both searches, projection first.
+    pub fn search(&self, mut plan: RoutePlan, watch: &SearchWatch) -> Result<RoutePlan, PipelineError> {
+        self.project(&mut plan, watch)?;
+        self.harmonize(&mut plan, watch)?;
+        Ok(plan)
+    }
+
     /// Regions that `project` get the ws that reproduce what the background picture shows
     /// under them (see `model::project`); the regions of one model with the same step count
     /// are searched as one batch. Heavy: a generator pass forward and back per step.
-    /// Stops within one search step of `stop` being set.
-    pub fn project(&self, plan: &mut RoutePlan, stop: &AtomicBool) -> Result<(), PipelineError> {
+    /// Stops within one search step of `watch.stop` being set.
+    pub fn project(&self, plan: &mut RoutePlan, watch: &SearchWatch) -> Result<(), PipelineError> {
         let Background::Image(rgb) = &plan.background else { return Ok(()) };
         if !plan.projects() {
             return Ok(());
@@ -70,7 +129,9 @@ impl Pipeline {
                 targets.push(target);
                 weights.push(weight);
             }
-            let ws = model.project(&Tensor::f_stack(&targets, 0)?, &Tensor::f_stack(&weights, 0)?, steps, stop)?;
+            let (targets, weights) = (Tensor::f_stack(&targets, 0)?, Tensor::f_stack(&weights, 0)?);
+            let ws =
+                watch.group(Search::Project, &model, steps, |w| Ok(model.project(&targets, &weights, steps, w)?))?;
             let ws = ws.f_to_device(Device::Cpu)?;
             for (k, &i) in members.iter().enumerate() {
                 let w = Vec::<f32>::try_from(ws.f_get(k as i64)?.f_flatten(0, -1)?)?;
@@ -84,7 +145,7 @@ impl Pipeline {
     /// background (not the other regions) over the ring just inside their edge (see
     /// `model::project::harmonize`); `Region::harmony` records the ring error before and
     /// after. A generated background is drawn here once to be matched.
-    pub fn harmonize(&self, plan: &mut RoutePlan, stop: &AtomicBool) -> Result<(), PipelineError> {
+    pub fn harmonize(&self, plan: &mut RoutePlan, watch: &SearchWatch) -> Result<(), PipelineError> {
         if !plan.harmonizes() {
             return Ok(());
         }
@@ -111,8 +172,10 @@ impl Pipeline {
             let (targets, weights) = (Tensor::f_stack(&targets, 0)?, Tensor::f_stack(&weights, 0)?);
             let params: Vec<GenerationParams> = members.iter().map(|&i| plan.regions[i].params.clone()).collect();
             let before = ring_errors(&model.generate(&params)?, &targets, &weights)?;
-            let ws =
-                model.harmonize(&params, &targets, &weights, steps, HARMONIZE_HOLD, stop)?.f_to_device(Device::Cpu)?;
+            let ws = watch.group(Search::Harmonize, &model, steps, |w| {
+                Ok(model.harmonize(&params, &targets, &weights, steps, HARMONIZE_HOLD, w)?)
+            })?;
+            let ws = ws.f_to_device(Device::Cpu)?;
             let mut nudged = params;
             for (k, p) in nudged.iter_mut().enumerate() {
                 p.projected = Some(Arc::new(Vec::<f32>::try_from(ws.f_get(k as i64)?.f_flatten(0, -1)?)?));

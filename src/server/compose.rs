@@ -1,18 +1,24 @@
 //! `POST /v1/compose`: checks the body's type and size, hands the layout to
 //! [`AppState::render`], and answers with the picture, or with `Accept: application/json`
-//! the picture in base64 with the resolved regions and timings.
+//! the picture in base64 with the resolved regions and timings, or with
+//! `Accept: text/event-stream` the request's progress events and then that JSON answer.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use serde_json::json;
+use tokio_stream::StreamExt as _;
 
 use super::error::ApiError;
+use super::progress::{Frame, Watching};
 use super::state::AppState;
 use crate::pipeline::Rendered;
 use crate::router::Background;
@@ -34,9 +40,15 @@ pub(super) async fn post_compose(
         return Err(ApiError::BodyTooLarge { limit });
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::BodyTooLarge { limit })?;
-    let want_json =
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
-    let rendered = state.render(bytes.to_vec()).await?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("text/event-stream") {
+        let frames = Watching::start(state.clone(), bytes.to_vec()).await?;
+        let events = frames.map(|frame| Ok::<_, Infallible>(event(frame)));
+        // The comments keep a quiet stream alive and find a client that left.
+        return Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(1))).into_response());
+    }
+    let want_json = accept.contains("application/json");
+    let rendered = state.render(bytes.to_vec(), None).await?;
     let timings = rendered.timings;
     let mut resp = if want_json {
         Json(describe(rendered)).into_response()
@@ -46,6 +58,25 @@ pub(super) async fn post_compose(
     // For the request's log line.
     resp.extensions_mut().insert(timings);
     Ok(resp)
+}
+
+/// One server-sent event: `event:` names it, `data:` is its JSON. The last is `result` (the
+/// JSON answer) or `error` (the error body with its HTTP status).
+fn event(frame: Frame) -> Event {
+    let (name, data) = match frame {
+        Frame::Progress(p) => {
+            let data = serde_json::to_value(&p).unwrap_or_default();
+            (data["event"].as_str().unwrap_or("progress").to_string(), data)
+        }
+        Frame::Done(done) => match *done {
+            Ok(rendered) => ("result".into(), describe(rendered)),
+            Err(e) => (
+                "error".into(),
+                json!({"status": e.status().as_u16(), "error": {"code": e.code(), "message": e.to_string()}}),
+            ),
+        },
+    };
+    Event::default().event(name).data(data.to_string())
 }
 
 /// The JSON answer: the picture in base64, what each region resolved to, the timings.

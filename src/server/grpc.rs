@@ -2,15 +2,18 @@
 //! [`AppState::render`] (admission, limits, pipeline), auth and metrics as the HTTP API, and
 //! `grpc.health.v1.Health` following readiness. It maps `ApiError` to gRPC codes, nothing more.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::auth;
 use super::error::ApiError;
+use super::progress::{Frame, Watching};
 use super::state::AppState;
-use crate::pipeline::{millis, Rendered, Timings};
+use crate::pipeline::{millis, Progress, Rendered, Timings};
 
 pub mod pb {
     tonic::include_proto!("mixgan.v1");
@@ -66,6 +69,42 @@ fn timings(t: &Timings) -> pb::Timings {
     }
 }
 
+/// One frame of a progress stream as its gRPC message; an error ends the stream.
+fn event(frame: Frame) -> Result<pb::ComposeEvent, Status> {
+    use pb::compose_event::Event;
+    let event = match frame {
+        Frame::Done(done) => Event::Result(reply((*done)?)),
+        Frame::Progress(Progress::Queued) => Event::Queued(pb::Queued {}),
+        Frame::Progress(Progress::Planned { width, height, regions, jobs, search_steps }) => {
+            Event::Planned(pb::Planned {
+                width: width as u32,
+                height: height as u32,
+                regions: regions as u32,
+                jobs: jobs.into_iter().map(|j| pb::JobSize { model: j.model, patches: j.patches as u32 }).collect(),
+                search_steps: search_steps as u32,
+            })
+        }
+        Frame::Progress(Progress::Step { search, model, step, steps, loss, done, total }) => {
+            Event::Step(pb::SearchStep {
+                search: search.name().into(),
+                model,
+                step: step as u32,
+                steps: steps as u32,
+                loss,
+                done: done as u32,
+                total: total as u32,
+            })
+        }
+        Frame::Progress(Progress::Batch { model, patches, queued_ms }) => {
+            Event::Batch(pb::BatchDone { model, patches: patches as u32, queued_ms })
+        }
+        Frame::Progress(Progress::Composited { composite_ms, encode_ms }) => {
+            Event::Composited(pb::Composited { composite_ms, encode_ms })
+        }
+    };
+    Ok(pb::ComposeEvent { event: Some(event) })
+}
+
 fn reply(rendered: Rendered) -> pb::ComposeReply {
     let Rendered { bytes, format, plan, timings: t, .. } = rendered;
     pb::ComposeReply {
@@ -95,22 +134,38 @@ fn reply(rendered: Rendered) -> pb::ComposeReply {
     }
 }
 
+impl GrpcApi {
+    /// The request's layout, once authorised and within the size limit.
+    fn layout(&self, req: Request<pb::ComposeRequest>) -> Result<Vec<u8>, ApiError> {
+        self.authorize(&req)?;
+        let layout = req.into_inner().layout_json.into_bytes();
+        if layout.len() > self.state.config.max_body_bytes {
+            return Err(ApiError::BodyTooLarge { limit: self.state.config.max_body_bytes });
+        }
+        Ok(layout)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ComposeEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Mixgan for GrpcApi {
+    type ComposeStreamStream = EventStream;
+
     async fn compose(&self, req: Request<pb::ComposeRequest>) -> Result<Response<pb::ComposeReply>, Status> {
         let started = Instant::now();
-        let result = async {
-            self.authorize(&req)?;
-            let layout = req.into_inner().layout_json.into_bytes();
-            if layout.len() > self.state.config.max_body_bytes {
-                return Err(ApiError::BodyTooLarge { limit: self.state.config.max_body_bytes });
-            }
-            self.state.render(layout).await
-        }
-        .await;
+        let result = async { self.state.render(self.layout(req)?, None).await }.await;
         let out = result.map(|done| Response::new(reply(done))).map_err(Status::from);
         self.observe("Compose", started, out.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
         out
+    }
+
+    async fn compose_stream(&self, req: Request<pb::ComposeRequest>) -> Result<Response<EventStream>, Status> {
+        let started = Instant::now();
+        let result = async { Watching::start(self.state.clone(), self.layout(req)?).await }.await.map_err(Status::from);
+        self.observe("ComposeStream", started, result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok));
+        let frames = result?;
+        Ok(Response::new(Box::pin(frames.map(event))))
     }
 
     async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsReply>, Status> {

@@ -82,9 +82,10 @@ pub fn document() -> Value {
                 "summary": summary,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Layout"}}}},
                 "responses": {
-                    "200": {"description": "The picture; with `Accept: application/json`, the picture in base64 with the resolved regions and timings",
+                    "200": {"description": "The picture; with `Accept: application/json`, the picture in base64 with the resolved regions and timings; with `Accept: text/event-stream`, server-sent events (queued, planned, step, batch, composited) ending with `result` (the JSON answer) or `error`",
                             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {},
-                                        "application/json": {"schema": {"$ref": "#/components/schemas/ComposeResult"}}}},
+                                        "application/json": {"schema": {"$ref": "#/components/schemas/ComposeResult"}},
+                                        "text/event-stream": {"schema": {"type": "string"}}}},
                     "400": error_response("The body is not JSON"),
                     "401": error_response("Missing or wrong bearer token"),
                     "413": error_response("The body is too large"),

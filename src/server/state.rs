@@ -16,7 +16,7 @@ use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
 use crate::config::Config;
 use crate::error::PipelineError;
 use crate::model::{Model, ModelError, ModelKind, Precision};
-use crate::pipeline::{runners, Batched, Hooks, Pipeline, Rendered, Stage};
+use crate::pipeline::{runners, Batched, Hooks, Pipeline, Progress, ProgressSink, Rendered, Stage};
 use crate::registry::ModelRegistry;
 use crate::router::RoutePlan;
 
@@ -153,8 +153,8 @@ impl AppState {
     }
 
     /// Serves one layout for either API: admission (503 beyond `max_in_flight`), the time
-    /// limit (504), then the pipeline with the batcher's workers.
-    pub async fn render(&self, layout: Vec<u8>) -> Result<Rendered, ApiError> {
+    /// limit (504), then the pipeline with the batcher's workers; `progress` hears its events.
+    pub async fn render(&self, layout: Vec<u8>, progress: Option<ProgressSink>) -> Result<Rendered, ApiError> {
         let engine = self.engine()?;
         let Ok(_admitted) = self.admitted.try_acquire() else {
             self.metrics.rejected.with_label_values(&["overload"]).inc();
@@ -163,6 +163,9 @@ impl AppState {
                 self.config.max_in_flight
             )));
         };
+        if let Some(sink) = &progress {
+            sink(Progress::Queued);
+        }
         let runner = Batched { batcher: &engine.batcher, slots: self.cpu_slots.clone(), gate: &self.cpu_gate };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let hooks = Admission {
@@ -171,6 +174,7 @@ impl AppState {
             total: self.search_total,
             searches: &self.searches,
             held: Default::default(),
+            progress,
         };
         let run = engine.pipeline.run(layout, &runner, &hooks);
         // Dropped unanswered (the client hung up): counted, and the pipeline stops its work.
@@ -218,6 +222,7 @@ struct Admission<'a> {
     total: usize,
     searches: &'a Arc<tokio::sync::Semaphore>,
     held: std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
+    progress: Option<ProgressSink>,
 }
 
 impl Hooks for Admission<'_> {
@@ -248,6 +253,10 @@ impl Hooks for Admission<'_> {
 
     fn stage_done(&self, stage: Stage, took: Duration) {
         self.metrics.stage_done(stage, took);
+    }
+
+    fn progress(&self) -> Option<ProgressSink> {
+        self.progress.clone()
     }
 }
 

@@ -39,6 +39,23 @@ pub fn tools_dir() -> PathBuf {
         .expect("the test tools are not installed: run the tests with `make test`, which installs them")
 }
 
+/// Generates the Python gRPC client of `proto/mixgan.proto` into `dir` with grpcio-tools;
+/// returns the test tools' Python, which runs it.
+pub fn python_grpc_client(dir: &Path) -> PathBuf {
+    let python = tools_dir().join("python");
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let gen = Command::new(&python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto.display()))
+        .arg(format!("--python_out={}", dir.display()))
+        .arg(format!("--grpc_python_out={}", dir.display()))
+        .arg(proto.join("mixgan.proto"))
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    python
+}
+
 pub fn reference_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/sg2_reference.py")
 }
