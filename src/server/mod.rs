@@ -6,6 +6,7 @@
 //! - `state`: settings, limits, readiness, the engine (pipeline + batcher), the render entry
 //! - `routes`: the endpoint table (mounted and documented alike), middleware, small handlers
 //! - `compose`: `POST /v1/compose`, its JSON answer and its event stream; `grpc`: the gRPC API
+//! - `page`: the layout editor at `/` (`ui/`), compiled in
 //! - `progress`: a render on its own task as a stream of progress frames, for both APIs
 //! - `auth`, `error` (the one mapping to HTTP status), `metrics`, `openapi`
 //! - `lifecycle`: listening, loading in the background, signals and draining
@@ -17,6 +18,7 @@ pub mod grpc;
 mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+mod page;
 mod progress;
 pub mod routes;
 mod state;

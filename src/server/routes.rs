@@ -16,7 +16,7 @@ use serde_json::json;
 use super::compose::post_compose;
 use super::error::ApiError;
 use super::state::AppState;
-use super::{auth, grpc, openapi};
+use super::{auth, grpc, openapi, page};
 use crate::pipeline::{millis, Timings};
 
 /// Every HTTP endpoint the server mounts.
@@ -93,6 +93,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let guarded = guarded.route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let mut router = open
         .merge(guarded)
+        .merge(page::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         // gRPC on the same port (HTTP/2): tonic's routes under their service paths.
         .route_service("/mixgan.v1.Mixgan/{*method}", grpc.clone())

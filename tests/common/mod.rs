@@ -39,6 +39,14 @@ pub fn tools_dir() -> PathBuf {
         .expect("the test tools are not installed: run the tests with `make test`, which installs them")
 }
 
+/// Where `scripts/setup-test-tools` installs playwright-core (`node_modules/` inside): beside
+/// the tools' Python environment in the cache.
+pub fn node_tools() -> PathBuf {
+    let dir = tools_dir().join("../../node-tools");
+    assert!(dir.join("node_modules/playwright-core").is_dir(), "playwright-core is not installed: run `make test`");
+    dir
+}
+
 /// Generates the Python gRPC client of `proto/mixgan.proto` into `dir` with grpcio-tools;
 /// returns the test tools' Python, which runs it.
 pub fn python_grpc_client(dir: &Path) -> PathBuf {
