@@ -386,10 +386,7 @@ fn projection_works_for_every_fit_and_clipped_regions() {
         );
         let mut plan = pipeline.plan(layout.as_bytes()).unwrap();
         pipeline
-            .project(
-                &mut plan,
-                &mixgan::pipeline::SearchWatch::new(&std::sync::atomic::AtomicBool::new(false), None, 0),
-            )
+            .project(&mut plan, &mixgan::pipeline::SearchWatch::new(&std::sync::atomic::AtomicBool::new(false)))
             .unwrap_or_else(|e| panic!("{fit} {rect}: {e}"));
         let w = plan.regions[0].params.projected.as_ref().expect("projected");
         assert!(w.iter().all(|v| v.is_finite()) && !w.is_empty(), "{fit} {rect}");

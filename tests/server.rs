@@ -361,6 +361,24 @@ fn overload_gets_pictures_or_503_and_the_server_survives() {
 }
 
 #[test]
+fn a_flood_of_projections_gets_503s_while_portraits_are_served() {
+    // `mixgan loadtest --flood` against a real server: it fails on any answer but 200 or 503.
+    let s = Server::start(&[("MIXGAN_LOG", "warn")], &[], true);
+    let out = Command::new(common::bin())
+        .args(["loadtest", "--flood", "--seconds", "6", "--flood-steps", "60", "--url", &s.base])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap_or_default().to_string();
+    let flooded = line("layout, under the flood");
+    assert!(flooded.contains("by status {200: ") && !flooded.contains("503"), "portraits are all served: {text}");
+    assert!(line("projections").contains("503"), "the surplus projections are refused: {text}");
+    assert!(text.contains("layout p99 under the flood / idle p50: "), "{text}");
+}
+
+#[test]
 fn bad_settings_stop_the_server_before_it_listens() {
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     // Variables, flags, and what the message must name.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
+use super::flood::Flood;
 use super::say;
 use crate::model::DeviceChoice;
 use crate::pipeline::Pipeline;
@@ -47,6 +48,14 @@ pub struct LoadArgs {
     /// Requests per second for --soak.
     #[arg(long)]
     rate: Option<f64>,
+    /// Flood instead: the layout's latency idle, then while --flood-clients post projections
+    /// of --flood-steps steps back to back; every answer must be 200 or 503.
+    #[arg(long)]
+    flood: bool,
+    #[arg(long, default_value_t = 4)]
+    flood_clients: usize,
+    #[arg(long, default_value_t = 150)]
+    flood_steps: usize,
     /// Alternating rounds of bare generators and service for the comparison.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -69,6 +78,7 @@ pub fn run_command(a: LoadArgs) -> Result<()> {
         max_batch: a.max_batch,
         soak: a.soak,
         rate: a.rate,
+        flood: a.flood.then_some(Flood { clients: a.flood_clients, steps: a.flood_steps, portraits: 2 }),
         rounds: a.rounds,
         device: a.device,
     };
@@ -78,6 +88,7 @@ pub fn run_command(a: LoadArgs) -> Result<()> {
     result
 }
 
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub api_key: Option<String>,
@@ -119,7 +130,7 @@ impl LoadResult {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -127,7 +138,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn send(agent: &ureq::Agent, t: &Target) -> (u16, f64) {
+pub(super) fn send(agent: &ureq::Agent, t: &Target) -> (u16, f64) {
     let started = Instant::now();
     let mut req = agent.post(format!("{}/v1/compose", t.url)).header("content-type", "application/json");
     if let Some(k) = &t.api_key {
@@ -264,6 +275,7 @@ pub struct LoadPlan {
     pub max_batch: usize,
     pub soak: bool,
     pub rate: Option<f64>,
+    pub flood: Option<Flood>,
     pub rounds: usize,
     pub device: DeviceChoice,
 }
@@ -326,6 +338,9 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     *text += &format!("server {url}, layout {}, {:.0} s per row, device {}\n", a.layout_name, a.seconds, a.device);
     if a.soak {
         return soak(a, &target, child.as_ref().map(|c| c.child.id()), duration, text);
+    }
+    if let Some(flood) = &a.flood {
+        return super::flood::run(&target, flood, duration, text);
     }
     *text += &format!(
         "{:>11} {:>9} {:>8} {:>9} {:>9} {:>8}\n",

@@ -4,6 +4,7 @@
 //! generators, `loadtest` for the service, an HTTP client). None of it is on a request's path.
 
 pub mod bench;
+mod flood;
 mod generate;
 mod import;
 pub mod loadtest;

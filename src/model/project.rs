@@ -24,18 +24,19 @@ const REPORTS: usize = 100;
 /// Told `(step, steps, mean loss per target)` every few steps and at the last.
 pub type StepReport<'a> = &'a (dyn Fn(usize, usize, f64) + Sync);
 
-/// What a search heeds as it goes: `stop`, checked before every step, and who hears its
-/// progress, if anyone.
+/// What a search heeds as it goes: `stop`, checked before every step; `courtesy`, called
+/// before every step, which may wait to let other work go first; and who hears its progress.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
     pub stop: &'a AtomicBool,
+    pub courtesy: Option<&'a (dyn Fn() + Sync)>,
     pub report: Option<StepReport<'a>>,
 }
 
 impl<'a> Watch<'a> {
-    /// Stops when `stop` is set; reports to no one.
+    /// Stops when `stop` is set; waits for nothing, reports to no one.
     pub fn new(stop: &'a AtomicBool) -> Self {
-        Self { stop, report: None }
+        Self { stop, courtesy: None, report: None }
     }
 }
 
@@ -174,6 +175,9 @@ impl Search<'_> {
         let (mut m, mut v) = (var.f_zeros_like()?, var.f_zeros_like()?);
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         for step in 0..self.steps {
+            if let Some(courtesy) = self.watch.courtesy {
+                courtesy();
+            }
             if self.watch.stop.load(Ordering::Relaxed) {
                 return Err(ModelError::Stopped);
             }

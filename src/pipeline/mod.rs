@@ -26,7 +26,7 @@ use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
 pub use progress::{JobSize, Progress, ProgressSink, Search};
 pub use runners::{Batched, InThread};
-pub use search::SearchWatch;
+pub use search::{Courtesy, SearchWatch};
 
 /// The stages of a request, in order. `Queue` is the part of generation spent waiting for a
 /// batch to fill.
@@ -195,6 +195,10 @@ pub trait Hooks: Sync {
     fn progress(&self) -> Option<ProgressSink> {
         None
     }
+    /// What the request's latent searches wait on before each step, if anything.
+    fn courtesy(&self) -> Option<Courtesy> {
+        None
+    }
 }
 
 /// Sets its flag when dropped.
@@ -248,8 +252,9 @@ impl Pipeline {
             // searches then stop within one step instead of running on for nobody.
             let stop = Arc::new(AtomicBool::new(false));
             let _stop_when_dropped = StopWhenDropped(stop.clone());
-            let plan =
-                runner.cpu(Stage::Project, search_job(me, plan, stop.clone(), sink.clone(), search_steps)).await?;
+            let plan = runner
+                .cpu(Stage::Project, search_job(me, plan, stop.clone(), (sink.clone(), hooks.courtesy()), search_steps))
+                .await?;
             timings.project = started.elapsed();
             hooks.stage_done(Stage::Project, timings.project);
             plan
@@ -328,10 +333,10 @@ fn search_job(
     me: Arc<Pipeline>,
     plan: RoutePlan,
     stop: Arc<AtomicBool>,
-    sink: Option<ProgressSink>,
+    (sink, courtesy): (Option<ProgressSink>, Option<Courtesy>),
     total: usize,
 ) -> impl FnOnce() -> Result<RoutePlan, PipelineError> + Send + 'static {
-    move || me.search(plan, &SearchWatch::new(&stop, sink, total))
+    move || me.search(plan, &SearchWatch::new(&stop).telling(sink, total).yielding(courtesy))
 }
 
 /// Hands each job's patches (in `plan.jobs` order) to the slots they were made for.

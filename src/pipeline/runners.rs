@@ -81,7 +81,7 @@ impl Runner for InThread {
     }
 }
 
-/// The service's stages: routing on a blocking thread; projection and compositing there too,
+/// The service's stages: routing and searches on blocking threads; compositing there too,
 /// after a place at `gate` (bounding the threads waiting) and a CPU slot; generation through
 /// the batcher, every job submitted before any is awaited so they batch together.
 pub struct Batched<'a> {
@@ -99,8 +99,10 @@ impl Runner for Batched<'_> {
         let slots = self.slots.clone();
         async move {
             // Routing is cheap and takes no slot: its jobs should reach the queues at once,
-            // where they can join batches.
-            let joined = if stage == Stage::Route {
+            // where they can join batches. Searches take none either: their own admission
+            // bounds them (half the slots), and they wait for plain requests step by step
+            // (`Hooks::courtesy`) instead of holding a slot those need.
+            let joined = if matches!(stage, Stage::Route | Stage::Project) {
                 tokio::task::spawn_blocking(work).await
             } else {
                 let _gate = self.gate.acquire().await.map_err(|_| PipelineError::Internal("shutting down".into()))?;

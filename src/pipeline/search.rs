@@ -39,19 +39,35 @@ fn groups(plan: &RoutePlan, steps_of: impl Fn(&Region) -> Option<usize>) -> BTre
     groups
 }
 
-/// The searches of one request, watched as one: they stop together, and report their steps
-/// against the request's total.
+/// Called before every search step with the stop flag; may wait (until the flag is set at
+/// the latest) so that cheaper work goes first.
+pub type Courtesy = Arc<dyn Fn(&AtomicBool) + Send + Sync>;
+
+/// The searches of one request, watched as one: they stop together, wait on the same
+/// courtesy, and report their steps against the request's total.
 pub struct SearchWatch<'a> {
     pub stop: &'a AtomicBool,
     pub sink: Option<ProgressSink>,
+    pub courtesy: Option<Courtesy>,
     /// Every search step the plan asks for (see [`Pipeline::search_steps`]).
     pub total: usize,
     done: AtomicUsize,
 }
 
 impl<'a> SearchWatch<'a> {
-    pub fn new(stop: &'a AtomicBool, sink: Option<ProgressSink>, total: usize) -> Self {
-        Self { stop, sink, total, done: AtomicUsize::new(0) }
+    /// Stops when `stop` is set; reports to no one, waits for nothing.
+    pub fn new(stop: &'a AtomicBool) -> Self {
+        Self { stop, sink: None, courtesy: None, total: 0, done: AtomicUsize::new(0) }
+    }
+
+    /// Reports each step to `sink`, out of `total` steps in all.
+    pub fn telling(self, sink: Option<ProgressSink>, total: usize) -> Self {
+        Self { sink, total, ..self }
+    }
+
+    /// Waits on `courtesy` before each step.
+    pub fn yielding(self, courtesy: Option<Courtesy>) -> Self {
+        Self { courtesy, ..self }
     }
 
     /// Runs one group's search (`steps` steps of `model`) with `search` given the [`Watch`].
@@ -74,7 +90,16 @@ impl<'a> SearchWatch<'a> {
                 total: self.total,
             })
         };
-        let watch = Watch { stop: self.stop, report: self.sink.as_ref().map(|_| &report as _) };
+        let courtesy = || {
+            if let Some(c) = &self.courtesy {
+                c(self.stop);
+            }
+        };
+        let watch = Watch {
+            stop: self.stop,
+            courtesy: self.courtesy.as_ref().map(|_| &courtesy as _),
+            report: self.sink.as_ref().map(|_| &report as _),
+        };
         let out = search(watch)?;
         self.done.store(before + steps, Ordering::Relaxed);
         Ok(out)

@@ -2,9 +2,9 @@
 //! once the models are loaded and warmed up, the [`Engine`] (the pipeline and its batcher).
 //! Also the one entry both APIs call to serve a layout: admission, the time limit, the pipeline.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use tch::Device;
@@ -16,7 +16,7 @@ use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
 use crate::config::Config;
 use crate::error::PipelineError;
 use crate::model::{Model, ModelError, ModelKind, Precision};
-use crate::pipeline::{runners, Batched, Hooks, Pipeline, Progress, ProgressSink, Rendered, Stage};
+use crate::pipeline::{runners, Batched, Courtesy, Hooks, Pipeline, Progress, ProgressSink, Rendered, Stage};
 use crate::registry::ModelRegistry;
 use crate::router::RoutePlan;
 
@@ -53,6 +53,9 @@ pub struct AppState {
     /// Requests searching at once: at most half the CPU slots (at least one), so a search
     /// never holds every slot and cheap requests always find one.
     searches: Arc<tokio::sync::Semaphore>,
+    /// Requests without a latent search, from admission to their end: while there are any, a
+    /// search waits before each step (up to [`COURTESY_LIMIT`]) so that they go first.
+    plain: Arc<AtomicUsize>,
     /// grpc.health.v1: NOT_SERVING until ready, and again while shutting down.
     pub(super) health: tonic_health::server::HealthReporter,
     /// gRPC routes so far: the health service (the API joins them in `app`).
@@ -78,6 +81,7 @@ impl AppState {
             search_budget: Arc::new(tokio::sync::Semaphore::new(search_budget(&config, slots))),
             search_total: search_budget(&config, slots),
             searches: Arc::new(tokio::sync::Semaphore::new((slots / 2).max(1))),
+            plain: Arc::default(),
             config,
             device,
             metrics: Arc::new(Metrics::new()),
@@ -175,6 +179,8 @@ impl AppState {
             searches: &self.searches,
             held: Default::default(),
             progress,
+            plain: &self.plain,
+            counted: AtomicBool::new(false),
         };
         let run = engine.pipeline.run(layout, &runner, &hooks);
         // Dropped unanswered (the client hung up): counted, and the pipeline stops its work.
@@ -223,6 +229,22 @@ struct Admission<'a> {
     searches: &'a Arc<tokio::sync::Semaphore>,
     held: std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
     progress: Option<ProgressSink>,
+    plain: &'a Arc<AtomicUsize>,
+    /// Whether this request counts among the plain ones.
+    counted: AtomicBool,
+}
+
+/// The longest a search step waits for plain requests to finish: long enough that they rarely
+/// share a core with a search, short enough that a 1000-step search under a steady stream of
+/// them still ends within the time limit.
+pub const COURTESY_LIMIT: Duration = Duration::from_millis(60);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.counted.load(Ordering::Relaxed) {
+            self.plain.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Hooks for Admission<'_> {
@@ -233,6 +255,8 @@ impl Hooks for Admission<'_> {
     fn admit(&self, plan: &RoutePlan) -> Result<(), PipelineError> {
         let cost = plan.search_cost();
         if cost == 0 {
+            self.plain.fetch_add(1, Ordering::Relaxed);
+            self.counted.store(true, Ordering::Relaxed);
             return Ok(());
         }
         let busy = || {
@@ -257,6 +281,19 @@ impl Hooks for Admission<'_> {
 
     fn progress(&self) -> Option<ProgressSink> {
         self.progress.clone()
+    }
+
+    fn courtesy(&self) -> Option<Courtesy> {
+        let plain = self.plain.clone();
+        Some(Arc::new(move |stop: &AtomicBool| {
+            let started = Instant::now();
+            while plain.load(Ordering::Relaxed) > 0
+                && !stop.load(Ordering::Relaxed)
+                && started.elapsed() < COURTESY_LIMIT
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }))
     }
 }
 
