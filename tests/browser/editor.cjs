@@ -128,6 +128,45 @@ function check(ok, what) {
     await save("#download-layout", "layout.json");
     check(true, "downloaded the picture and the layout");
 
+    // A polygon: click its corners, double-click to close.
+    await page.click("[data-tool=polygon]");
+    await page.selectOption("#draw-class", "hand");
+    const box = await page.locator("#overlay").boundingBox();
+    const at = ([x, y]) => [box.x + (x * box.width) / 256, box.y + (y * box.height) / 256];
+    n = await composed();
+    for (const p of [[150, 150], [230, 160], [220, 240]]) await page.mouse.click(...at(p));
+    await page.mouse.dblclick(...at([160, 236]));
+    await settle(n);
+    const l4 = await layout();
+    const poly = l4.regions.find((r) => r.polygon);
+    check(poly && poly.polygon.length >= 3 && poly.class === "hand", "a hand polygon: " + JSON.stringify(poly && poly.polygon));
+
+    // The eraser takes the right half of the brushed hand away.
+    await page.click("[data-tool=select]");
+    await page.evaluate(() => { selected = state.regions.find((r) => r.shape === "mask").id; });
+    await page.click("[data-tool=brush]");
+    await page.check("#erase");
+    await set("#brush-size", "60");
+    n = await composed();
+    await stroke([[80, 200], [80, 250], [130, 250], [130, 200]]);
+    await settle(n);
+    await page.uncheck("#erase");
+    const erased = (await layout()).regions.find((r) => r.mask);
+    check(erased.box[0] + erased.box[2] < 60, "the eraser trimmed the mask to " + JSON.stringify(erased.box));
+
+    // Dragging the last row of the list to the top brings the face to the front.
+    const front = () => page.$eval("#regions li b", (b) => b.textContent);
+    check((await front()) === "hand", "the polygon is in front");
+    n = await composed();
+    await page.locator("#regions li").last().dragTo(page.locator("#regions li").first());
+    await settle(n);
+    const order = (await layout()).regions.map((r) => r.class + (r.mask ? "/mask" : ""));
+    check(order[order.length - 1] === "face" && (await front()) === "face", "the face is on top now: " + order);
+    n = await composed();
+    await page.click("#undo");
+    await settle(n);
+    check((await front()) === "hand", "undo puts the order back");
+
     // An example opened from the list composes to the same picture as the example itself.
     await page.goto(base + "/");
     await page.waitForSelector("body[data-ready]");
