@@ -68,10 +68,19 @@ fn the_page_and_its_assets_are_served_from_the_binary() {
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").unwrap().starts_with("text/html"));
     let html = String::from_utf8(page.body).unwrap();
-    for asset in ["/ui/editor.js", "/ui/editor.css"] {
-        assert!(html.contains(asset), "{asset}");
-        assert_eq!(s.get(asset).status, 200, "{asset}");
+    let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/server/ui");
+    for entry in std::fs::read_dir(&ui).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "index.html" {
+            continue;
+        }
+        let asset = format!("/ui/{name}");
+        assert!(html.contains(&asset), "the page loads {asset}");
+        let served = s.get(&asset);
+        assert_eq!(served.status, 200, "{asset}");
+        assert_eq!(served.body, std::fs::read(ui.join(&name)).unwrap(), "{asset}");
     }
+    assert_eq!(s.get("/ui/nope.js").status, 404);
     assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
     assert_eq!(s.get("/v1/models").status, 401);
     // Every example of examples/ is offered, byte for byte.

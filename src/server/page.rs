@@ -9,8 +9,16 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 const INDEX: &str = include_str!("ui/index.html");
-const SCRIPT: &str = include_str!("ui/editor.js");
-const STYLE: &str = include_str!("ui/editor.css");
+
+/// The page's scripts (loaded in this order) and its style sheet, under `/ui/`.
+pub const ASSETS: [(&str, &str); 6] = [
+    ("state.js", include_str!("ui/state.js")),
+    ("layout.js", include_str!("ui/layout.js")),
+    ("compose.js", include_str!("ui/compose.js")),
+    ("canvas.js", include_str!("ui/canvas.js")),
+    ("panels.js", include_str!("ui/panels.js")),
+    ("editor.css", include_str!("ui/editor.css")),
+];
 
 /// The example layouts of `examples/`, offered by the page's "open an example".
 pub const EXAMPLES: [(&str, &str); 3] = [
@@ -23,23 +31,31 @@ pub const EXAMPLES: [(&str, &str); 3] = [
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { file("text/html; charset=utf-8", INDEX) }))
-        .route("/ui/editor.js", get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }))
-        .route("/ui/editor.css", get(|| async { file("text/css; charset=utf-8", STYLE) }))
         .route("/ui/examples/", get(|| async { Json(EXAMPLES.map(|(name, _)| name)) }))
         .route("/ui/examples/{name}", get(example))
+        .route("/ui/{name}", get(asset))
 }
 
 fn file(mime: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
+async fn asset(Path(name): Path<String>) -> Response {
+    let mime = if name.ends_with(".css") { "text/css; charset=utf-8" } else { "text/javascript; charset=utf-8" };
+    match ASSETS.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) => file(mime, text),
+        None => missing(&name),
+    }
+}
+
 async fn example(Path(name): Path<String>) -> Response {
     match EXAMPLES.iter().find(|(n, _)| *n == name) {
         Some((_, text)) => file("application/json", text),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": {"code": "not_found", "message": format!("no example `{name}`")}})),
-        )
-            .into_response(),
+        None => missing(&name),
     }
+}
+
+fn missing(name: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": "not_found", "message": format!("no file `{name}` under /ui/")}});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
