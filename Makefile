@@ -18,6 +18,7 @@ run: build
 # Sample pictures of each bundled model and the example layouts, offline.
 samples: build
 	@for m in models/*/; do \
+	  grep -q '^kind = "detector"' $$m/model.toml && continue; \
 	  name=$$(basename $$m); \
 	  target/release/mixgan generate --model $$m --seeds 0-7 --outdir $(OUT)/$$name || exit 1; \
 	done

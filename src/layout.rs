@@ -22,6 +22,9 @@ pub struct Layout {
     #[serde(default)]
     pub regions: Vec<RegionSpec>,
     pub label_map: Option<LabelMapSpec>,
+    /// Regions found by detectors in the background picture.
+    #[serde(default)]
+    pub detect: Vec<DetectSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -211,4 +214,53 @@ impl Layout {
             }
         })
     }
+}
+
+/// Find things of `class` in the background picture and make each a region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectSpec {
+    pub class: String,
+    /// A detector by name; else the one finding `class`.
+    pub detector: Option<String>,
+    /// Detections scoring less are ignored (default 0.5).
+    pub min_score: Option<f64>,
+    /// Bounds on a detection's longer side, in canvas pixels.
+    pub min_size: Option<f64>,
+    pub max_size: Option<f64>,
+    /// Keep the first `top_k` in `order`.
+    pub top_k: Option<f64>,
+    #[serde(default)]
+    pub order: DetectOrder,
+    #[serde(default)]
+    pub shape: DetectShape,
+    /// Grow each box by this fraction of its size (default 0.2), then by `padding` pixels.
+    pub dilate: Option<f64>,
+    pub padding: Option<f64>,
+    /// Region settings for every detection (any region field but the shape ones).
+    #[serde(default)]
+    pub region: serde_json::Map<String, serde_json::Value>,
+    /// Settings over `region`'s for single detections, by their index in `order`.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectOrder {
+    /// Best score first.
+    #[default]
+    Score,
+    /// Largest box first.
+    Largest,
+    LeftToRight,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectShape {
+    /// The ellipse inscribed in the grown box.
+    #[default]
+    Ellipse,
+    Box,
 }

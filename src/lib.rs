@@ -13,6 +13,7 @@ pub mod batcher;
 pub mod cli;
 pub mod compositor;
 pub mod config;
+pub mod detect;
 pub mod encode;
 pub mod error;
 pub mod latent;

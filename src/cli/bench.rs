@@ -52,7 +52,11 @@ pub struct BenchArgs {
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    let models = if a.models.join("model.toml").is_file() { vec![a.models.clone()] } else { model_dirs(&a.models)? };
+    let models = if a.models.join("model.toml").is_file() {
+        vec![a.models.clone()]
+    } else {
+        model_dirs(&a.models)?.into_iter().filter(|d| !crate::detect::detector::is_detector_dir(d)).collect()
+    };
     if models.is_empty() {
         bail!("no model directories (with a model.toml) under {}", a.models.display());
     }

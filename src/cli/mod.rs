@@ -4,6 +4,7 @@
 //! generators, `loadtest` for the service, an HTTP client). None of it is on a request's path.
 
 pub mod bench;
+mod detect;
 mod flood;
 mod generate;
 mod import;
@@ -38,6 +39,8 @@ enum Command {
     Loadtest(loadtest::LoadArgs),
     /// Turn an NVIDIA .pkl or rosinality .pt checkpoint into a model directory.
     Import(import::ImportArgs),
+    /// Find faces (or what a Haar cascade finds) in a picture.
+    Detect(detect::DetectArgs),
 }
 
 /// Parses the arguments, runs the sub-command, and prints its error (with its causes).
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Loadtest(a) => loadtest::run_command(a),
         Command::Import(a) => import::run(a),
+        Command::Detect(a) => detect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

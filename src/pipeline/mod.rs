@@ -33,6 +33,8 @@ pub use search::{Courtesy, SearchWatch};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Route,
+    /// The detectors of the layout's `detect` entries (part of routing's work, timed apart).
+    Detect,
     Project,
     Queue,
     Generate,
@@ -44,6 +46,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Self::Route => "route",
+            Self::Detect => "detect",
             Self::Project => "project",
             Self::Queue => "queue",
             Self::Generate => "generate",
@@ -57,6 +60,8 @@ impl Stage {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
     pub route: Duration,
+    /// Detection for the layout's `detect` entries (zero for most layouts).
+    pub detect: Duration,
     /// Projection of the regions that ask for it (zero for most layouts).
     pub project: Duration,
     /// Part of `generate`: the longest any of the request's jobs waited for its batch.
@@ -68,14 +73,15 @@ pub struct Timings {
 
 impl Timings {
     pub fn total(&self) -> Duration {
-        self.route + self.project + self.generate + self.composite + self.encode
+        self.route + self.detect + self.project + self.generate + self.composite + self.encode
     }
 
     /// Each stage and the total in milliseconds, as every front end reports them.
-    pub fn in_ms(&self) -> [(&'static str, f64); 7] {
+    pub fn in_ms(&self) -> [(&'static str, f64); 8] {
         let ms = millis;
         [
             ("route", ms(self.route)),
+            ("detect", ms(self.detect)),
             ("project", ms(self.project)),
             ("queue", ms(self.queue)),
             ("generate", ms(self.generate)),
@@ -235,8 +241,12 @@ impl Pipeline {
         let started = Instant::now();
         let me = self.clone();
         let plan = runner.cpu(Stage::Route, move || Ok(me.plan(&layout)?)).await?;
-        timings.route = started.elapsed();
+        timings.detect = plan.detect_time;
+        timings.route = started.elapsed().saturating_sub(plan.detect_time);
         hooks.stage_done(Stage::Route, timings.route);
+        if !plan.detections.is_empty() || !plan.detect_time.is_zero() {
+            hooks.stage_done(Stage::Detect, timings.detect);
+        }
         hooks.planned(&plan);
         hooks.admit(&plan)?;
         let sink = hooks.progress();

@@ -1,8 +1,10 @@
 //! The router: validates a layout against the loaded models and turns it into a plan —
 //! regions with their models, generation parameters and anti-aliased masks in paint order,
 //! and one generation job per model so each model's patches run as one batch.
-//! Everything is checked before any generation starts. It runs no model and touches no tensor.
+//! Everything is checked before any generation starts. It runs no generator and touches no
+//! tensor; the detectors of `detect` entries run here, on the decoded background picture.
 
+mod detect;
 pub mod geometry;
 pub mod label_map;
 pub mod picture;
@@ -10,7 +12,9 @@ mod regions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use detect::Detected;
 use geometry::Rect;
 
 use crate::error::LayoutError;
@@ -137,6 +141,10 @@ pub struct RoutePlan {
     /// In paint order: by `z`, then by order in the layout.
     pub regions: Vec<Region>,
     pub jobs: Vec<GenerationJob>,
+    /// What the layout's `detect` entries found, in their order.
+    pub detections: Vec<Detected>,
+    /// The detectors' share of routing.
+    pub detect_time: Duration,
 }
 
 impl RoutePlan {
@@ -196,6 +204,9 @@ fn finite(field: &str, v: f64) -> Result<f64, LayoutError> {
 }
 
 /// A seed for the `index`-th patch derived from the layout's seed (SplitMix64).
+/// Detected regions derive their seeds from indices from here on, apart from the layout's.
+const DETECTED_SEEDS: u64 = 1 << 32;
+
 pub fn derived_seed(layout_seed: u64, index: u64) -> u32 {
     let mut z = layout_seed ^ index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -248,11 +259,20 @@ impl Router<'_> {
                 }
             },
         };
-        // Label-map regions paint first, explicit regions over them.
+        // Label-map regions paint first, explicit regions over them, detected ones last.
         let mut regions = self.label_map_regions(layout, &canvas, layout.regions.len())?;
         let has_picture = matches!(background, Background::Image(_));
         for (i, r) in layout.regions.iter().enumerate() {
-            regions.push(self.region(i, r, &canvas, layout.seed, has_picture)?);
+            regions.push(self.region(format!("regions[{i}]"), i as u64, r, &canvas, layout.seed, has_picture)?);
+        }
+        let picture = match &background {
+            Background::Image(rgb) => Some(rgb.as_slice()),
+            _ => None,
+        };
+        let found = self.detect(layout, picture, &canvas)?;
+        for (k, (name, r)) in found.regions.into_iter().enumerate() {
+            let seed_index = DETECTED_SEEDS + k as u64;
+            regions.push(self.region(name, seed_index, &r, &canvas, layout.seed, has_picture)?);
         }
         let steps: usize = regions.iter().map(|r| r.project_steps.unwrap_or(0) + r.harmonize_steps.unwrap_or(0)).sum();
         if steps > MAX_PROJECT_STEPS {
@@ -292,6 +312,8 @@ impl Router<'_> {
             background,
             regions,
             jobs: by_model.into_values().collect(),
+            detections: found.detected,
+            detect_time: found.took,
         })
     }
 }

@@ -162,15 +162,16 @@ impl Router<'_> {
         }
     }
 
+    /// The region `r`, named `field` in errors; `seed_index` derives its seed when it names none.
     pub(super) fn region(
         &self,
-        i: usize,
+        field: String,
+        seed_index: u64,
         r: &RegionSpec,
         canvas: &Rect,
         layout_seed: u64,
         has_picture: bool,
     ) -> Result<Region, LayoutError> {
-        let field = format!("regions[{i}]");
         let model = self.resolve(&field, &r.class, &r.model)?;
         let shape = self.shape(&field, r)?;
         let rect = shape.bounds();
@@ -206,7 +207,7 @@ impl Router<'_> {
             }
         }
         let z = finite(&format!("{field}.z"), r.z.unwrap_or(0.0))?;
-        let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, i as u64))?;
+        let params = self.params(&field, &model, &r.generation(), derived_seed(layout_seed, seed_index))?;
         let project_steps = self.project_steps(&field, r, &model, has_picture)?;
         let patch_matte = Self::patch_matte(&field, r.matte, &model)?;
         let harmonize_steps = self.harmonize_steps(&field, r, &model)?;

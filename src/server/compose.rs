@@ -111,6 +111,10 @@ fn describe(rendered: Rendered) -> serde_json::Value {
         "width": plan.width, "height": plan.height,
         "background": background,
         "regions": regions,
+        "detections": plan.detections.iter().map(|d| json!({
+            "source": d.source, "detector": d.detector, "class": d.class,
+            "box": d.rect, "score": d.score, "region": d.region,
+        })).collect::<Vec<_>>(),
         "timings_ms": timings_ms,
     })
 }

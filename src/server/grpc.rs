@@ -60,6 +60,7 @@ impl GrpcApi {
 fn timings(t: &Timings) -> pb::Timings {
     pb::Timings {
         route_ms: millis(t.route),
+        detect_ms: millis(t.detect),
         project_ms: millis(t.project),
         queue_ms: millis(t.queue),
         generate_ms: millis(t.generate),
@@ -131,6 +132,18 @@ fn reply(rendered: Rendered) -> pb::ComposeReply {
             })
             .collect(),
         timings: Some(timings(&t)),
+        detections: plan
+            .detections
+            .iter()
+            .map(|d| pb::Detection {
+                source: d.source.clone(),
+                detector: d.detector.clone(),
+                class: d.class.clone(),
+                r#box: d.rect.to_vec(),
+                score: d.score,
+                region: d.region.clone().unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 

@@ -44,7 +44,7 @@ impl Metrics {
         )
         .unwrap();
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("mixgan_stage_duration_seconds", "Time per pipeline stage of /v1/compose (route, project, queue, generate, composite, encode; project only when a region projects).")
+            HistogramOpts::new("mixgan_stage_duration_seconds", "Time per pipeline stage of /v1/compose (route, detect, project, queue, generate, composite, encode; detect only for layouts that detect, project only when a region projects or harmonises).")
                 .buckets(SECONDS.to_vec()),
             &["stage"],
         )

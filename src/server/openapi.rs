@@ -56,8 +56,13 @@ pub fn document() -> Value {
                     "seed": {"type": "integer"}, "z": {"type": "number"},
                     "box": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] before clipping"},
                     "visible": {"type": "array", "items": {"type": "integer"}, "description": "[x, y, w, h] on the canvas"}}}},
+                "detections": {"type": "array", "description": "What the layout's `detect` entries found", "items": {"type": "object", "properties": {
+                    "source": {"type": "string"}, "detector": {"type": "string"}, "class": {"type": "string"},
+                    "box": {"type": "array", "items": {"type": "number"}, "description": "[x, y, w, h] as found"},
+                    "score": {"type": "number"},
+                    "region": {"type": ["string", "null"], "description": "The region it became; null when min_size, max_size or top_k left it out"}}}},
                 "timings_ms": {"type": "object", "properties": {
-                    "route": {"type": "number"}, "project": {"type": "number"}, "queue": {"type": "number"}, "generate": {"type": "number"},
+                    "route": {"type": "number"}, "detect": {"type": "number"}, "project": {"type": "number"}, "queue": {"type": "number"}, "generate": {"type": "number"},
                     "composite": {"type": "number"}, "encode": {"type": "number"}, "total": {"type": "number"}}}
             }
         }),

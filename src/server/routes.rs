@@ -138,7 +138,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     match resp.extensions().get::<Timings>() {
         Some(t) => tracing::info!(
             request_id = %id, %method, route = %route, status = status.as_u16(), ms,
-            route_ms = millis(t.route), project_ms = millis(t.project), queue_ms = millis(t.queue),
+            route_ms = millis(t.route), detect_ms = millis(t.detect), project_ms = millis(t.project), queue_ms = millis(t.queue),
             generate_ms = millis(t.generate), composite_ms = millis(t.composite), encode_ms = millis(t.encode),
             "request"
         ),

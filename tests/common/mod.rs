@@ -47,6 +47,13 @@ pub fn node_tools() -> PathBuf {
     dir
 }
 
+/// A picture `scripts/setup-test-tools` keeps in the cache's `test-data/` (`astronaut.png`).
+pub fn test_picture(name: &str) -> PathBuf {
+    let path = tools_dir().join("../../test-data").join(name);
+    assert!(path.is_file(), "{} is missing: run `make test`, which fetches it", path.display());
+    path
+}
+
 /// Generates the Python gRPC client of `proto/mixgan.proto` into `dir` with grpcio-tools;
 /// returns the test tools' Python, which runs it.
 pub fn python_grpc_client(dir: &Path) -> PathBuf {

@@ -1,0 +1,146 @@
+//! Detectors on real pictures: the bundled frontal-face Haar cascade (`models/face-haar`),
+//! evaluated by mixgan's own code, on scikit-image's `astronaut` photograph.
+
+mod common;
+
+use std::path::Path;
+
+use mixgan::detect::Detection;
+use mixgan::registry::ModelRegistry;
+
+/// Detections below this score are not reported by default.
+const DEFAULT_MIN_SCORE: f64 = 0.5;
+
+#[test]
+fn the_haar_cascade_finds_the_astronaut_s_face_and_nothing_else() {
+    let registry =
+        ModelRegistry::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models"), tch::Device::Cpu).unwrap();
+    let detector = registry.detector_for_class("face").expect("a face detector is bundled");
+    assert_eq!(detector.name(), "face-haar");
+    assert!(registry.iter().all(|m| m.name() != "face-haar"), "detectors are not generators");
+    let img = image::open(common::test_picture("astronaut.png")).unwrap().to_rgb8();
+    let found = detector.detect(img.as_raw(), img.width() as usize, img.height() as usize);
+    // Labelled by hand: hairline to chin, ear to ear.
+    let face = Detection { x: 176.0, y: 72.0, w: 94.0, h: 110.0, score: 1.0 };
+    let (best, class) = found[0];
+    assert_eq!(class, 0);
+    assert!(best.iou(&face) >= 0.4, "IoU {:.2} for {best:?}", best.iou(&face));
+    assert!(best.score >= DEFAULT_MIN_SCORE, "{best:?}");
+    let others: Vec<_> = found[1..].iter().filter(|(d, _)| d.score >= DEFAULT_MIN_SCORE).collect();
+    assert!(others.is_empty(), "other detections above the default score: {others:?}");
+}
+
+#[test]
+fn the_detect_command_prints_boxes_and_draws_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let drawn = dir.path().join("found.png");
+    let cascade = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/face-haar/haarcascade_frontalface_default.xml");
+    let out = std::process::Command::new(common::bin())
+        .arg("detect")
+        .arg(common::test_picture("astronaut.png"))
+        .arg("--cascade")
+        .arg(&cascade)
+        .arg("--draw")
+        .arg(&drawn)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with(r#"{"box":[176.0,66.0,94.0,94.0],"hits":40,"score":0.889}"#), "{text}");
+    assert!(text.contains("1 found in"), "{text}");
+    let img = image::open(&drawn).unwrap().to_rgb8();
+    assert_eq!(img.get_pixel(176 + 40, 66), &image::Rgb([40, 230, 90]), "the box is drawn");
+}
+
+fn astronaut_b64() -> String {
+    let bytes = std::fs::read(common::test_picture("astronaut.png")).unwrap();
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+/// The astronaut repaired by one `detect` entry: her face found, projected and regenerated.
+fn repair_layout(detect: &str) -> String {
+    format!(
+        r#"{{"width": 512, "height": 512, "background": {{"image": "{}"}}, "detect": [{detect}]}}"#,
+        astronaut_b64()
+    )
+}
+
+#[test]
+fn one_compose_with_a_detect_entry_repairs_the_face_over_http_and_grpc() {
+    use common::server::Server;
+    let s = Server::start(&[], &[], true);
+    let layout = repair_layout(r#"{"class": "face", "region": {"project_steps": 20, "seed": 5}}"#);
+    let r = s.post(
+        "/v1/compose",
+        &[("content-type", "application/json"), ("accept", "application/json")],
+        layout.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let found = v["detections"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let d = &found[0];
+    assert_eq!((d["detector"].as_str(), d["class"].as_str()), (Some("face-haar"), Some("face")));
+    assert_eq!(d["box"], serde_json::json!([176.0, 66.0, 94.0, 94.0]));
+    assert_eq!(d["region"], "detect[0][0]");
+    let region = &v["regions"][0];
+    assert_eq!((region["source"].as_str(), region["model"].as_str()), (Some("detect[0][0]"), Some("face")));
+    assert!(v["timings_ms"]["detect"].as_f64().unwrap() > 0.0 && v["timings_ms"]["project"].as_f64().unwrap() > 0.0);
+    // The picture outside the grown ellipse is the astronaut's own; inside it changed.
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["image"].as_str().unwrap()).unwrap();
+    let (after, before) = (
+        image::load_from_memory(&png).unwrap().to_rgb8(),
+        image::open(common::test_picture("astronaut.png")).unwrap().to_rgb8(),
+    );
+    for (x, y) in [(20, 20), (400, 400), (150, 60), (300, 200)] {
+        assert_eq!(after.get_pixel(x, y), before.get_pixel(x, y), "({x}, {y}) is outside the face");
+    }
+    let changed = (200..250)
+        .flat_map(|x| (90..140).map(move |y| (x, y)))
+        .filter(|&(x, y)| after.get_pixel(x, y) != before.get_pixel(x, y))
+        .count();
+    assert!(changed > 2000, "only {changed} face pixels changed");
+    let text = String::from_utf8(s.get("/metrics").body).unwrap();
+    assert!(text.contains("mixgan_stage_duration_seconds_count{stage=\"detect\"} 1"), "{text}");
+
+    // gRPC: the same picture and the detection.
+    let reply = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let mut client = mixgan::server::grpc::pb::mixgan_client::MixganClient::connect(s.base.clone()).await.unwrap();
+        client
+            .compose(mixgan::server::grpc::pb::ComposeRequest { layout_json: layout.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert_eq!(reply.image, png);
+    assert_eq!(reply.detections.len(), 1);
+    assert_eq!(
+        (reply.detections[0].r#box.clone(), reply.detections[0].region.as_str()),
+        (vec![176.0, 66.0, 94.0, 94.0], "detect[0][0]")
+    );
+    assert!(reply.timings.unwrap().detect_ms > 0.0);
+}
+
+#[test]
+fn bad_detect_entries_get_422_naming_the_field() {
+    use common::server::Server;
+    let s = Server::start(&[], &[], true);
+    let no_picture =
+        r##"{"width": 64, "height": 64, "background": {"color": "#000000"}, "detect": [{"class": "face"}]}"##;
+    let cases = [
+        (no_picture.to_string(), "detect[0]: needs a background `image`"),
+        (repair_layout(r#"{"class": "face", "min_score": 2}"#), "detect[0].min_score"),
+        (repair_layout(r#"{"class": "face", "detector": "nope"}"#), "detect[0].detector: unknown detector `nope`"),
+        (repair_layout(r#"{"class": "hand"}"#), "detect[0].class: no detector finds `hand`"),
+        (repair_layout(r#"{"class": "face", "region": {"box": [0, 0, 8, 8]}}"#), "detect[0].region.box"),
+        (repair_layout(r#"{"class": "face", "overrides": {"first": {}}}"#), "detect[0].overrides.first"),
+        (repair_layout(r#"{"class": "face", "region": {"blend": "smudge"}}"#), "detect[0][0].blend"),
+        (repair_layout(r#"{"class": "face", "order": "random"}"#), "detect[0].order"),
+    ];
+    for (layout, named) in cases {
+        let r = s.post("/v1/compose", &[("content-type", "application/json")], layout.as_bytes());
+        let message = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+        assert!(r.status == 422 || r.status == 400, "{named}: {}", r.status);
+        assert!(message.contains(named), "{named}: {message}");
+    }
+}
