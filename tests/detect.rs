@@ -19,7 +19,7 @@ fn the_haar_cascade_finds_the_astronaut_s_face_and_nothing_else() {
     assert_eq!(detector.name(), "face-haar");
     assert!(registry.iter().all(|m| m.name() != "face-haar"), "detectors are not generators");
     let img = image::open(common::test_picture("astronaut.png")).unwrap().to_rgb8();
-    let found = detector.detect(img.as_raw(), img.width() as usize, img.height() as usize);
+    let found = detector.detect(img.as_raw(), img.width() as usize, img.height() as usize).unwrap();
     // Labelled by hand: hairline to chin, ear to ear.
     let face = Detection { x: 176.0, y: 72.0, w: 94.0, h: 110.0, score: 1.0 };
     let (best, class) = found[0];
@@ -143,4 +143,114 @@ fn bad_detect_entries_get_422_naming_the_field() {
         assert!(r.status == 422 || r.status == 400, "{named}: {}", r.status);
         assert!(message.contains(named), "{named}: {message}");
     }
+}
+
+/// A TorchScript detector by the documented contract, scripted here: it boxes the pixels
+/// brighter than 0.9 as a `hand` (class 1), or breaks the contract when `broken`.
+const BRIGHT_DETECTOR: &str = r#"
+import sys, torch
+class Bright(torch.nn.Module):
+    def forward(self, x: torch.Tensor):
+        m = x[0].mean(0) > 0.9
+        at = torch.nonzero(m)
+        ys, xs = at[:, 0], at[:, 1]
+        if ys.numel() == 0:
+            return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        x0, x1, y0, y1 = xs.min().float(), xs.max().float(), ys.min().float(), ys.max().float()
+        box = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1]).unsqueeze(0)
+        return box, torch.tensor([0.9]), torch.tensor([1])
+class Broken(torch.nn.Module):
+    def forward(self, x: torch.Tensor):
+        return x.mean()
+torch.jit.script(Broken() if sys.argv[2] == "broken" else Bright()).save(sys.argv[1])
+"#;
+
+/// A models folder with the bundled generators and a scripted detector called `bright`.
+fn models_with_script_detector(dir: &Path, variant: &str) {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for name in ["face", "hand", "background"] {
+        std::os::unix::fs::symlink(bundled.join(name), dir.join(name)).unwrap();
+    }
+    let det = dir.join("bright");
+    std::fs::create_dir(&det).unwrap();
+    // TorchScript reads the module's source, so the script is a file.
+    let script = dir.join("make_detector.py");
+    std::fs::write(&script, BRIGHT_DETECTOR).unwrap();
+    let out = std::process::Command::new(common::python())
+        .arg(&script)
+        .arg(det.join("detector.pt"))
+        .arg(variant)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        det.join("model.toml"),
+        "name = \"bright\"\nkind = \"detector\"\nclasses = [\"face\", \"hand\"]\n[detector]\nformat = \"torchscript\"\nfile = \"detector.pt\"\ninput_size = 128\n",
+    )
+    .unwrap();
+}
+
+fn square_picture() -> String {
+    let img = image::RgbImage::from_fn(256, 256, |x, y| {
+        if (64..112).contains(&x) && (96..136).contains(&y) {
+            image::Rgb([250, 250, 250])
+        } else {
+            image::Rgb([30, 40, (x / 2) as u8])
+        }
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png)
+}
+
+#[test]
+fn a_torchscript_detector_by_the_contract_makes_regions() {
+    use mixgan::pipeline::Pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    models_with_script_detector(dir.path(), "bright");
+    let registry = std::sync::Arc::new(ModelRegistry::load(dir.path(), tch::Device::Cpu).unwrap());
+    let pipeline = std::sync::Arc::new(Pipeline {
+        registry,
+        limits: Default::default(),
+        device: tch::Device::Cpu,
+        composite_on: Default::default(),
+    });
+    let layout = format!(
+        r#"{{"width": 256, "height": 256, "background": {{"image": "{}"}},
+            "detect": [{{"class": "hand", "detector": "bright", "shape": "box", "dilate": 0, "region": {{"project": false, "seed": 3}}}}]}}"#,
+        square_picture()
+    );
+    let out = pipeline.render(layout.as_bytes(), 8).unwrap();
+    let d = &out.plan.detections;
+    assert_eq!(d.len(), 1, "{d:?}");
+    // Found at half size (input_size 128) and scaled back.
+    assert_eq!(d[0].rect, [64.0, 96.0, 48.0, 40.0]);
+    assert_eq!((d[0].class.as_str(), d[0].region.as_deref()), ("hand", Some("detect[0][0]")));
+    let r = &out.plan.regions[0];
+    assert_eq!((r.model.name(), r.rect.x, r.rect.y, r.rect.w, r.rect.h), ("hand", 64, 96, 48, 40));
+    assert!(out.timings.detect > std::time::Duration::ZERO);
+
+    // Asking the same detector for a class it finds none of gives no regions.
+    let none = layout.replace(r#""class": "hand""#, r#""class": "face""#);
+    assert!(pipeline.render(none.as_bytes(), 8).unwrap().plan.detections.is_empty());
+}
+
+#[test]
+fn a_module_that_breaks_the_contract_is_named() {
+    use mixgan::pipeline::Pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    models_with_script_detector(dir.path(), "broken");
+    let registry = std::sync::Arc::new(ModelRegistry::load(dir.path(), tch::Device::Cpu).unwrap());
+    let pipeline = std::sync::Arc::new(Pipeline {
+        registry,
+        limits: Default::default(),
+        device: tch::Device::Cpu,
+        composite_on: Default::default(),
+    });
+    let layout = format!(
+        r#"{{"width": 64, "height": 64, "background": {{"image": "{}"}}, "detect": [{{"class": "hand"}}]}}"#,
+        square_picture()
+    );
+    let e = pipeline.render(layout.as_bytes(), 8).err().unwrap().to_string();
+    assert!(e.contains("detect[0].detector") && e.contains("contract"), "{e}");
 }

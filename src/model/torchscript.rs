@@ -19,7 +19,8 @@ pub struct ScriptGenerator {
     device: Device,
 }
 
-fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
+/// A TorchScript module in eval mode, or why it cannot be loaded.
+pub(crate) fn load(path: &Path, device: Device) -> Result<CModule, ModelError> {
     if !path.is_file() {
         return Err(ModelError::Io {
             path: path.into(),

@@ -90,6 +90,7 @@ impl Router<'_> {
             let started = Instant::now();
             let mut hits: Vec<Detection> = detector
                 .detect(picture, canvas.w as usize, canvas.h as usize)
+                .map_err(|e| err(format!("{field}.detector"), format!("detector `{}` failed: {e}", detector.name())))?
                 .into_iter()
                 .filter(|(d, class)| *class == class_index && d.score >= min_score)
                 .map(|(d, _)| d)
