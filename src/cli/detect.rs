@@ -1,5 +1,6 @@
-//! `mixgan detect`: runs a Haar cascade on a picture and prints what it found, one JSON object
-//! per line (box, score, hits), optionally drawing the boxes onto a copy of the picture.
+//! `mixgan detect`: runs a detector model directory or a bare Haar cascade on a picture and
+//! prints what it found, one JSON object per line (box, score, and the class or the cascade's
+//! hits), optionally drawing the boxes onto a copy of the picture.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,16 +9,23 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::say;
+use crate::detect::detector::Detector;
 use crate::detect::haar::{self, Cascade, HaarSettings};
 
 #[derive(Args)]
 pub struct DetectArgs {
     /// The picture (PNG or JPEG).
     picture: PathBuf,
+    /// A detector model directory (`kind = "detector"`), such as models/scene-detector.
+    #[arg(long, conflicts_with = "cascade", required_unless_present = "cascade")]
+    detector: Option<PathBuf>,
     /// An OpenCV Haar cascade (XML), such as haarcascade_frontalface_default.xml.
     #[arg(long)]
-    cascade: PathBuf,
-    /// A group needs more hits than this to count.
+    cascade: Option<PathBuf>,
+    /// With --detector: detections scoring less are not shown.
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f64,
+    /// With --cascade: a group needs more hits than this to count.
     #[arg(long, default_value_t = 3)]
     min_neighbors: usize,
     /// The factor between pyramid levels.
@@ -32,19 +40,37 @@ pub struct DetectArgs {
 }
 
 pub fn run(a: DetectArgs) -> Result<()> {
-    let cascade = Cascade::load(&a.cascade)?;
     let img = image::open(&a.picture).with_context(|| format!("cannot read {}", a.picture.display()))?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let settings = HaarSettings { scale_factor: a.scale_factor, min_neighbors: a.min_neighbors, min_size: a.min_size };
     let started = Instant::now();
-    let found = cascade.detect(&haar::grey(img.as_raw()), w, h, &settings);
+    let found: Vec<(crate::detect::Detection, serde_json::Value)> = match (&a.detector, &a.cascade) {
+        (Some(dir), _) => {
+            let detector = Detector::load(dir)?;
+            let found = detector.detect(img.as_raw(), w, h)?;
+            let classes = &detector.spec.classes;
+            found
+                .into_iter()
+                .filter(|(d, _)| d.score >= a.min_score)
+                .map(|(d, c)| (d, serde_json::json!({"class": classes[c]})))
+                .collect()
+        }
+        (None, Some(path)) => {
+            let cascade = Cascade::load(path)?;
+            let settings =
+                HaarSettings { scale_factor: a.scale_factor, min_neighbors: a.min_neighbors, min_size: a.min_size };
+            let found = cascade.detect(&haar::grey(img.as_raw()), w, h, &settings);
+            found.into_iter().map(|(d, hits)| (d, serde_json::json!({"hits": hits}))).collect()
+        }
+        (None, None) => anyhow::bail!("give --detector DIR or --cascade FILE"),
+    };
     let took = started.elapsed();
     let mut text = String::new();
-    for (d, hits) in &found {
-        text += &format!(
-            "{}\n",
-            serde_json::json!({"box": [d.x, d.y, d.w, d.h], "score": (d.score * 1e3).round() / 1e3, "hits": hits})
-        );
+    for (d, extra) in &found {
+        let mut line = serde_json::json!({"box": [d.x, d.y, d.w, d.h], "score": (d.score * 1e3).round() / 1e3});
+        if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
+            line.extend(extra.clone());
+        }
+        text += &format!("{line}\n");
     }
     text += &format!("{} found in {:.0} ms\n", found.len(), took.as_secs_f64() * 1e3);
     say(&text);
