@@ -310,3 +310,30 @@ fn the_bundled_scene_detector_finds_faces_and_hands_in_held_out_scenes() {
     assert!(recall >= 0.9, "recall {recall:.3} ({matched} of {truth})");
     assert!(false_rate <= 0.05, "false detections {false_rate:.3} ({} of {found})", found - matched);
 }
+
+#[test]
+fn the_crowd_repair_in_the_docs_finds_and_redraws_three_faces() {
+    use mixgan::pipeline::Pipeline;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("docs/examples/crowd_faces.json")).unwrap()).unwrap();
+    let picture = std::fs::read(root.join("docs/examples/crowd.jpg")).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &picture);
+    layout["background"] = serde_json::json!({"image": b64});
+    let registry = std::sync::Arc::new(ModelRegistry::load(&root.join("models"), tch::Device::Cpu).unwrap());
+    let pipeline = std::sync::Arc::new(Pipeline {
+        registry,
+        limits: Default::default(),
+        device: tch::Device::Cpu,
+        composite_on: Default::default(),
+    });
+    let out = pipeline.render(layout.to_string().as_bytes(), 8).unwrap();
+    let regions: Vec<&str> = out.plan.detections.iter().filter_map(|d| d.region.as_deref()).collect();
+    assert_eq!(regions, ["detect[0][0]", "detect[0][1]", "detect[0][2]"], "{:?}", out.plan.detections);
+    assert!(out.plan.detections.iter().all(|d| d.detector == "scene-detector" && d.class == "face"));
+    // Left to right, and the override's seed on the second.
+    let xs: Vec<f64> = out.plan.detections.iter().map(|d| d.rect[0]).collect();
+    assert!(xs.windows(2).all(|w| w[0] <= w[1]), "{xs:?}");
+    let second = out.plan.regions.iter().find(|r| r.source == "detect[0][1]").unwrap();
+    assert_eq!(second.params.seed, 77);
+}
