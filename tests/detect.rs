@@ -190,6 +190,17 @@ fn models_with_script_detector(dir: &Path, variant: &str) {
     .unwrap();
 }
 
+/// The pipeline on the models under `dir`, on the CPU.
+fn pipeline_on(dir: &Path) -> std::sync::Arc<mixgan::pipeline::Pipeline> {
+    let registry = std::sync::Arc::new(ModelRegistry::load(dir, tch::Device::Cpu).unwrap());
+    std::sync::Arc::new(mixgan::pipeline::Pipeline {
+        registry,
+        limits: Default::default(),
+        device: tch::Device::Cpu,
+        composite_on: Default::default(),
+    })
+}
+
 fn square_picture() -> String {
     let img = image::RgbImage::from_fn(256, 256, |x, y| {
         if (64..112).contains(&x) && (96..136).contains(&y) {
@@ -205,16 +216,9 @@ fn square_picture() -> String {
 
 #[test]
 fn a_torchscript_detector_by_the_contract_makes_regions() {
-    use mixgan::pipeline::Pipeline;
     let dir = tempfile::tempdir().unwrap();
     models_with_script_detector(dir.path(), "bright");
-    let registry = std::sync::Arc::new(ModelRegistry::load(dir.path(), tch::Device::Cpu).unwrap());
-    let pipeline = std::sync::Arc::new(Pipeline {
-        registry,
-        limits: Default::default(),
-        device: tch::Device::Cpu,
-        composite_on: Default::default(),
-    });
+    let pipeline = pipeline_on(dir.path());
     let layout = format!(
         r#"{{"width": 256, "height": 256, "background": {{"image": "{}"}},
             "detect": [{{"class": "hand", "detector": "bright", "shape": "box", "dilate": 0, "region": {{"project": false, "seed": 3}}}}]}}"#,
@@ -237,16 +241,9 @@ fn a_torchscript_detector_by_the_contract_makes_regions() {
 
 #[test]
 fn a_module_that_breaks_the_contract_is_named() {
-    use mixgan::pipeline::Pipeline;
     let dir = tempfile::tempdir().unwrap();
     models_with_script_detector(dir.path(), "broken");
-    let registry = std::sync::Arc::new(ModelRegistry::load(dir.path(), tch::Device::Cpu).unwrap());
-    let pipeline = std::sync::Arc::new(Pipeline {
-        registry,
-        limits: Default::default(),
-        device: tch::Device::Cpu,
-        composite_on: Default::default(),
-    });
+    let pipeline = pipeline_on(dir.path());
     let layout = format!(
         r#"{{"width": 64, "height": 64, "background": {{"image": "{}"}}, "detect": [{{"class": "hand"}}]}}"#,
         square_picture()
@@ -313,20 +310,13 @@ fn the_bundled_scene_detector_finds_faces_and_hands_in_held_out_scenes() {
 
 #[test]
 fn the_crowd_repair_in_the_docs_finds_and_redraws_three_faces() {
-    use mixgan::pipeline::Pipeline;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut layout: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("docs/examples/crowd_faces.json")).unwrap()).unwrap();
     let picture = std::fs::read(root.join("docs/examples/crowd.jpg")).unwrap();
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &picture);
     layout["background"] = serde_json::json!({"image": b64});
-    let registry = std::sync::Arc::new(ModelRegistry::load(&root.join("models"), tch::Device::Cpu).unwrap());
-    let pipeline = std::sync::Arc::new(Pipeline {
-        registry,
-        limits: Default::default(),
-        device: tch::Device::Cpu,
-        composite_on: Default::default(),
-    });
+    let pipeline = pipeline_on(&root.join("models"));
     let out = pipeline.render(layout.to_string().as_bytes(), 8).unwrap();
     let regions: Vec<&str> = out.plan.detections.iter().filter_map(|d| d.region.as_deref()).collect();
     assert_eq!(regions, ["detect[0][0]", "detect[0][1]", "detect[0][2]"], "{:?}", out.plan.detections);
