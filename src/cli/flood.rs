@@ -23,15 +23,16 @@ pub struct Flood {
     pub portraits: usize,
 }
 
-/// A 64 x 64 repair whose one face region, the whole canvas, projects for `steps` steps.
-pub fn projection_layout(steps: usize) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 120]));
+/// A `side` x `side` repair of a gradient picture whose one face region, the whole canvas,
+/// projects for `steps` steps.
+pub fn projection_layout(side: u32, steps: usize) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 120]));
     let mut png = Vec::new();
     let _ = img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
     let picture = base64::engine::general_purpose::STANDARD.encode(&png);
     serde_json::json!({
-        "width": 64, "height": 64, "background": {"image": picture},
-        "regions": [{"class": "face", "box": [0, 0, 64, 64], "project": true, "project_steps": steps}],
+        "width": side, "height": side, "background": {"image": picture},
+        "regions": [{"class": "face", "box": [0, 0, side, side], "project": true, "project_steps": steps}],
     })
     .to_string()
     .into_bytes()
@@ -57,7 +58,7 @@ pub fn run(portrait: &Target, flood: &Flood, duration: Duration, text: &mut Stri
         duration.as_secs_f64()
     );
     *text += &row("layout, idle", &idle);
-    let searches = Target { layout: projection_layout(flood.steps), ..portrait.clone() };
+    let searches = Target { layout: projection_layout(64, flood.steps), ..portrait.clone() };
     let done = AtomicBool::new(false);
     let (flooded, projections) = std::thread::scope(|scope| {
         let posters: Vec<_> = (0..flood.clients)

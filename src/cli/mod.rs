@@ -5,7 +5,7 @@
 
 pub mod bench;
 mod detect;
-mod flood;
+pub mod flood;
 mod generate;
 mod import;
 pub mod loadtest;

@@ -244,7 +244,7 @@ impl Pipeline {
         timings.detect = plan.detect_time;
         timings.route = started.elapsed().saturating_sub(plan.detect_time);
         hooks.stage_done(Stage::Route, timings.route);
-        if !plan.detections.is_empty() || !plan.detect_time.is_zero() {
+        if !plan.detect_time.is_zero() {
             hooks.stage_done(Stage::Detect, timings.detect);
         }
         hooks.planned(&plan);

@@ -46,11 +46,11 @@ pub type Courtesy = Arc<dyn Fn(&AtomicBool) + Send + Sync>;
 /// The searches of one request, watched as one: they stop together, wait on the same
 /// courtesy, and report their steps against the request's total.
 pub struct SearchWatch<'a> {
-    pub stop: &'a AtomicBool,
-    pub sink: Option<ProgressSink>,
-    pub courtesy: Option<Courtesy>,
+    stop: &'a AtomicBool,
+    sink: Option<ProgressSink>,
+    courtesy: Option<Courtesy>,
     /// Every search step the plan asks for (see [`Pipeline::search_steps`]).
-    pub total: usize,
+    total: usize,
     done: AtomicUsize,
 }
 
@@ -137,7 +137,7 @@ impl Pipeline {
     /// Regions that `project` get the ws that reproduce what the background picture shows
     /// under them (see `model::project`); the regions of one model with the same step count
     /// are searched as one batch. Heavy: a generator pass forward and back per step.
-    /// Stops within one search step of `watch.stop` being set.
+    /// Stops within one search step of the watch's stop flag being set.
     pub fn project(&self, plan: &mut RoutePlan, watch: &SearchWatch) -> Result<(), PipelineError> {
         let Background::Image(rgb) = &plan.background else { return Ok(()) };
         if !plan.projects() {

@@ -47,17 +47,10 @@ fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     Reply { status, headers, body }
 }
 
-/// A `side` x `side` repair layout: a gradient picture whose one face region, the whole
-/// canvas, is projected for `steps` steps.
+/// The flood's repair layout (see `mixgan loadtest --flood`) as text: a gradient picture whose
+/// one face region, the whole `side` x `side` canvas, is projected for `steps` steps.
 pub fn projection_layout(side: u32, steps: usize) -> String {
-    let img = image::RgbImage::from_fn(side, side, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 120]));
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
-    format!(
-        r#"{{"width": {side}, "height": {side}, "background": {{"image": "{b64}"}},
-            "regions": [{{"class": "face", "box": [0, 0, {side}, {side}], "project": true, "project_steps": {steps}}}]}}"#
-    )
+    String::from_utf8(mixgan::cli::flood::projection_layout(side, steps)).unwrap()
 }
 
 impl Server {

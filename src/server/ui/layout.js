@@ -146,7 +146,7 @@ async function openLayout(layout) {
   delete extra.format; // the editor shows PNG
   delete extra.quality;
   const labelExtra = pick(layout.label_map || {}, ["png", "palette"]);
-  state = { width: w, height: h, background, regions, label: null, extra, labelExtra };
+  state = { width: w, height: h, background, regions, extra, labelExtra };
   selected = null;
   syncForm();
   changed();

@@ -14,7 +14,6 @@ let state = {
   width: 512, height: 512,
   background: { kind: "class", class: "", seed: 3, color: "#202830", image: null },
   regions: [], // bottom first; each {id, shape, geom, class, seed, lock, trunc, blend, feather, color_match, matte, project, project_steps, harmonize}
-  label: null, // data URL of the painted label map, or null
   extra: {}, // fields of an opened layout the editor has no control for, sent back as they were
   labelExtra: {},
 };
@@ -49,8 +48,8 @@ async function restore(text) {
     }
   }
   labelCanvas = s.label ? await canvasFromUrl(s.label, s.width, s.height) : null;
+  delete s.label; // the snapshot's label-map pixels, now in labelCanvas
   state = s;
-  state.label = null;
   if (!state.regions.some((r) => r.id === selected)) selected = null;
   syncForm();
 }
