@@ -81,6 +81,8 @@ pub struct Config {
     /// Where canvases are composited: auto (the CPU for canvases up to 1024 x 1024, the
     /// generators' device above), device or cpu.
     pub composite_on: CompositeOn,
+    /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
+    pub cudnn_benchmark: bool,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             torch_threads: 0,
             cpu_slots: 0,
             composite_on: CompositeOn::Auto,
+            cudnn_benchmark: true,
         }
     }
 }

@@ -14,9 +14,8 @@ constructor arguments), loads the model's weights into it (the same tensor names
 
   nvidia_bench.py --nvlabs-src ~/src/stylegan3 --model DIR --device cuda --batches 1,8,32
 
-NVIDIA's custom CUDA ops are compiled when the machine can; otherwise its pure-PyTorch paths
-run (NVIDIA's code prints a warning), which is how the figures in docs/performance.md were
-taken.
+NVIDIA's pure-PyTorch op paths run (its custom CUDA ops are not compiled unless
+MIXGAN_NVLABS_PLUGINS=1), which is how the figures in docs/performance.md were taken.
 """
 import argparse
 import os
@@ -37,6 +36,12 @@ def build(nvlabs_src, model_dir, config, device):
         from training import networks_stylegan2 as sg2
     except ImportError:
         from training import networks as sg2  # stylegan2-ada-pytorch's name
+    if os.environ.get("MIXGAN_NVLABS_PLUGINS") != "1":
+        # Its pure-PyTorch op paths, as the figures in the docs were taken: building the CUDA
+        # plugins would spend minutes of a GPU lease in nvcc (MIXGAN_NVLABS_PLUGINS=1 allows it).
+        from torch_utils.ops import bias_act, upfirdn2d
+        bias_act._init = lambda: False
+        upfirdn2d._init = lambda: False
     if config:
         spec = {"generator": json.loads(config)}
     else:

@@ -48,10 +48,20 @@ pub struct BenchArgs {
     /// precision but fp32 are also compared with fp32's.
     #[arg(long)]
     precision: Option<Precision>,
+    /// cuDNN's autotuner on CUDA (true or false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cudnn_benchmark: bool,
+    /// After timing, print each synthesis block's milliseconds at the largest batch (waiting
+    /// for the device after each block).
+    #[arg(long)]
+    profile_blocks: bool,
 }
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
+    if device.is_cuda() {
+        crate::model::device::set_cudnn_benchmark(a.cudnn_benchmark);
+    }
     let models = if a.models.join("model.toml").is_file() {
         vec![a.models.clone()]
     } else {
@@ -76,6 +86,26 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
     };
     let rows = run(&cfg, |w| eprintln!("warning: {w}"))?;
     say(&format_table(&rows, device, threads));
+    if a.profile_blocks {
+        let batch = cfg.batches.iter().copied().max().unwrap_or(1);
+        for dir in &cfg.models {
+            let mut model = Model::load(dir, device)?;
+            if let Some(p) = cfg.precision {
+                model.set_precision(p);
+            }
+            let params: Vec<GenerationParams> =
+                (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
+            // The first pass tunes and warms; the third is printed.
+            let mut blocks = None;
+            for _ in 0..3 {
+                blocks = model.profile_blocks(&params)?;
+            }
+            let Some(blocks) = blocks else { continue };
+            let total: f64 = blocks.iter().map(|b| b.1).sum();
+            let line: Vec<String> = blocks.iter().map(|(r, ms)| format!("{r}: {ms:.2}")).collect();
+            say(&format!("{} blocks at batch {batch}, ms: {} (sum {total:.2})", model.name(), line.join(", ")));
+        }
+    }
     Ok(())
 }
 

@@ -29,11 +29,18 @@ pub struct DeviceError {
 impl DeviceChoice {
     pub fn resolve(self) -> Result<Device, DeviceError> {
         match self {
-            Self::Auto => Ok(Device::cuda_if_available()),
+            Self::Auto => {
+                let device = Device::cuda_if_available();
+                if device.is_cuda() {
+                    set_cudnn_benchmark(true);
+                }
+                Ok(device)
+            }
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(i) => {
                 let available = tch::Cuda::device_count().max(0) as usize;
                 if i < available {
+                    set_cudnn_benchmark(true);
                     Ok(Device::Cuda(i))
                 } else {
                     Err(DeviceError { choice: self, available })
@@ -41,6 +48,13 @@ impl DeviceChoice {
             }
         }
     }
+}
+
+/// cuDNN's autotuner: each convolution shape is timed once with every algorithm and the
+/// fastest kept. On by default wherever a CUDA device is chosen (the generators run the same
+/// few shapes again and again); `cudnn_benchmark = false` turns it off.
+pub fn set_cudnn_benchmark(on: bool) {
+    tch::Cuda::cudnn_set_benchmark(on);
 }
 
 impl std::str::FromStr for DeviceChoice {

@@ -3,6 +3,7 @@
 //! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
 
 pub mod device;
+pub mod modconv;
 pub mod ops;
 pub mod precision;
 pub mod project;
@@ -347,6 +348,16 @@ impl Model {
         Ok(ws)
     }
 
+    /// Milliseconds per synthesis block for one batch (native generators only).
+    pub fn profile_blocks(&self, params: &[GenerationParams]) -> Result<Option<Vec<(i64, f64)>>, ModelError> {
+        let Generator::Native(g) = &self.generator else { return Ok(None) };
+        let _guard = tch::no_grad_guard();
+        let ws = self.ws(params)?;
+        let modes: Vec<NoiseMode> = params.iter().map(|p| p.noise_mode).collect();
+        let seeds: Vec<u64> = params.iter().map(|p| u64::from(p.seed)).collect();
+        Ok(Some(g.profile_blocks(&ws, NoisePlan { modes: &modes, seeds: &seeds })?))
+    }
+
     /// Generates a batch: images [N, img_channels, res, res] as floats, NVIDIA's range.
     pub fn generate(&self, params: &[GenerationParams]) -> Result<Tensor, ModelError> {
         if params.is_empty() {
@@ -384,8 +395,9 @@ pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
         .f_add_scalar(128.0)?
         .f_clamp(0.0, 255.0)?
         .f_to_kind(Kind::Uint8)?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()
+        // Interleave on the device: a strided copy to the host, or a transpose on it, is slow.
+        .f_contiguous()?
+        .f_to_device(Device::Cpu)
 }
 
 /// libtorch's threads per operation; 0 means 1. One thread is the default everywhere the

@@ -5,6 +5,7 @@
 
 use tch::{Kind, TchError, Tensor};
 
+use super::modconv::Cache;
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -85,6 +86,8 @@ pub struct Filter {
     /// [taps, taps], already flipped (the ops convolve) and scaled by the upsampling gain 4.
     up_kernel: Tensor,
     taps: i64,
+    /// Depthwise kernels per (type, channels, transposed), made once.
+    kernels: Cache<(Kind, i64, bool)>,
 }
 
 impl Filter {
@@ -93,27 +96,31 @@ impl Filter {
         let f2 = if f.dim() == 1 { f.f_outer(f)? } else { f.shallow_clone() };
         let taps = f2.size()[0];
         let up_kernel = f2.f_mul_scalar(4.0)?.f_flip([0, 1])?;
-        Ok(Self { up_kernel, taps })
+        Ok(Self { up_kernel, taps, kernels: Cache::new() })
+    }
+
+    /// The depthwise kernel [ch, 1, taps, taps] in `kind`; `transposed` un-flips it for a
+    /// transposed convolution, which correlates with the kernel as given.
+    fn depthwise(&self, kind: Kind, ch: i64, transposed: bool) -> Result<Tensor> {
+        let t = self.taps;
+        let k = self.kernels.get((kind, ch, transposed), || {
+            let k = if transposed { self.up_kernel.f_flip([0, 1])? } else { self.up_kernel.shallow_clone() };
+            Ok(vec![k.f_to_kind(kind)?.f_view([1, 1, t, t])?.f_expand([ch, 1, t, t], false)?.f_contiguous()?])
+        })?;
+        Ok(k.into_iter().next().expect("one kernel"))
     }
 
     /// Pads (negative: crops) both spatial axes by `before`/`after`, then filters each channel.
+    /// Equal padding goes to the convolution itself, saving a copy of the features.
     fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
-        let x = pad_or_crop(x, before, after)?;
+        let (x, pad) = if before == after && before >= 0 {
+            (x.shallow_clone(), before)
+        } else {
+            (pad_or_crop(x, before, after)?, 0)
+        };
         let ch = x.size()[1];
-        let k = self.kernel(x.kind())?.f_view([1, 1, self.taps, self.taps])?;
-        x.f_conv2d(
-            &k.f_expand([ch, 1, self.taps, self.taps], false)?.f_contiguous()?,
-            None::<Tensor>,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            ch,
-        )
-    }
-
-    /// The kernel in the features' type (a no-op for float32).
-    fn kernel(&self, kind: Kind) -> Result<Tensor> {
-        self.up_kernel.f_to_kind(kind)
+        let k = self.depthwise(x.kind(), ch, false)?;
+        x.f_conv2d(&k, None::<Tensor>, [1, 1], [pad, pad], [1, 1], ch)
     }
 
     /// NVIDIA's `upsample2d`: 2x zero insertion, padding and the filter, with gain 4. Done as
@@ -124,13 +131,7 @@ impl Filter {
         let p0 = (t + 1) / 2;
         let p1 = (t - 2) / 2;
         let pad = t - 1 - p0;
-        // The transposed convolution correlates with the kernel as given, so un-flip it.
-        let k = self
-            .kernel(x.kind())?
-            .f_flip([0, 1])?
-            .f_view([1, 1, t, t])?
-            .f_expand([ch, 1, t, t], false)?
-            .f_contiguous()?;
+        let k = self.depthwise(x.kind(), ch, true)?;
         let y = x.f_conv_transpose2d(&k, None::<Tensor>, [2, 2], [pad, pad], [0, 0], ch, [1, 1])?;
         let (oh, ow) = (2 * h + p0 + p1 - t + 1, 2 * w + p0 + p1 - t + 1);
         y.f_narrow(2, 0, oh)?.f_narrow(3, 0, ow)
@@ -149,17 +150,21 @@ fn pad_or_crop(x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
 }
 
 /// NVIDIA's `conv2d_resample` for up=2: a strided transposed convolution, then the FIR
-/// filter over the padded result. `w` is [out, in/groups, k, k]; `padding` is the layer's.
-pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64) -> Result<Tensor> {
+/// filter over the padded result. `w` is [out, in/groups, k, k], or, when `transposed_w`,
+/// already [in, out, k, k] (one group); `padding` is the layer's.
+pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64, transposed_w: bool) -> Result<Tensor> {
     let s = w.size();
-    let (cout, cin_g, k) = (s[0], s[1], s[2]);
+    let k = s[2];
     let t = f.taps;
     let p0 = padding + (t + 1) / 2 - (k - 1);
     let p1 = padding + (t - 2) / 2 - (k - 2);
     let pt = (-p0).min(-p1).max(0);
-    let wt = if groups == 1 {
+    let wt = if transposed_w {
+        w.shallow_clone()
+    } else if groups == 1 {
         w.f_transpose(0, 1)?
     } else {
+        let (cout, cin_g) = (s[0], s[1]);
         w.f_reshape([groups, cout / groups, cin_g, k, k])?.f_transpose(1, 2)?.f_reshape([
             groups * cin_g,
             cout / groups,
@@ -171,91 +176,7 @@ pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64)
     f.pad_and_filter(&y, p0 + pt, p1 + pt)
 }
 
-/// Modulated convolution (StyleGAN2's weight modulation and demodulation).
-///
-/// `fused` runs each sample's own weights as one grouped convolution (NVIDIA's inference
-/// path); otherwise activations are scaled before and after one shared convolution, which
-/// is the faster of the two for batches on CPU. Both are the same function to float rounding.
-/// The features may be float16 or bfloat16: the weights, styles and demodulation coefficients
-/// are then computed in float32 and cast, as in NVIDIA's code.
-pub struct ModConv<'a> {
-    pub weight: &'a Tensor,
-    pub demodulate: bool,
-    pub up: Option<&'a Filter>,
-    pub padding: i64,
-    pub fused: bool,
-}
-
 /// Whether `kind` is a half-precision type.
 pub fn is_half(kind: Kind) -> bool {
     matches!(kind, Kind::Half | Kind::BFloat16)
-}
-
-impl ModConv<'_> {
-    pub fn forward(&self, x: &Tensor, styles: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let n = x.size()[0];
-        let kind = x.kind();
-        let ws = self.weight.size();
-        let (cout, cin, k) = (ws[0], ws[1], ws[2]);
-        // In half precision the weights and styles are first scaled to at most 1 (the weights
-        // to 1/sqrt(fan-in)), so the products stay in range; demodulation cancels the scale.
-        let (weight, styles) = if is_half(kind) && self.demodulate {
-            let wmax = self.weight.f_abs()?.f_amax([1i64, 2, 3], true)?;
-            let weight = self.weight.f_div(&wmax)?.f_mul_scalar(1.0 / ((cin * k * k) as f64).sqrt())?;
-            (weight, styles.f_div(&styles.f_abs()?.f_amax([1i64], true)?)?)
-        } else {
-            (self.weight.shallow_clone(), styles.shallow_clone())
-        };
-        let need_w = self.demodulate || self.fused;
-        let modulated =
-            if need_w { Some(weight.f_unsqueeze(0)?.f_mul(&styles.f_reshape([n, 1, cin, 1, 1])?)?) } else { None };
-        let dcoefs = match (&modulated, self.demodulate) {
-            (Some(w), true) => Some(
-                w.f_square()?
-                    .f_sum_dim_intlist(&[2i64, 3, 4][..], false, Kind::Float)?
-                    .f_add_scalar(1e-8)?
-                    .f_rsqrt()?,
-            ),
-            _ => None,
-        };
-        if !self.fused {
-            let xs = x.f_mul(&styles.f_to_kind(kind)?.f_reshape([n, cin, 1, 1])?)?;
-            let y = self.conv(&xs, &weight.f_to_kind(kind)?, 1)?;
-            let d = dcoefs.map(|d| d.f_to_kind(kind)?.f_reshape([n, cout, 1, 1])).transpose()?;
-            return match (d, noise) {
-                // NVIDIA's fused multiply-add, one rounding in half precision.
-                (Some(d), Some(nz)) if is_half(kind) => nz.f_to_kind(kind)?.f_addcmul(&y, &d),
-                (Some(d), Some(nz)) => y.f_mul(&d)?.f_add(nz),
-                (Some(d), None) => y.f_mul(&d),
-                (None, Some(nz)) => y.f_add(&nz.f_to_kind(kind)?),
-                (None, None) => Ok(y),
-            };
-        }
-        let mut w = modulated.expect("fused path modulates");
-        if let Some(d) = &dcoefs {
-            w = w.f_mul(&d.f_reshape([n, cout, 1, 1, 1])?)?;
-        }
-        let xg = x.f_reshape([1, n * cin, x.size()[2], x.size()[3]])?;
-        let wg = w.f_reshape([n * cout, cin, k, k])?.f_to_kind(kind)?;
-        let y = self.conv(&xg, &wg, n)?;
-        let mut y = y.f_reshape([n, cout, y.size()[2], y.size()[3]])?;
-        match noise {
-            // In place, as NVIDIA adds it: half-precision features stay half (the noise is
-            // float32, and an ordinary add would promote them).
-            Some(nz) if is_half(kind) => {
-                y = y.f_contiguous()?;
-                let _ = y.f_add_(nz)?;
-            }
-            Some(nz) => y = y.f_add(nz)?,
-            None => {}
-        }
-        Ok(y)
-    }
-
-    fn conv(&self, x: &Tensor, w: &Tensor, groups: i64) -> Result<Tensor> {
-        match self.up {
-            Some(f) => conv2d_up2(x, w, f, self.padding, groups),
-            None => x.f_conv2d(w, None::<Tensor>, [1, 1], [self.padding, self.padding], [1, 1], groups),
-        }
-    }
 }

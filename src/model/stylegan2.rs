@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter, ModConv};
+use super::modconv::{modulated_1x1, Epilogue, StyleConv};
+use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
 use crate::error::UnknownChoice;
@@ -74,7 +75,7 @@ impl NoisePlan<'_> {
 
 struct StyledLayer {
     affine: Dense,
-    weight: Tensor,
+    conv: StyleConv,
     bias: Tensor,
     noise: Option<(Tensor, Tensor)>, // (noise_const [res, res], noise_strength [])
     /// This layer's place in the network: the stream of its random noise.
@@ -98,7 +99,7 @@ impl StyledLayer {
         };
         Ok(Self {
             affine: Dense::new(&affine_w, Some(&affine_b), 1.0, Activation::Linear)?,
-            weight: take(w, &format!("{p}.weight")),
+            conv: StyleConv::new(take(w, &format!("{p}.weight")))?,
             bias: take(w, &format!("{p}.bias")),
             noise,
             index,
@@ -109,15 +110,18 @@ impl StyledLayer {
         })
     }
 
-    fn noise(&self, plan: NoisePlan, res: i64, device: Device) -> Result<Option<Tensor>> {
-        let Some((konst, strength)) = &self.noise else { return Ok(None) };
+    /// The constant noise and its strength, when every sample uses it (it is then part of the
+    /// layer's cached constants); otherwise per-sample noise [N, 1, res, res], or none.
+    #[allow(clippy::type_complexity)]
+    fn noise(&self, plan: NoisePlan, res: i64, device: Device) -> Result<(Option<(&Tensor, &Tensor)>, Option<Tensor>)> {
+        let Some((konst, strength)) = &self.noise else { return Ok((None, None)) };
         let random = |seed: u64| -> Result<Tensor> {
             let values = crate::latent::noise(seed, self.index, (res * res) as usize);
             Tensor::from_slice(&values).f_view([1, 1, res, res])?.f_to_device(device)
         };
         match plan.uniform() {
-            Some(NoiseMode::None) => return Ok(None),
-            Some(NoiseMode::Const) => return Ok(Some(konst.f_mul(strength)?)),
+            Some(NoiseMode::None) => return Ok((None, None)),
+            Some(NoiseMode::Const) => return Ok((Some((konst, strength)), None)),
             _ => {}
         }
         let per: Vec<Tensor> = plan
@@ -130,24 +134,23 @@ impl StyledLayer {
                 NoiseMode::None => konst.f_zeros_like()?.f_view([1, 1, res, res]),
             })
             .collect::<Result<_>>()?;
-        Ok(Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?))
+        Ok((None, Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?)))
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, pass: Pass, gain: f64) -> Result<Tensor> {
         let styles = self.affine.forward(w)?;
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
-        let noise = self.noise(pass.noise, res, x.device())?;
-        let conv = ModConv {
-            weight: &self.weight,
-            demodulate: true,
-            up: self.up.as_ref(),
-            padding: self.padding,
-            fused: pass.fused,
+        let (const_noise, noise) = self.noise(pass.noise, res, x.device())?;
+        let epilogue = Epilogue {
+            bias: &self.bias,
+            const_noise,
+            noise: noise.as_ref(),
+            act: self.act,
+            gain: self.act.default_gain() * gain,
+            clamp: self.clamp.map(|c| c * gain),
         };
-        let y = conv.forward(x, &styles, noise.as_ref())?;
-        let bias = self.bias.f_to_kind(y.kind())?;
-        bias_act(&y, Some(&bias), self.act, self.act.default_gain() * gain, self.clamp.map(|c| c * gain))
+        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, &epilogue)
     }
 }
 
@@ -175,10 +178,9 @@ impl ToRgb {
     }
 
     /// The block's contribution to the picture, in float32 whatever the features' type.
-    fn forward(&self, x: &Tensor, w: &Tensor, fused: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
-        let conv = ModConv { weight: &self.weight, demodulate: false, up: None, padding: 0, fused };
-        let y = conv.forward(x, &styles, None)?;
+        let y = modulated_1x1(x, &self.weight, &styles)?;
         let y = bias_act(&y, Some(&self.bias.f_to_kind(y.kind())?), Activation::Linear, 1.0, self.clamp)?;
         if is_half(y.kind()) {
             y.f_to_kind(Kind::Float)?.f_contiguous()
@@ -272,7 +274,7 @@ impl Block {
             None => None,
         };
         if let Some(torgb) = &self.torgb {
-            let y = torgb.forward(&x, &w(self.num_conv)?, pass.fused)?;
+            let y = torgb.forward(&x, &w(self.num_conv)?)?;
             img = Some(match img {
                 Some(i) => i.f_add(&y)?,
                 None => y,
@@ -378,7 +380,38 @@ impl StyleGan2 {
         self.run(ws, noise, Precision::Fp32)
     }
 
+    /// Milliseconds each block of one `synthesis` takes, waiting for the device after each
+    /// (so the figures add up to more than an unprofiled pass): where the time goes.
+    pub fn profile_blocks(&self, ws: &Tensor, noise: NoisePlan) -> Result<Vec<(i64, f64)>> {
+        let _guard = tch::no_grad_guard();
+        let mut times = Vec::new();
+        let sync = || {
+            if let Device::Cuda(i) = self.device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
+        sync();
+        let mut t0 = std::time::Instant::now();
+        let _img = self.run_observed(ws, noise, self.precision, &mut |res| {
+            sync();
+            times.push((res, t0.elapsed().as_secs_f64() * 1e3));
+            t0 = std::time::Instant::now();
+        })?;
+        Ok(times)
+    }
+
     fn run(&self, ws: &Tensor, noise: NoisePlan, precision: Precision) -> Result<Tensor> {
+        self.run_observed(ws, noise, precision, &mut |_| {})
+    }
+
+    /// The synthesis; `after_block(res)` is called as each block has been queued.
+    fn run_observed(
+        &self,
+        ws: &Tensor,
+        noise: NoisePlan,
+        precision: Precision,
+        after_block: &mut dyn FnMut(i64),
+    ) -> Result<Tensor> {
         let n = ws.size()[0];
         let on_cpu = self.device == Device::Cpu;
         let fused = match self.conv_path {
@@ -398,6 +431,7 @@ impl StyleGan2 {
             let (nx, nimg) = block.forward(x, img, &bws, pass, kind, channels_last)?;
             x = Some(nx);
             img = nimg;
+            after_block(res);
         }
         Ok(img.expect("the last block has a toRGB layer"))
     }

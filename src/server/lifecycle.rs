@@ -49,6 +49,9 @@ async fn set_health(state: &AppState, serving: bool) {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     init_logging(config.log_format);
     let device = config.device.resolve()?;
+    if device.is_cuda() {
+        crate::model::device::set_cudnn_benchmark(config.cudnn_benchmark);
+    }
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServeError::Listen { addr: config.addr.clone(), source })?;

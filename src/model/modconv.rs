@@ -1,0 +1,246 @@
+//! Modulated convolution (StyleGAN2's weight modulation and demodulation) and the layer's
+//! epilogue (noise, bias, activation, gain, clamp), arranged for speed at large batches:
+//!
+//! - demodulation coefficients come from one small matrix product, `rsqrt(s² · Σ_taps w²ᵀ)`,
+//!   instead of building every sample's modulated weights (`[N, out, in, k, k]`, hundreds of
+//!   megabytes at batch 32 with 512 channels);
+//! - the weights in each compute type (and, for half precision, NVIDIA's pre-scaled weights)
+//!   are made once and kept on the device, as are the constant noise with the bias;
+//! - gains fold into the demodulation and the bias where the activation allows, so a layer
+//!   costs four passes over its features (style scaling, `addcmul`, activation, clamp) on top
+//!   of the convolution;
+//! - toRGB is one batched matrix product per picture, reading the features once.
+//!
+//! The arithmetic is NVIDIA's up to float rounding (tests/generator_reference.rs and
+//! tests/precision.rs hold it to that). Stateless apart from those caches.
+
+use std::sync::Mutex;
+
+use tch::{Kind, TchError, Tensor};
+
+use super::ops::{activate, conv2d_up2, is_half, Filter};
+use super::spec::Activation;
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// Tensors made once per key (a compute type, a layout, a gain) and reused by every forward
+/// pass. Keys are few, so a list does.
+pub struct Cache<K> {
+    entries: Mutex<Vec<(K, Vec<Tensor>)>>,
+}
+
+impl<K: PartialEq + Copy> Cache<K> {
+    pub fn new() -> Self {
+        Self { entries: Mutex::new(Vec::new()) }
+    }
+
+    pub fn get(&self, key: K, make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = entries.iter().find(|(k, _)| *k == key) {
+            return Ok(v.iter().map(Tensor::shallow_clone).collect());
+        }
+        // Made without a graph: these are constants, also inside a projection's search.
+        let v = tch::no_grad(make)?;
+        entries.push((key, v.iter().map(Tensor::shallow_clone).collect()));
+        Ok(v)
+    }
+}
+
+impl<K: PartialEq + Copy> Default for Cache<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Features in `kind`, channels-last or not: what a layer's constants are prepared for.
+#[derive(Clone, Copy, PartialEq)]
+struct Key {
+    kind: Kind,
+    channels_last: bool,
+    gain_bits: u64,
+    const_noise: bool,
+}
+
+/// Reorders a 4-D tensor's memory to channels-last, keeping its shape.
+pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])
+}
+
+/// Whether `x` [N, C, H, W] is stored channels-last (and C is not trivially 1).
+fn is_channels_last(x: &Tensor) -> bool {
+    let (size, stride) = (x.size(), x.stride());
+    size.len() == 4 && size[1] > 1 && stride[1] == 1 && stride[3] == size[1]
+}
+
+/// One demodulated, modulated convolution layer's weights and constants.
+pub struct StyleConv {
+    /// [out, in, k, k] as stored.
+    weight: Tensor,
+    /// Half precision's weights: scaled to at most 1/sqrt(fan-in) per output channel (NVIDIA's
+    /// guard against float16 overflow; demodulation cancels the scale).
+    scaled: Tensor,
+    /// [out, in]: Σ over taps of `weight`², and of `scaled`².
+    sq: Tensor,
+    sq_scaled: Tensor,
+    cache: Cache<Key>,
+}
+
+/// What follows the convolution: `clamp(act(gain · (y·d + noise + bias)))`, with the activation
+/// applied before the gain where it is not positively homogeneous.
+pub struct Epilogue<'a> {
+    pub bias: &'a Tensor,
+    /// The constant noise [res, res] and its strength, when every sample uses it.
+    pub const_noise: Option<(&'a Tensor, &'a Tensor)>,
+    /// Per-sample noise [N, 1, res, res] already scaled by its strength, in float32.
+    pub noise: Option<&'a Tensor>,
+    pub act: Activation,
+    pub gain: f64,
+    pub clamp: Option<f64>,
+}
+
+impl Epilogue<'_> {
+    /// The gain that can move inside the activation (all of it for linear, ReLU and leaky ReLU).
+    fn folded_gain(&self) -> f64 {
+        match self.act {
+            Activation::Linear | Activation::Relu | Activation::Lrelu => self.gain,
+            _ => 1.0,
+        }
+    }
+}
+
+impl StyleConv {
+    pub fn new(weight: Tensor) -> Result<Self> {
+        let s = weight.size();
+        let fan_in = (s[1] * s[2] * s[3]) as f64;
+        let wmax = weight.f_abs()?.f_amax([1i64, 2, 3], true)?;
+        let scaled = weight.f_div(&wmax)?.f_mul_scalar(1.0 / fan_in.sqrt())?;
+        let sq = weight.f_square()?.f_sum_dim_intlist(&[2i64, 3][..], false, Kind::Float)?;
+        let sq_scaled = scaled.f_square()?.f_sum_dim_intlist(&[2i64, 3][..], false, Kind::Float)?;
+        Ok(Self { weight, scaled, sq, sq_scaled, cache: Cache::new() })
+    }
+
+    /// The convolution weights in `kind` (transposed for an upsampling layer), the constant
+    /// noise plus bias times the folded gain, and the leaky-ReLU slope, made once per key.
+    fn prepared(&self, key: Key, up: bool, e: &Epilogue) -> Result<Vec<Tensor>> {
+        self.cache.get(key, || {
+            let base = if is_half(key.kind) { &self.scaled } else { &self.weight };
+            let mut w = if up { base.f_transpose(0, 1)? } else { base.shallow_clone() };
+            w = w.f_to_kind(key.kind)?.f_contiguous()?;
+            if key.channels_last {
+                w = to_channels_last(&w)?;
+            }
+            let g = e.folded_gain();
+            let ch = self.weight.size()[0];
+            let mut nb = e.bias.f_view([1, ch, 1, 1])?;
+            if let Some((noise, strength)) = e.const_noise {
+                let res = noise.size()[0];
+                nb = nb.f_add(&noise.f_mul(strength)?.f_view([1, 1, res, res])?)?;
+            }
+            nb = nb.f_mul_scalar(g)?.f_to_kind(key.kind)?.f_contiguous()?;
+            if key.channels_last && nb.size()[2] > 1 {
+                nb = to_channels_last(&nb)?;
+            }
+            let slope = Tensor::f_full([1], 0.2, (key.kind, self.weight.device()))?;
+            Ok(vec![w, nb, slope])
+        })
+    }
+
+    /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32. `fused` runs each
+    /// sample's own weights as one grouped convolution (NVIDIA's path for single pictures);
+    /// otherwise the features are scaled before one shared convolution and after it.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        up: Option<&Filter>,
+        padding: i64,
+        fused: bool,
+        e: &Epilogue,
+    ) -> Result<Tensor> {
+        let n = x.size()[0];
+        let kind = x.kind();
+        let ws = self.weight.size();
+        let (cout, cin) = (ws[0], ws[1]);
+        let half = is_half(kind);
+        // Half precision scales the styles to at most 1 as it does the weights, so the products
+        // stay in range.
+        let styles = if half { styles.f_div(&styles.f_abs()?.f_amax([1i64], true)?)? } else { styles.shallow_clone() };
+        let sq = if half { &self.sq_scaled } else { &self.sq };
+        let g = e.folded_gain();
+        // Σ_i,taps (w·s_i)² = s² · Σ_taps w², one [N, in] x [in, out] product.
+        let d = styles.f_square()?.f_matmul(&sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?.f_mul_scalar(g)?;
+        let key = Key {
+            kind,
+            channels_last: is_channels_last(x),
+            gain_bits: g.to_bits(),
+            const_noise: e.const_noise.is_some(),
+        };
+        let prep = self.prepared(key, up.is_some(), e)?;
+        let (w, nb, slope) = (&prep[0], &prep[1], &prep[2]);
+        let y = if fused {
+            let base = if half { &self.scaled } else { &self.weight };
+            let wm = base
+                .f_unsqueeze(0)?
+                .f_mul(&styles.f_view([n, 1, cin, 1, 1])?)?
+                .f_mul(&d.f_view([n, cout, 1, 1, 1])?)?
+                .f_reshape([n * cout, cin, ws[2], ws[3]])?
+                .f_to_kind(kind)?;
+            let xg = x.f_reshape([1, n * cin, x.size()[2], x.size()[3]])?;
+            let y = conv(&xg, &wm, up, padding, n, false)?;
+            let y = y.f_reshape([n, cout, y.size()[2], y.size()[3]])?;
+            if y.requires_grad() {
+                y.f_add(nb)?
+            } else {
+                let mut y = y.f_contiguous()?;
+                let _ = y.f_add_(nb)?;
+                y
+            }
+        } else {
+            let xs = x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?;
+            let y = conv(&xs, w, up, padding, 1, true)?;
+            nb.f_addcmul(&y, &d.f_to_kind(kind)?.f_view([n, cout, 1, 1])?)?
+        };
+        let mut y = match e.noise {
+            Some(noise) => y.f_add(&noise.f_mul_scalar(g)?.f_to_kind(kind)?)?,
+            None => y,
+        };
+        y = match e.act {
+            Activation::Lrelu => y.f_prelu(slope)?,
+            Activation::Linear => y,
+            act if g == e.gain => activate(&y, act)?,
+            act => activate(&y, act)?.f_mul_scalar(e.gain)?,
+        };
+        if let Some(c) = e.clamp {
+            if y.requires_grad() {
+                y = y.f_clamp(-c, c)?;
+            } else {
+                let _ = y.f_clamp_(-c, c)?;
+            }
+        }
+        Ok(y)
+    }
+}
+
+/// The convolution itself; `transposed_w` says `w` is already [in, out, k, k] for upsampling.
+fn conv(x: &Tensor, w: &Tensor, up: Option<&Filter>, padding: i64, groups: i64, transposed_w: bool) -> Result<Tensor> {
+    match up {
+        Some(f) => conv2d_up2(x, w, f, padding, groups, transposed_w),
+        None => x.f_conv2d(w, None::<Tensor>, [1, 1], [padding, padding], [1, 1], groups),
+    }
+}
+
+/// A toRGB layer's modulated 1x1 convolution (not demodulated): per picture, its weights
+/// times its styles as a [C_out, C_in] matrix applied to every pixel, as one batched product
+/// that reads the features once, whichever their layout. Returns [N, C_out, H, W] in `x`'s type.
+pub fn modulated_1x1(x: &Tensor, weight: &Tensor, styles: &Tensor) -> Result<Tensor> {
+    let size = x.size();
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let cout = weight.size()[0];
+    let wm = weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)?.f_to_kind(x.kind())?;
+    if is_channels_last(x) {
+        let xv = x.f_permute([0, 2, 3, 1])?.f_view([n, h * w, c])?;
+        xv.f_matmul(&wm.f_transpose(1, 2)?)?.f_view([n, h, w, cout])?.f_permute([0, 3, 1, 2])
+    } else {
+        wm.f_matmul(&x.f_reshape([n, c, h * w])?)?.f_view([n, cout, h, w])
+    }
+}
