@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// cuDNN's autotuner on CUDA (true or false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cudnn_benchmark: bool,
+    /// Fold the upsampling filter into the weights (true or false; default: on CUDA only).
+    #[arg(long, action = clap::ArgAction::Set)]
+    fold_filters: Option<bool>,
     /// After timing, print each synthesis block's milliseconds at the largest batch (waiting
     /// for the device after each block).
     #[arg(long)]
@@ -81,6 +84,7 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
         python: (!a.no_baseline).then(|| python::python(a.python)),
         reference: python::tool("sg2_reference.py"),
         conv_path: a.conv_path,
+        fold_filters: a.fold_filters,
         precision: a.precision,
         cpu_check: !a.no_cpu_check,
     };
@@ -90,6 +94,10 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
         let batch = cfg.batches.iter().copied().max().unwrap_or(1);
         for dir in &cfg.models {
             let mut model = Model::load(dir, device)?;
+            model.set_conv_path(cfg.conv_path);
+            if let Some(fold) = cfg.fold_filters {
+                model.set_fold_filters(fold);
+            }
             if let Some(p) = cfg.precision {
                 model.set_precision(p);
             }
@@ -120,6 +128,8 @@ pub struct BenchConfig {
     pub python: Option<PathBuf>,
     pub reference: PathBuf,
     pub conv_path: ConvPath,
+    /// Fold upsampling filters into the weights (None: the generator's default for its device).
+    pub fold_filters: Option<bool>,
     /// Every model's precision instead of its own setting.
     pub precision: Option<Precision>,
     /// Compare the device's pictures with the CPU's.
@@ -243,6 +253,9 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
     for dir in &cfg.models {
         let mut model = Model::load(dir, cfg.device)?;
         model.set_conv_path(cfg.conv_path);
+        if let Some(fold) = cfg.fold_filters {
+            model.set_fold_filters(fold);
+        }
         if let Some(p) = cfg.precision {
             model.set_precision(p);
         }

@@ -249,7 +249,18 @@ pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: us
         }
         Ok(started.elapsed().as_secs_f64())
     };
-    run(2)?; // warm up
+    // Warm up every batch size the timed run forms (cuDNN's autotuner tunes each the first time).
+    for job in &plan.jobs {
+        let params = plan.job_params(job);
+        let total = requests * params.len();
+        let batch = max_batch.max(1);
+        let mut sizes = vec![total.min(batch)];
+        sizes.extend((total > batch && !total.is_multiple_of(batch)).then_some(total % batch));
+        for size in sizes {
+            let chunk: Vec<_> = params.iter().cycle().take(size).cloned().collect();
+            let _ = job.model.generate(&chunk)?.f_to_device(tch::Device::Cpu)?;
+        }
+    }
     Ok(requests as f64 / run(requests)?)
 }
 

@@ -163,6 +163,14 @@ impl Model {
         }
     }
 
+    /// Whether the native generator folds its upsampling filter into its weights (the default
+    /// on CUDA; TorchScript: no effect).
+    pub fn set_fold_filters(&mut self, fold: bool) {
+        if let Generator::Native(g) = &mut self.generator {
+            g.fold_filters = fold;
+        }
+    }
+
     /// The arithmetic the native generator's synthesis runs in (TorchScript: no effect).
     pub fn set_precision(&mut self, precision: Precision) {
         if let Generator::Native(g) = &mut self.generator {

@@ -59,6 +59,7 @@ struct Key {
     channels_last: bool,
     gain_bits: u64,
     const_noise: bool,
+    folded: bool,
 }
 
 /// Reorders a 4-D tensor's memory to channels-last, keeping its shape.
@@ -119,12 +120,17 @@ impl StyleConv {
         Ok(Self { weight, scaled, sq, sq_scaled, cache: Cache::new() })
     }
 
-    /// The convolution weights in `kind` (transposed for an upsampling layer), the constant
-    /// noise plus bias times the folded gain, and the leaky-ReLU slope, made once per key.
-    fn prepared(&self, key: Key, up: bool, e: &Epilogue) -> Result<Vec<Tensor>> {
+    /// The convolution weights in `kind` (transposed for an upsampling layer, and with the
+    /// filter folded in when `key.folded`), the constant noise plus bias times the folded gain,
+    /// and the leaky-ReLU slope, made once per key.
+    fn prepared(&self, key: Key, up: Option<&Filter>, e: &Epilogue) -> Result<Vec<Tensor>> {
         self.cache.get(key, || {
             let base = if is_half(key.kind) { &self.scaled } else { &self.weight };
-            let mut w = if up { base.f_transpose(0, 1)? } else { base.shallow_clone() };
+            let base = match up {
+                Some(f) if key.folded => fold_filter(base, f)?,
+                _ => base.shallow_clone(),
+            };
+            let mut w = if up.is_some() { base.f_transpose(0, 1)? } else { base };
             w = w.f_to_kind(key.kind)?.f_contiguous()?;
             if key.channels_last {
                 w = to_channels_last(&w)?;
@@ -148,6 +154,10 @@ impl StyleConv {
     /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32. `fused` runs each
     /// sample's own weights as one grouped convolution (NVIDIA's path for single pictures);
     /// otherwise the features are scaled before one shared convolution and after it.
+    /// `fold` lets an upsampling layer convolve once with the filter folded into its weights
+    /// (where the padding allows): four times the multiply-adds of the strided convolution,
+    /// but no depthwise filtering pass, which is the slow part on a GPU.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
@@ -155,6 +165,7 @@ impl StyleConv {
         up: Option<&Filter>,
         padding: i64,
         fused: bool,
+        fold: bool,
         e: &Epilogue,
     ) -> Result<Tensor> {
         let n = x.size()[0];
@@ -169,13 +180,15 @@ impl StyleConv {
         let g = e.folded_gain();
         // Σ_i,taps (w·s_i)² = s² · Σ_taps w², one [N, in] x [in, out] product.
         let d = styles.f_square()?.f_matmul(&sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?.f_mul_scalar(g)?;
+        let folded = fold && !fused && up.is_some_and(|f| folded_padding(f, ws[2], padding).is_some());
         let key = Key {
             kind,
             channels_last: is_channels_last(x),
             gain_bits: g.to_bits(),
             const_noise: e.const_noise.is_some(),
+            folded,
         };
-        let prep = self.prepared(key, up.is_some(), e)?;
+        let prep = self.prepared(key, up, e)?;
         let (w, nb, slope) = (&prep[0], &prep[1], &prep[2]);
         let y = if fused {
             let base = if half { &self.scaled } else { &self.weight };
@@ -197,7 +210,13 @@ impl StyleConv {
             }
         } else {
             let xs = x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?;
-            let y = conv(&xs, w, up, padding, 1, true)?;
+            let y = match up {
+                Some(f) if folded => {
+                    let p = folded_padding(f, ws[2], padding).expect("checked above");
+                    xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?
+                }
+                _ => conv(&xs, w, up, padding, 1, true)?,
+            };
             nb.f_addcmul(&y, &d.f_to_kind(kind)?.f_view([n, cout, 1, 1])?)?
         };
         let mut y = match e.noise {
@@ -219,6 +238,27 @@ impl StyleConv {
         }
         Ok(y)
     }
+}
+
+/// The transposed convolution's padding once the filter is folded into a `k`-tap kernel of a
+/// layer with `padding`: the same footprint as NVIDIA's strided convolution and filter, if
+/// that footprint is symmetric and reachable (it is for 3x3 kernels with the 4-tap filter).
+fn folded_padding(f: &Filter, k: i64, padding: i64) -> Option<i64> {
+    let t = f.taps();
+    let p0 = padding + (t + 1) / 2 - (k - 1);
+    let p1 = padding + (t - 2) / 2 - (k - 2);
+    (p0 == p1 && (0..t).contains(&p0)).then_some(t - 1 - p0)
+}
+
+/// `w` [out, in, k, k] with the upsampling filter folded in: [out, in, k + taps - 1, ...],
+/// each kernel correlated with the filter in full, so that one stride-2 transposed
+/// convolution does what NVIDIA's strided convolution followed by the filter does.
+fn fold_filter(w: &Tensor, f: &Filter) -> Result<Tensor> {
+    let s = w.size();
+    let (t, k) = (f.taps(), s[2]);
+    let taps = f.kernel().f_to_kind(w.kind())?.f_view([1, 1, t, t])?;
+    let flat = w.f_reshape([s[0] * s[1], 1, k, k])?.f_constant_pad_nd([t - 1, t - 1, t - 1, t - 1])?;
+    flat.f_conv2d(&taps, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?.f_reshape([s[0], s[1], k + t - 1, k + t - 1])
 }
 
 /// The convolution itself; `transposed_w` says `w` is already [in, out, k, k] for upsampling.

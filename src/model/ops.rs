@@ -86,6 +86,9 @@ pub struct Filter {
     /// [taps, taps], already flipped (the ops convolve) and scaled by the upsampling gain 4.
     up_kernel: Tensor,
     taps: i64,
+    /// Whether it is StyleGAN2's [1, 3, 3, 1] filter, whose 2x upsampling is bilinear
+    /// interpolation (weights 1/4 and 3/4) of the zero-padded input.
+    bilinear: bool,
     /// Depthwise kernels per (type, channels, transposed), made once.
     kernels: Cache<(Kind, i64, bool)>,
 }
@@ -96,7 +99,22 @@ impl Filter {
         let f2 = if f.dim() == 1 { f.f_outer(f)? } else { f.shallow_clone() };
         let taps = f2.size()[0];
         let up_kernel = f2.f_mul_scalar(4.0)?.f_flip([0, 1])?;
-        Ok(Self { up_kernel, taps, kernels: Cache::new() })
+        let bilinear = taps == 4 && {
+            let g = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 1.0]).f_to_device(f2.device())?;
+            let expected = g.f_outer(&g)?.f_div_scalar(64.0)?;
+            f2.f_to_kind(Kind::Float)?.f_sub(&expected)?.f_abs()?.f_max()?.f_double_value(&[])? < 1e-6
+        };
+        Ok(Self { up_kernel, taps, bilinear, kernels: Cache::new() })
+    }
+
+    pub fn taps(&self) -> i64 {
+        self.taps
+    }
+
+    /// The kernel the filtering correlates with ([taps, taps], gain included), for folding
+    /// into a convolution's weights.
+    pub fn kernel(&self) -> &Tensor {
+        &self.up_kernel
     }
 
     /// The depthwise kernel [ch, 1, taps, taps] in `kind`; `transposed` un-flips it for a
@@ -124,9 +142,17 @@ impl Filter {
     }
 
     /// NVIDIA's `upsample2d`: 2x zero insertion, padding and the filter, with gain 4. Done as
-    /// one depthwise transposed convolution followed by a crop to the same footprint.
-    pub fn upsample2d(&self, x: &Tensor) -> Result<Tensor> {
+    /// one depthwise transposed convolution followed by a crop to the same footprint, or, with
+    /// `bilinear` and the [1, 3, 3, 1] filter, as bilinear interpolation of the input padded
+    /// with one zero (the same numbers; GPUs run depthwise convolutions slowly).
+    pub fn upsample2d(&self, x: &Tensor, bilinear: bool) -> Result<Tensor> {
         let (t, size) = (self.taps, x.size());
+        if bilinear && self.bilinear {
+            let (h, w) = (size[2], size[3]);
+            let padded = x.f_constant_pad_nd([1, 1, 1, 1])?;
+            let up = padded.f_upsample_bilinear2d([2 * h + 4, 2 * w + 4], false, None, None)?;
+            return up.f_narrow(2, 2, 2 * h)?.f_narrow(3, 2, 2 * w);
+        }
         let (ch, h, w) = (size[1], size[2], size[3]);
         let p0 = (t + 1) / 2;
         let p1 = (t - 2) / 2;

@@ -150,7 +150,7 @@ impl StyledLayer {
             gain: self.act.default_gain() * gain,
             clamp: self.clamp.map(|c| c * gain),
         };
-        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, &epilogue)
+        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, pass.fold, &epilogue)
     }
 }
 
@@ -259,7 +259,7 @@ impl Block {
                 let x = if x.kind() != kind || pass.cuda { layout(x.f_to_kind(kind)?)? } else { x };
                 if let Some(skip) = &self.skip {
                     let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
-                    let y = self.filter.upsample2d(&y)?.f_mul_scalar(half)?;
+                    let y = self.filter.upsample2d(&y, pass.fold)?.f_mul_scalar(half)?;
                     let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
                     y.f_add(&self.conv1.forward(&h, &w(1)?, pass, half)?)?
                 } else {
@@ -270,7 +270,7 @@ impl Block {
             _ => unreachable!("a block after the first always receives features"),
         };
         let mut img = match img {
-            Some(i) => Some(self.filter.upsample2d(&i)?),
+            Some(i) => Some(self.filter.upsample2d(&i, pass.fold)?),
             None => None,
         };
         if let Some(torgb) = &self.torgb {
@@ -290,6 +290,8 @@ struct Pass<'a> {
     noise: NoisePlan<'a>,
     fused: bool,
     cuda: bool,
+    /// Fold the upsampling filter into the convolutions and upsample pictures bilinearly.
+    fold: bool,
 }
 
 /// How the modulated convolutions run for a batch.
@@ -299,7 +301,9 @@ pub enum ConvPath {
     Fused,
     /// One shared convolution between activation scalings.
     Unfused,
-    /// Unfused on CPU; on CUDA fused for a single image, unfused for batches.
+    /// Unfused: measured faster on the CPU, and on CUDA it lets the upsampling filter fold
+    /// into the shared weights (a 1024 px config-F generator on one H200, batch 1: see
+    /// docs/performance.md).
     Auto,
 }
 
@@ -323,6 +327,10 @@ pub struct StyleGan2 {
     device: Device,
     pub conv_path: ConvPath,
     pub precision: Precision,
+    /// Whether upsampling layers fold the FIR filter into their weights and pictures upsample
+    /// bilinearly (the same numbers): on CUDA, where depthwise filtering is slow; not on the
+    /// CPU, where the folded kernels' four times the multiply-adds cost more than they save.
+    pub fold_filters: bool,
 }
 
 // SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
@@ -341,7 +349,16 @@ impl StyleGan2 {
             .map(|res| Block::new(&settings, &mut weights, res))
             .collect::<Result<_>>()?;
         let num_ws = settings.num_ws();
-        Ok(Self { settings, mapping, blocks, num_ws, device, conv_path: ConvPath::Auto, precision: Precision::Auto })
+        Ok(Self {
+            settings,
+            mapping,
+            blocks,
+            num_ws,
+            device,
+            conv_path: ConvPath::Auto,
+            precision: Precision::Auto,
+            fold_filters: device.is_cuda(),
+        })
     }
 
     pub fn num_ws(&self) -> i64 {
@@ -412,14 +429,8 @@ impl StyleGan2 {
         precision: Precision,
         after_block: &mut dyn FnMut(i64),
     ) -> Result<Tensor> {
-        let n = ws.size()[0];
-        let on_cpu = self.device == Device::Cpu;
-        let fused = match self.conv_path {
-            ConvPath::Fused => true,
-            ConvPath::Unfused => false,
-            ConvPath::Auto => n == 1 && !on_cpu,
-        };
-        let pass = Pass { noise, fused, cuda: self.device.is_cuda() };
+        let fused = self.conv_path == ConvPath::Fused;
+        let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold: self.fold_filters };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
         for (block, res) in self.blocks.iter().zip(self.settings.block_resolutions()) {

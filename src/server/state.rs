@@ -135,10 +135,18 @@ impl AppState {
         let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
         let lanes = runners::lanes(&registry, defaults);
         let batcher = Batcher::start(lanes, c.queue_capacity, self.cpu_slots.clone(), self.metrics.clone());
+        // With cuDNN's autotuner each batch size is tuned the first time it runs; on CUDA every
+        // size the batcher can form is run once here, so no request pays for it.
+        let sizes: Vec<usize> = if self.device.is_cuda() && c.cudnn_benchmark && c.warmup_iterations > 0 {
+            (1..=c.max_batch.max(1)).collect()
+        } else {
+            vec![1; c.warmup_iterations]
+        };
         for m in registry.iter() {
             let warmup = |source| EngineError::Warmup { model: m.name().to_string(), source };
-            for _ in 0..c.warmup_iterations {
-                let rx = batcher.submit(m.name(), vec![m.default_params(0)]).map_err(warmup)?;
+            for &size in &sizes {
+                let params = (0..size as u32).map(|s| m.default_params(s)).collect();
+                let rx = batcher.submit(m.name(), params).map_err(warmup)?;
                 rx.blocking_recv().map_err(|_| warmup(BatchError::Stopped(m.name().into())))?.map_err(warmup)?;
             }
         }

@@ -1,6 +1,8 @@
 //! Encoding: pixel tensors out of the generator or compositor into PNG, JPEG or WebP bytes.
 //! It never runs a model.
 
+mod png;
+
 use std::path::Path;
 
 use image::{ExtendedColorType, ImageEncoder};
@@ -75,6 +77,9 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
     Ok((out, w as u32, h as u32, c as u8))
 }
 
+/// From this many bytes of pixels (1024 x 1024 RGB) PNGs are made on several threads.
+const PARALLEL_PNG_BYTES: usize = 1024 * 1024 * 3;
+
 /// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4).
 pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> Result<Vec<u8>, EncodeError> {
     let c = channels;
@@ -86,6 +91,11 @@ pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> 
     let mut out = Vec::new();
     match format {
         // Fast deflate: a model server's pictures are made to be sent, not archived.
+        // Large pictures: filtered and deflated in strips on every core.
+        Format::Png if data.len() >= PARALLEL_PNG_BYTES => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            out = png::encode(data, w, h, c, threads);
+        }
         Format::Png => image::codecs::png::PngEncoder::new_with_quality(
             &mut out,
             image::codecs::png::CompressionType::Fast,
