@@ -3,7 +3,7 @@
 WITH_TORCH := scripts/with-torch
 OUT ?= out
 
-.PHONY: run test lint build bench setup clean samples
+.PHONY: run test container-test lint build bench setup clean samples
 
 setup:
 	@scripts/setup-torch >/dev/null
@@ -31,6 +31,12 @@ samples: build
 # The house style first (formatter, then clippy with warnings as errors), then every test.
 test: setup lint
 	MIXGAN_TOOLS=$$(scripts/setup-test-tools) $(WITH_TORCH) cargo test --release
+
+# The container test on its own, installing Podman and its companions first (needs root or
+# sudo and Debian's apt); `make test` runs it too wherever Podman is installed.
+container-test: setup
+	scripts/setup-container-tools --install > /dev/null
+	MIXGAN_REQUIRE_CONTAINER=1 $(WITH_TORCH) cargo test --release --test container -- --nocapture
 
 lint: setup
 	cargo fmt --check

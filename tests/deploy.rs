@@ -59,6 +59,21 @@ fn every_path_port_and_metric_named_exists_in_the_server() {
     let dockerfile = read("docker/Dockerfile");
     assert!(dockerfile.contains("EXPOSE 8080") && dockerfile.contains("\"0.0.0.0:8080\""));
     assert!(dockerfile.contains("http://127.0.0.1:8080/healthz"));
+    // The pod runs the image as tests/container.rs runs it: Kubernetes' `args` replace the
+    // image's CMD whole, as the same user, with a read-only root file system.
+    let cmd = r#"CMD ["serve", "--addr", "0.0.0.0:8080", "--models", "/app/models"]"#;
+    assert_eq!(dockerfile.matches(cmd).count(), 2, "both runtime targets end with {cmd}");
+    assert_eq!(dockerfile.matches(r#"ENTRYPOINT ["mixgan"]"#).count(), 2);
+    assert!(deployment.contains(r#"args: ["serve", "--addr", "0.0.0.0:8080", "--models", "/app/models"]"#));
+    assert_eq!(dockerfile.matches("USER 10001:10001").count(), 2);
+    assert_eq!(values(&deployment, "runAsUser:"), vec!["10001"]);
+    assert_eq!(values(&deployment, "runAsGroup:"), vec!["10001"]);
+    assert_eq!(values(&deployment, "readOnlyRootFilesystem:"), vec!["true"]);
+    assert!(deployment.contains("mountPath: /tmp"));
+    let container_test = read("tests/container.rs");
+    for flag in ["\"--read-only\"", "\"/tmp\"", "\"ALL\"", "MIXGAN_GRACE_PERIOD_S=30"] {
+        assert!(container_test.contains(flag), "the container test runs the image with {flag}");
+    }
     assert!(read("docker/compose.yaml").contains("\"8080:8080\""));
     let metrics = mixgan::server::metrics::Metrics::new();
     metrics.register_model("face");

@@ -9,6 +9,7 @@ pub mod flood;
 mod generate;
 mod import;
 pub mod loadtest;
+mod probe;
 pub mod python;
 mod render;
 pub mod seeds;
@@ -41,6 +42,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Find faces (or what a Haar cascade finds) in a picture.
     Detect(detect::DetectArgs),
+    /// Ask a server's /healthz (or any URL): exit 0 on 200, 1 otherwise. For health checks.
+    Probe(probe::ProbeArgs),
 }
 
 /// Parses the arguments, runs the sub-command, and prints its error (with its causes).
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Loadtest(a) => loadtest::run_command(a),
         Command::Import(a) => import::run(a),
         Command::Detect(a) => detect::run(a),
+        Command::Probe(a) => probe::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,11 +103,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Err(e) => tracing::error!("{e}"),
     }
-    if tokio::time::timeout(grace, server).await.is_err() {
+    // The grace period is for the requests in flight. Idle keep-alive connections (a client's
+    // gRPC channel stays open) must not hold the exit: once nothing is in flight the answers
+    // get LINGER to be written and the connections to close, then the process ends.
+    let mut server = server;
+    let drained = async {
+        while !state.nothing_in_flight() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = tokio::time::timeout(LINGER, &mut server).await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("grace period over with requests still in flight");
     }
     reason.map(|_| ())
 }
+
+/// How long the server waits, once no request is in flight, for answers to be written and
+/// connections to close before it exits.
+const LINGER: Duration = Duration::from_secs(2);
 
 async fn shutdown_signal() -> &'static str {
     let ctrl_c = async {

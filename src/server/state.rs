@@ -96,6 +96,11 @@ impl AppState {
         self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// Whether no compose request (of either API) is in flight.
+    pub(super) fn nothing_in_flight(&self) -> bool {
+        self.admitted.available_permits() == self.config.max_in_flight
+    }
+
     pub(super) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.metrics.ready.set(0);

@@ -39,7 +39,7 @@ pub fn agent(timeout: Option<Duration>) -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into()
 }
 
-fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+pub fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut r = r.expect("an HTTP answer");
     let headers = r.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
     let status = r.status().as_u16();
