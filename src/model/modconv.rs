@@ -14,43 +14,12 @@
 //! The arithmetic is NVIDIA's up to float rounding (tests/generator_reference.rs and
 //! tests/precision.rs hold it to that). Stateless apart from those caches.
 
-use std::sync::Mutex;
-
 use tch::{Kind, TchError, Tensor};
 
-use super::ops::{activate, conv2d_up2, is_half, Filter};
+use super::ops::{activate, conv2d_up2, is_half, Cache, Filter};
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
-
-/// Tensors made once per key (a compute type, a layout, a gain) and reused by every forward
-/// pass. Keys are few, so a list does.
-pub struct Cache<K> {
-    entries: Mutex<Vec<(K, Vec<Tensor>)>>,
-}
-
-impl<K: PartialEq + Copy> Cache<K> {
-    pub fn new() -> Self {
-        Self { entries: Mutex::new(Vec::new()) }
-    }
-
-    pub fn get(&self, key: K, make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, v)) = entries.iter().find(|(k, _)| *k == key) {
-            return Ok(v.iter().map(Tensor::shallow_clone).collect());
-        }
-        // Made without a graph: these are constants, also inside a projection's search.
-        let v = tch::no_grad(make)?;
-        entries.push((key, v.iter().map(Tensor::shallow_clone).collect()));
-        Ok(v)
-    }
-}
-
-impl<K: PartialEq + Copy> Default for Cache<K> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Features in `kind`, channels-last or not: what a layer's constants are prepared for.
 #[derive(Clone, Copy, PartialEq)]

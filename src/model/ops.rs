@@ -1,11 +1,14 @@
 //! The tensor operations StyleGAN2 is built from: bias + activation with gain and clamp,
-//! FIR resampling, and modulated convolution. Each follows the arithmetic of NVIDIA's
+//! dense layers, FIR resampling and the upsampling convolution (modulated convolution is in
+//! `modconv`). Each follows the arithmetic of NVIDIA's
 //! reference ops (`bias_act`, `upfirdn2d`, `conv2d_resample`) in the same order, so results
-//! agree to float rounding. Stateless: weights come in as arguments.
+//! agree to float rounding. Weights come in as arguments; what is kept is derived constants
+//! (a filter's kernels per type), made once.
+
+use std::sync::Mutex;
 
 use tch::{Kind, TchError, Tensor};
 
-use super::modconv::Cache;
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -79,6 +82,35 @@ impl Dense {
 pub fn normalize_2nd_moment(x: &Tensor) -> Result<Tensor> {
     let ms = x.f_square()?.f_mean_dim(1, true, Kind::Float)?;
     x.f_mul(&ms.f_add_scalar(1e-8)?.f_rsqrt()?)
+}
+
+/// Tensors made once per key (a compute type, a layout, a gain) and reused by every forward
+/// pass. Keys are few, so a list does.
+pub struct Cache<K> {
+    entries: Mutex<Vec<(K, Vec<Tensor>)>>,
+}
+
+impl<K: PartialEq + Copy> Cache<K> {
+    pub fn new() -> Self {
+        Self { entries: Mutex::new(Vec::new()) }
+    }
+
+    pub fn get(&self, key: K, make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, v)) = entries.iter().find(|(k, _)| *k == key) {
+            return Ok(v.iter().map(Tensor::shallow_clone).collect());
+        }
+        // Made without a graph: these are constants, also inside a projection's search.
+        let v = tch::no_grad(make)?;
+        entries.push((key, v.iter().map(Tensor::shallow_clone).collect()));
+        Ok(v)
+    }
+}
+
+impl<K: PartialEq + Copy> Default for Cache<K> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A FIR filter prepared for resampling: the 2-D kernel, normalised to unit sum.
