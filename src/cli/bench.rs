@@ -93,16 +93,8 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
     if a.profile_blocks {
         let batch = cfg.batches.iter().copied().max().unwrap_or(1);
         for dir in &cfg.models {
-            let mut model = Model::load(dir, device)?;
-            model.set_conv_path(cfg.conv_path);
-            if let Some(fold) = cfg.fold_filters {
-                model.set_fold_filters(fold);
-            }
-            if let Some(p) = cfg.precision {
-                model.set_precision(p);
-            }
-            let params: Vec<GenerationParams> =
-                (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
+            let model = load(dir, &cfg)?;
+            let params = timing_params(&model, batch);
             // The first pass tunes and warms; the third is printed.
             let mut blocks = None;
             for _ in 0..3 {
@@ -164,9 +156,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A model as the benchmark runs it: its convolution path, filter folding and precision.
+fn load(dir: &std::path::Path, cfg: &BenchConfig) -> Result<Model, ModelError> {
+    let mut model = Model::load(dir, cfg.device)?;
+    model.set_conv_path(cfg.conv_path);
+    if let Some(fold) = cfg.fold_filters {
+        model.set_fold_filters(fold);
+    }
+    if let Some(p) = cfg.precision {
+        model.set_precision(p);
+    }
+    Ok(model)
+}
+
+/// The timed batch: seeds 0.. at truncation 0.7.
+fn timing_params(model: &Model, batch: usize) -> Vec<GenerationParams> {
+    (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect()
+}
+
 fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, ModelError> {
-    let params: Vec<GenerationParams> =
-        (0..batch as u32).map(|s| GenerationParams { trunc: 0.7, ..model.default_params(s) }).collect();
+    let params = timing_params(model, batch);
     let run = || -> Result<f64, ModelError> {
         let t0 = Instant::now();
         let _pixels = to_pixels(&model.generate(&params)?)?;
@@ -254,14 +263,7 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
     tch::set_num_threads(cfg.threads as i32);
     let mut rows = Vec::new();
     for dir in &cfg.models {
-        let mut model = Model::load(dir, cfg.device)?;
-        model.set_conv_path(cfg.conv_path);
-        if let Some(fold) = cfg.fold_filters {
-            model.set_fold_filters(fold);
-        }
-        if let Some(p) = cfg.precision {
-            model.set_precision(p);
-        }
+        let mut model = load(dir, cfg)?;
         let mut ours = Vec::new();
         for &b in &cfg.batches {
             ours.push(time_mixgan(&model, b, cfg)?);

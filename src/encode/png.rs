@@ -24,27 +24,21 @@ pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<
         (deflate(&filtered, i == last), filtered)
     };
     let threads = threads.clamp(1, strips.len());
-    let mut done: Vec<Option<(Vec<u8>, Vec<u8>)>> = (0..strips.len()).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let chunk = strips.len().div_ceil(threads);
+    let per_thread = strips.len().div_ceil(threads);
+    // Each thread takes a run of strips; joining in order keeps the strips in order.
+    let done: Vec<(Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..strips.len())
-            .step_by(chunk)
+            .step_by(per_thread)
             .map(|start| {
                 let work = &work;
-                scope.spawn(move || (start..(start + chunk).min(strips.len())).map(work).collect::<Vec<_>>())
+                scope.spawn(move || (start..(start + per_thread).min(strips.len())).map(work).collect::<Vec<_>>())
             })
             .collect();
-        let mut i = 0;
-        for handle in handles {
-            for part in handle.join().expect("a PNG strip's thread panicked") {
-                done[i] = Some(part);
-                i += 1;
-            }
-        }
+        handles.into_iter().flat_map(|h| h.join().expect("a PNG strip's thread panicked")).collect()
     });
     let mut adler = simd_adler32::Adler32::new();
     let mut idat = vec![0x78, 0x01];
-    for (deflated, filtered) in done.into_iter().flatten() {
+    for (deflated, filtered) in done {
         adler.write(&filtered);
         idat.extend_from_slice(&deflated);
     }

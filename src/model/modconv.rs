@@ -149,13 +149,14 @@ impl StyleConv {
         let g = e.folded_gain();
         // Σ_i,taps (w·s_i)² = s² · Σ_taps w², one [N, in] x [in, out] product.
         let d = styles.f_square()?.f_matmul(&sq.f_tr()?)?.f_add_scalar(1e-8)?.f_rsqrt()?.f_mul_scalar(g)?;
-        let folded = fold && !fused && up.is_some_and(|f| folded_padding(f, ws[2], padding).is_some());
+        // The transposed convolution's padding when the filter is folded into the weights.
+        let fold_pad = if fold && !fused { up.and_then(|f| folded_padding(f, ws[2], padding)) } else { None };
         let key = Key {
             kind,
             channels_last: is_channels_last(x),
             gain_bits: g.to_bits(),
             const_noise: e.const_noise.is_some(),
-            folded,
+            folded: fold_pad.is_some(),
         };
         let prep = self.prepared(key, up, e)?;
         let (w, nb, slope) = (&prep[0], &prep[1], &prep[2]);
@@ -179,12 +180,9 @@ impl StyleConv {
             }
         } else {
             let xs = x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?;
-            let y = match up {
-                Some(f) if folded => {
-                    let p = folded_padding(f, ws[2], padding).expect("checked above");
-                    xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?
-                }
-                _ => conv(&xs, w, up, padding, 1, true)?,
+            let y = match fold_pad {
+                Some(p) => xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?,
+                None => conv(&xs, w, up, padding, 1, true)?,
             };
             nb.f_addcmul(&y, &d.f_to_kind(kind)?.f_view([n, cout, 1, 1])?)?
         };
