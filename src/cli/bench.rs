@@ -90,6 +90,12 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
     };
     let rows = run(&cfg, |w| eprintln!("warning: {w}"))?;
     say(&format_table(&rows, device, threads));
+    if device.is_cuda() {
+        match crate::model::kernels::state(device) {
+            Ok(_) => say("the generator's CUDA kernels: on\n"),
+            Err(e) => say(&format!("the generator's CUDA kernels: off ({e})\n")),
+        }
+    }
     if a.profile_blocks {
         let batch = cfg.batches.iter().copied().max().unwrap_or(1);
         for dir in &cfg.models {
@@ -100,10 +106,17 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
             for _ in 0..3 {
                 blocks = model.profile_blocks(&params)?;
             }
+            for b in [1, batch] {
+                let (queued, done) = queue_time(&model, b)?;
+                say(&format!(
+                    "{} at batch {b}: the host queued the pass in {queued:.2} ms, the device finished it at {done:.2} ms\n",
+                    model.name()
+                ));
+            }
             let Some(blocks) = blocks else { continue };
             let total: f64 = blocks.iter().map(|b| b.1).sum();
             let line: Vec<String> = blocks.iter().map(|(r, ms)| format!("{r}: {ms:.2}")).collect();
-            say(&format!("{} blocks at batch {batch}, ms: {} (sum {total:.2})", model.name(), line.join(", ")));
+            say(&format!("{} blocks at batch {batch}, ms: {} (sum {total:.2})\n", model.name(), line.join(", ")));
         }
     }
     Ok(())
@@ -186,6 +199,27 @@ fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, Mo
     }
     let times = (0..cfg.iters.max(1)).map(|_| run()).collect::<Result<Vec<_>, _>>()?;
     Ok(median(times))
+}
+
+/// Milliseconds until `generate` returns (the host has queued every operation) and until the
+/// device has finished them, median of five: which of the two bounds a batch.
+fn queue_time(model: &Model, batch: usize) -> Result<(f64, f64), ModelError> {
+    let params = timing_params(model, batch);
+    let sync = || {
+        if let Device::Cuda(i) = model.generator.device() {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let (mut queued, mut done) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        sync();
+        let t0 = Instant::now();
+        let _img = model.generate(&params)?;
+        queued.push(t0.elapsed().as_secs_f64() * 1e3);
+        sync();
+        done.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(queued), median(done)))
 }
 
 /// Seeds 0-3 at truncation 0.7 with constant noise: what tools/nvidia_bench.py compares too.

@@ -3,6 +3,7 @@
 //! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
 
 pub mod device;
+pub mod kernels;
 pub mod modconv;
 pub mod ops;
 pub mod precision;
@@ -410,7 +411,7 @@ pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
         // Into page-locked memory (libtorch caches such buffers), which the GPU copies into
         // several times faster than into ordinary memory.
         device @ Device::Cuda(_) => {
-            match Tensor::f_empty(pixels.size(), (Kind::Uint8, Device::Cpu))?.f_pin_memory(device) {
+            match Tensor::f_empty(pixels.size(), (Kind::Uint8, Device::Cpu))?.f_internal_pin_memory(device) {
                 Ok(mut host) => {
                     host.f_copy_(&pixels)?;
                     Ok(host)

@@ -16,6 +16,7 @@
 
 use tch::{Kind, TchError, Tensor};
 
+use super::kernels::Kernels;
 use super::ops::{activate, conv2d_up2, is_half, Cache, Filter};
 use super::spec::Activation;
 
@@ -125,7 +126,8 @@ impl StyleConv {
     /// otherwise the features are scaled before one shared convolution and after it.
     /// `fold` lets an upsampling layer convolve once with the filter folded into its weights
     /// (where the padding allows): four times the multiply-adds of the strided convolution,
-    /// but no depthwise filtering pass, which is the slow part on a GPU.
+    /// but no depthwise filtering pass, which is the slow part on a GPU. `kernels` (CUDA, no
+    /// autograd) do the unfused path's style scaling and epilogue in one pass each.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -135,6 +137,7 @@ impl StyleConv {
         padding: i64,
         fused: bool,
         fold: bool,
+        kernels: Option<&Kernels>,
         e: &Epilogue,
     ) -> Result<Tensor> {
         let n = x.size()[0];
@@ -179,11 +182,28 @@ impl StyleConv {
                 y
             }
         } else {
-            let xs = x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?;
+            let xs = match kernels {
+                Some(k) => k.scale(x, &styles)?,
+                None => None,
+            };
+            let xs = match xs {
+                Some(xs) => xs,
+                None => x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?,
+            };
             let y = match fold_pad {
                 Some(p) => xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?,
                 None => conv(&xs, w, up, padding, 1, true)?,
             };
+            let slope = match e.act {
+                Activation::Lrelu => Some(0.2),
+                Activation::Linear => Some(1.0),
+                _ => None,
+            };
+            if let (Some(k), Some(slope)) = (kernels, slope) {
+                if k.epilogue(&y, &d, nb, e.noise, g, slope, e.clamp)? {
+                    return Ok(y);
+                }
+            }
             nb.f_addcmul(&y, &d.f_to_kind(kind)?.f_view([n, cout, 1, 1])?)?
         };
         let mut y = match e.noise {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::kernels::{self, Kernels};
 use super::modconv::{modulated_1x1, Epilogue, StyleConv};
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
@@ -150,7 +151,7 @@ impl StyledLayer {
             gain: self.act.default_gain() * gain,
             clamp: self.clamp.map(|c| c * gain),
         };
-        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, pass.fold, &epilogue)
+        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, pass.fold, pass.kernels, &epilogue)
     }
 }
 
@@ -177,10 +178,26 @@ impl ToRgb {
         })
     }
 
-    /// The block's contribution to the picture, in float32 whatever the features' type.
-    fn forward(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    /// The picture so far (`prev`, upsampled) plus the block's contribution, in float32 whatever
+    /// the features' type.
+    fn forward(&self, x: &Tensor, w: &Tensor, prev: Option<&Tensor>, kernels: Option<&Kernels>) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
-        let y = modulated_1x1(x, &self.weight, &styles)?;
+        if let Some(k) = kernels {
+            let (n, c, cout) = (x.size()[0], x.size()[1], self.weight.size()[0]);
+            let wm = self.weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)?;
+            if let Some(img) = k.to_rgb(x, &wm, &self.bias, self.clamp, prev)? {
+                return Ok(img);
+            }
+        }
+        let y = self.contribution(x, &styles)?;
+        match prev {
+            Some(p) => p.f_add(&y),
+            None => Ok(y),
+        }
+    }
+
+    fn contribution(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
+        let y = modulated_1x1(x, &self.weight, styles)?;
         let y = bias_act(&y, Some(&self.bias.f_to_kind(y.kind())?), Activation::Linear, 1.0, self.clamp)?;
         if is_half(y.kind()) {
             y.f_to_kind(Kind::Float)?.f_contiguous()
@@ -274,11 +291,7 @@ impl Block {
             None => None,
         };
         if let Some(torgb) = &self.torgb {
-            let y = torgb.forward(&x, &w(self.num_conv)?)?;
-            img = Some(match img {
-                Some(i) => i.f_add(&y)?,
-                None => y,
-            });
+            img = Some(torgb.forward(&x, &w(self.num_conv)?, img.as_ref(), pass.kernels)?);
         }
         Ok((x, img))
     }
@@ -292,6 +305,8 @@ struct Pass<'a> {
     cuda: bool,
     /// Fold the upsampling filter into the convolutions and upsample pictures bilinearly.
     fold: bool,
+    /// The generator's own CUDA kernels, where they load and no gradient is recorded.
+    kernels: Option<&'static Kernels>,
 }
 
 /// How the modulated convolutions run for a batch.
@@ -389,12 +404,12 @@ impl StyleGan2 {
     /// computed in the generator's `precision`.
     pub fn synthesis(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        self.run(ws, noise, self.precision)
+        self.run(ws, noise, self.precision, false)
     }
 
     /// `synthesis` in float32, recording the autograd graph (for projection).
     pub fn synthesis_graph(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
-        self.run(ws, noise, Precision::Fp32)
+        self.run(ws, noise, Precision::Fp32, true)
     }
 
     /// Milliseconds each block of one `synthesis` takes, waiting for the device after each
@@ -409,7 +424,7 @@ impl StyleGan2 {
         };
         sync();
         let mut t0 = std::time::Instant::now();
-        let _img = self.run_observed(ws, noise, self.precision, &mut |res| {
+        let _img = self.run_observed(ws, noise, self.precision, false, &mut |res| {
             sync();
             times.push((res, t0.elapsed().as_secs_f64() * 1e3));
             t0 = std::time::Instant::now();
@@ -417,8 +432,8 @@ impl StyleGan2 {
         Ok(times)
     }
 
-    fn run(&self, ws: &Tensor, noise: NoisePlan, precision: Precision) -> Result<Tensor> {
-        self.run_observed(ws, noise, precision, &mut |_| {})
+    fn run(&self, ws: &Tensor, noise: NoisePlan, precision: Precision, graph: bool) -> Result<Tensor> {
+        self.run_observed(ws, noise, precision, graph, &mut |_| {})
     }
 
     /// The synthesis; `after_block(res)` is called as each block has been queued.
@@ -427,10 +442,13 @@ impl StyleGan2 {
         ws: &Tensor,
         noise: NoisePlan,
         precision: Precision,
+        graph: bool,
         after_block: &mut dyn FnMut(i64),
     ) -> Result<Tensor> {
         let fused = self.conv_path == ConvPath::Fused;
-        let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold: self.fold_filters };
+        // Autograd cannot see through the kernels: the recorded pass keeps tensor ops.
+        let kernels = if graph { None } else { kernels::for_device(self.device) };
+        let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold: self.fold_filters, kernels };
         let (mut x, mut img) = (None, None);
         let mut idx = 0;
         for (block, res) in self.blocks.iter().zip(self.settings.block_resolutions()) {

@@ -1,0 +1,169 @@
+// The generator's element-wise kernels (see kernels.rs), compiled at run time by NVRTC with no
+// headers. Each element-wise thread takes 8 neighbours in memory: 8 channels of one pixel when
+// the features are channels-last (NHWC), 8 pixels of one channel otherwise (NCHW). Arithmetic
+// is in float32 whatever the storage type; each value is rounded once, when stored.
+
+typedef unsigned short u16;
+struct f16 { u16 x; };
+struct bf16 { u16 x; };
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(f16 v) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+  return f;
+}
+__device__ __forceinline__ float ld(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+
+template <typename T> __device__ __forceinline__ T st(float f);
+template <> __device__ __forceinline__ float st<float>(float f) { return f; }
+template <> __device__ __forceinline__ f16 st<f16>(float f) {
+  f16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.x) : "f"(f));
+  return h;
+}
+template <> __device__ __forceinline__ bf16 st<bf16>(float f) {
+  // Round to nearest even; NaN stays NaN.
+  unsigned u = __float_as_uint(f);
+  bf16 h;
+  h.x = (u & 0x7fffffffu) > 0x7f800000u ? (u16)0x7fc0 : (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  return h;
+}
+
+// Eight values, moved as 16-byte words.
+template <typename T> union Pack {
+  uint4 words[sizeof(T) / 2];
+  T v[8];
+};
+template <typename T> __device__ __forceinline__ void load8(const T* p, Pack<T>& r) {
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int k = 0; k < (int)(sizeof(T) / 2); ++k) r.words[k] = q[k];
+}
+template <typename T> __device__ __forceinline__ void store8(T* p, const Pack<T>& r) {
+  uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int k = 0; k < (int)(sizeof(T) / 2); ++k) q[k] = r.words[k];
+}
+
+// Where element i sits: sample n, channel c, pixel p.
+struct Place { long long n, c, p; };
+__device__ __forceinline__ Place place(long long i, long long C, long long HW, int cl) {
+  Place at;
+  if (cl) {
+    at.c = i % C;
+    long long q = i / C;
+    at.p = q % HW;
+    at.n = q / HW;
+  } else {
+    at.p = i % HW;
+    long long q = i / HW;
+    at.c = q % C;
+    at.n = q / C;
+  }
+  return at;
+}
+
+// y = clamp(lrelu(y * d[n, c] + nb + noise[n, p] * noise_gain)), in place. nb_mode 1: nb[c];
+// 2: nb[c, p] in y's layout. slope 1 is no activation; clampv infinity, no clamp.
+template <typename T>
+__device__ void epilogue(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
+                         float slope, float clampv, long long C, long long HW, long long total, int cl) {
+  long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i >= total) return;
+  Place at = place(i, C, HW, cl);
+  Pack<T> v;
+  load8(y + i, v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    long long c = cl ? at.c + j : at.c;
+    long long p = cl ? at.p : at.p + j;
+    float a = ld(v.v[j]) * d[at.n * C + c];
+    if (nb_mode == 1) a += ld(nb[c]);
+    else if (nb_mode == 2) a += ld(nb[cl ? p * C + c : c * HW + p]);
+    if (noise) a += noise[at.n * HW + p] * noise_gain;
+    if (a < 0.f) a *= slope;
+    a = fminf(fmaxf(a, -clampv), clampv);
+    v.v[j] = st<T>(a);
+  }
+  store8(y + i, v);
+}
+
+// out = x * s[n, c].
+template <typename T>
+__device__ void scale(const T* x, const float* s, T* out, long long C, long long HW, long long total, int cl) {
+  long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i >= total) return;
+  Place at = place(i, C, HW, cl);
+  Pack<T> v;
+  load8(x + i, v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    long long c = cl ? at.c + j : at.c;
+    v.v[j] = st<T>(ld(v.v[j]) * s[at.n * C + c]);
+  }
+  store8(out + i, v);
+}
+
+// One thread per pixel: out[n, o, p] = prev[n, o, p] + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
+// float32 NCHW out; O <= 4. prev may be out itself, or null.
+template <typename T>
+__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, float* out,
+                       long long C, long long HW, long long pixels, int O, int cl) {
+  long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= pixels) return;
+  long long n = idx / HW, p = idx % HW;
+  const float* w = wm + n * O * C;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (cl) {
+    const T* xp = x + idx * C;
+    for (long long c = 0; c < C; c += 8) {
+      Pack<T> v;
+      load8(xp + c, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float xv = ld(v.v[j]);
+#pragma unroll
+        for (int o = 0; o < 4; ++o)
+          if (o < O) acc[o] += xv * w[o * C + c + j];
+      }
+    }
+  } else {
+    const T* xp = x + n * C * HW + p;
+    for (long long c = 0; c < C; ++c) {
+      float xv = ld(xp[c * HW]);
+#pragma unroll
+      for (int o = 0; o < 4; ++o)
+        if (o < O) acc[o] += xv * w[o * C + c];
+    }
+  }
+#pragma unroll
+  for (int o = 0; o < 4; ++o) {
+    if (o < O) {
+      long long k = (n * O + o) * HW + p;
+      float a = fminf(fmaxf(acc[o] + bias[o], -clampv), clampv);
+      out[k] = prev ? prev[k] + a : a;
+    }
+  }
+}
+
+#define MIXGAN_KERNELS(T, SUFFIX)                                                                          \
+  extern "C" __global__ void epilogue_##SUFFIX(T* y, const float* d, const T* nb, int nb_mode,             \
+                                               const float* noise, float noise_gain, float slope,         \
+                                               float clampv, long long C, long long HW, long long total,  \
+                                               int cl) {                                                  \
+    epilogue<T>(y, d, nb, nb_mode, noise, noise_gain, slope, clampv, C, HW, total, cl);                   \
+  }                                                                                                        \
+  extern "C" __global__ void scale_##SUFFIX(const T* x, const float* s, T* out, long long C, long long HW, \
+                                            long long total, int cl) {                                    \
+    scale<T>(x, s, out, C, HW, total, cl);                                                                 \
+  }                                                                                                        \
+  extern "C" __global__ void to_rgb_##SUFFIX(const T* x, const float* wm, const float* bias, float clampv, \
+                                             const float* prev, float* out, long long C, long long HW,    \
+                                             long long pixels, int O, int cl) {                           \
+    to_rgb<T>(x, wm, bias, clampv, prev, out, C, HW, pixels, O, cl);                                       \
+  }
+
+MIXGAN_KERNELS(float, f32)
+MIXGAN_KERNELS(f16, f16)
+MIXGAN_KERNELS(bf16, bf16)

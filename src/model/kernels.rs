@@ -1,0 +1,566 @@
+//! The generator's own CUDA kernels, for the passes libtorch would split into several
+//! broadcasting element-wise kernels: a layer's style scaling, its epilogue (demodulation,
+//! noise and bias, leaky ReLU, clamp) and a toRGB layer with the picture's skip sum. At 1024 px
+//! those passes are bytes-bound, and libtorch's broadcasting kernels move about a third of
+//! what the memory can; each of these reads and writes its features once.
+//!
+//! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
+//! hand and launched through the CUDA driver on libtorch's default stream, so they queue in
+//! order with its kernels. Both libraries are opened at run time: a CPU-only machine, or one
+//! where either is missing or the compile fails, gets `None` and the caller keeps its tensor
+//! ops. This module owns no model state and does not decide when to use a kernel; it only
+//! says which tensors it can take (dense NCHW or NHWC, 16-byte aligned).
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use libloading::Library;
+use tch::{Device, Kind, TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+type CuResult = c_int;
+type Ctx = *mut c_void;
+type Func = *mut c_void;
+
+const SOURCE: &str = include_str!("kernels.cu");
+const THREADS: u32 = 256;
+/// Elements per thread in the element-wise kernels (16 bytes of half precision).
+const VEC: i64 = 8;
+
+/// The CUDA driver's entry points used here.
+struct Driver {
+    _lib: Library,
+    cu_init: unsafe extern "C" fn(c_uint) -> CuResult,
+    cu_device_get: unsafe extern "C" fn(*mut c_int, c_int) -> CuResult,
+    cu_device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult,
+    cu_primary_ctx_retain: unsafe extern "C" fn(*mut Ctx, c_int) -> CuResult,
+    cu_ctx_push: unsafe extern "C" fn(Ctx) -> CuResult,
+    cu_ctx_pop: unsafe extern "C" fn(*mut Ctx) -> CuResult,
+    cu_module_load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CuResult,
+    cu_module_get_function: unsafe extern "C" fn(*mut Func, *mut c_void, *const c_char) -> CuResult,
+    #[allow(clippy::type_complexity)]
+    cu_launch_kernel: unsafe extern "C" fn(
+        Func,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> CuResult,
+}
+
+/// NVRTC's entry points used here.
+struct Nvrtc {
+    _lib: Library,
+    /// NVRTC opens its builtins by soname; where NVRTC itself was found by path they are
+    /// opened first from beside it.
+    _builtins: Option<Library>,
+    create: unsafe extern "C" fn(
+        *mut *mut c_void,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> c_int,
+    compile: unsafe extern "C" fn(*mut c_void, c_int, *const *const c_char) -> c_int,
+    log_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    log: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    cubin_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    cubin: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    ptx_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    ptx: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    destroy: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
+}
+
+/// Copies a symbol out of `lib` as a plain value.
+///
+/// # Safety
+/// `T` must be the symbol's true function-pointer type.
+unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> std::result::Result<T, String> {
+    lib.get::<T>(name.as_bytes()).map(|s| *s).map_err(|e| format!("{name}: {e}"))
+}
+
+/// NVRTC's builtins library in `dir`, opened.
+fn builtins_beside(dir: &std::path::Path) -> Option<Library> {
+    let name = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.starts_with("libnvrtc-builtins.so"))?;
+    // SAFETY: a library with no initialisers of consequence, opened for NVRTC to find.
+    unsafe { Library::new(dir.join(name)).ok() }
+}
+
+/// The folder of a shared library this process has mapped, from /proc/self/maps.
+fn loaded_library_dir(name: &str) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.rsplit('/').next() == Some(name))
+        .and_then(|p| PathBuf::from(p).parent().map(PathBuf::from))
+}
+
+impl Driver {
+    fn open() -> std::result::Result<Self, String> {
+        // SAFETY: opening the driver runs its initialisers only; each symbol is declared with
+        // the signature of CUDA's public header.
+        unsafe {
+            let lib = Library::new("libcuda.so.1").map_err(|e| format!("CUDA driver: {e}"))?;
+            Ok(Self {
+                cu_init: sym(&lib, "cuInit")?,
+                cu_device_get: sym(&lib, "cuDeviceGet")?,
+                cu_device_get_attribute: sym(&lib, "cuDeviceGetAttribute")?,
+                cu_primary_ctx_retain: sym(&lib, "cuDevicePrimaryCtxRetain")?,
+                cu_ctx_push: sym(&lib, "cuCtxPushCurrent_v2")?,
+                cu_ctx_pop: sym(&lib, "cuCtxPopCurrent_v2")?,
+                cu_module_load_data: sym(&lib, "cuModuleLoadData")?,
+                cu_module_get_function: sym(&lib, "cuModuleGetFunction")?,
+                cu_launch_kernel: sym(&lib, "cuLaunchKernel")?,
+                _lib: lib,
+            })
+        }
+    }
+}
+
+impl Nvrtc {
+    /// NVRTC by its sonames, then beside the libtorch this process loaded (PyPI's layout keeps
+    /// it in `nvidia/cu13/lib` or `nvidia/cuda_nvrtc/lib` next to `torch/lib`).
+    fn open() -> std::result::Result<Self, String> {
+        let mut candidates: Vec<PathBuf> =
+            ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"].iter().map(PathBuf::from).collect();
+        for lib in ["libtorch_cuda.so", "libtorch_cpu.so"] {
+            if let Some(dir) = loaded_library_dir(lib) {
+                for rel in ["../../nvidia/cu13/lib/libnvrtc.so.13", "../../nvidia/cuda_nvrtc/lib/libnvrtc.so.12"] {
+                    candidates.push(dir.join(rel));
+                }
+            }
+        }
+        let mut last = String::from("no candidate");
+        for c in candidates {
+            // SAFETY: NVRTC's initialisers have no preconditions; each symbol is declared with
+            // the signature of NVRTC's public header.
+            unsafe {
+                match Library::new(&c) {
+                    Ok(lib) => {
+                        let builtins = c.parent().filter(|d| !d.as_os_str().is_empty()).and_then(builtins_beside);
+                        return Ok(Self {
+                            create: sym(&lib, "nvrtcCreateProgram")?,
+                            compile: sym(&lib, "nvrtcCompileProgram")?,
+                            log_size: sym(&lib, "nvrtcGetProgramLogSize")?,
+                            log: sym(&lib, "nvrtcGetProgramLog")?,
+                            cubin_size: sym(&lib, "nvrtcGetCUBINSize")?,
+                            cubin: sym(&lib, "nvrtcGetCUBIN")?,
+                            ptx_size: sym(&lib, "nvrtcGetPTXSize")?,
+                            ptx: sym(&lib, "nvrtcGetPTX")?,
+                            destroy: sym(&lib, "nvrtcDestroyProgram")?,
+                            _lib: lib,
+                            _builtins: builtins,
+                        });
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+        }
+        Err(format!("NVRTC not found ({last})"))
+    }
+
+    /// The kernels compiled for `arch`: "sm_90" gives a cubin, "compute_90" PTX (NUL-ended).
+    fn compile(&self, arch: &str) -> std::result::Result<Vec<u8>, String> {
+        let src = CString::new(SOURCE).expect("no NUL in the kernel source");
+        let name = CString::new("mixgan_kernels.cu").expect("no NUL");
+        let opts: Vec<CString> = [format!("--gpu-architecture={arch}"), "--std=c++17".into()]
+            .into_iter()
+            .map(|o| CString::new(o).expect("no NUL"))
+            .collect();
+        let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let cubin = arch.starts_with("sm_");
+        // SAFETY: NVRTC's program life cycle: created, compiled, read, destroyed; buffers sized
+        // by the size calls before each read.
+        unsafe {
+            let mut prog: *mut c_void = std::ptr::null_mut();
+            if (self.create)(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()) != 0 {
+                return Err("nvrtcCreateProgram failed".into());
+            }
+            let result = if (self.compile)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) != 0 {
+                let mut size = 0usize;
+                (self.log_size)(prog, &mut size);
+                let mut buf = vec![0u8; size.max(1)];
+                (self.log)(prog, buf.as_mut_ptr() as *mut c_char);
+                Err(format!("NVRTC ({arch}): {}", String::from_utf8_lossy(&buf).trim_end_matches('\0')))
+            } else {
+                let mut size = 0usize;
+                let (size_fn, get_fn) = if cubin { (self.cubin_size, self.cubin) } else { (self.ptx_size, self.ptx) };
+                size_fn(prog, &mut size);
+                let mut buf = vec![0u8; size];
+                if size == 0 || get_fn(prog, buf.as_mut_ptr() as *mut c_char) != 0 {
+                    Err(format!("NVRTC ({arch}): no output"))
+                } else {
+                    Ok(buf)
+                }
+            };
+            (self.destroy)(&mut prog);
+            result
+        }
+    }
+}
+
+/// One argument of a kernel launch, held until the launch.
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    I64(i64),
+}
+
+impl Arg {
+    fn tensor(t: Option<&Tensor>) -> Arg {
+        Arg::Ptr(t.map_or(0, |t| t.data_ptr() as u64))
+    }
+
+    fn as_ptr(&mut self) -> *mut c_void {
+        match self {
+            Arg::Ptr(v) => v as *mut u64 as *mut c_void,
+            Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::F32(v) => v as *mut f32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
+        }
+    }
+}
+
+/// The kernels loaded into one device's primary context.
+pub struct Kernels {
+    driver: Driver,
+    ctx: Ctx,
+    functions: HashMap<String, usize>,
+}
+
+// SAFETY: a CUDA context and the functions loaded into it may be used from any thread; the
+// context is pushed around each launch and popped after.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+static LOADED: OnceLock<Mutex<HashMap<usize, std::result::Result<&'static Kernels, String>>>> = OnceLock::new();
+
+/// The kernels for `device`, compiled and loaded at the first call; `None` on the CPU, where
+/// `MIXGAN_CUDA_KERNELS=0` turns them off, or where they cannot be built (said once in the
+/// log, and the generator keeps its tensor operations).
+pub fn for_device(device: Device) -> Option<&'static Kernels> {
+    state(device).ok()
+}
+
+/// The kernels for `device`, or why there are none.
+pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
+    let Device::Cuda(ordinal) = device else { return Err("not a CUDA device".into()) };
+    if std::env::var("MIXGAN_CUDA_KERNELS").is_ok_and(|v| v == "0") {
+        return Err("MIXGAN_CUDA_KERNELS=0".into());
+    }
+    let mut loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());
+    loaded
+        .entry(ordinal)
+        .or_insert_with(|| match Kernels::load(ordinal as c_int) {
+            Ok(k) => {
+                tracing::info!(device = ordinal, "the generator's CUDA kernels are compiled and loaded");
+                Ok(&*Box::leak(Box::new(k)))
+            }
+            Err(e) => {
+                tracing::warn!(device = ordinal, error = %e, "the generator's CUDA kernels are off; tensor operations instead");
+                Err(e)
+            }
+        })
+        .clone()
+}
+
+const KERNEL_NAMES: [&str; 3] = ["epilogue", "scale", "to_rgb"];
+const ATTR_CC_MAJOR: c_int = 75;
+const ATTR_CC_MINOR: c_int = 76;
+
+fn check(what: &str, r: CuResult) -> std::result::Result<(), String> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!("{what} returned CUDA error {r}"))
+    }
+}
+
+impl Kernels {
+    fn load(ordinal: c_int) -> std::result::Result<Self, String> {
+        let driver = Driver::open()?;
+        let nvrtc = Nvrtc::open()?;
+        // SAFETY: the driver calls below follow the CUDA driver API's contracts: initialised
+        // first, out-pointers valid, the context pushed before the module is loaded into it.
+        unsafe {
+            check("cuInit", (driver.cu_init)(0))?;
+            let mut dev = 0;
+            check("cuDeviceGet", (driver.cu_device_get)(&mut dev, ordinal))?;
+            let (mut major, mut minor) = (0, 0);
+            check("cuDeviceGetAttribute", (driver.cu_device_get_attribute)(&mut major, ATTR_CC_MAJOR, dev))?;
+            check("cuDeviceGetAttribute", (driver.cu_device_get_attribute)(&mut minor, ATTR_CC_MINOR, dev))?;
+            let mut ctx: Ctx = std::ptr::null_mut();
+            check("cuDevicePrimaryCtxRetain", (driver.cu_primary_ctx_retain)(&mut ctx, dev))?;
+            check("cuCtxPushCurrent", (driver.cu_ctx_push)(ctx))?;
+            let module = Self::load_module(&driver, &nvrtc, major, minor);
+            let mut popped: Ctx = std::ptr::null_mut();
+            (driver.cu_ctx_pop)(&mut popped);
+            let module = module?;
+            let mut functions = HashMap::new();
+            for base in KERNEL_NAMES {
+                for suffix in ["f32", "f16", "bf16"] {
+                    let name = format!("{base}_{suffix}");
+                    let cname = CString::new(name.clone()).expect("no NUL");
+                    let mut f: Func = std::ptr::null_mut();
+                    check(&name, (driver.cu_module_get_function)(&mut f, module, cname.as_ptr()))?;
+                    functions.insert(name, f as usize);
+                }
+            }
+            Ok(Self { driver, ctx, functions })
+        }
+    }
+
+    /// A cubin for the device's own architecture, else PTX for the driver to finish (an NVRTC
+    /// newer than the GPU it finds).
+    unsafe fn load_module(
+        driver: &Driver,
+        nvrtc: &Nvrtc,
+        major: c_int,
+        minor: c_int,
+    ) -> std::result::Result<*mut c_void, String> {
+        let mut errors = Vec::new();
+        for arch in [format!("sm_{major}{minor}"), format!("compute_{major}{minor}")] {
+            match nvrtc.compile(&arch) {
+                Ok(image) => {
+                    let mut module: *mut c_void = std::ptr::null_mut();
+                    let r = (driver.cu_module_load_data)(&mut module, image.as_ptr() as *const c_void);
+                    match check("cuModuleLoadData", r) {
+                        Ok(()) => return Ok(module),
+                        Err(e) => errors.push(format!("{arch}: {e}")),
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    fn launch(&self, base: &str, kind: Kind, blocks: i64, mut args: Vec<Arg>) -> Result<()> {
+        let suffix = match kind {
+            Kind::Float => "f32",
+            Kind::Half => "f16",
+            Kind::BFloat16 => "bf16",
+            k => return Err(TchError::Kind(format!("no {base} kernel for {k:?}"))),
+        };
+        let f = self.functions[&format!("{base}_{suffix}")] as Func;
+        let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
+        let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
+        // SAFETY: the arguments match the kernel's parameters in kernels.cu one for one; every
+        // pointer is a live tensor's data on this device, sized as the caller checked. Stream 0
+        // is the legacy default stream libtorch queues on, so the launch orders with its work.
+        let r = unsafe {
+            (self.driver.cu_ctx_push)(self.ctx);
+            let r = (self.driver.cu_launch_kernel)(
+                f,
+                blocks,
+                1,
+                1,
+                THREADS,
+                1,
+                1,
+                0,
+                std::ptr::null_mut(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            );
+            let mut popped: Ctx = std::ptr::null_mut();
+            (self.driver.cu_ctx_pop)(&mut popped);
+            r
+        };
+        check(base, r).map_err(TchError::Torch)
+    }
+
+    /// `x * s`, per sample and channel: `x` [N, C, H, W] dense in either layout, `s` [N, C]
+    /// float32. `None` where the kernel cannot take `x`.
+    pub fn scale(&self, x: &Tensor, s: &Tensor) -> Result<Option<Tensor>> {
+        let Some(shape) = Dense::of(x) else { return Ok(None) };
+        let s = s.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let out = x.f_empty_like()?;
+        if Dense::of(&out) != Some(shape) || s.numel() as i64 != shape.n * shape.c {
+            return Ok(None);
+        }
+        let args = vec![
+            Arg::tensor(Some(x)),
+            Arg::tensor(Some(&s)),
+            Arg::tensor(Some(&out)),
+            Arg::I64(shape.c),
+            Arg::I64(shape.hw),
+            Arg::I64(shape.total()),
+            Arg::I32(shape.channels_last as i32),
+        ];
+        self.launch("scale", x.kind(), shape.vector_blocks(), args)?;
+        Ok(Some(out))
+    }
+
+    /// In place: `y = clamp(lrelu(y·d + nb + noise·noise_gain), ±clamp)`, with `slope` 1 for no
+    /// activation. `d` [N, C] float32; `nb` in `y`'s type, [C] or [C, H, W] in `y`'s layout;
+    /// `noise` [N, H, W] float32. `false` where the kernel cannot take the tensors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn epilogue(
+        &self,
+        y: &Tensor,
+        d: &Tensor,
+        nb: &Tensor,
+        noise: Option<&Tensor>,
+        noise_gain: f64,
+        slope: f64,
+        clamp: Option<f64>,
+    ) -> Result<bool> {
+        let Some(shape) = Dense::of(y) else { return Ok(false) };
+        let per_channel = nb.numel() as i64 == shape.c;
+        let per_pixel = nb.numel() as i64 == shape.c * shape.hw
+            && Dense::of(nb).is_some_and(|s| s.channels_last == shape.channels_last);
+        if nb.kind() != y.kind() || !(per_channel || per_pixel) {
+            return Ok(false);
+        }
+        let (nb, nb_mode) = if per_channel { (nb.f_contiguous()?, 1) } else { (nb.shallow_clone(), 2) };
+        let d = d.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let noise = match noise {
+            Some(t) if t.numel() as i64 == shape.n * shape.hw => Some(t.f_to_kind(Kind::Float)?.f_contiguous()?),
+            Some(_) => return Ok(false),
+            None => None,
+        };
+        if d.numel() as i64 != shape.n * shape.c {
+            return Ok(false);
+        }
+        let args = vec![
+            Arg::tensor(Some(y)),
+            Arg::tensor(Some(&d)),
+            Arg::tensor(Some(&nb)),
+            Arg::I32(nb_mode),
+            Arg::tensor(noise.as_ref()),
+            Arg::F32(noise_gain as f32),
+            Arg::F32(slope as f32),
+            Arg::F32(clamp.map_or(f32::INFINITY, |c| c as f32)),
+            Arg::I64(shape.c),
+            Arg::I64(shape.hw),
+            Arg::I64(shape.total()),
+            Arg::I32(shape.channels_last as i32),
+        ];
+        self.launch("epilogue", y.kind(), shape.vector_blocks(), args)?;
+        Ok(true)
+    }
+
+    /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus `prev` (the picture so
+    /// far, upsampled), as float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated
+    /// 1x1 weight; O at most 4. Writes into `prev` when given. `None` where it cannot.
+    pub fn to_rgb(
+        &self,
+        x: &Tensor,
+        wm: &Tensor,
+        bias: &Tensor,
+        clamp: Option<f64>,
+        prev: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let Some(shape) = Dense::of(x) else { return Ok(None) };
+        let o = bias.numel() as i64;
+        if !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
+            return Ok(None);
+        }
+        let want = [shape.n, o, x.size()[2], x.size()[3]];
+        let (out, has_prev) = match prev {
+            Some(p) if p.size() == want && p.kind() == Kind::Float && p.is_contiguous() => (p.shallow_clone(), true),
+            Some(_) => return Ok(None),
+            None => (Tensor::f_empty(want, (Kind::Float, x.device()))?, false),
+        };
+        let wm = wm.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let bias = bias.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let pixels = shape.n * shape.hw;
+        let args = vec![
+            Arg::tensor(Some(x)),
+            Arg::tensor(Some(&wm)),
+            Arg::tensor(Some(&bias)),
+            Arg::F32(clamp.map_or(f32::INFINITY, |c| c as f32)),
+            Arg::tensor(has_prev.then_some(&out)),
+            Arg::tensor(Some(&out)),
+            Arg::I64(shape.c),
+            Arg::I64(shape.hw),
+            Arg::I64(pixels),
+            Arg::I32(o as i32),
+            Arg::I32(shape.channels_last as i32),
+        ];
+        self.launch("to_rgb", x.kind(), (pixels + THREADS as i64 - 1) / THREADS as i64, args)?;
+        Ok(Some(out))
+    }
+}
+
+/// A dense [N, C, H, W] tensor's sizes and layout, where the element-wise kernels can take it:
+/// NCHW with H·W a multiple of 8, or NHWC with C a multiple of 8, its data 16-byte aligned.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Dense {
+    n: i64,
+    c: i64,
+    hw: i64,
+    channels_last: bool,
+}
+
+impl Dense {
+    fn of(x: &Tensor) -> Option<Dense> {
+        if x.dim() != 4 || x.device() == Device::Cpu {
+            return None;
+        }
+        let (size, stride) = (x.size(), x.stride());
+        let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+        let nchw = stride == [c * h * w, h * w, w, 1];
+        let nhwc = stride == [h * w * c, 1, w * c, c];
+        let aligned = (x.data_ptr() as usize).is_multiple_of(16);
+        let shape = Dense { n, c, hw: h * w, channels_last: nhwc && !nchw };
+        let fits = if shape.channels_last { c % VEC == 0 } else { nchw && (h * w) % VEC == 0 };
+        (aligned && fits && (nchw || nhwc) && x.numel() > 0).then_some(shape)
+    }
+
+    fn total(self) -> i64 {
+        self.n * self.c * self.hw
+    }
+
+    fn vector_blocks(self) -> i64 {
+        let threads = self.total() / VEC;
+        (threads + THREADS as i64 - 1) / THREADS as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel source compiles for Hopper (cubin) and as PTX for Ampere, without a GPU:
+    /// NVRTC only needs the host. Skipped where libtorch's NVRTC is absent (a CPU-only build).
+    #[test]
+    fn the_kernels_compile_with_nvrtc() {
+        // libtorch is mapped by now, so NVRTC can be found beside it as at run time.
+        let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let nvrtc = match Nvrtc::open() {
+            Ok(n) => n,
+            Err(e) => return eprintln!("skipped: {e}"),
+        };
+        let cubin = nvrtc.compile("sm_90").unwrap();
+        assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+        let ptx = String::from_utf8(nvrtc.compile("compute_80").unwrap()).unwrap();
+        for name in KERNEL_NAMES {
+            for suffix in ["f32", "f16", "bf16"] {
+                assert!(ptx.contains(&format!(".entry {name}_{suffix}(")), "{name}_{suffix} in the PTX");
+            }
+        }
+        // Each element-wise thread moves 16-byte words.
+        assert!(ptx.contains("ld.global.v4.u32") || ptx.contains("ld.global.v4.b32"), "vector loads");
+    }
+
+    #[test]
+    fn host_tensors_are_not_taken() {
+        assert_eq!(Dense::of(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu))), None);
+        assert!(for_device(Device::Cpu).is_none());
+    }
+}
