@@ -68,7 +68,9 @@ pub struct Config {
     pub max_search_in_flight: usize,
     /// Default largest batch per model (a model.toml `[batching]` table overrides).
     pub max_batch: usize,
-    /// Default longest wait for a batch to fill, in milliseconds.
+    /// Default longest wait for a batch to fill, in milliseconds. 0: a worker takes what is
+    /// queued and goes; under load the patches queued while a batch runs make the next one,
+    /// and a lone request does not wait for company (measured: docs/performance.md).
     pub max_wait_ms: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub grace_period_s: u64,
@@ -83,6 +85,9 @@ pub struct Config {
     pub composite_on: CompositeOn,
     /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
     pub cudnn_benchmark: bool,
+    /// The generator's own CUDA kernels for its bytes-bound passes (CUDA only; off, libtorch's
+    /// tensor operations do them).
+    pub cuda_kernels: bool,
 }
 
 impl Default for Config {
@@ -102,13 +107,14 @@ impl Default for Config {
             max_in_flight: 32,
             max_search_in_flight: 0,
             max_batch: 8,
-            max_wait_ms: 20,
+            max_wait_ms: 0,
             grace_period_s: 30,
             warmup_iterations: 2,
             torch_threads: 0,
             cpu_slots: 0,
             composite_on: CompositeOn::Auto,
             cudnn_benchmark: true,
+            cuda_kernels: true,
         }
     }
 }
@@ -184,6 +190,16 @@ impl Config {
                         message: format!("`{value}` is not a whole number"),
                     })?
                 }
+                Some(toml::Value::Boolean(_)) => match value.trim().to_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+                    "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            origin: name.clone(),
+                            message: format!("`{value}` is not true or false"),
+                        })
+                    }
+                },
                 _ => toml::Value::String(value),
             };
             given.set(&key, parsed, name);
@@ -266,7 +282,7 @@ mod tests {
         assert_eq!(c.addr, "127.0.0.1:9000");
         assert_eq!(c.max_batch, 16);
         assert_eq!(c.cors_origins, vec!["a", "b"]);
-        assert_eq!(c.max_wait_ms, 20);
+        assert_eq!(c.max_wait_ms, 0);
         assert_eq!(c.limits.max_width, 640);
         assert_eq!(c.limits.max_height, RouterLimits::default().max_height);
         assert_eq!(c.device, DeviceChoice::Cpu);
@@ -289,6 +305,11 @@ mod tests {
             "{err}"
         );
         assert_eq!(load_env(&[("MIXGAN_COMPOSITE_ON", "cpu")]).unwrap().composite_on, CompositeOn::Cpu);
+        // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
+        assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
+        assert!(!load_env(&[("MIXGAN_CUDNN_BENCHMARK", "0")]).unwrap().cudnn_benchmark);
+        let err = load_env(&[("MIXGAN_CUDNN_BENCHMARK", "maybe")]).unwrap_err().to_string();
+        assert!(err.contains("MIXGAN_CUDNN_BENCHMARK") && err.contains("true or false"), "{err}");
         let mut flags = Overrides::default();
         flags.set("device", "tpu".into(), "--device");
         let err = Config::load(None, vec![], flags).unwrap_err().to_string();

@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// cuDNN's autotuner on CUDA (true or false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cudnn_benchmark: bool,
+    /// The generator's own CUDA kernels (true or false); off, libtorch's tensor ops instead.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cuda_kernels: bool,
     /// Fold the upsampling filter into the weights (true or false; default: on CUDA only).
     #[arg(long, action = clap::ArgAction::Set)]
     fold_filters: Option<bool>,
@@ -64,6 +67,7 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
     if device.is_cuda() {
         crate::model::device::set_cudnn_benchmark(a.cudnn_benchmark);
+        crate::model::kernels::set_enabled(a.cuda_kernels);
     }
     let models = if a.models.join("model.toml").is_file() {
         vec![a.models.clone()]

@@ -185,7 +185,9 @@ impl ToRgb {
         if let Some(k) = kernels {
             let (n, c, cout) = (x.size()[0], x.size()[1], self.weight.size()[0]);
             let wm = self.weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)?;
-            if let Some(img) = k.to_rgb(x, &wm, &self.bias, self.clamp, prev)? {
+            // The upsampled picture is a cropped view; the kernel adds into a dense copy.
+            let dense = prev.map(Tensor::f_contiguous).transpose()?;
+            if let Some(img) = k.to_rgb(x, &wm, &self.bias, self.clamp, dense.as_ref())? {
                 return Ok(img);
             }
         }

@@ -51,6 +51,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let device = config.device.resolve()?;
     if device.is_cuda() {
         crate::model::device::set_cudnn_benchmark(config.cudnn_benchmark);
+        crate::model::kernels::set_enabled(config.cuda_kernels);
     }
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await

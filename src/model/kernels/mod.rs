@@ -12,204 +12,24 @@
 //! says which tensors it can take (dense NCHW or NHWC, 16-byte aligned).
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
-use std::path::PathBuf;
+use std::ffi::{c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use libloading::Library;
 use tch::{Device, Kind, TchError, Tensor};
 
+mod ffi;
+#[cfg(test)]
+mod tests;
+
+use ffi::{check, Ctx, Driver, Func, Nvrtc};
+
 type Result<T> = std::result::Result<T, TchError>;
-type CuResult = c_int;
-type Ctx = *mut c_void;
-type Func = *mut c_void;
 
 const SOURCE: &str = include_str!("kernels.cu");
 const THREADS: u32 = 256;
 /// Elements per thread in the element-wise kernels (16 bytes of half precision).
 const VEC: i64 = 8;
-
-/// The CUDA driver's entry points used here.
-struct Driver {
-    _lib: Library,
-    cu_init: unsafe extern "C" fn(c_uint) -> CuResult,
-    cu_device_get: unsafe extern "C" fn(*mut c_int, c_int) -> CuResult,
-    cu_device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult,
-    cu_primary_ctx_retain: unsafe extern "C" fn(*mut Ctx, c_int) -> CuResult,
-    cu_ctx_push: unsafe extern "C" fn(Ctx) -> CuResult,
-    cu_ctx_pop: unsafe extern "C" fn(*mut Ctx) -> CuResult,
-    cu_module_load_data: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> CuResult,
-    cu_module_get_function: unsafe extern "C" fn(*mut Func, *mut c_void, *const c_char) -> CuResult,
-    #[allow(clippy::type_complexity)]
-    cu_launch_kernel: unsafe extern "C" fn(
-        Func,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        *mut c_void,
-        *mut *mut c_void,
-        *mut *mut c_void,
-    ) -> CuResult,
-}
-
-/// NVRTC's entry points used here.
-struct Nvrtc {
-    _lib: Library,
-    /// NVRTC opens its builtins by soname; where NVRTC itself was found by path they are
-    /// opened first from beside it.
-    _builtins: Option<Library>,
-    create: unsafe extern "C" fn(
-        *mut *mut c_void,
-        *const c_char,
-        *const c_char,
-        c_int,
-        *const *const c_char,
-        *const *const c_char,
-    ) -> c_int,
-    compile: unsafe extern "C" fn(*mut c_void, c_int, *const *const c_char) -> c_int,
-    log_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    log: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    cubin_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    cubin: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    ptx_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    ptx: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    destroy: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
-}
-
-/// Copies a symbol out of `lib` as a plain value.
-///
-/// # Safety
-/// `T` must be the symbol's true function-pointer type.
-unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> std::result::Result<T, String> {
-    lib.get::<T>(name.as_bytes()).map(|s| *s).map_err(|e| format!("{name}: {e}"))
-}
-
-/// NVRTC's builtins library in `dir`, opened.
-fn builtins_beside(dir: &std::path::Path) -> Option<Library> {
-    let name = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .find(|n| n.starts_with("libnvrtc-builtins.so"))?;
-    // SAFETY: a library with no initialisers of consequence, opened for NVRTC to find.
-    unsafe { Library::new(dir.join(name)).ok() }
-}
-
-/// The folder of a shared library this process has mapped, from /proc/self/maps.
-fn loaded_library_dir(name: &str) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.rsplit('/').next() == Some(name))
-        .and_then(|p| PathBuf::from(p).parent().map(PathBuf::from))
-}
-
-impl Driver {
-    fn open() -> std::result::Result<Self, String> {
-        // SAFETY: opening the driver runs its initialisers only; each symbol is declared with
-        // the signature of CUDA's public header.
-        unsafe {
-            let lib = Library::new("libcuda.so.1").map_err(|e| format!("CUDA driver: {e}"))?;
-            Ok(Self {
-                cu_init: sym(&lib, "cuInit")?,
-                cu_device_get: sym(&lib, "cuDeviceGet")?,
-                cu_device_get_attribute: sym(&lib, "cuDeviceGetAttribute")?,
-                cu_primary_ctx_retain: sym(&lib, "cuDevicePrimaryCtxRetain")?,
-                cu_ctx_push: sym(&lib, "cuCtxPushCurrent_v2")?,
-                cu_ctx_pop: sym(&lib, "cuCtxPopCurrent_v2")?,
-                cu_module_load_data: sym(&lib, "cuModuleLoadData")?,
-                cu_module_get_function: sym(&lib, "cuModuleGetFunction")?,
-                cu_launch_kernel: sym(&lib, "cuLaunchKernel")?,
-                _lib: lib,
-            })
-        }
-    }
-}
-
-impl Nvrtc {
-    /// NVRTC by its sonames, then beside the libtorch this process loaded (PyPI's layout keeps
-    /// it in `nvidia/cu13/lib` or `nvidia/cuda_nvrtc/lib` next to `torch/lib`).
-    fn open() -> std::result::Result<Self, String> {
-        let mut candidates: Vec<PathBuf> =
-            ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"].iter().map(PathBuf::from).collect();
-        for lib in ["libtorch_cuda.so", "libtorch_cpu.so"] {
-            if let Some(dir) = loaded_library_dir(lib) {
-                for rel in ["../../nvidia/cu13/lib/libnvrtc.so.13", "../../nvidia/cuda_nvrtc/lib/libnvrtc.so.12"] {
-                    candidates.push(dir.join(rel));
-                }
-            }
-        }
-        let mut last = String::from("no candidate");
-        for c in candidates {
-            // SAFETY: NVRTC's initialisers have no preconditions; each symbol is declared with
-            // the signature of NVRTC's public header.
-            unsafe {
-                match Library::new(&c) {
-                    Ok(lib) => {
-                        let builtins = c.parent().filter(|d| !d.as_os_str().is_empty()).and_then(builtins_beside);
-                        return Ok(Self {
-                            create: sym(&lib, "nvrtcCreateProgram")?,
-                            compile: sym(&lib, "nvrtcCompileProgram")?,
-                            log_size: sym(&lib, "nvrtcGetProgramLogSize")?,
-                            log: sym(&lib, "nvrtcGetProgramLog")?,
-                            cubin_size: sym(&lib, "nvrtcGetCUBINSize")?,
-                            cubin: sym(&lib, "nvrtcGetCUBIN")?,
-                            ptx_size: sym(&lib, "nvrtcGetPTXSize")?,
-                            ptx: sym(&lib, "nvrtcGetPTX")?,
-                            destroy: sym(&lib, "nvrtcDestroyProgram")?,
-                            _lib: lib,
-                            _builtins: builtins,
-                        });
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-        }
-        Err(format!("NVRTC not found ({last})"))
-    }
-
-    /// The kernels compiled for `arch`: "sm_90" gives a cubin, "compute_90" PTX (NUL-ended).
-    fn compile(&self, arch: &str) -> std::result::Result<Vec<u8>, String> {
-        let src = CString::new(SOURCE).expect("no NUL in the kernel source");
-        let name = CString::new("mixgan_kernels.cu").expect("no NUL");
-        let opts: Vec<CString> = [format!("--gpu-architecture={arch}"), "--std=c++17".into()]
-            .into_iter()
-            .map(|o| CString::new(o).expect("no NUL"))
-            .collect();
-        let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
-        let cubin = arch.starts_with("sm_");
-        // SAFETY: NVRTC's program life cycle: created, compiled, read, destroyed; buffers sized
-        // by the size calls before each read.
-        unsafe {
-            let mut prog: *mut c_void = std::ptr::null_mut();
-            if (self.create)(&mut prog, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()) != 0 {
-                return Err("nvrtcCreateProgram failed".into());
-            }
-            let result = if (self.compile)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) != 0 {
-                let mut size = 0usize;
-                (self.log_size)(prog, &mut size);
-                let mut buf = vec![0u8; size.max(1)];
-                (self.log)(prog, buf.as_mut_ptr() as *mut c_char);
-                Err(format!("NVRTC ({arch}): {}", String::from_utf8_lossy(&buf).trim_end_matches('\0')))
-            } else {
-                let mut size = 0usize;
-                let (size_fn, get_fn) = if cubin { (self.cubin_size, self.cubin) } else { (self.ptx_size, self.ptx) };
-                size_fn(prog, &mut size);
-                let mut buf = vec![0u8; size];
-                if size == 0 || get_fn(prog, buf.as_mut_ptr() as *mut c_char) != 0 {
-                    Err(format!("NVRTC ({arch}): no output"))
-                } else {
-                    Ok(buf)
-                }
-            };
-            (self.destroy)(&mut prog);
-            result
-        }
-    }
-}
 
 /// One argument of a kernel launch, held until the launch.
 enum Arg {
@@ -248,9 +68,16 @@ unsafe impl Sync for Kernels {}
 
 static LOADED: OnceLock<Mutex<HashMap<usize, std::result::Result<&'static Kernels, String>>>> = OnceLock::new();
 
-/// The kernels for `device`, compiled and loaded at the first call; `None` on the CPU, where
-/// `MIXGAN_CUDA_KERNELS=0` turns them off, or where they cannot be built (said once in the
-/// log, and the generator keeps its tensor operations).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernels on or off for the whole process (the `cuda_kernels` setting).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The kernels for `device`, compiled and loaded at the first call; `None` on the CPU, when
+/// turned off, or where they cannot be built (said once in the log, and the generator keeps
+/// its tensor operations).
 pub fn for_device(device: Device) -> Option<&'static Kernels> {
     state(device).ok()
 }
@@ -258,8 +85,8 @@ pub fn for_device(device: Device) -> Option<&'static Kernels> {
 /// The kernels for `device`, or why there are none.
 pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
     let Device::Cuda(ordinal) = device else { return Err("not a CUDA device".into()) };
-    if std::env::var("MIXGAN_CUDA_KERNELS").is_ok_and(|v| v == "0") {
-        return Err("MIXGAN_CUDA_KERNELS=0".into());
+    if !ENABLED.load(Ordering::Relaxed) {
+        return Err("turned off (cuda_kernels = false)".into());
     }
     let mut loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());
     loaded
@@ -280,14 +107,6 @@ pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
 const KERNEL_NAMES: [&str; 3] = ["epilogue", "scale", "to_rgb"];
 const ATTR_CC_MAJOR: c_int = 75;
 const ATTR_CC_MINOR: c_int = 76;
-
-fn check(what: &str, r: CuResult) -> std::result::Result<(), String> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(format!("{what} returned CUDA error {r}"))
-    }
-}
 
 impl Kernels {
     fn load(ordinal: c_int) -> std::result::Result<Self, String> {
@@ -333,7 +152,7 @@ impl Kernels {
     ) -> std::result::Result<*mut c_void, String> {
         let mut errors = Vec::new();
         for arch in [format!("sm_{major}{minor}"), format!("compute_{major}{minor}")] {
-            match nvrtc.compile(&arch) {
+            match nvrtc.compile(SOURCE, &arch) {
                 Ok(image) => {
                     let mut module: *mut c_void = std::ptr::null_mut();
                     let r = (driver.cu_module_load_data)(&mut module, image.as_ptr() as *const c_void);
@@ -529,38 +348,5 @@ impl Dense {
     fn vector_blocks(self) -> i64 {
         let threads = self.total() / VEC;
         (threads + THREADS as i64 - 1) / THREADS as i64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The kernel source compiles for Hopper (cubin) and as PTX for Ampere, without a GPU:
-    /// NVRTC only needs the host. Skipped where libtorch's NVRTC is absent (a CPU-only build).
-    #[test]
-    fn the_kernels_compile_with_nvrtc() {
-        // libtorch is mapped by now, so NVRTC can be found beside it as at run time.
-        let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu));
-        let nvrtc = match Nvrtc::open() {
-            Ok(n) => n,
-            Err(e) => return eprintln!("skipped: {e}"),
-        };
-        let cubin = nvrtc.compile("sm_90").unwrap();
-        assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
-        let ptx = String::from_utf8(nvrtc.compile("compute_80").unwrap()).unwrap();
-        for name in KERNEL_NAMES {
-            for suffix in ["f32", "f16", "bf16"] {
-                assert!(ptx.contains(&format!(".entry {name}_{suffix}(")), "{name}_{suffix} in the PTX");
-            }
-        }
-        // Each element-wise thread moves 16-byte words.
-        assert!(ptx.contains("ld.global.v4.u32") || ptx.contains("ld.global.v4.b32"), "vector loads");
-    }
-
-    #[test]
-    fn host_tensors_are_not_taken() {
-        assert_eq!(Dense::of(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu))), None);
-        assert!(for_device(Device::Cpu).is_none());
     }
 }

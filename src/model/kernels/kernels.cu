@@ -1,25 +1,35 @@
-// The generator's element-wise kernels (see kernels.rs), compiled at run time by NVRTC with no
-// headers. Each element-wise thread takes 8 neighbours in memory: 8 channels of one pixel when
-// the features are channels-last (NHWC), 8 pixels of one channel otherwise (NCHW). Arithmetic
-// is in float32 whatever the storage type; each value is rounded once, when stored.
+// The generator's element-wise kernels (see mod.rs), compiled at run time by NVRTC with no
+// headers (and, for the tests, by the host's C++ compiler with host.h). Each element-wise
+// thread takes 8 neighbours in memory: 8 channels of one pixel when the features are
+// channels-last (NHWC), 8 pixels of one channel otherwise (NCHW). Arithmetic is in float32
+// whatever the storage type; each value is rounded once, when stored.
 
 typedef unsigned short u16;
 struct f16 { u16 x; };
 struct bf16 { u16 x; };
 
 __device__ __forceinline__ float ld(float v) { return v; }
+#ifdef __CUDACC_RTC__
 __device__ __forceinline__ float ld(f16 v) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
   return f;
 }
+#else
+// The host build of the tests (host.h) converts with the C++ compiler's half type.
+__device__ __forceinline__ float ld(f16 v) { return host_half_to_float(v.x); }
+#endif
 __device__ __forceinline__ float ld(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
 
 template <typename T> __device__ __forceinline__ T st(float f);
 template <> __device__ __forceinline__ float st<float>(float f) { return f; }
 template <> __device__ __forceinline__ f16 st<f16>(float f) {
   f16 h;
+#ifdef __CUDACC_RTC__
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.x) : "f"(f));
+#else
+  h.x = host_float_to_half(f);
+#endif
   return h;
 }
 template <> __device__ __forceinline__ bf16 st<bf16>(float f) {
@@ -46,52 +56,33 @@ template <typename T> __device__ __forceinline__ void store8(T* p, const Pack<T>
   for (int k = 0; k < (int)(sizeof(T) / 2); ++k) q[k] = r.words[k];
 }
 
-// Where element i sits: sample n, channel c, pixel p.
+// Where element i sits: sample n, channel c, pixel p. 64-bit division costs the GPU many
+// instructions, so indices below 2^32 (every batch of config-F up to 64 at 1024 px) divide
+// in 32 bits.
 struct Place { long long n, c, p; };
-__device__ __forceinline__ Place place(long long i, long long C, long long HW, int cl) {
+template <typename I> __device__ __forceinline__ Place place_in(I i, I C, I HW, int cl) {
   Place at;
   if (cl) {
     at.c = i % C;
-    long long q = i / C;
+    I q = i / C;
     at.p = q % HW;
     at.n = q / HW;
   } else {
     at.p = i % HW;
-    long long q = i / HW;
+    I q = i / HW;
     at.c = q % C;
     at.n = q / C;
   }
   return at;
 }
-
-// y = clamp(lrelu(y * d[n, c] + nb + noise[n, p] * noise_gain)), in place. nb_mode 1: nb[c];
-// 2: nb[c, p] in y's layout. slope 1 is no activation; clampv infinity, no clamp.
-template <typename T>
-__device__ void epilogue(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
-                         float slope, float clampv, long long C, long long HW, long long total, int cl) {
-  long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-  if (i >= total) return;
-  Place at = place(i, C, HW, cl);
-  Pack<T> v;
-  load8(y + i, v);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    long long c = cl ? at.c + j : at.c;
-    long long p = cl ? at.p : at.p + j;
-    float a = ld(v.v[j]) * d[at.n * C + c];
-    if (nb_mode == 1) a += ld(nb[c]);
-    else if (nb_mode == 2) a += ld(nb[cl ? p * C + c : c * HW + p]);
-    if (noise) a += noise[at.n * HW + p] * noise_gain;
-    if (a < 0.f) a *= slope;
-    a = fminf(fmaxf(a, -clampv), clampv);
-    v.v[j] = st<T>(a);
-  }
-  store8(y + i, v);
+__device__ __forceinline__ Place place(long long i, long long C, long long HW, int cl) {
+  if (i < 4294967296LL) return place_in<unsigned>((unsigned)i, (unsigned)C, (unsigned)HW, cl);
+  return place_in<long long>(i, C, HW, cl);
 }
 
-// out = x * s[n, c].
-template <typename T>
-__device__ void scale(const T* x, const float* s, T* out, long long C, long long HW, long long total, int cl) {
+// Each thread's 8 values of x through f(value, n, c, p), stored to out (which may be x).
+template <typename T, typename F>
+__device__ __forceinline__ void map8(const T* x, T* out, long long C, long long HW, long long total, int cl, F f) {
   long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (i >= total) return;
   Place at = place(i, C, HW, cl);
@@ -100,9 +91,31 @@ __device__ void scale(const T* x, const float* s, T* out, long long C, long long
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     long long c = cl ? at.c + j : at.c;
-    v.v[j] = st<T>(ld(v.v[j]) * s[at.n * C + c]);
+    long long p = cl ? at.p : at.p + j;
+    v.v[j] = st<T>(f(ld(v.v[j]), at.n, c, p));
   }
   store8(out + i, v);
+}
+
+// y = clamp(lrelu(y * d[n, c] + nb + noise[n, p] * noise_gain)), in place. nb_mode 1: nb[c];
+// 2: nb[c, p] in y's layout. slope 1 is no activation; clampv infinity, no clamp.
+template <typename T>
+__device__ void epilogue(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
+                         float slope, float clampv, long long C, long long HW, long long total, int cl) {
+  map8(y, y, C, HW, total, cl, [=](float a, long long n, long long c, long long p) {
+    a *= d[n * C + c];
+    if (nb_mode == 1) a += ld(nb[c]);
+    else if (nb_mode == 2) a += ld(nb[cl ? p * C + c : c * HW + p]);
+    if (noise) a += noise[n * HW + p] * noise_gain;
+    if (a < 0.f) a *= slope;
+    return fminf(fmaxf(a, -clampv), clampv);
+  });
+}
+
+// out = x * s[n, c].
+template <typename T>
+__device__ void scale(const T* x, const float* s, T* out, long long C, long long HW, long long total, int cl) {
+  map8(x, out, C, HW, total, cl, [=](float a, long long n, long long c, long long) { return a * s[n * C + c]; });
 }
 
 // One thread per pixel: out[n, o, p] = prev[n, o, p] + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
@@ -112,7 +125,15 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
                        long long C, long long HW, long long pixels, int O, int cl) {
   long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= pixels) return;
-  long long n = idx / HW, p = idx % HW;
+  // One pixel's place, as in place(): 32-bit division where the index allows.
+  long long n, p;
+  if (idx < 4294967296LL) {
+    n = (unsigned)idx / (unsigned)HW;
+    p = (unsigned)idx % (unsigned)HW;
+  } else {
+    n = idx / HW;
+    p = idx % HW;
+  }
   const float* w = wm + n * O * C;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   if (cl) {

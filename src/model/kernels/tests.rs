@@ -1,0 +1,203 @@
+//! The kernels checked without a GPU: compiled by NVRTC, and built for the host and run there
+//! against the tensor ops.
+
+use std::ffi::{c_uint, c_void};
+use std::path::PathBuf;
+
+use libloading::Library;
+
+use super::ffi::{sym, Nvrtc};
+use super::*;
+
+/// The kernel source compiles for Hopper (cubin) and as PTX for Ampere, without a GPU:
+/// NVRTC only needs the host. Skipped where libtorch's NVRTC is absent (a CPU-only build).
+#[test]
+fn the_kernels_compile_with_nvrtc() {
+    // libtorch is mapped by now, so NVRTC can be found beside it as at run time.
+    let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    let nvrtc = match Nvrtc::open() {
+        Ok(n) => n,
+        Err(e) => return eprintln!("skipped: {e}"),
+    };
+    let cubin = nvrtc.compile(SOURCE, "sm_90").unwrap();
+    assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+    let ptx = String::from_utf8(nvrtc.compile(SOURCE, "compute_80").unwrap()).unwrap();
+    for name in KERNEL_NAMES {
+        for suffix in ["f32", "f16", "bf16"] {
+            assert!(ptx.contains(&format!(".entry {name}_{suffix}(")), "{name}_{suffix} in the PTX");
+        }
+    }
+    // Each element-wise thread moves 16-byte words.
+    assert!(ptx.contains("ld.global.v4.u32") || ptx.contains("ld.global.v4.b32"), "vector loads");
+}
+
+/// kernels.cu built for the host with the C++ compiler (host.h stands in for
+/// CUDA), so that each launch's blocks and threads can be run in a loop on CPU tensors.
+struct HostBuild {
+    lib: Library,
+    _dir: tempfile::TempDir,
+}
+
+type Ptr = *mut c_void;
+
+impl HostBuild {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/model/kernels");
+        let out = dir.path().join("libkernels.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let status = std::process::Command::new(&cxx)
+            .args(["-O1", "-shared", "-fPIC", "-std=c++17", "-Wno-unknown-pragmas", "-include"])
+            .arg(src.join("host.h"))
+            .args(["-x", "c++"])
+            .arg(src.join("kernels.cu"))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("{cxx}: {e}"));
+        assert!(status.success(), "{cxx} could not build kernels.cu for the host");
+        // SAFETY: a library built just now from our own source.
+        let lib = unsafe { Library::new(&out) }.unwrap();
+        Self { lib, _dir: dir }
+    }
+
+    /// Runs `kernel` once per (block, thread) of a launch of `blocks` blocks.
+    fn launch(&self, blocks: i64, mut kernel: impl FnMut()) {
+        // SAFETY: the signature of host_set_thread in host.h.
+        let set: unsafe extern "C" fn(c_uint, c_uint, c_uint) = unsafe { sym(&self.lib, "host_set_thread") }.unwrap();
+        for b in 0..blocks as u32 {
+            for t in 0..THREADS {
+                unsafe { set(b, t, THREADS) };
+                kernel();
+            }
+        }
+    }
+
+    fn func<T: Copy>(&self, base: &str, kind: Kind) -> T {
+        let suffix = match kind {
+            Kind::Float => "f32",
+            Kind::Half => "f16",
+            _ => "bf16",
+        };
+        // SAFETY: the caller names the kernel's signature in kernels.cu.
+        unsafe { sym(&self.lib, &format!("{base}_{suffix}")) }.unwrap()
+    }
+}
+
+fn ptr(t: &Tensor) -> Ptr {
+    t.data_ptr()
+}
+
+/// [N, C, H, W] in `kind`, stored channels-last or not.
+fn features(shape: [i64; 4], kind: Kind, channels_last: bool, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    let x = Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind);
+    if channels_last {
+        crate::model::modconv::to_channels_last(&x).unwrap()
+    } else {
+        x.contiguous()
+    }
+}
+
+/// Largest difference, in float32, with what the kernel's type can hold: about two units
+/// in the last place at the values used (at most 2).
+fn assert_close(got: &Tensor, want: &Tensor, kind: Kind, what: &str) {
+    let tol = match kind {
+        Kind::Float => 1e-5,
+        Kind::Half => 2e-3,
+        _ => 1.6e-2,
+    };
+    let diff = got.to_kind(Kind::Float).f_sub(&want.to_kind(Kind::Float)).unwrap().abs().max().double_value(&[]);
+    assert!(diff <= tol, "{what}: largest difference {diff} > {tol}");
+}
+
+const CASES: [([i64; 4], bool); 4] =
+    [([2, 16, 4, 4], false), ([2, 16, 4, 4], true), ([3, 24, 8, 8], false), ([3, 24, 8, 8], true)];
+const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
+
+#[test]
+fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
+    let host = HostBuild::new();
+    for (shape, cl) in CASES {
+        let [n, c, h, w] = shape;
+        let (hw, total) = (h * w, n * c * h * w);
+        let blocks = (total / VEC + THREADS as i64 - 1) / THREADS as i64;
+        for kind in KINDS {
+            let what = format!("{shape:?} {kind:?} channels-last {cl}");
+            let x = features(shape, kind, cl, 1);
+            let s = Tensor::rand([n, c], (Kind::Float, Device::Cpu));
+
+            // Style scaling.
+            let out = x.empty_like();
+            let scale: unsafe extern "C" fn(Ptr, Ptr, Ptr, i64, i64, i64, i32) = host.func("scale", kind);
+            host.launch(blocks, || unsafe { scale(ptr(&x), ptr(&s), ptr(&out), c, hw, total, cl as i32) });
+            let want = x.to_kind(Kind::Float) * s.view([n, c, 1, 1]);
+            assert_close(&out, &want, kind, &format!("scale {what}"));
+
+            // The epilogue, with a per-channel and a per-pixel bias, noise, slope and clamp.
+            let d = Tensor::rand([n, c], (Kind::Float, Device::Cpu)) + 0.5;
+            let noise = Tensor::randn([n, 1, h, w], (Kind::Float, Device::Cpu));
+            let (g, slope, clamp) = (1.4f32, 0.2f32, 1.5f32);
+            let per_pixel = features([1, c, h, w], kind, cl, 2);
+            let per_channel = Tensor::randn([c], (Kind::Float, Device::Cpu)).to_kind(kind);
+            let epilogue: unsafe extern "C" fn(Ptr, Ptr, Ptr, i32, Ptr, f32, f32, f32, i64, i64, i64, i32) =
+                host.func("epilogue", kind);
+            for (mode, nb, nb4) in
+                [(1, &per_channel, per_channel.view([1, c, 1, 1])), (2, &per_pixel, per_pixel.shallow_clone())]
+            {
+                let y = x.copy();
+                host.launch(blocks, || unsafe {
+                    epilogue(ptr(&y), ptr(&d), ptr(nb), mode, ptr(&noise), g, slope, clamp, c, hw, total, cl as i32)
+                });
+                let a =
+                    x.to_kind(Kind::Float) * d.view([n, c, 1, 1]) + nb4.to_kind(Kind::Float) + &noise * f64::from(g);
+                let want = a.where_self(&a.ge(0.0), &(&a * f64::from(slope))).clamp(-1.5, 1.5);
+                assert_close(&y, &want, kind, &format!("epilogue, nb mode {mode}, {what}"));
+                assert!(y.abs().max().double_value(&[]) <= 1.5, "clamped");
+            }
+
+            // toRGB, with and without the picture so far.
+            let o = 3;
+            let wm = Tensor::randn([n, o, c], (Kind::Float, Device::Cpu)) * 0.3;
+            let bias = Tensor::randn([o], (Kind::Float, Device::Cpu));
+            let prev = Tensor::randn([n, o, h, w], (Kind::Float, Device::Cpu));
+            let contribution = wm
+                .matmul(&x.to_kind(Kind::Float).contiguous().view([n, c, hw]))
+                .view([n, o, h, w])
+                .f_add(&bias.view([1, o, 1, 1]))
+                .unwrap()
+                .clamp(-2.0, 2.0);
+            let to_rgb: unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, Ptr, i64, i64, i64, i32, i32) =
+                host.func("to_rgb", kind);
+            let pixel_blocks = (n * hw + THREADS as i64 - 1) / THREADS as i64;
+            let out = Tensor::zeros([n, o, h, w], (Kind::Float, Device::Cpu));
+            host.launch(pixel_blocks, || unsafe {
+                to_rgb(
+                    ptr(&x),
+                    ptr(&wm),
+                    ptr(&bias),
+                    2.0,
+                    std::ptr::null_mut(),
+                    ptr(&out),
+                    c,
+                    hw,
+                    n * hw,
+                    o as i32,
+                    cl as i32,
+                )
+            });
+            assert_close(&out, &contribution, Kind::Float, &format!("to_rgb {what}"));
+            let sum = prev.copy();
+            host.launch(pixel_blocks, || unsafe {
+                to_rgb(ptr(&x), ptr(&wm), ptr(&bias), 2.0, ptr(&sum), ptr(&sum), c, hw, n * hw, o as i32, cl as i32)
+            });
+            assert_close(&sum, &(&prev + &contribution), Kind::Float, &format!("to_rgb onto a picture, {what}"));
+        }
+    }
+}
+
+#[test]
+fn host_tensors_are_not_taken() {
+    assert_eq!(Dense::of(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu))), None);
+    assert!(for_device(Device::Cpu).is_none());
+}
