@@ -372,7 +372,15 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     }
     // The comparison alternates short rounds of the bare generators and of the service at the
     // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
-    let registry = Arc::new(ModelRegistry::load(&a.models, a.device.resolve()?)?);
+    // The bare generators run with the settings the server takes from the same environment
+    // (cuDNN's autotuner, the CUDA kernels), so the two are compared like for like.
+    let device = a.device.resolve()?;
+    if device.is_cuda() {
+        let settings = crate::config::Config::load(None, std::env::vars(), Default::default())?;
+        crate::model::device::set_cudnn_benchmark(settings.cudnn_benchmark);
+        crate::model::kernels::set_enabled(settings.cuda_kernels);
+    }
+    let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();
