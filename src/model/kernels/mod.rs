@@ -317,7 +317,8 @@ impl Kernels {
 }
 
 /// A dense [N, C, H, W] tensor's sizes and layout, where the element-wise kernels can take it:
-/// NCHW with H·W a multiple of 8, or NHWC with C a multiple of 8, its data 16-byte aligned.
+/// float32, float16 or bfloat16 on a GPU, NCHW with H·W a multiple of 8 or NHWC with C a
+/// multiple of 8, its data 16-byte aligned.
 #[derive(Clone, Copy, PartialEq, Debug)]
 struct Dense {
     n: i64,
@@ -328,7 +329,8 @@ struct Dense {
 
 impl Dense {
     fn of(x: &Tensor) -> Option<Dense> {
-        if x.dim() != 4 || x.device() == Device::Cpu {
+        let typed = matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16);
+        if x.dim() != 4 || x.device() == Device::Cpu || !typed {
             return None;
         }
         let (size, stride) = (x.size(), x.stride());
