@@ -12,7 +12,7 @@ pub(super) type Func = *mut c_void;
 
 /// The CUDA driver's entry points used here.
 pub(super) struct Driver {
-    pub(super) _lib: Library,
+    _lib: Library,
     pub(super) cu_init: unsafe extern "C" fn(c_uint) -> CuResult,
     pub(super) cu_device_get: unsafe extern "C" fn(*mut c_int, c_int) -> CuResult,
     pub(super) cu_device_get_attribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult,
@@ -39,11 +39,11 @@ pub(super) struct Driver {
 
 /// NVRTC's entry points used here.
 pub(super) struct Nvrtc {
-    pub(super) _lib: Library,
+    _lib: Library,
     /// NVRTC opens its builtins by soname; where NVRTC itself was found by path they are
     /// opened first from beside it.
-    pub(super) _builtins: Option<Library>,
-    pub(super) create: unsafe extern "C" fn(
+    _builtins: Option<Library>,
+    create: unsafe extern "C" fn(
         *mut *mut c_void,
         *const c_char,
         *const c_char,
@@ -51,14 +51,14 @@ pub(super) struct Nvrtc {
         *const *const c_char,
         *const *const c_char,
     ) -> c_int,
-    pub(super) compile: unsafe extern "C" fn(*mut c_void, c_int, *const *const c_char) -> c_int,
-    pub(super) log_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    pub(super) log: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    pub(super) cubin_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    pub(super) cubin: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    pub(super) ptx_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
-    pub(super) ptx: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
-    pub(super) destroy: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
+    compile: unsafe extern "C" fn(*mut c_void, c_int, *const *const c_char) -> c_int,
+    log_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    log: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    cubin_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    cubin: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    ptx_size: unsafe extern "C" fn(*mut c_void, *mut usize) -> c_int,
+    ptx: unsafe extern "C" fn(*mut c_void, *mut c_char) -> c_int,
+    destroy: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
 }
 
 /// Copies a symbol out of `lib` as a plain value.
