@@ -65,10 +65,7 @@ pub struct BenchArgs {
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    if device.is_cuda() {
-        crate::model::device::set_cudnn_benchmark(a.cudnn_benchmark);
-        crate::model::kernels::set_enabled(a.cuda_kernels);
-    }
+    crate::model::device::configure_cuda(device, a.cudnn_benchmark, a.cuda_kernels);
     let models = if a.models.join("model.toml").is_file() {
         vec![a.models.clone()]
     } else {
@@ -209,11 +206,7 @@ fn time_mixgan(model: &Model, batch: usize, cfg: &BenchConfig) -> Result<f64, Mo
 /// device has finished them, median of five: which of the two bounds a batch.
 fn queue_time(model: &Model, batch: usize) -> Result<(f64, f64), ModelError> {
     let params = timing_params(model, batch);
-    let sync = || {
-        if let Device::Cuda(i) = model.generator.device() {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || crate::model::device::synchronize(model.generator.device());
     let (mut queued, mut done) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         sync();

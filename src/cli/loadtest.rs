@@ -377,8 +377,7 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let device = a.device.resolve()?;
     if device.is_cuda() {
         let settings = crate::config::Config::load(None, std::env::vars(), Default::default())?;
-        crate::model::device::set_cudnn_benchmark(settings.cudnn_benchmark);
-        crate::model::kernels::set_enabled(settings.cuda_kernels);
+        crate::model::device::configure_cuda(device, settings.cudnn_benchmark, settings.cuda_kernels);
     }
     let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);

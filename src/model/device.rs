@@ -57,6 +57,22 @@ pub fn set_cudnn_benchmark(on: bool) {
     tch::Cuda::cudnn_set_benchmark(on);
 }
 
+/// The process-wide CUDA switches (cuDNN's autotuner, the generator's own kernels), set where
+/// `device` is a GPU and left alone elsewhere.
+pub fn configure_cuda(device: Device, cudnn_benchmark: bool, cuda_kernels: bool) {
+    if device.is_cuda() {
+        set_cudnn_benchmark(cudnn_benchmark);
+        super::kernels::set_enabled(cuda_kernels);
+    }
+}
+
+/// Waits for everything queued on `device` (nothing to wait for on the CPU).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 impl std::str::FromStr for DeviceChoice {
     type Err = UnknownChoice;
     fn from_str(text: &str) -> Result<Self, UnknownChoice> {

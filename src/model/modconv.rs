@@ -17,7 +17,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::kernels::Kernels;
-use super::ops::{activate, conv2d_up2, is_half, Cache, Filter};
+use super::ops::{activate, conv2d_up2, is_half, Cache, Filter, LRELU_SLOPE};
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -116,7 +116,7 @@ impl StyleConv {
             if key.channels_last && nb.size()[2] > 1 {
                 nb = to_channels_last(&nb)?;
             }
-            let slope = Tensor::f_full([1], 0.2, (key.kind, self.weight.device()))?;
+            let slope = Tensor::f_full([1], LRELU_SLOPE, (key.kind, self.weight.device()))?;
             Ok(vec![w, nb, slope])
         })
     }
@@ -195,7 +195,7 @@ impl StyleConv {
                 None => conv(&xs, w, up, padding, 1, true)?,
             };
             let slope = match e.act {
-                Activation::Lrelu => Some(0.2),
+                Activation::Lrelu => Some(LRELU_SLOPE),
                 Activation::Linear => Some(1.0),
                 _ => None,
             };
@@ -256,6 +256,13 @@ fn conv(x: &Tensor, w: &Tensor, up: Option<&Filter>, padding: i64, groups: i64, 
     }
 }
 
+/// A 1x1 layer's weights [C_out, C_in, 1, 1] times each picture's styles [N, C_in]:
+/// [N, C_out, C_in], in the styles' type.
+pub fn modulated_1x1_weights(weight: &Tensor, styles: &Tensor) -> Result<Tensor> {
+    let (n, c, cout) = (styles.size()[0], styles.size()[1], weight.size()[0]);
+    weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)
+}
+
 /// A toRGB layer's modulated 1x1 convolution (not demodulated): per picture, its weights
 /// times its styles as a [C_out, C_in] matrix applied to every pixel, as one batched product
 /// that reads the features once, whichever their layout. Returns [N, C_out, H, W] in `x`'s type.
@@ -263,7 +270,7 @@ pub fn modulated_1x1(x: &Tensor, weight: &Tensor, styles: &Tensor) -> Result<Ten
     let size = x.size();
     let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
     let cout = weight.size()[0];
-    let wm = weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)?.f_to_kind(x.kind())?;
+    let wm = modulated_1x1_weights(weight, styles)?.f_to_kind(x.kind())?;
     if is_channels_last(x) {
         let xv = x.f_permute([0, 2, 3, 1])?.f_view([n, h * w, c])?;
         xv.f_matmul(&wm.f_transpose(1, 2)?)?.f_view([n, h, w, cout])?.f_permute([0, 3, 1, 2])

@@ -13,12 +13,15 @@ use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
 
+/// StyleGAN's leaky ReLU slope.
+pub const LRELU_SLOPE: f64 = 0.2;
+
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     match act {
         Activation::Linear => Ok(x.shallow_clone()),
         Activation::Relu => x.f_relu(),
         // max(x, 0.2x) is leaky ReLU with slope 0.2, value for value.
-        Activation::Lrelu => x.f_maximum(&x.f_mul_scalar(0.2)?),
+        Activation::Lrelu => x.f_maximum(&x.f_mul_scalar(LRELU_SLOPE)?),
         Activation::Tanh => x.f_tanh(),
         Activation::Sigmoid => x.f_sigmoid(),
         Activation::Elu => x.f_elu(),

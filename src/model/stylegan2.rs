@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::kernels::{self, Kernels};
-use super::modconv::{modulated_1x1, Epilogue, StyleConv};
+use super::modconv::{modulated_1x1, modulated_1x1_weights, Epilogue, StyleConv};
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
@@ -183,8 +183,7 @@ impl ToRgb {
     fn forward(&self, x: &Tensor, w: &Tensor, prev: Option<&Tensor>, kernels: Option<&Kernels>) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
         if let Some(k) = kernels {
-            let (n, c, cout) = (x.size()[0], x.size()[1], self.weight.size()[0]);
-            let wm = self.weight.f_view([1, cout, c])?.f_mul(&styles.f_view([n, 1, c])?)?;
+            let wm = modulated_1x1_weights(&self.weight, &styles)?;
             // The upsampled picture is a cropped view; the kernel adds into a dense copy.
             let dense = prev.map(Tensor::f_contiguous).transpose()?;
             if let Some(img) = k.to_rgb(x, &wm, &self.bias, self.clamp, dense.as_ref())? {
@@ -419,11 +418,7 @@ impl StyleGan2 {
     pub fn profile_blocks(&self, ws: &Tensor, noise: NoisePlan) -> Result<Vec<(i64, f64)>> {
         let _guard = tch::no_grad_guard();
         let mut times = Vec::new();
-        let sync = || {
-            if let Device::Cuda(i) = self.device {
-                tch::Cuda::synchronize(i as i64);
-            }
-        };
+        let sync = || super::device::synchronize(self.device);
         sync();
         let mut t0 = std::time::Instant::now();
         let _img = self.run_observed(ws, noise, self.precision, false, &mut |res| {

@@ -49,10 +49,7 @@ async fn set_health(state: &AppState, serving: bool) {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     init_logging(config.log_format);
     let device = config.device.resolve()?;
-    if device.is_cuda() {
-        crate::model::device::set_cudnn_benchmark(config.cudnn_benchmark);
-        crate::model::kernels::set_enabled(config.cuda_kernels);
-    }
+    crate::model::device::configure_cuda(device, config.cudnn_benchmark, config.cuda_kernels);
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServeError::Listen { addr: config.addr.clone(), source })?;

@@ -105,6 +105,17 @@ pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
 }
 
 const KERNEL_NAMES: [&str; 3] = ["epilogue", "scale", "to_rgb"];
+const SUFFIXES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// The name suffix of a kernel's instance for values of `kind`.
+fn suffix(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Float => Some(SUFFIXES[0]),
+        Kind::Half => Some(SUFFIXES[1]),
+        Kind::BFloat16 => Some(SUFFIXES[2]),
+        _ => None,
+    }
+}
 const ATTR_CC_MAJOR: c_int = 75;
 const ATTR_CC_MINOR: c_int = 76;
 
@@ -130,7 +141,7 @@ impl Kernels {
             let module = module?;
             let mut functions = HashMap::new();
             for base in KERNEL_NAMES {
-                for suffix in ["f32", "f16", "bf16"] {
+                for suffix in SUFFIXES {
                     let name = format!("{base}_{suffix}");
                     let cname = CString::new(name.clone()).expect("no NUL");
                     let mut f: Func = std::ptr::null_mut();
@@ -168,12 +179,7 @@ impl Kernels {
     }
 
     fn launch(&self, base: &str, kind: Kind, blocks: i64, mut args: Vec<Arg>) -> Result<()> {
-        let suffix = match kind {
-            Kind::Float => "f32",
-            Kind::Half => "f16",
-            Kind::BFloat16 => "bf16",
-            k => return Err(TchError::Kind(format!("no {base} kernel for {k:?}"))),
-        };
+        let suffix = suffix(kind).ok_or_else(|| TchError::Kind(format!("no {base} kernel for {kind:?}")))?;
         let f = self.functions[&format!("{base}_{suffix}")] as Func;
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
         let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
@@ -329,7 +335,7 @@ struct Dense {
 
 impl Dense {
     fn of(x: &Tensor) -> Option<Dense> {
-        let typed = matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16);
+        let typed = suffix(x.kind()).is_some();
         if x.dim() != 4 || x.device() == Device::Cpu || !typed {
             return None;
         }

@@ -23,7 +23,7 @@ fn the_kernels_compile_with_nvrtc() {
     assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
     let ptx = String::from_utf8(nvrtc.compile(SOURCE, "compute_80").unwrap()).unwrap();
     for name in KERNEL_NAMES {
-        for suffix in ["f32", "f16", "bf16"] {
+        for suffix in SUFFIXES {
             assert!(ptx.contains(&format!(".entry {name}_{suffix}(")), "{name}_{suffix} in the PTX");
         }
     }
@@ -74,11 +74,7 @@ impl HostBuild {
     }
 
     fn func<T: Copy>(&self, base: &str, kind: Kind) -> T {
-        let suffix = match kind {
-            Kind::Float => "f32",
-            Kind::Half => "f16",
-            _ => "bf16",
-        };
+        let suffix = suffix(kind).unwrap();
         // SAFETY: the caller names the kernel's signature in kernels.cu.
         unsafe { sym(&self.lib, &format!("{base}_{suffix}")) }.unwrap()
     }
