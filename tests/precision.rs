@@ -45,10 +45,10 @@ fn check(dir: &Path, trunc: f64, what: &str) {
     assert!(pictures(&model, &ps).equal(&full), "{what}: auto is float32 on the CPU, bit for bit");
     for (precision, max_bound, mean_bound) in BOUNDS {
         model.set_precision(precision);
-        // The last is CUDA's default: the upsampling filter folded into the weights.
+        // The last is one of CUDA's two ways: the upsampling filter folded into the weights.
         for (path, fold) in [(ConvPath::Unfused, false), (ConvPath::Fused, false), (ConvPath::Unfused, true)] {
             model.set_conv_path(path);
-            model.set_fold_filters(fold);
+            model.set_fold_filters(Some(fold));
             let (max, mean) = levels(&pictures(&model, &ps), &full);
             eprintln!("{what} {precision} {path:?} fold {fold}: largest {max}, mean {mean:.3} levels");
             assert!(
@@ -57,7 +57,7 @@ fn check(dir: &Path, trunc: f64, what: &str) {
             );
         }
         model.set_conv_path(ConvPath::Auto);
-        model.set_fold_filters(false);
+        model.set_fold_filters(Some(false));
     }
 }
 

@@ -54,7 +54,8 @@ pub struct BenchArgs {
     /// The generator's own CUDA kernels (true or false); off, libtorch's tensor ops instead.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cuda_kernels: bool,
-    /// Fold the upsampling filter into the weights (true or false; default: on CUDA only).
+    /// Fold the upsampling filter into the weights (true or false; default: measured per block
+    /// and batch where the generator's CUDA kernels run, else on CUDA only).
     #[arg(long, action = clap::ArgAction::Set)]
     fold_filters: Option<bool>,
     /// After timing, print each synthesis block's milliseconds at the largest batch (waiting
@@ -114,6 +115,7 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
                     model.name()
                 ));
             }
+            say(&fold_report(&model));
             let Some(blocks) = blocks else { continue };
             let total: f64 = blocks.iter().map(|b| b.1).sum();
             let line: Vec<String> = blocks.iter().map(|(r, ms)| format!("{r}: {ms:.2}")).collect();
@@ -121,6 +123,31 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The upsampling blocks' measured filter choices, one line per batch size ("" when none).
+fn fold_report(model: &Model) -> String {
+    let choices = model.fold_choices();
+    let mut batches: Vec<i64> = choices.iter().map(|c| c.key.batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    let mut s = String::new();
+    for b in batches {
+        let line: Vec<String> = choices
+            .iter()
+            .filter(|c| c.key.batch == b)
+            .map(|c| {
+                let way = if c.folded { "folded" } else { "unfolded" };
+                format!("{} px {way} ({:.2} / {:.2})", c.key.res, c.folded_ms, c.unfolded_ms)
+            })
+            .collect();
+        s += &format!(
+            "{} upsampling filters at batch {b}, by measurement (folded / unfolded ms, best of 3): {}\n",
+            model.name(),
+            line.join(", ")
+        );
+    }
+    s
 }
 
 pub struct BenchConfig {
@@ -174,8 +201,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn load(dir: &std::path::Path, cfg: &BenchConfig) -> Result<Model, ModelError> {
     let mut model = Model::load(dir, cfg.device)?;
     model.set_conv_path(cfg.conv_path);
-    if let Some(fold) = cfg.fold_filters {
-        model.set_fold_filters(fold);
+    if cfg.fold_filters.is_some() {
+        model.set_fold_filters(cfg.fold_filters);
     }
     if let Some(p) = cfg.precision {
         model.set_precision(p);

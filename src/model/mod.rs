@@ -164,11 +164,20 @@ impl Model {
         }
     }
 
-    /// Whether the native generator folds its upsampling filter into its weights (the default
-    /// on CUDA; TorchScript: no effect).
-    pub fn set_fold_filters(&mut self, fold: bool) {
+    /// Whether the native generator folds its upsampling filter into its weights (`None`, the
+    /// default: by measurement where its CUDA kernels run; see `StyleGan2::fold_filters`).
+    /// TorchScript: no effect.
+    pub fn set_fold_filters(&mut self, fold: Option<bool>) {
         if let Generator::Native(g) = &mut self.generator {
             g.fold_filters = fold;
+        }
+    }
+
+    /// The upsampling blocks' measured filter choices so far (native generators on CUDA).
+    pub fn fold_choices(&self) -> Vec<stylegan2::FoldChoice> {
+        match &self.generator {
+            Generator::Native(g) => g.fold_choices(),
+            _ => Vec::new(),
         }
     }
 

@@ -16,8 +16,8 @@
 
 use tch::{Kind, TchError, Tensor};
 
-use super::kernels::Kernels;
-use super::ops::{activate, conv2d_up2, is_half, Cache, Filter, LRELU_SLOPE};
+use super::kernels::{Finish, Kernels};
+use super::ops::{activate, conv2d_up2, conv_transpose_up2, is_half, Cache, Filter, LRELU_SLOPE};
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -67,6 +67,36 @@ pub struct Epilogue<'a> {
     pub act: Activation,
     pub gain: f64,
     pub clamp: Option<f64>,
+    /// The next layer's input scaling ([`input_styles`], [N, out] float32), applied last, so
+    /// that it can skip its own scaling pass ([`Route::prescaled`]).
+    pub then_scale: Option<&'a Tensor>,
+}
+
+/// How one layer runs.
+#[derive(Clone, Copy)]
+pub struct Route<'a> {
+    /// Each sample's own weights as one grouped convolution (NVIDIA's path for single
+    /// pictures); otherwise the features are scaled before one shared convolution and after it.
+    pub fused: bool,
+    /// An upsampling layer convolves once with the filter folded into its weights (where the
+    /// padding allows): four times the multiply-adds of the strided convolution, but no
+    /// filtering pass, which libtorch runs slowly on a GPU.
+    pub fold: bool,
+    /// The generator's CUDA kernels (no autograd): the unfused path's style scaling and its
+    /// epilogue (with an unfolded upsampling filter) in one pass each.
+    pub kernels: Option<&'a Kernels>,
+    /// The input already carries this layer's style scaling (unfused path only).
+    pub prescaled: bool,
+}
+
+/// The styles an unfused layer scales its input by: half precision scales them to at most 1,
+/// as it does the weights, so the products stay in range.
+pub fn input_styles(styles: &Tensor, kind: Kind) -> Result<Tensor> {
+    if is_half(kind) {
+        styles.f_div(&styles.f_abs()?.f_amax([1i64], true)?)
+    } else {
+        Ok(styles.shallow_clone())
+    }
 }
 
 impl Epilogue<'_> {
@@ -117,37 +147,32 @@ impl StyleConv {
                 nb = to_channels_last(&nb)?;
             }
             let slope = Tensor::f_full([1], LRELU_SLOPE, (key.kind, self.weight.device()))?;
-            Ok(vec![w, nb, slope])
+            let mut prepared = vec![w, nb, slope];
+            if let Some(f) = up {
+                prepared.push(f.kernel().f_to_kind(Kind::Float)?.f_contiguous()?);
+            }
+            Ok(prepared)
         })
     }
 
-    /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32. `fused` runs each
-    /// sample's own weights as one grouped convolution (NVIDIA's path for single pictures);
-    /// otherwise the features are scaled before one shared convolution and after it.
-    /// `fold` lets an upsampling layer convolve once with the filter folded into its weights
-    /// (where the padding allows): four times the multiply-adds of the strided convolution,
-    /// but no depthwise filtering pass, which is the slow part on a GPU. `kernels` (CUDA, no
-    /// autograd) do the unfused path's style scaling and epilogue in one pass each.
-    #[allow(clippy::too_many_arguments)]
+    /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32.
     pub fn forward(
         &self,
         x: &Tensor,
         styles: &Tensor,
         up: Option<&Filter>,
         padding: i64,
-        fused: bool,
-        fold: bool,
-        kernels: Option<&Kernels>,
+        route: Route,
         e: &Epilogue,
     ) -> Result<Tensor> {
+        let Route { fused, fold, kernels, prescaled } = route;
+        assert!(!(fused && prescaled), "a fused layer modulates its weights, not its input");
         let n = x.size()[0];
         let kind = x.kind();
         let ws = self.weight.size();
         let (cout, cin) = (ws[0], ws[1]);
         let half = is_half(kind);
-        // Half precision scales the styles to at most 1 as it does the weights, so the products
-        // stay in range.
-        let styles = if half { styles.f_div(&styles.f_abs()?.f_amax([1i64], true)?)? } else { styles.shallow_clone() };
+        let styles = input_styles(styles, kind)?;
         let sq = if half { &self.sq_scaled } else { &self.sq };
         let g = e.folded_gain();
         // Σ_i,taps (w·s_i)² = s² · Σ_taps w², one [N, in] x [in, out] product.
@@ -183,24 +208,46 @@ impl StyleConv {
             }
         } else {
             let xs = match kernels {
+                _ if prescaled => Some(x.shallow_clone()),
                 Some(k) => k.scale(x, &styles)?,
                 None => None,
             };
             let xs = match xs {
                 Some(xs) => xs,
-                None => x.f_mul(&styles.f_to_kind(kind)?.f_view([n, cin, 1, 1])?)?,
-            };
-            let y = match fold_pad {
-                Some(p) => xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?,
-                None => conv(&xs, w, up, padding, 1, true)?,
+                None => scale(x, &styles)?,
             };
             let slope = match e.act {
                 Activation::Lrelu => Some(LRELU_SLOPE),
                 Activation::Linear => Some(1.0),
                 _ => None,
             };
-            if let (Some(k), Some(slope)) = (kernels, slope) {
-                if k.epilogue(&y, &d, nb, e.noise, g, slope, e.clamp)? {
+            let fin = slope.map(|slope| Finish {
+                d: &d,
+                nb,
+                noise: e.noise,
+                noise_gain: g,
+                slope,
+                clamp: e.clamp,
+                post: e.then_scale,
+            });
+            let kernel = kernels.zip(fin.as_ref());
+            let y = match (fold_pad, up) {
+                (Some(p), _) => xs.f_conv_transpose2d(w, None::<Tensor>, [2, 2], [p, p], [0, 0], 1, [1, 1])?,
+                (None, Some(f)) => {
+                    // Unfolded, the kernels filter the strided convolution's result as they
+                    // finish the layer.
+                    let (t, pad) = conv_transpose_up2(&xs, w, f, padding, 1, true)?;
+                    if let Some((k, fin)) = kernel {
+                        if let Some(y) = k.up_epilogue(&t, &prep[3], pad, fin)? {
+                            return Ok(y);
+                        }
+                    }
+                    f.pad_and_filter(&t, pad.before, pad.after)?
+                }
+                (None, None) => conv(&xs, w, None, padding, 1, true)?,
+            };
+            if let Some((k, fin)) = kernel {
+                if k.epilogue(&y, fin)? {
                     return Ok(y);
                 }
             }
@@ -223,8 +270,17 @@ impl StyleConv {
                 let _ = y.f_clamp_(-c, c)?;
             }
         }
-        Ok(y)
+        match e.then_scale {
+            Some(s) => scale(&y, s),
+            None => Ok(y),
+        }
     }
+}
+
+/// `x` [N, C, H, W] times `s` [N, C] float32, in `x`'s type.
+fn scale(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let size = x.size();
+    x.f_mul(&s.f_to_kind(x.kind())?.f_view([size[0], size[1], 1, 1])?)
 }
 
 /// The transposed convolution's padding once the filter is folded into a `k`-tap kernel of a
@@ -276,5 +332,45 @@ pub fn modulated_1x1(x: &Tensor, weight: &Tensor, styles: &Tensor) -> Result<Ten
         xv.f_matmul(&wm.f_transpose(1, 2)?)?.f_view([n, h, w, cout])?.f_permute([0, 3, 1, 2])
     } else {
         wm.f_matmul(&x.f_reshape([n, c, h * w])?)?.f_view([n, cout, h, w])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Device;
+
+    use super::*;
+
+    /// Two layers where the first applies the second's input scaling as its last step and the
+    /// second skips its own give the same features as the two layers each on their own (the
+    /// tensor-op path the GPU's kernels fall back to; the kernels are checked in kernels/tests.rs).
+    #[test]
+    fn a_layer_may_scale_the_next_ones_input_for_it() {
+        tch::manual_seed(0);
+        let f32s = (Kind::Float, Device::Cpu);
+        let a = StyleConv::new(Tensor::randn([8, 6, 3, 3], f32s)).unwrap();
+        let b = StyleConv::new(Tensor::randn([5, 8, 3, 3], f32s)).unwrap();
+        let (bias_a, bias_b) = (Tensor::randn([8], f32s), Tensor::randn([5], f32s));
+        let x = Tensor::randn([2, 6, 8, 8], f32s);
+        let (sa, sb) = (Tensor::randn([2, 6], f32s), Tensor::randn([2, 8], f32s) + 1.0);
+        fn epilogue<'a>(bias: &'a Tensor, then_scale: Option<&'a Tensor>) -> Epilogue<'a> {
+            let (act, gain, clamp) = (Activation::Lrelu, 2f64.sqrt(), Some(1.0));
+            Epilogue { bias, const_noise: None, noise: None, act, gain, clamp, then_scale }
+        }
+        let route = |prescaled| Route { fused: false, fold: false, kernels: None, prescaled };
+        for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 3e-2)] {
+            let xk = x.to_kind(kind);
+            let h = a.forward(&xk, &sa, None, 1, route(false), &epilogue(&bias_a, None)).unwrap();
+            let plain = b.forward(&h, &sb, None, 1, route(false), &epilogue(&bias_b, None)).unwrap();
+            let then = input_styles(&sb, kind).unwrap();
+            let hs = a.forward(&xk, &sa, None, 1, route(false), &epilogue(&bias_a, Some(&then))).unwrap();
+            let joined = b.forward(&hs, &sb, None, 1, route(true), &epilogue(&bias_b, None)).unwrap();
+            let diff = |p: &Tensor, q: &Tensor| {
+                (p.to_kind(Kind::Float) - q.to_kind(Kind::Float)).abs().max().double_value(&[])
+            };
+            assert!(diff(&joined, &plain) <= tol, "{kind:?}: {} > {tol}", diff(&joined, &plain));
+            let twice = b.forward(&hs, &sb, None, 1, route(false), &epilogue(&bias_b, None)).unwrap();
+            assert!(diff(&twice, &plain) > 0.1, "{kind:?}: scaling twice must show");
+        }
     }
 }

@@ -165,7 +165,7 @@ impl Filter {
 
     /// Pads (negative: crops) both spatial axes by `before`/`after`, then filters each channel.
     /// Equal padding goes to the convolution itself, saving a copy of the features.
-    fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
+    pub fn pad_and_filter(&self, x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
         let (x, pad) = if before == after && before >= 0 {
             (x.shallow_clone(), before)
         } else {
@@ -210,16 +210,39 @@ fn pad_or_crop(x: &Tensor, before: i64, after: i64) -> Result<Tensor> {
     Ok(y)
 }
 
-/// NVIDIA's `conv2d_resample` for up=2: a strided transposed convolution, then the FIR
-/// filter over the padded result. `w` is [out, in/groups, k, k], or, when `transposed_w`,
-/// already [in, out, k, k] (one group); `padding` is the layer's.
-pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64, transposed_w: bool) -> Result<Tensor> {
+/// Where NVIDIA's `conv2d_resample` for up=2 pads: the strided transposed convolution's own
+/// padding, then the padding (negative: cropping) of its result on each side before the filter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Up2Padding {
+    pub conv: i64,
+    pub before: i64,
+    pub after: i64,
+}
+
+impl Up2Padding {
+    /// For a `k`-tap kernel with the layer's `padding` and a `taps`-tap filter.
+    pub fn new(k: i64, taps: i64, padding: i64) -> Self {
+        let p0 = padding + (taps + 1) / 2 - (k - 1);
+        let p1 = padding + (taps - 2) / 2 - (k - 2);
+        let conv = (-p0).min(-p1).max(0);
+        Self { conv, before: p0 + conv, after: p1 + conv }
+    }
+}
+
+/// The strided transposed convolution of NVIDIA's `conv2d_resample` for up=2, before its FIR
+/// filter: `w` is [out, in/groups, k, k], or, when `transposed_w`, already [in, out, k, k]
+/// (one group); `padding` is the layer's. Returns the result and how to pad it for the filter.
+pub fn conv_transpose_up2(
+    x: &Tensor,
+    w: &Tensor,
+    f: &Filter,
+    padding: i64,
+    groups: i64,
+    transposed_w: bool,
+) -> Result<(Tensor, Up2Padding)> {
     let s = w.size();
     let k = s[2];
-    let t = f.taps;
-    let p0 = padding + (t + 1) / 2 - (k - 1);
-    let p1 = padding + (t - 2) / 2 - (k - 2);
-    let pt = (-p0).min(-p1).max(0);
+    let pad = Up2Padding::new(k, f.taps, padding);
     let wt = if transposed_w {
         w.shallow_clone()
     } else if groups == 1 {
@@ -233,8 +256,15 @@ pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64,
             k,
         ])?
     };
-    let y = x.f_conv_transpose2d(&wt, None::<Tensor>, [2, 2], [pt, pt], [0, 0], groups, [1, 1])?;
-    f.pad_and_filter(&y, p0 + pt, p1 + pt)
+    let y = x.f_conv_transpose2d(&wt, None::<Tensor>, [2, 2], [pad.conv, pad.conv], [0, 0], groups, [1, 1])?;
+    Ok((y, pad))
+}
+
+/// NVIDIA's `conv2d_resample` for up=2: a strided transposed convolution, then the FIR
+/// filter over the padded result (arguments as [`conv_transpose_up2`]).
+pub fn conv2d_up2(x: &Tensor, w: &Tensor, f: &Filter, padding: i64, groups: i64, transposed_w: bool) -> Result<Tensor> {
+    let (y, pad) = conv_transpose_up2(x, w, f, padding, groups, transposed_w)?;
+    f.pad_and_filter(&y, pad.before, pad.after)
 }
 
 /// Whether `kind` is a half-precision type.

@@ -3,11 +3,13 @@
 //! or encode images.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::kernels::{self, Kernels};
-use super::modconv::{modulated_1x1, modulated_1x1_weights, Epilogue, StyleConv};
+use super::modconv::{input_styles, modulated_1x1, modulated_1x1_weights, Epilogue, Route, StyleConv};
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
@@ -138,8 +140,21 @@ impl StyledLayer {
         Ok((None, Some(Tensor::f_cat(&per, 0)?.f_mul(strength)?)))
     }
 
-    fn forward(&self, x: &Tensor, w: &Tensor, pass: Pass, gain: f64) -> Result<Tensor> {
-        let styles = self.affine.forward(w)?;
+    /// The layer's styles [N, in] from its ws [N, w_dim].
+    fn styles(&self, w: &Tensor) -> Result<Tensor> {
+        self.affine.forward(w)
+    }
+
+    /// `then_scale` and `prescaled` as in [`Epilogue::then_scale`] and [`Route::prescaled`].
+    fn forward(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        pass: Pass,
+        gain: f64,
+        then_scale: Option<&Tensor>,
+        prescaled: bool,
+    ) -> Result<Tensor> {
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
         let (const_noise, noise) = self.noise(pass.noise, res, x.device())?;
@@ -150,8 +165,10 @@ impl StyledLayer {
             act: self.act,
             gain: self.act.default_gain() * gain,
             clamp: self.clamp.map(|c| c * gain),
+            then_scale,
         };
-        self.conv.forward(x, &styles, self.up.as_ref(), self.padding, pass.fused, pass.fold, pass.kernels, &epilogue)
+        let route = Route { fused: pass.fused, fold: pass.fold, kernels: pass.kernels, prescaled };
+        self.conv.forward(x, styles, self.up.as_ref(), self.padding, route, &epilogue)
     }
 }
 
@@ -268,27 +285,34 @@ impl Block {
         let x = match (&self.konst, x, &self.conv0) {
             (Some(k), _, _) => {
                 let x = layout(k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?.f_to_kind(kind)?)?;
-                self.conv1.forward(&x, &w(0)?, pass, 1.0)?
+                self.conv1.forward(&x, &self.conv1.styles(&w(0)?)?, pass, 1.0, None, false)?
             }
             (None, Some(x), Some(conv0)) => {
                 // A block that changes the type or runs on CUDA sets its features' layout, as
                 // NVIDIA's blocks do; on the CPU in float32 the layout the first block chose
                 // carries through (forcing it at every block measured slower).
                 let x = if x.kind() != kind || pass.cuda { layout(x.f_to_kind(kind)?)? } else { x };
-                if let Some(skip) = &self.skip {
-                    let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
-                    let y = self.filter.upsample2d(&y, pass.fold)?.f_mul_scalar(half)?;
-                    let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
-                    y.f_add(&self.conv1.forward(&h, &w(1)?, pass, half)?)?
-                } else {
-                    let h = conv0.forward(&x, &w(0)?, pass, 1.0)?;
-                    self.conv1.forward(&h, &w(1)?, pass, 1.0)?
+                let (s0, s1) = (conv0.styles(&w(0)?)?, self.conv1.styles(&w(1)?)?);
+                // With the kernels, conv0's epilogue also scales conv1's input: one pass fewer.
+                let then_scale = match pass.kernels {
+                    Some(_) if !pass.fused => Some(input_styles(&s1, kind)?),
+                    _ => None,
+                };
+                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), false)?;
+                let gain = if self.skip.is_some() { half } else { 1.0 };
+                let out = self.conv1.forward(&h, &s1, pass, gain, None, then_scale.is_some())?;
+                match &self.skip {
+                    Some(skip) => {
+                        let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
+                        self.filter.upsample2d(&y, pass.cuda)?.f_mul_scalar(half)?.f_add(&out)?
+                    }
+                    None => out,
                 }
             }
             _ => unreachable!("a block after the first always receives features"),
         };
         let mut img = match img {
-            Some(i) => Some(self.filter.upsample2d(&i, pass.fold)?),
+            Some(i) => Some(self.filter.upsample2d(&i, pass.cuda)?),
             None => None,
         };
         if let Some(torgb) = &self.torgb {
@@ -303,8 +327,10 @@ impl Block {
 struct Pass<'a> {
     noise: NoisePlan<'a>,
     fused: bool,
+    /// On CUDA pictures (and resnet skips) upsample bilinearly: the same numbers as the
+    /// filter, without a depthwise convolution.
     cuda: bool,
-    /// Fold the upsampling filter into the convolutions and upsample pictures bilinearly.
+    /// Fold the upsampling filter into the convolutions.
     fold: bool,
     /// The generator's own CUDA kernels, where they load and no gradient is recorded.
     kernels: Option<&'static Kernels>,
@@ -343,11 +369,38 @@ pub struct StyleGan2 {
     device: Device,
     pub conv_path: ConvPath,
     pub precision: Precision,
-    /// Whether upsampling layers fold the FIR filter into their weights and pictures upsample
-    /// bilinearly (the same numbers): on CUDA, where depthwise filtering is slow; not on the
-    /// CPU, where the folded kernels' four times the multiply-adds cost more than they save.
-    pub fold_filters: bool,
+    /// Whether upsampling layers fold the FIR filter into their weights (one convolution with
+    /// four times the multiply-adds) or run the strided convolution and then the filter.
+    /// `None` (the default): where the generator's CUDA kernels run, which filter inside the
+    /// layer's epilogue, each upsampling block times both ways once per batch size and keeps
+    /// the faster; elsewhere folded on CUDA (libtorch's depthwise filtering is slow there)
+    /// and not on the CPU (where the extra multiply-adds cost more than they save).
+    pub fold_filters: Option<bool>,
+    /// The measured choices so far.
+    folds: Mutex<Vec<FoldChoice>>,
 }
+
+/// What an upsampling block's measured choice holds for: its resolution, the batch size, and
+/// the type and layout it computes in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FoldKey {
+    pub res: i64,
+    pub batch: i64,
+    kind: Kind,
+    channels_last: bool,
+}
+
+/// One measured choice: fold or not, and the best of three milliseconds each way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FoldChoice {
+    pub key: FoldKey,
+    pub folded: bool,
+    pub folded_ms: f64,
+    pub unfolded_ms: f64,
+}
+
+/// A block's output: its features and the picture so far.
+type BlockOut = (Tensor, Option<Tensor>);
 
 // SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
 // `StyleGan2`'s tensors are private, written only while it is built, and only read by the
@@ -373,7 +426,8 @@ impl StyleGan2 {
             device,
             conv_path: ConvPath::Auto,
             precision: Precision::Auto,
-            fold_filters: device.is_cuda(),
+            fold_filters: None,
+            folds: Mutex::new(Vec::new()),
         })
     }
 
@@ -445,8 +499,11 @@ impl StyleGan2 {
         let fused = self.conv_path == ConvPath::Fused;
         // Autograd cannot see through the kernels: the recorded pass keeps tensor ops.
         let kernels = if graph { None } else { kernels::for_device(self.device) };
-        let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold: self.fold_filters, kernels };
-        let (mut x, mut img) = (None, None);
+        let measure = self.fold_filters.is_none() && kernels.is_some() && !fused;
+        let fold = self.fold_filters.unwrap_or(self.device.is_cuda());
+        let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold, kernels };
+        let batch = ws.size()[0];
+        let (mut x, mut img): (Option<Tensor>, Option<Tensor>) = (None, None);
         let mut idx = 0;
         for (block, res) in self.blocks.iter().zip(self.settings.block_resolutions()) {
             let count = block.num_conv + i64::from(block.torgb.is_some());
@@ -454,12 +511,60 @@ impl StyleGan2 {
             idx += block.num_conv;
             let kind = precision.block_kind(res, &self.settings, self.device);
             let channels_last = precision.channels_last(res, &self.settings, self.device) && !fused;
-            let (nx, nimg) = block.forward(x, img, &bws, pass, kind, channels_last)?;
+            let run = |fold: bool| {
+                let again = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+                block.forward(again(&x), again(&img), &bws, Pass { fold, ..pass }, kind, channels_last)
+            };
+            let (nx, nimg) = if measure && block.conv0.is_some() {
+                let key = FoldKey { res, batch, kind, channels_last };
+                match self.fold_choice(key) {
+                    Some(folded) => run(folded)?,
+                    None => self.measure_fold(key, &run)?,
+                }
+            } else {
+                run(fold)?
+            };
             x = Some(nx);
             img = nimg;
             after_block(res);
         }
         Ok(img.expect("the last block has a toRGB layer"))
+    }
+}
+
+impl StyleGan2 {
+    /// The choices measured so far (`fold_filters = None`), in the order they were made.
+    pub fn fold_choices(&self) -> Vec<FoldChoice> {
+        self.folds.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn fold_choice(&self, key: FoldKey) -> Option<bool> {
+        let folds = self.folds.lock().unwrap_or_else(|e| e.into_inner());
+        folds.iter().find(|c| c.key == key).map(|c| c.folded)
+    }
+
+    /// Runs a block both ways, once untimed (cuDNN's autotuner picks its algorithms at a
+    /// shape's first call) and then three times each, waiting for the device around each run;
+    /// keeps the faster way (folded on a tie) for `key` and returns its output.
+    fn measure_fold(&self, key: FoldKey, run: &dyn Fn(bool) -> Result<BlockOut>) -> Result<BlockOut> {
+        let sync = || super::device::synchronize(self.device);
+        let mut best = [f64::INFINITY; 2];
+        for fold in [true, false] {
+            let _warm = run(fold)?;
+        }
+        for _ in 0..3 {
+            for (i, fold) in [true, false].into_iter().enumerate() {
+                sync();
+                let t0 = Instant::now();
+                let _out = run(fold)?;
+                sync();
+                best[i] = best[i].min(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let choice = FoldChoice { key, folded: best[0] <= best[1], folded_ms: best[0], unfolded_ms: best[1] };
+        tracing::debug!(?choice, "an upsampling block's filter, by measurement");
+        self.folds.lock().unwrap_or_else(|e| e.into_inner()).push(choice);
+        run(choice.folded)
     }
 }
 

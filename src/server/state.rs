@@ -140,9 +140,10 @@ impl AppState {
         let defaults = BatchSettings { max_batch: c.max_batch, max_wait: Duration::from_millis(c.max_wait_ms) };
         let lanes = runners::lanes(&registry, defaults);
         let batcher = Batcher::start(lanes, c.queue_capacity, self.cpu_slots.clone(), self.metrics.clone());
-        // With cuDNN's autotuner each batch size is tuned the first time it runs; on CUDA every
-        // size the batcher can form is run once here, so no request pays for it.
-        let sizes: Vec<usize> = if self.device.is_cuda() && c.cudnn_benchmark && c.warmup_iterations > 0 {
+        // On CUDA each batch size is tuned the first time it runs (cuDNN's autotuner, and the
+        // generator's choice of how each upsampling block filters): every size the batcher can
+        // form is run once here, so no request pays for it.
+        let sizes: Vec<usize> = if self.device.is_cuda() && c.warmup_iterations > 0 {
             (1..=c.max_batch.max(1)).collect()
         } else {
             vec![1; c.warmup_iterations]

@@ -97,19 +97,91 @@ __device__ __forceinline__ void map8(const T* x, T* out, long long C, long long 
   store8(out + i, v);
 }
 
-// y = clamp(lrelu(y * d[n, c] + nb + noise[n, p] * noise_gain)), in place. nb_mode 1: nb[c];
-// 2: nb[c, p] in y's layout. slope 1 is no activation; clampv infinity, no clamp.
-template <typename T>
-__device__ void epilogue(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
-                         float slope, float clampv, long long C, long long HW, long long total, int cl) {
-  map8(y, y, C, HW, total, cl, [=](float a, long long n, long long c, long long p) {
+// What the epilogue makes of one value a of sample n, channel c, pixel p (of HW):
+// clamp(lrelu(a * d[n, c] + nb + noise[n, p] * noise_gain)), times post[n, c] when given (the
+// next layer's style scaling). nb_mode 1: nb[c]; 2: nb[c, p] in the features' layout. slope 1
+// is no activation; clampv infinity, no clamp.
+template <typename T> struct Finish {
+  const float* d;
+  const T* nb;
+  int nb_mode;
+  const float* noise;
+  float noise_gain, slope, clampv;
+  const float* post;
+  long long C, HW;
+  int cl;
+  __device__ __forceinline__ float operator()(float a, long long n, long long c, long long p) const {
     a *= d[n * C + c];
     if (nb_mode == 1) a += ld(nb[c]);
     else if (nb_mode == 2) a += ld(nb[cl ? p * C + c : c * HW + p]);
     if (noise) a += noise[n * HW + p] * noise_gain;
     if (a < 0.f) a *= slope;
-    return fminf(fmaxf(a, -clampv), clampv);
-  });
+    a = fminf(fmaxf(a, -clampv), clampv);
+    return post ? a * post[n * C + c] : a;
+  }
+};
+
+// The epilogue in place over y.
+template <typename T>
+__device__ void epilogue(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
+                         float slope, float clampv, const float* post, long long C, long long HW, long long total,
+                         int cl) {
+  map8(y, y, C, HW, total, cl, Finish<T>{d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, cl});
+}
+
+// An upsampling layer's FIR filter and epilogue in one pass: t [N, C, Ht, Wt] is the strided
+// transposed convolution's result; each output value y[n, c, oy, ox] (Ho x Wo) is
+// sum_ij fir[i, j] * t[n, c, oy + i - before, ox + j - before] (zero outside t), then the
+// epilogue. t and y share a layout; a thread makes 8 channels of one pixel (NHWC) or 8 pixels
+// of one row (NCHW, Wo a multiple of 8). taps at most 8.
+template <typename T>
+__device__ void up_epilogue(const T* t, const float* fir, int taps, int before, long long Ht, long long Wt, T* y,
+                            long long Wo, const float* d, const T* nb, int nb_mode, const float* noise,
+                            float noise_gain, float slope, float clampv, const float* post, long long C, long long HW,
+                            long long total, int cl) {
+  long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i >= total) return;
+  const Finish<T> fin{d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, cl};
+  Place at = place(i, C, HW, cl);
+  long long oy, ox;
+  if (at.p < 4294967296LL) {
+    oy = (unsigned)at.p / (unsigned)Wo;
+    ox = (unsigned)at.p % (unsigned)Wo;
+  } else {
+    oy = at.p / Wo;
+    ox = at.p % Wo;
+  }
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int a = 0; a < taps; ++a) {
+    long long iy = oy + a - before;
+    if (iy < 0 || iy >= Ht) continue;
+    for (int b = 0; b < taps; ++b) {
+      float k = fir[a * taps + b];
+      if (cl) {
+        long long ix = ox + b - before;
+        if (ix < 0 || ix >= Wt) continue;
+        Pack<T> v;
+        load8(t + ((at.n * Ht + iy) * Wt + ix) * C + at.c, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] += k * ld(v.v[j]);
+      } else {
+        const T* row = t + ((at.n * C + at.c) * Ht + iy) * Wt;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          long long ix = ox + j + b - before;
+          if (ix >= 0 && ix < Wt) acc[j] += k * ld(row[ix]);
+        }
+      }
+    }
+  }
+  Pack<T> v;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    long long c = cl ? at.c + j : at.c;
+    long long p = cl ? at.p : at.p + j;
+    v.v[j] = st<T>(fin(acc[j], at.n, c, p));
+  }
+  store8(y + i, v);
 }
 
 // out = x * s[n, c].
@@ -171,9 +243,16 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
 #define MIXGAN_KERNELS(T, SUFFIX)                                                                          \
   extern "C" __global__ void epilogue_##SUFFIX(T* y, const float* d, const T* nb, int nb_mode,             \
                                                const float* noise, float noise_gain, float slope,         \
-                                               float clampv, long long C, long long HW, long long total,  \
-                                               int cl) {                                                  \
-    epilogue<T>(y, d, nb, nb_mode, noise, noise_gain, slope, clampv, C, HW, total, cl);                   \
+                                               float clampv, const float* post, long long C, long long HW, \
+                                               long long total, int cl) {                                 \
+    epilogue<T>(y, d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, total, cl);             \
+  }                                                                                                        \
+  extern "C" __global__ void up_epilogue_##SUFFIX(                                                         \
+      const T* t, const float* fir, int taps, int before, long long Ht, long long Wt, T* y, long long Wo,     \
+      const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain, float slope,            \
+      float clampv, const float* post, long long C, long long HW, long long total, int cl) {                  \
+    up_epilogue<T>(t, fir, taps, before, Ht, Wt, y, Wo, d, nb, nb_mode, noise, noise_gain, slope, clampv,      \
+                   post, C, HW, total, cl);                                                                  \
   }                                                                                                        \
   extern "C" __global__ void scale_##SUFFIX(const T* x, const float* s, T* out, long long C, long long HW, \
                                             long long total, int cl) {                                    \

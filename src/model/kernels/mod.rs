@@ -24,6 +24,8 @@ mod tests;
 
 use ffi::{check, Ctx, Driver, Func, Nvrtc};
 
+use super::ops::Up2Padding;
+
 type Result<T> = std::result::Result<T, TchError>;
 
 const SOURCE: &str = include_str!("kernels.cu");
@@ -51,6 +53,60 @@ impl Arg {
             Arg::F32(v) => v as *mut f32 as *mut c_void,
             Arg::I64(v) => v as *mut i64 as *mut c_void,
         }
+    }
+}
+
+/// A layer's epilogue: `clamp(lrelu(y·d + nb + noise·noise_gain), ±clamp)`, with `slope` 1 for
+/// no activation, then times `post` where given. `d` and `post` [N, C] float32; `nb` in the
+/// features' type, [C] or [C, H, W] in their layout; `noise` [N, H, W] float32.
+pub struct Finish<'a> {
+    pub d: &'a Tensor,
+    pub nb: &'a Tensor,
+    pub noise: Option<&'a Tensor>,
+    pub noise_gain: f64,
+    pub slope: f64,
+    pub clamp: Option<f64>,
+    pub post: Option<&'a Tensor>,
+}
+
+impl Finish<'_> {
+    /// The kernels' arguments from `d` on, for features of `shape` in `kind`, with the tensors
+    /// they point into (to be held until the launch); `None` where the tensors do not fit.
+    fn args(&self, shape: Dense, kind: Kind) -> Result<Option<(Vec<Arg>, Vec<Tensor>)>> {
+        let nb = self.nb;
+        let per_channel = nb.numel() as i64 == shape.c;
+        let per_pixel = nb.numel() as i64 == shape.c * shape.hw
+            && Dense::of(nb).is_some_and(|s| s.channels_last == shape.channels_last);
+        if nb.kind() != kind || !(per_channel || per_pixel) {
+            return Ok(None);
+        }
+        let (nb, nb_mode) = if per_channel { (nb.f_contiguous()?, 1) } else { (nb.shallow_clone(), 2) };
+        let d = self.d.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let noise = match self.noise {
+            Some(t) if t.numel() as i64 == shape.n * shape.hw => Some(t.f_to_kind(Kind::Float)?.f_contiguous()?),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        let post = self.post.map(|p| p.f_to_kind(Kind::Float)?.f_contiguous()).transpose()?;
+        let per_sample_channel = |t: &Tensor| t.numel() as i64 == shape.n * shape.c;
+        if !per_sample_channel(&d) || post.as_ref().is_some_and(|p| !per_sample_channel(p)) {
+            return Ok(None);
+        }
+        let args = vec![
+            Arg::tensor(Some(&d)),
+            Arg::tensor(Some(&nb)),
+            Arg::I32(nb_mode),
+            Arg::tensor(noise.as_ref()),
+            Arg::F32(self.noise_gain as f32),
+            Arg::F32(self.slope as f32),
+            Arg::F32(self.clamp.map_or(f32::INFINITY, |c| c as f32)),
+            Arg::tensor(post.as_ref()),
+            Arg::I64(shape.c),
+            Arg::I64(shape.hw),
+            Arg::I64(shape.total()),
+            Arg::I32(shape.channels_last as i32),
+        ];
+        Ok(Some((args, [Some(d), Some(nb), noise, post].into_iter().flatten().collect())))
     }
 }
 
@@ -104,7 +160,7 @@ pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
         .clone()
 }
 
-const KERNEL_NAMES: [&str; 3] = ["epilogue", "scale", "to_rgb"];
+const KERNEL_NAMES: [&str; 4] = ["epilogue", "up_epilogue", "scale", "to_rgb"];
 const SUFFIXES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// The name suffix of a kernel's instance for values of `kind`.
@@ -230,53 +286,54 @@ impl Kernels {
         Ok(Some(out))
     }
 
-    /// In place: `y = clamp(lrelu(y·d + nb + noise·noise_gain), ±clamp)`, with `slope` 1 for no
-    /// activation. `d` [N, C] float32; `nb` in `y`'s type, [C] or [C, H, W] in `y`'s layout;
-    /// `noise` [N, H, W] float32. `false` where the kernel cannot take the tensors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn epilogue(
-        &self,
-        y: &Tensor,
-        d: &Tensor,
-        nb: &Tensor,
-        noise: Option<&Tensor>,
-        noise_gain: f64,
-        slope: f64,
-        clamp: Option<f64>,
-    ) -> Result<bool> {
+    /// In place: the epilogue `fin` over `y`. `false` where the kernel cannot take the tensors.
+    pub fn epilogue(&self, y: &Tensor, fin: &Finish) -> Result<bool> {
         let Some(shape) = Dense::of(y) else { return Ok(false) };
-        let per_channel = nb.numel() as i64 == shape.c;
-        let per_pixel = nb.numel() as i64 == shape.c * shape.hw
-            && Dense::of(nb).is_some_and(|s| s.channels_last == shape.channels_last);
-        if nb.kind() != y.kind() || !(per_channel || per_pixel) {
-            return Ok(false);
-        }
-        let (nb, nb_mode) = if per_channel { (nb.f_contiguous()?, 1) } else { (nb.shallow_clone(), 2) };
-        let d = d.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let noise = match noise {
-            Some(t) if t.numel() as i64 == shape.n * shape.hw => Some(t.f_to_kind(Kind::Float)?.f_contiguous()?),
-            Some(_) => return Ok(false),
-            None => None,
-        };
-        if d.numel() as i64 != shape.n * shape.c {
-            return Ok(false);
-        }
-        let args = vec![
-            Arg::tensor(Some(y)),
-            Arg::tensor(Some(&d)),
-            Arg::tensor(Some(&nb)),
-            Arg::I32(nb_mode),
-            Arg::tensor(noise.as_ref()),
-            Arg::F32(noise_gain as f32),
-            Arg::F32(slope as f32),
-            Arg::F32(clamp.map_or(f32::INFINITY, |c| c as f32)),
-            Arg::I64(shape.c),
-            Arg::I64(shape.hw),
-            Arg::I64(shape.total()),
-            Arg::I32(shape.channels_last as i32),
-        ];
+        let Some((fin_args, _keep)) = fin.args(shape, y.kind())? else { return Ok(false) };
+        let mut args = vec![Arg::tensor(Some(y))];
+        args.extend(fin_args);
         self.launch("epilogue", y.kind(), shape.vector_blocks(), args)?;
         Ok(true)
+    }
+
+    /// An upsampling layer's FIR filter and epilogue in one pass: `t` [N, C, Ht, Wt] is its
+    /// strided transposed convolution's result, `fir` [taps, taps] float32 the kernel the
+    /// filter correlates with (gain included) after padding `t` by `pad`; then the epilogue
+    /// `fin`, whose `nb` and noise have the output's size. Returns the features in `t`'s
+    /// layout, or `None` where the kernel cannot take the tensors.
+    pub fn up_epilogue(&self, t: &Tensor, fir: &Tensor, pad: Up2Padding, fin: &Finish) -> Result<Option<Tensor>> {
+        let Some(input) = Dense::layout_of(t) else { return Ok(None) };
+        let taps = fir.size().first().copied().unwrap_or(0);
+        let fir_fits = fir.kind() == Kind::Float && fir.is_contiguous() && fir.size() == [taps, taps];
+        let (ht, wt) = (t.size()[2], t.size()[3]);
+        let (ho, wo) = (ht + pad.before + pad.after - taps + 1, wt + pad.before + pad.after - taps + 1);
+        if !fir_fits || !(1..=8).contains(&taps) || pad.before != pad.after || ho < 1 || wo < 1 {
+            return Ok(None);
+        }
+        let (n, c) = (input.n, input.c);
+        let y = if input.channels_last {
+            Tensor::f_empty([n, ho, wo, c], (t.kind(), t.device()))?.f_permute([0, 3, 1, 2])?
+        } else {
+            Tensor::f_empty([n, c, ho, wo], (t.kind(), t.device()))?
+        };
+        let Some(shape) = Dense::of(&y) else { return Ok(None) };
+        if shape.channels_last != input.channels_last || (!shape.channels_last && wo % VEC != 0) {
+            return Ok(None);
+        }
+        let Some((fin_args, _keep)) = fin.args(shape, t.kind())? else { return Ok(None) };
+        let mut args = vec![
+            Arg::tensor(Some(t)),
+            Arg::tensor(Some(fir)),
+            Arg::I32(taps as i32),
+            Arg::I32(pad.before as i32),
+            Arg::I64(ht),
+            Arg::I64(wt),
+            Arg::tensor(Some(&y)),
+            Arg::I64(wo),
+        ];
+        args.extend(fin_args);
+        self.launch("up_epilogue", t.kind(), shape.vector_blocks(), args)?;
+        Ok(Some(y))
     }
 
     /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus `prev` (the picture so
@@ -335,6 +392,13 @@ struct Dense {
 
 impl Dense {
     fn of(x: &Tensor) -> Option<Dense> {
+        let shape = Self::layout_of(x)?;
+        (shape.channels_last || shape.hw % VEC == 0).then_some(shape)
+    }
+
+    /// As [`Dense::of`], without asking NCHW's pixels to come in eights (for a kernel's
+    /// input that it reads value by value in that layout).
+    fn layout_of(x: &Tensor) -> Option<Dense> {
         let typed = suffix(x.kind()).is_some();
         if x.dim() != 4 || x.device() == Device::Cpu || !typed {
             return None;
@@ -345,7 +409,7 @@ impl Dense {
         let nhwc = stride == [h * w * c, 1, w * c, c];
         let aligned = (x.data_ptr() as usize).is_multiple_of(16);
         let shape = Dense { n, c, hw: h * w, channels_last: nhwc && !nchw };
-        let fits = if shape.channels_last { c % VEC == 0 } else { nchw && (h * w) % VEC == 0 };
+        let fits = !shape.channels_last || c % VEC == 0;
         (aligned && fits && (nchw || nhwc) && x.numel() > 0).then_some(shape)
     }
 

@@ -8,6 +8,7 @@ use libloading::Library;
 
 use super::ffi::{sym, Nvrtc};
 use super::*;
+use crate::model::ops::Filter;
 
 /// The kernel source compiles for Hopper (cubin) and as PTX for Ampere, without a GPU:
 /// NVRTC only needs the host. Skipped where libtorch's NVRTC is absent (a CPU-only build).
@@ -107,6 +108,28 @@ fn assert_close(got: &Tensor, want: &Tensor, kind: Kind, what: &str) {
     assert!(diff <= tol, "{what}: largest difference {diff} > {tol}");
 }
 
+/// The epilogue by tensor ops, in float32: `clamp(lrelu(x·d + nb + noise·g, slope), ±clamp)`,
+/// times `post` where given.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    x: &Tensor,
+    d: &Tensor,
+    nb4: &Tensor,
+    noise: &Tensor,
+    g: f32,
+    slope: f32,
+    clamp: f64,
+    post: Option<&Tensor>,
+) -> Tensor {
+    let (n, c) = (d.size()[0], d.size()[1]);
+    let a = x.to_kind(Kind::Float) * d.view([n, c, 1, 1]) + nb4.to_kind(Kind::Float) + noise * f64::from(g);
+    let y = a.where_self(&a.ge(0.0), &(&a * f64::from(slope))).clamp(-clamp, clamp);
+    match post {
+        Some(p) => y * p.view([n, c, 1, 1]),
+        None => y,
+    }
+}
+
 const CASES: [([i64; 4], bool); 4] =
     [([2, 16, 4, 4], false), ([2, 16, 4, 4], true), ([3, 24, 8, 8], false), ([3, 24, 8, 8], true)];
 const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
@@ -136,20 +159,37 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
             let (g, slope, clamp) = (1.4f32, 0.2f32, 1.5f32);
             let per_pixel = features([1, c, h, w], kind, cl, 2);
             let per_channel = Tensor::randn([c], (Kind::Float, Device::Cpu)).to_kind(kind);
-            let epilogue: unsafe extern "C" fn(Ptr, Ptr, Ptr, i32, Ptr, f32, f32, f32, i64, i64, i64, i32) =
+            let epilogue: unsafe extern "C" fn(Ptr, Ptr, Ptr, i32, Ptr, f32, f32, f32, Ptr, i64, i64, i64, i32) =
                 host.func("epilogue", kind);
+            // Mode 2 also scales by the next layer's styles at the end.
+            let post = Tensor::rand([n, c], (Kind::Float, Device::Cpu)) + 0.5;
             for (mode, nb, nb4) in
                 [(1, &per_channel, per_channel.view([1, c, 1, 1])), (2, &per_pixel, per_pixel.shallow_clone())]
             {
                 let y = x.copy();
+                let post = (mode == 2).then_some(&post);
+                let post_ptr = post.map_or(std::ptr::null_mut(), ptr);
                 host.launch(blocks, || unsafe {
-                    epilogue(ptr(&y), ptr(&d), ptr(nb), mode, ptr(&noise), g, slope, clamp, c, hw, total, cl as i32)
+                    epilogue(
+                        ptr(&y),
+                        ptr(&d),
+                        ptr(nb),
+                        mode,
+                        ptr(&noise),
+                        g,
+                        slope,
+                        clamp,
+                        post_ptr,
+                        c,
+                        hw,
+                        total,
+                        cl as i32,
+                    )
                 });
-                let a =
-                    x.to_kind(Kind::Float) * d.view([n, c, 1, 1]) + nb4.to_kind(Kind::Float) + &noise * f64::from(g);
-                let want = a.where_self(&a.ge(0.0), &(&a * f64::from(slope))).clamp(-1.5, 1.5);
+                let want = finish(&x, &d, &nb4, &noise, g, slope, 1.5, post);
                 assert_close(&y, &want, kind, &format!("epilogue, nb mode {mode}, {what}"));
-                assert!(y.abs().max().double_value(&[]) <= 1.5, "clamped");
+                let bound = if post.is_some() { 1.5 * 1.5 } else { 1.5 };
+                assert!(y.abs().max().double_value(&[]) <= bound, "clamped");
             }
 
             // toRGB, with and without the picture so far.
@@ -188,6 +228,96 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                 to_rgb(ptr(&x), ptr(&wm), ptr(&bias), 2.0, ptr(&sum), ptr(&sum), c, hw, n * hw, o as i32, cl as i32)
             });
             assert_close(&sum, &(&prev + &contribution), Kind::Float, &format!("to_rgb onto a picture, {what}"));
+        }
+    }
+}
+
+/// up_epilogue's parameters in kernels.cu: t, fir, taps, before, Ht, Wt, y, Wo, then the
+/// epilogue's from d on (d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, total, cl).
+type UpEpilogue = unsafe extern "C" fn(
+    Ptr,
+    Ptr,
+    i32,
+    i32,
+    i64,
+    i64,
+    Ptr,
+    i64,
+    Ptr,
+    Ptr,
+    i32,
+    Ptr,
+    f32,
+    f32,
+    f32,
+    Ptr,
+    i64,
+    i64,
+    i64,
+    i32,
+);
+
+/// An upsampling layer's filter and epilogue in one pass against the strided convolution's
+/// result filtered by the tensor ops (StyleGAN2's [1, 3, 3, 1] filter, 3x3 kernel, padding 1).
+#[test]
+fn the_upsampling_epilogue_filters_as_the_tensor_ops_do_on_the_host() {
+    let host = HostBuild::new();
+    let taps = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 1.0]);
+    let filter = Filter::from_buffer(&(taps.outer(&taps) / 64.0)).unwrap();
+    let fir = filter.kernel().to_kind(Kind::Float).contiguous();
+    let pad = Up2Padding::new(3, 4, 1);
+    assert_eq!((pad.before, pad.after), (1, 1), "StyleGAN2's up layers pad the filter by one");
+    for ([n, c, h, w], cl) in
+        [([2, 16, 4, 4], false), ([2, 16, 4, 4], true), ([3, 8, 8, 4], false), ([1, 24, 4, 8], true)]
+    {
+        // The strided convolution's result is 2h + 1 by 2w + 1; the layer's output 2h by 2w.
+        let (ht, wt, ho, wo) = (2 * h + 1, 2 * w + 1, 2 * h, 2 * w);
+        let (hw, total) = (ho * wo, n * c * ho * wo);
+        let blocks = (total / VEC + THREADS as i64 - 1) / THREADS as i64;
+        for kind in KINDS {
+            let what = format!("[{n}, {c}, {ht}, {wt}] {kind:?} channels-last {cl}");
+            let t = features([n, c, ht, wt], kind, cl, 3);
+            let filtered = filter.pad_and_filter(&t.to_kind(Kind::Float), pad.before, pad.after).unwrap();
+            assert_eq!(filtered.size(), [n, c, ho, wo]);
+            let d = Tensor::rand([n, c], (Kind::Float, Device::Cpu)) + 0.5;
+            let noise = Tensor::randn([n, 1, ho, wo], (Kind::Float, Device::Cpu));
+            let per_pixel = features([1, c, ho, wo], kind, cl, 4);
+            let per_channel = Tensor::randn([c], (Kind::Float, Device::Cpu)).to_kind(kind);
+            let f: UpEpilogue = host.func("up_epilogue", kind);
+            let post = Tensor::rand([n, c], (Kind::Float, Device::Cpu)) + 0.5;
+            for (mode, nb, nb4) in
+                [(1, &per_channel, per_channel.view([1, c, 1, 1])), (2, &per_pixel, per_pixel.shallow_clone())]
+            {
+                let y = features([n, c, ho, wo], kind, cl, 5);
+                let post = (mode == 1).then_some(&post);
+                let post_ptr = post.map_or(std::ptr::null_mut(), ptr);
+                host.launch(blocks, || unsafe {
+                    f(
+                        ptr(&t),
+                        ptr(&fir),
+                        4,
+                        pad.before as i32,
+                        ht,
+                        wt,
+                        ptr(&y),
+                        wo,
+                        ptr(&d),
+                        ptr(nb),
+                        mode,
+                        ptr(&noise),
+                        1.4,
+                        0.2,
+                        2.5,
+                        post_ptr,
+                        c,
+                        hw,
+                        total,
+                        cl as i32,
+                    )
+                });
+                let want = finish(&filtered, &d, &nb4, &noise, 1.4, 0.2, 2.5, post);
+                assert_close(&y, &want, kind, &format!("up_epilogue, nb mode {mode}, {what}"));
+            }
         }
     }
 }
