@@ -383,6 +383,7 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let top = a.concurrency.iter().copied().max().unwrap_or(16);
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();
+    let before = super::stages::scrape(&target);
     for i in 0..a.rounds.max(1) {
         let bare = bare_generators(registry.clone(), &a.layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch)?;
         let served = closed_loop(&target, top, round).rps();
@@ -400,6 +401,9 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
         ratios.len(),
         ratios[ratios.len() / 2]
     );
+    if let (Some(before), Some(after)) = (before, super::stages::scrape(&target)) {
+        *text += &super::stages::report(&before, &after);
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod python;
 mod render;
 pub mod seeds;
 mod serve;
+mod stages;
 
 use std::process::ExitCode;
 

@@ -12,6 +12,7 @@ pub mod settings;
 pub mod spec;
 pub mod stylegan2;
 pub mod torchscript;
+pub mod tuning;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -174,7 +175,7 @@ impl Model {
     }
 
     /// The upsampling blocks' measured filter choices so far (native generators on CUDA).
-    pub fn fold_choices(&self) -> Vec<stylegan2::FoldChoice> {
+    pub fn fold_choices(&self) -> Vec<tuning::FoldChoice> {
         match &self.generator {
             Generator::Native(g) => g.fold_choices(),
             _ => Vec::new(),

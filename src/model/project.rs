@@ -18,8 +18,9 @@ type Result<T> = std::result::Result<T, tch::TchError>;
 /// Samples of W used to measure its spread, which scales the noise added to w.
 const SPREAD_SAMPLES: u32 = 256;
 
-/// About how many times a search reports its loss (reading the loss waits for the device).
-const REPORTS: usize = 100;
+/// About how many times a search reports its loss. Reading the loss waits for the device, so
+/// the host cannot queue past it: a report every few steps lets the two overlap in between.
+const REPORTS: usize = 20;
 
 /// Told `(step, steps, mean loss per target)` every few steps and at the last.
 pub type StepReport<'a> = &'a (dyn Fn(usize, usize, f64) + Sync);

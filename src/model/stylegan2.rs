@@ -3,8 +3,6 @@
 //! or encode images.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -13,6 +11,7 @@ use super::modconv::{input_styles, modulated_1x1, modulated_1x1_weights, Epilogu
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
 use super::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
+use super::tuning::{FoldChoice, FoldChoices, FoldKey};
 use crate::error::UnknownChoice;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -377,30 +376,8 @@ pub struct StyleGan2 {
     /// and not on the CPU (where the extra multiply-adds cost more than they save).
     pub fold_filters: Option<bool>,
     /// The measured choices so far.
-    folds: Mutex<Vec<FoldChoice>>,
+    folds: FoldChoices,
 }
-
-/// What an upsampling block's measured choice holds for: its resolution, the batch size, and
-/// the type and layout it computes in.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FoldKey {
-    pub res: i64,
-    pub batch: i64,
-    kind: Kind,
-    channels_last: bool,
-}
-
-/// One measured choice: fold or not, and the best of three milliseconds each way.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FoldChoice {
-    pub key: FoldKey,
-    pub folded: bool,
-    pub folded_ms: f64,
-    pub unfolded_ms: f64,
-}
-
-/// A block's output: its features and the picture so far.
-type BlockOut = (Tensor, Option<Tensor>);
 
 // SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
 // `StyleGan2`'s tensors are private, written only while it is built, and only read by the
@@ -427,7 +404,7 @@ impl StyleGan2 {
             conv_path: ConvPath::Auto,
             precision: Precision::Auto,
             fold_filters: None,
-            folds: Mutex::new(Vec::new()),
+            folds: FoldChoices::default(),
         })
     }
 
@@ -517,9 +494,9 @@ impl StyleGan2 {
             };
             let (nx, nimg) = if measure && block.conv0.is_some() {
                 let key = FoldKey { res, batch, kind, channels_last };
-                match self.fold_choice(key) {
+                match self.folds.get(key) {
                     Some(folded) => run(folded)?,
-                    None => self.measure_fold(key, &run)?,
+                    None => self.folds.measure(key, self.device, &run)?,
                 }
             } else {
                 run(fold)?
@@ -533,38 +510,9 @@ impl StyleGan2 {
 }
 
 impl StyleGan2 {
-    /// The choices measured so far (`fold_filters = None`), in the order they were made.
+    /// The upsampling blocks' measured choices so far (`fold_filters = None`).
     pub fn fold_choices(&self) -> Vec<FoldChoice> {
-        self.folds.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn fold_choice(&self, key: FoldKey) -> Option<bool> {
-        let folds = self.folds.lock().unwrap_or_else(|e| e.into_inner());
-        folds.iter().find(|c| c.key == key).map(|c| c.folded)
-    }
-
-    /// Runs a block both ways, once untimed (cuDNN's autotuner picks its algorithms at a
-    /// shape's first call) and then three times each, waiting for the device around each run;
-    /// keeps the faster way (folded on a tie) for `key` and returns its output.
-    fn measure_fold(&self, key: FoldKey, run: &dyn Fn(bool) -> Result<BlockOut>) -> Result<BlockOut> {
-        let sync = || super::device::synchronize(self.device);
-        let mut best = [f64::INFINITY; 2];
-        for fold in [true, false] {
-            let _warm = run(fold)?;
-        }
-        for _ in 0..3 {
-            for (i, fold) in [true, false].into_iter().enumerate() {
-                sync();
-                let t0 = Instant::now();
-                let _out = run(fold)?;
-                sync();
-                best[i] = best[i].min(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        let choice = FoldChoice { key, folded: best[0] <= best[1], folded_ms: best[0], unfolded_ms: best[1] };
-        tracing::debug!(?choice, "an upsampling block's filter, by measurement");
-        self.folds.lock().unwrap_or_else(|e| e.into_inner()).push(choice);
-        run(choice.folded)
+        self.folds.all()
     }
 }
 
