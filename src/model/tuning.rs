@@ -43,7 +43,8 @@ impl FoldChoices {
 
     /// Whether `key`'s block folds, once measured.
     pub fn get(&self, key: FoldKey) -> Option<bool> {
-        self.all().iter().find(|c| c.key == key).map(|c| c.folded)
+        let choices = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        choices.iter().find(|c| c.key == key).map(|c| c.folded)
     }
 
     /// Runs a block both ways (`run(fold)`), once untimed (cuDNN's autotuner picks its
