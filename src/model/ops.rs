@@ -146,6 +146,11 @@ impl Filter {
         self.taps
     }
 
+    /// Whether it is StyleGAN2's [1, 3, 3, 1] filter (upsampling is then bilinear).
+    pub fn is_bilinear(&self) -> bool {
+        self.bilinear
+    }
+
     /// The kernel the filtering correlates with ([taps, taps], gain included), for folding
     /// into a convolution's weights.
     pub fn kernel(&self) -> &Tensor {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::kernels::{self, Kernels};
+use super::kernels::{self, Kernels, Picture};
 use super::modconv::{input_styles, modulated_1x1, modulated_1x1_weights, Epilogue, Route, StyleConv};
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use super::precision::Precision;
@@ -194,15 +194,34 @@ impl ToRgb {
         })
     }
 
-    /// The picture so far (`prev`, upsampled) plus the block's contribution, in float32 whatever
-    /// the features' type.
-    fn forward(&self, x: &Tensor, w: &Tensor, prev: Option<&Tensor>, kernels: Option<&Kernels>) -> Result<Tensor> {
+    /// The picture so far (`prev`, at half this block's size, upsampled with `filter`,
+    /// bilinearly where `bilinear`) plus the block's contribution, in float32 whatever the
+    /// features' type. The kernels upsample StyleGAN2's filter themselves as they add.
+    fn forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        prev: Option<&Tensor>,
+        (filter, bilinear): (&Filter, bool),
+        kernels: Option<&Kernels>,
+    ) -> Result<Tensor> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
-        if let Some(k) = kernels {
-            let wm = modulated_1x1_weights(&self.weight, &styles)?;
-            // The upsampled picture is a cropped view; the kernel adds into a dense copy.
-            let dense = prev.map(Tensor::f_contiguous).transpose()?;
-            if let Some(img) = k.to_rgb(x, &wm, &self.bias, self.clamp, dense.as_ref())? {
+        let wm = kernels.map(|_| modulated_1x1_weights(&self.weight, &styles)).transpose()?;
+        let with_kernel = |prev: Option<Picture>| match (kernels, &wm) {
+            (Some(k), Some(wm)) => k.to_rgb(x, wm, &self.bias, self.clamp, prev),
+            _ => Ok(None),
+        };
+        if filter.is_bilinear() || prev.is_none() {
+            let half = prev.map(Tensor::f_contiguous).transpose()?;
+            if let Some(img) = with_kernel(half.as_ref().map(Picture::Half))? {
+                return Ok(img);
+            }
+        }
+        let prev = prev.map(|p| filter.upsample2d(p, bilinear)).transpose()?;
+        // The upsampled picture is a cropped view; the kernel adds into a dense copy.
+        if prev.is_some() {
+            let dense = prev.as_ref().map(Tensor::f_contiguous).transpose()?;
+            if let Some(img) = with_kernel(dense.as_ref().map(Picture::Same))? {
                 return Ok(img);
             }
         }
@@ -310,13 +329,14 @@ impl Block {
             }
             _ => unreachable!("a block after the first always receives features"),
         };
-        let mut img = match img {
-            Some(i) => Some(self.filter.upsample2d(&i, pass.cuda)?),
-            None => None,
+        let img = match (&self.torgb, img) {
+            (Some(torgb), img) => {
+                let up = (&self.filter, pass.cuda);
+                Some(torgb.forward(&x, &w(self.num_conv)?, img.as_ref(), up, pass.kernels)?)
+            }
+            (None, Some(img)) => Some(self.filter.upsample2d(&img, pass.cuda)?),
+            (None, None) => None,
         };
-        if let Some(torgb) = &self.torgb {
-            img = Some(torgb.forward(&x, &w(self.num_conv)?, img.as_ref(), pass.kernels)?);
-        }
         Ok((x, img))
     }
 }

@@ -190,13 +190,29 @@ __device__ void scale(const T* x, const float* s, T* out, long long C, long long
   map8(x, out, C, HW, total, cl, [=](float a, long long n, long long c, long long) { return a * s[n * C + c]; });
 }
 
-// One thread per pixel: out[n, o, p] = prev[n, o, p] + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
-// float32 NCHW out; O <= 4. prev may be out itself, or null.
+// The picture so far at output pixel (y, x) of an H x W picture when prev is at half that
+// size: StyleGAN2's [1, 3, 3, 1] upsampling, which is bilinear interpolation of prev padded
+// with zeros (weights 3/4 and 1/4 along each axis, the nearer input pixel weighing 3/4).
+__device__ __forceinline__ float upsampled(const float* plane, long long y, long long x, long long H, long long W) {
+  long long h = H / 2, w = W / 2, ky = y >> 1, kx = x >> 1;
+  long long ny = (y & 1) ? ky + 1 : ky - 1, nx = (x & 1) ? kx + 1 : kx - 1;
+  bool row = ny >= 0 && ny < h, col = nx >= 0 && nx < w;
+  float a = plane[ky * w + kx];
+  float b = col ? plane[ky * w + nx] : 0.f;
+  float c = row ? plane[ny * w + kx] : 0.f;
+  float d = row && col ? plane[ny * w + nx] : 0.f;
+  return 0.5625f * a + 0.1875f * (b + c) + 0.0625f * d;
+}
+
+// One thread per pixel: out[n, o, p] = prev + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
+// float32 NCHW out (H x W); O <= 4. prev: null, the picture at the same size (it may be out
+// itself), or, with prev_half, the picture at half the size, upsampled here.
 template <typename T>
-__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, float* out,
-                       long long C, long long HW, long long pixels, int O, int cl) {
+__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, int prev_half,
+                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl) {
   long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= pixels) return;
+  long long HW = H * W;
   // One pixel's place, as in place(): 32-bit division where the index allows.
   long long n, p;
   if (idx < 4294967296LL) {
@@ -235,7 +251,13 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
     if (o < O) {
       long long k = (n * O + o) * HW + p;
       float a = fminf(fmaxf(acc[o] + bias[o], -clampv), clampv);
-      out[k] = prev ? prev[k] + a : a;
+      float base = 0.f;
+      if (prev && prev_half) {
+        long long y = p < 4294967296LL ? (unsigned)p / (unsigned)W : p / W;
+        base = upsampled(prev + (n * O + o) * (HW / 4), y, p - y * W, H, W);
+      }
+      if (prev && !prev_half) base = prev[k];
+      out[k] = base + a;
     }
   }
 }
@@ -259,9 +281,9 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
     scale<T>(x, s, out, C, HW, total, cl);                                                                 \
   }                                                                                                        \
   extern "C" __global__ void to_rgb_##SUFFIX(const T* x, const float* wm, const float* bias, float clampv, \
-                                             const float* prev, float* out, long long C, long long HW,    \
-                                             long long pixels, int O, int cl) {                           \
-    to_rgb<T>(x, wm, bias, clampv, prev, out, C, HW, pixels, O, cl);                                       \
+                                             const float* prev, int prev_half, float* out, long long C,   \
+                                             long long H, long long W, long long pixels, int O, int cl) { \
+    to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl);                          \
   }
 
 MIXGAN_KERNELS(float, f32)

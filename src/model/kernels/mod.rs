@@ -336,27 +336,35 @@ impl Kernels {
         Ok(Some(y))
     }
 
-    /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus `prev` (the picture so
-    /// far, upsampled), as float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated
-    /// 1x1 weight; O at most 4. Writes into `prev` when given. `None` where it cannot.
+    /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus the picture so far, as
+    /// float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated 1x1 weight; O at most 4.
+    /// The picture so far is `Same(p)`, [N, O, H, W] (written into), or `Half(p)`,
+    /// [N, O, H/2, W/2], upsampled here with StyleGAN2's [1, 3, 3, 1] filter. `None` where the
+    /// kernel cannot take the tensors.
     pub fn to_rgb(
         &self,
         x: &Tensor,
         wm: &Tensor,
         bias: &Tensor,
         clamp: Option<f64>,
-        prev: Option<&Tensor>,
+        prev: Option<Picture>,
     ) -> Result<Option<Tensor>> {
         let Some(shape) = Dense::of(x) else { return Ok(None) };
         let o = bias.numel() as i64;
         if !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
             return Ok(None);
         }
-        let want = [shape.n, o, x.size()[2], x.size()[3]];
-        let (out, has_prev) = match prev {
-            Some(p) if p.size() == want && p.kind() == Kind::Float && p.is_contiguous() => (p.shallow_clone(), true),
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let want = [shape.n, o, h, w];
+        let dense = |p: &Tensor, size: &[i64]| p.size() == size && p.kind() == Kind::Float && p.is_contiguous();
+        let new = || Tensor::f_empty(want, (Kind::Float, x.device()));
+        let (out, prev, half) = match prev {
+            None => (new()?, None, false),
+            Some(Picture::Same(p)) if dense(p, &want) => (p.shallow_clone(), Some(p), false),
+            Some(Picture::Half(p)) if h % 2 == 0 && w % 2 == 0 && dense(p, &[shape.n, o, h / 2, w / 2]) => {
+                (new()?, Some(p), true)
+            }
             Some(_) => return Ok(None),
-            None => (Tensor::f_empty(want, (Kind::Float, x.device()))?, false),
         };
         let wm = wm.f_to_kind(Kind::Float)?.f_contiguous()?;
         let bias = bias.f_to_kind(Kind::Float)?.f_contiguous()?;
@@ -366,10 +374,12 @@ impl Kernels {
             Arg::tensor(Some(&wm)),
             Arg::tensor(Some(&bias)),
             Arg::F32(clamp.map_or(f32::INFINITY, |c| c as f32)),
-            Arg::tensor(has_prev.then_some(&out)),
+            Arg::tensor(prev),
+            Arg::I32(half as i32),
             Arg::tensor(Some(&out)),
             Arg::I64(shape.c),
-            Arg::I64(shape.hw),
+            Arg::I64(h),
+            Arg::I64(w),
             Arg::I64(pixels),
             Arg::I32(o as i32),
             Arg::I32(shape.channels_last as i32),
@@ -377,6 +387,13 @@ impl Kernels {
         self.launch("to_rgb", x.kind(), (pixels + THREADS as i64 - 1) / THREADS as i64, args)?;
         Ok(Some(out))
     }
+}
+
+/// The picture a toRGB layer adds to: at its own size, or at half of it (to be upsampled).
+#[derive(Clone, Copy)]
+pub enum Picture<'a> {
+    Same(&'a Tensor),
+    Half(&'a Tensor),
 }
 
 /// A dense [N, C, H, W] tensor's sizes and layout, where the element-wise kernels can take it:

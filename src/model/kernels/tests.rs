@@ -137,6 +137,7 @@ const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
 #[test]
 fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
     let host = HostBuild::new();
+    let fir = stylegan2_filter();
     for (shape, cl) in CASES {
         let [n, c, h, w] = shape;
         let (hw, total) = (h * w, n * c * h * w);
@@ -203,33 +204,57 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                 .f_add(&bias.view([1, o, 1, 1]))
                 .unwrap()
                 .clamp(-2.0, 2.0);
-            let to_rgb: unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, Ptr, i64, i64, i64, i32, i32) =
-                host.func("to_rgb", kind);
+            let to_rgb: ToRgb = host.func("to_rgb", kind);
             let pixel_blocks = (n * hw + THREADS as i64 - 1) / THREADS as i64;
+            let run = |prev: Ptr, half: i32, out: &Tensor| {
+                host.launch(pixel_blocks, || unsafe {
+                    to_rgb(
+                        ptr(&x),
+                        ptr(&wm),
+                        ptr(&bias),
+                        2.0,
+                        prev,
+                        half,
+                        ptr(out),
+                        c,
+                        h,
+                        w,
+                        n * hw,
+                        o as i32,
+                        cl as i32,
+                    )
+                })
+            };
             let out = Tensor::zeros([n, o, h, w], (Kind::Float, Device::Cpu));
-            host.launch(pixel_blocks, || unsafe {
-                to_rgb(
-                    ptr(&x),
-                    ptr(&wm),
-                    ptr(&bias),
-                    2.0,
-                    std::ptr::null_mut(),
-                    ptr(&out),
-                    c,
-                    hw,
-                    n * hw,
-                    o as i32,
-                    cl as i32,
-                )
-            });
+            run(std::ptr::null_mut(), 0, &out);
             assert_close(&out, &contribution, Kind::Float, &format!("to_rgb {what}"));
             let sum = prev.copy();
-            host.launch(pixel_blocks, || unsafe {
-                to_rgb(ptr(&x), ptr(&wm), ptr(&bias), 2.0, ptr(&sum), ptr(&sum), c, hw, n * hw, o as i32, cl as i32)
-            });
+            run(ptr(&sum), 0, &sum);
             assert_close(&sum, &(&prev + &contribution), Kind::Float, &format!("to_rgb onto a picture, {what}"));
+            // The picture at half the size, upsampled by the kernel as the filter's depthwise
+            // convolution does it.
+            let small = Tensor::randn([n, o, h / 2, w / 2], (Kind::Float, Device::Cpu));
+            let up = fir.upsample2d(&small, false).unwrap();
+            let out = Tensor::zeros([n, o, h, w], (Kind::Float, Device::Cpu));
+            run(ptr(&small), 1, &out);
+            assert_close(
+                &out,
+                &(&up + &contribution),
+                Kind::Float,
+                &format!("to_rgb onto a half-size picture, {what}"),
+            );
         }
     }
+}
+
+/// to_rgb's parameters in kernels.cu: x, wm, bias, clampv, prev, prev_half, out, C, H, W,
+/// pixels, O, cl.
+type ToRgb = unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, i32, Ptr, i64, i64, i64, i64, i32, i32);
+
+/// StyleGAN2's [1, 3, 3, 1] filter.
+fn stylegan2_filter() -> Filter {
+    let taps = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 1.0]);
+    Filter::from_buffer(&(taps.outer(&taps) / 64.0)).unwrap()
 }
 
 /// up_epilogue's parameters in kernels.cu: t, fir, taps, before, Ht, Wt, y, Wo, then the
@@ -262,8 +287,7 @@ type UpEpilogue = unsafe extern "C" fn(
 #[test]
 fn the_upsampling_epilogue_filters_as_the_tensor_ops_do_on_the_host() {
     let host = HostBuild::new();
-    let taps = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 1.0]);
-    let filter = Filter::from_buffer(&(taps.outer(&taps) / 64.0)).unwrap();
+    let filter = stylegan2_filter();
     let fir = filter.kernel().to_kind(Kind::Float).contiguous();
     let pad = Up2Padding::new(3, 4, 1);
     assert_eq!((pad.before, pad.after), (1, 1), "StyleGAN2's up layers pad the filter by one");
