@@ -17,7 +17,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::kernels::{Finish, Kernels};
-use super::ops::{activate, conv2d_up2, conv_transpose_up2, is_half, Cache, Filter, LRELU_SLOPE};
+use super::ops::{activate, conv2d_up2, conv_transpose_up2, is_half, Cache, Filter, Up2Padding, LRELU_SLOPE};
 use super::spec::Activation;
 
 type Result<T> = std::result::Result<T, TchError>;
@@ -85,8 +85,9 @@ pub struct Route<'a> {
     /// The generator's CUDA kernels (no autograd): the unfused path's style scaling and its
     /// epilogue (with an unfolded upsampling filter) in one pass each.
     pub kernels: Option<&'a Kernels>,
-    /// The input already carries this layer's style scaling (unfused path only).
-    pub prescaled: bool,
+    /// The input already carries this layer's style scaling, by these styles (its
+    /// [`input_styles`], made by whoever scaled it; unfused path only).
+    pub prescaled: Option<&'a Tensor>,
 }
 
 /// The styles an unfused layer scales its input by: half precision scales them to at most 1,
@@ -166,13 +167,16 @@ impl StyleConv {
         e: &Epilogue,
     ) -> Result<Tensor> {
         let Route { fused, fold, kernels, prescaled } = route;
-        assert!(!(fused && prescaled), "a fused layer modulates its weights, not its input");
+        assert!(!(fused && prescaled.is_some()), "a fused layer modulates its weights, not its input");
         let n = x.size()[0];
         let kind = x.kind();
         let ws = self.weight.size();
         let (cout, cin) = (ws[0], ws[1]);
         let half = is_half(kind);
-        let styles = input_styles(styles, kind)?;
+        let styles = match prescaled {
+            Some(s) => s.shallow_clone(),
+            None => input_styles(styles, kind)?,
+        };
         let sq = if half { &self.sq_scaled } else { &self.sq };
         let g = e.folded_gain();
         // Σ_i,taps (w·s_i)² = s² · Σ_taps w², one [N, in] x [in, out] product.
@@ -208,7 +212,7 @@ impl StyleConv {
             }
         } else {
             let xs = match kernels {
-                _ if prescaled => Some(x.shallow_clone()),
+                _ if prescaled.is_some() => Some(x.shallow_clone()),
                 Some(k) => k.scale(x, &styles)?,
                 None => None,
             };
@@ -288,9 +292,8 @@ fn scale(x: &Tensor, s: &Tensor) -> Result<Tensor> {
 /// that footprint is symmetric and reachable (it is for 3x3 kernels with the 4-tap filter).
 fn folded_padding(f: &Filter, k: i64, padding: i64) -> Option<i64> {
     let t = f.taps();
-    let p0 = padding + (t + 1) / 2 - (k - 1);
-    let p1 = padding + (t - 2) / 2 - (k - 2);
-    (p0 == p1 && (0..t).contains(&p0)).then_some(t - 1 - p0)
+    let p = Up2Padding::new(k, t, padding);
+    (p.conv == 0 && p.before == p.after && (0..t).contains(&p.before)).then_some(t - 1 - p.before)
 }
 
 /// `w` [out, in, k, k] with the upsampling filter folded in: [out, in, k + taps - 1, ...],
@@ -357,19 +360,21 @@ mod tests {
             let (act, gain, clamp) = (Activation::Lrelu, 2f64.sqrt(), Some(1.0));
             Epilogue { bias, const_noise: None, noise: None, act, gain, clamp, then_scale }
         }
-        let route = |prescaled| Route { fused: false, fold: false, kernels: None, prescaled };
+        fn route(prescaled: Option<&Tensor>) -> Route<'_> {
+            Route { fused: false, fold: false, kernels: None, prescaled }
+        }
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 3e-2)] {
             let xk = x.to_kind(kind);
-            let h = a.forward(&xk, &sa, None, 1, route(false), &epilogue(&bias_a, None)).unwrap();
-            let plain = b.forward(&h, &sb, None, 1, route(false), &epilogue(&bias_b, None)).unwrap();
+            let h = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, None)).unwrap();
+            let plain = b.forward(&h, &sb, None, 1, route(None), &epilogue(&bias_b, None)).unwrap();
             let then = input_styles(&sb, kind).unwrap();
-            let hs = a.forward(&xk, &sa, None, 1, route(false), &epilogue(&bias_a, Some(&then))).unwrap();
-            let joined = b.forward(&hs, &sb, None, 1, route(true), &epilogue(&bias_b, None)).unwrap();
+            let hs = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, Some(&then))).unwrap();
+            let joined = b.forward(&hs, &sb, None, 1, route(Some(&then)), &epilogue(&bias_b, None)).unwrap();
             let diff = |p: &Tensor, q: &Tensor| {
                 (p.to_kind(Kind::Float) - q.to_kind(Kind::Float)).abs().max().double_value(&[])
             };
             assert!(diff(&joined, &plain) <= tol, "{kind:?}: {} > {tol}", diff(&joined, &plain));
-            let twice = b.forward(&hs, &sb, None, 1, route(false), &epilogue(&bias_b, None)).unwrap();
+            let twice = b.forward(&hs, &sb, None, 1, route(None), &epilogue(&bias_b, None)).unwrap();
             assert!(diff(&twice, &plain) > 0.1, "{kind:?}: scaling twice must show");
         }
     }

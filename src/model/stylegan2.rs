@@ -152,7 +152,7 @@ impl StyledLayer {
         pass: Pass,
         gain: f64,
         then_scale: Option<&Tensor>,
-        prescaled: bool,
+        prescaled: Option<&Tensor>,
     ) -> Result<Tensor> {
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
@@ -212,8 +212,7 @@ impl ToRgb {
             _ => Ok(None),
         };
         if filter.is_bilinear() || prev.is_none() {
-            let half = prev.map(Tensor::f_contiguous).transpose()?;
-            if let Some(img) = with_kernel(half.as_ref().map(Picture::Half))? {
+            if let Some(img) = with_kernel(prev.map(Picture::Half))? {
                 return Ok(img);
             }
         }
@@ -303,7 +302,7 @@ impl Block {
         let x = match (&self.konst, x, &self.conv0) {
             (Some(k), _, _) => {
                 let x = layout(k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?.f_to_kind(kind)?)?;
-                self.conv1.forward(&x, &self.conv1.styles(&w(0)?)?, pass, 1.0, None, false)?
+                self.conv1.forward(&x, &self.conv1.styles(&w(0)?)?, pass, 1.0, None, None)?
             }
             (None, Some(x), Some(conv0)) => {
                 // A block that changes the type or runs on CUDA sets its features' layout, as
@@ -316,9 +315,9 @@ impl Block {
                     Some(_) if !pass.fused => Some(input_styles(&s1, kind)?),
                     _ => None,
                 };
-                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), false)?;
+                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), None)?;
                 let gain = if self.skip.is_some() { half } else { 1.0 };
-                let out = self.conv1.forward(&h, &s1, pass, gain, None, then_scale.is_some())?;
+                let out = self.conv1.forward(&h, &s1, pass, gain, None, then_scale.as_ref())?;
                 match &self.skip {
                     Some(skip) => {
                         let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
