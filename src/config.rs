@@ -88,6 +88,8 @@ pub struct Config {
     /// The generator's own CUDA kernels for its bytes-bound passes (CUDA only; off, libtorch's
     /// tensor operations do them).
     pub cuda_kernels: bool,
+    /// Record each generator's pass per batch size as a CUDA graph and replay it (CUDA only).
+    pub cuda_graphs: bool,
 }
 
 impl Default for Config {
@@ -115,6 +117,7 @@ impl Default for Config {
             composite_on: CompositeOn::Auto,
             cudnn_benchmark: true,
             cuda_kernels: true,
+            cuda_graphs: false,
         }
     }
 }
@@ -159,6 +162,15 @@ impl Overrides {
 }
 
 impl Config {
+    /// The process-wide CUDA switches these settings ask for.
+    pub fn cuda_switches(&self) -> crate::model::device::CudaSwitches {
+        crate::model::device::CudaSwitches {
+            cudnn_benchmark: self.cudnn_benchmark,
+            kernels: self.cuda_kernels,
+            graphs: self.cuda_graphs,
+        }
+    }
+
     /// Defaults, then `file`, then the `MIXGAN_<KEY>` variables among `env` whose key is a
     /// setting (other `MIXGAN_*` variables belong to other tools and are left alone), then
     /// `flags`.
@@ -307,6 +319,7 @@ mod tests {
         assert_eq!(load_env(&[("MIXGAN_COMPOSITE_ON", "cpu")]).unwrap().composite_on, CompositeOn::Cpu);
         // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
         assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
+        assert!(!Config::default().cuda_graphs && load_env(&[("MIXGAN_CUDA_GRAPHS", "true")]).unwrap().cuda_graphs);
         assert!(!load_env(&[("MIXGAN_CUDNN_BENCHMARK", "0")]).unwrap().cudnn_benchmark);
         let err = load_env(&[("MIXGAN_CUDNN_BENCHMARK", "maybe")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_CUDNN_BENCHMARK") && err.contains("true or false"), "{err}");

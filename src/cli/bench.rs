@@ -11,6 +11,7 @@ use clap::Args;
 use tch::Device;
 
 use super::{python, say};
+use crate::model::device::CudaSwitches;
 use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError, Precision};
 
 #[derive(Args)]
@@ -54,6 +55,9 @@ pub struct BenchArgs {
     /// The generator's own CUDA kernels (true or false); off, libtorch's tensor ops instead.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cuda_kernels: bool,
+    /// Record each pass per batch size as a CUDA graph and replay it (true or false).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    cuda_graphs: bool,
     /// Fold the upsampling filter into the weights (true or false; default: measured per block
     /// and batch where the generator's CUDA kernels run, else on CUDA only).
     #[arg(long, action = clap::ArgAction::Set)]
@@ -66,7 +70,10 @@ pub struct BenchArgs {
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    crate::model::device::configure_cuda(device, a.cudnn_benchmark, a.cuda_kernels);
+    crate::model::device::configure_cuda(
+        device,
+        CudaSwitches { cudnn_benchmark: a.cudnn_benchmark, kernels: a.cuda_kernels, graphs: a.cuda_graphs },
+    );
     let models = if a.models.join("model.toml").is_file() {
         vec![a.models.clone()]
     } else {
@@ -246,25 +253,32 @@ fn queue_time(model: &Model, batch: usize) -> Result<(f64, f64), ModelError> {
     Ok((median(queued), median(done)))
 }
 
-/// Seeds 0-3 at truncation 0.7 with constant noise: what tools/nvidia_bench.py compares too.
-fn check_params(model: &Model) -> Vec<GenerationParams> {
-    (0..4)
+/// Seeds `first`..`first + 3` at truncation 0.7 with constant noise: what
+/// tools/nvidia_bench.py compares too (from seed 0).
+fn check_params(model: &Model, first: u32) -> Vec<GenerationParams> {
+    (first..first + 4)
         .map(|s| GenerationParams { trunc: 0.7, noise_mode: crate::model::NoiseMode::Const, ..model.default_params(s) })
         .collect()
 }
 
 /// The same images on the benchmark device and on the CPU (in float32): the largest absolute
-/// difference.
+/// difference. Where passes are recorded as CUDA graphs, three batches of other seeds (the
+/// eager pass, the recording, a replay) so that a replay that ignored its input shows.
 fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelError> {
     if cfg.device == Device::Cpu || !cfg.cpu_check {
         return Ok(None);
     }
     let mut cpu = Model::load(&model.dir, Device::Cpu)?;
     cpu.set_precision(Precision::Fp32);
-    let params = check_params(model);
-    let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
-    let b = cpu.generate(&params)?;
-    Ok(Some(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?))
+    let passes = if crate::model::graphs::wanted(cfg.device).is_some() { 3 } else { 1 };
+    let mut largest = 0f64;
+    for pass in 0..passes {
+        let params = check_params(model, 4 * pass);
+        let a = model.generate(&params)?.f_to_device(Device::Cpu)?;
+        let b = cpu.generate(&params)?;
+        largest = largest.max(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?);
+    }
+    Ok(Some(largest))
 }
 
 /// The model's pictures against fp32's on the same device, in 8-bit levels (largest, mean),
@@ -276,7 +290,7 @@ fn vs_fp32(model: &mut Model) -> Result<Option<(f64, f64)>, ModelError> {
     if g.block_resolutions().iter().all(|&r| precision.block_kind(r, g, device) == tch::Kind::Float) {
         return Ok(None);
     }
-    let params = check_params(model);
+    let params = check_params(model, 0);
     let half = to_pixels(&model.generate(&params)?)?;
     model.set_precision(Precision::Fp32);
     let full = to_pixels(&model.generate(&params)?);

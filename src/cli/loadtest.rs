@@ -249,7 +249,9 @@ pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: us
         }
         Ok(started.elapsed().as_secs_f64())
     };
-    // Warm up every batch size the timed run forms (cuDNN's autotuner tunes each the first time).
+    // Warm up every batch size the timed run forms (cuDNN's autotuner tunes each the first time;
+    // with CUDA graphs the second pass at a size records it).
+    let passes = if crate::model::graphs::wanted(device).is_some() { 2 } else { 1 };
     for job in &plan.jobs {
         let params = plan.job_params(job);
         let total = requests * params.len();
@@ -258,7 +260,9 @@ pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: us
         sizes.extend((total > batch && !total.is_multiple_of(batch)).then_some(total % batch));
         for size in sizes {
             let chunk: Vec<_> = params.iter().cycle().take(size).cloned().collect();
-            let _ = job.model.generate(&chunk)?.f_to_device(tch::Device::Cpu)?;
+            for _ in 0..passes {
+                let _ = job.model.generate(&chunk)?.f_to_device(tch::Device::Cpu)?;
+            }
         }
     }
     Ok(requests as f64 / run(requests)?)
@@ -377,7 +381,7 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let device = a.device.resolve()?;
     if device.is_cuda() {
         let settings = crate::config::Config::load(None, std::env::vars(), Default::default())?;
-        crate::model::device::configure_cuda(device, settings.cudnn_benchmark, settings.cuda_kernels);
+        crate::model::device::configure_cuda(device, settings.cuda_switches());
     }
     let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);

@@ -57,12 +57,24 @@ pub fn set_cudnn_benchmark(on: bool) {
     tch::Cuda::cudnn_set_benchmark(on);
 }
 
-/// The process-wide CUDA switches (cuDNN's autotuner, the generator's own kernels), set where
-/// `device` is a GPU and left alone elsewhere.
-pub fn configure_cuda(device: Device, cudnn_benchmark: bool, cuda_kernels: bool) {
+/// The process-wide CUDA switches: cuDNN's autotuner, the generator's own kernels, and
+/// recording its passes as CUDA graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaSwitches {
+    pub cudnn_benchmark: bool,
+    pub kernels: bool,
+    pub graphs: bool,
+}
+
+/// Sets the switches where `device` is a GPU; elsewhere leaves them alone.
+pub fn configure_cuda(device: Device, switches: CudaSwitches) {
     if device.is_cuda() {
-        set_cudnn_benchmark(cudnn_benchmark);
-        super::kernels::set_enabled(cuda_kernels);
+        set_cudnn_benchmark(switches.cudnn_benchmark);
+        super::kernels::set_enabled(switches.kernels);
+        super::graphs::set_enabled(switches.graphs);
+        if switches.graphs && !super::graphs::built() {
+            tracing::warn!("cuda_graphs is on, but this binary was built without CUDA graphs (see build.rs)");
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! style mixing) into image tensors. It knows nothing of layouts, compositing or HTTP.
 
 pub mod device;
+pub mod graphs;
 pub mod kernels;
 pub mod modconv;
 pub mod ops;
@@ -162,6 +163,7 @@ impl Model {
     pub fn set_conv_path(&mut self, path: ConvPath) {
         if let Generator::Native(g) = &mut self.generator {
             g.conv_path = path;
+            g.forget_graphs();
         }
     }
 
@@ -171,6 +173,7 @@ impl Model {
     pub fn set_fold_filters(&mut self, fold: Option<bool>) {
         if let Generator::Native(g) = &mut self.generator {
             g.fold_filters = fold;
+            g.forget_graphs();
         }
     }
 
@@ -186,6 +189,7 @@ impl Model {
     pub fn set_precision(&mut self, precision: Precision) {
         if let Generator::Native(g) = &mut self.generator {
             g.precision = precision;
+            g.forget_graphs();
         }
     }
 

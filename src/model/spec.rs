@@ -85,7 +85,7 @@ fn default_synthesis() -> String {
     "synthesis.pt".into()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NoiseMode {
     #[default]

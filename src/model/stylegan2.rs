@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::graphs::Graphs;
 use super::kernels::{self, Kernels, Picture};
 use super::modconv::{input_styles, modulated_1x1, modulated_1x1_weights, Epilogue, Route, StyleConv};
 use super::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
@@ -396,6 +397,18 @@ pub struct StyleGan2 {
     pub fold_filters: Option<bool>,
     /// The measured choices so far.
     folds: FoldChoices,
+    /// Passes recorded as CUDA graphs (`cuda_graphs`), by batch size and noise; recorded with
+    /// the settings above, so whoever changes those calls [`StyleGan2::forget_graphs`].
+    graphs: Graphs<GraphKey>,
+}
+
+/// What a recorded pass is specific to besides the generator's settings: the batch size, and
+/// the noise every sample uses (constant or none; random noise is made on the host per seed,
+/// so such passes are not recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GraphKey {
+    batch: i64,
+    noise: NoiseMode,
 }
 
 // SAFETY: `tch::Tensor` is not `Sync` because its methods could mutate shared storage. A
@@ -424,6 +437,7 @@ impl StyleGan2 {
             precision: Precision::Auto,
             fold_filters: None,
             folds: FoldChoices::default(),
+            graphs: Graphs::default(),
         })
     }
 
@@ -455,7 +469,20 @@ impl StyleGan2 {
     /// computed in the generator's `precision`.
     pub fn synthesis(&self, ws: &Tensor, noise: NoisePlan) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
+        let uniform = noise.uniform().filter(|&m| m != NoiseMode::Random);
+        if let (Some(device), Some(mode)) = (super::graphs::wanted(self.device), uniform) {
+            let key = GraphKey { batch: ws.size()[0], noise: mode };
+            return self.graphs.run(key, device, ws, |ws| self.run(ws, noise, self.precision, false));
+        }
         self.run(ws, noise, self.precision, false)
+    }
+
+    /// Drops the recorded passes (after a change to the settings they were recorded with),
+    /// once the device has finished any replay still queued: their memory goes back to the
+    /// allocator.
+    pub fn forget_graphs(&self) {
+        super::device::synchronize(self.device);
+        self.graphs.clear();
     }
 
     /// `synthesis` in float32, recording the autograd graph (for projection).

@@ -142,9 +142,11 @@ impl AppState {
         let batcher = Batcher::start(lanes, c.queue_capacity, self.cpu_slots.clone(), self.metrics.clone());
         // On CUDA each batch size is tuned the first time it runs (cuDNN's autotuner, and the
         // generator's choice of how each upsampling block filters): every size the batcher can
-        // form is run once here, so no request pays for it.
+        // form is run once here, so no request pays for it; twice with `cuda_graphs`, whose
+        // second pass at a size records it.
         let sizes: Vec<usize> = if self.device.is_cuda() && c.warmup_iterations > 0 {
-            (1..=c.max_batch.max(1)).collect()
+            let runs = if c.cuda_graphs { 2 } else { 1 };
+            (1..=c.max_batch.max(1)).flat_map(|s| std::iter::repeat_n(s, runs)).collect()
         } else {
             vec![1; c.warmup_iterations]
         };

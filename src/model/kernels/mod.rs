@@ -5,8 +5,8 @@
 //! what the memory can; each of these reads and writes its features once.
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
-//! hand and launched through the CUDA driver on libtorch's default stream, so they queue in
-//! order with its kernels. Both libraries are opened at run time: a CPU-only machine, or one
+//! hand and launched through the CUDA driver on the thread's current libtorch stream, so they
+//! queue in order with its kernels (and a CUDA graph being recorded takes them in). Both libraries are opened at run time: a CPU-only machine, or one
 //! where either is missing or the compile fails, gets `None` and the caller keeps its tensor
 //! ops. This module owns no model state and does not decide when to use a kernel; it only
 //! says which tensors it can take (dense NCHW or NHWC, 16-byte aligned).
@@ -114,6 +114,7 @@ impl Finish<'_> {
 pub struct Kernels {
     driver: Driver,
     ctx: Ctx,
+    ordinal: usize,
     functions: HashMap<String, usize>,
 }
 
@@ -205,7 +206,7 @@ impl Kernels {
                     functions.insert(name, f as usize);
                 }
             }
-            Ok(Self { driver, ctx, functions })
+            Ok(Self { driver, ctx, ordinal: ordinal as usize, functions })
         }
     }
 
@@ -240,8 +241,9 @@ impl Kernels {
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
         let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
         // SAFETY: the arguments match the kernel's parameters in kernels.cu one for one; every
-        // pointer is a live tensor's data on this device, sized as the caller checked. Stream 0
-        // is the legacy default stream libtorch queues on, so the launch orders with its work.
+        // pointer is a live tensor's data on this device, sized as the caller checked. The
+        // stream is the one libtorch queues this thread's work on, so the launch orders with it.
+        let stream = super::graphs::current_stream(self.ordinal);
         let r = unsafe {
             (self.driver.cu_ctx_push)(self.ctx);
             let r = (self.driver.cu_launch_kernel)(
@@ -253,7 +255,7 @@ impl Kernels {
                 1,
                 1,
                 0,
-                std::ptr::null_mut(),
+                stream,
                 ptrs.as_mut_ptr(),
                 std::ptr::null_mut(),
             );
