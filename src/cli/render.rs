@@ -10,6 +10,7 @@ use clap::Args;
 use super::say;
 use crate::compositor::{matte, ownership_map, Compositor};
 use crate::layout::ImageFormat;
+use crate::model::device::CudaSwitches;
 use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::{CompositeOn, Pipeline, Rendered};
 use crate::registry::ModelRegistry;
@@ -63,10 +64,16 @@ pub struct RenderArgs {
     /// shows and its seam score, beside the same with its shape alone as the matte.
     #[arg(long)]
     leak: bool,
+    /// On CUDA, record each generator pass per batch size, and a search's step, as a CUDA
+    /// graph and replay it (true or false).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    cuda_graphs: bool,
 }
 
 pub fn run(a: RenderArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
+    let switches = CudaSwitches { cudnn_benchmark: true, kernels: true, graphs: a.cuda_graphs };
+    crate::model::device::configure_cuda(device, switches);
     crate::model::set_threads(a.torch_threads);
     let layout = if a.layout.as_os_str() == "-" {
         let mut buf = Vec::new();

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Kind, Tensor};
 
+use super::graphs::{self, Graph};
 use super::stylegan2::{NoisePlan, StyleGan2};
 use super::{ModelError, NoiseMode};
 use crate::latent;
@@ -78,7 +79,8 @@ pub fn project(
         let num_ws = g.num_ws();
         let w = search.run(
             w_avg.f_repeat([n, 1])?,
-            |w, step| w.f_add(&jitter.f_get(step as i64)?)?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
+            Some(&jitter),
+            |w, jitter| w.f_add(jitter.expect("given"))?.f_unsqueeze(1)?.f_repeat([1, num_ws, 1]),
             None,
         )?;
         Ok(w.f_unsqueeze(1)?.f_repeat([1, num_ws, 1])?)
@@ -123,7 +125,7 @@ pub fn harmonize(
         let search = Search { g, targets, weights, steps, lr: 0.05, noise, watch };
         let penalty =
             |d: &Tensor| -> Result<Tensor> { d.f_square()?.f_sum(Kind::Float)?.f_mul_scalar(hold / (w_std * w_std)) };
-        let offset = search.run(offset, |d, _| start.f_add(d), Some(&penalty))?;
+        let offset = search.run(offset, None, |d, _| start.f_add(d), Some(&penalty))?;
         Ok(start.f_add(&offset)?)
     })
 }
@@ -141,12 +143,27 @@ struct Search<'a> {
 
 type Penalty<'p> = &'p dyn Fn(&Tensor) -> Result<Tensor>;
 
+/// Adam's decay rates and epsilon.
+const B1: f64 = 0.9;
+const B2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// Whether a search could not be recorded as a CUDA graph already (said once).
+static RECORDING_FAILED: AtomicBool = AtomicBool::new(false);
+
 impl Search<'_> {
-    /// Optimises `var` (made into ws by `ws_of(var, step)`) and returns it.
+    /// Optimises `var` (made into ws by `ws_of(var, per_step[step])`) and returns it.
+    ///
+    /// A step is the same operations every time: what changes from step to step (the learning
+    /// rate, Adam's bias corrections, `per_step`'s row) is copied into tensors on the device
+    /// first, and Adam updates its state in place. So on CUDA with `cuda_graphs` the second
+    /// step is recorded as a graph and the rest replay it, and the host issues a few
+    /// operations a step instead of the pass, its gradient and the update one by one.
     fn run(
         &self,
         var: Tensor,
-        ws_of: impl Fn(&Tensor, usize) -> Result<Tensor>,
+        per_step: Option<&Tensor>,
+        ws_of: impl Fn(&Tensor, Option<&Tensor>) -> Result<Tensor>,
         penalty: Option<Penalty<'_>>,
     ) -> std::result::Result<Tensor, ModelError> {
         let device = self.g.device();
@@ -172,9 +189,36 @@ impl Search<'_> {
         };
         let n = targets.size()[0] as f64;
         let every = (self.steps / REPORTS).max(1);
-        let mut var = var.f_set_requires_grad(true)?;
-        let (mut m, mut v) = (var.f_zeros_like()?, var.f_zeros_like()?);
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let schedule = self.schedule(device)?;
+        let now = schedule.f_get(0)?.f_detach_copy()?;
+        let extra = per_step.map(|p| p.f_get(0)?.f_detach_copy()).transpose()?;
+        let var = var.f_set_requires_grad(true)?;
+        let (m, v) = (var.f_zeros_like()?, var.f_zeros_like()?);
+        // One step, reading `now` and `extra`; returns the loss.
+        let step_once = || -> Result<Tensor> {
+            let img = self.g.synthesis_graph(&ws_of(&var, extra.as_ref())?, self.noise)?;
+            let mut loss = loss_of(&img)?;
+            if let Some(p) = penalty {
+                loss = loss.f_add(&p(&var)?)?;
+            }
+            let grad = Tensor::f_run_backward(&[&loss], &[&var], false, false)?.remove(0);
+            tch::no_grad(|| -> Result<()> {
+                let (lr, c1, c2) = (now.f_get(0)?, now.f_get(1)?, now.f_get(2)?);
+                let _ = m.shallow_clone().f_mul_scalar_(B1)?.f_add_(&grad.f_mul_scalar(1.0 - B1)?)?;
+                let _ = v.shallow_clone().f_mul_scalar_(B2)?.f_add_(&grad.f_square()?.f_mul_scalar(1.0 - B2)?)?;
+                let mhat = m.f_div(&c1)?;
+                let vhat = v.f_div(&c2)?;
+                let update = mhat.f_div(&vhat.f_sqrt()?.f_add_scalar(EPS)?)?.f_mul(&lr)?;
+                let _ = var.shallow_clone().f_sub_(&update)?;
+                Ok(())
+            })?;
+            loss.f_detach()
+        };
+        // Recorded on CUDA with `cuda_graphs`, where the pass has nothing made on the host
+        // (random noise is), after one step as usual (cuDNN's autotuner runs there).
+        let uniform = self.noise.uniform().is_some_and(|m| m != NoiseMode::Random);
+        let record_on = graphs::wanted(device).filter(|_| uniform && !RECORDING_FAILED.load(Ordering::Relaxed));
+        let mut recorded: Option<(Graph, Tensor)> = None;
         for step in 0..self.steps {
             if let Some(courtesy) = self.watch.courtesy {
                 courtesy();
@@ -182,30 +226,50 @@ impl Search<'_> {
             if self.watch.stop.load(Ordering::Relaxed) {
                 return Err(ModelError::Stopped);
             }
-            let t = step as f64 / self.steps as f64;
-            let ramp = ((1.0 - t) / 0.25).min(1.0);
-            let lr = self.lr * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
-            let img = self.g.synthesis_graph(&ws_of(&var, step)?, self.noise)?;
-            let mut loss = loss_of(&img)?;
-            if let Some(p) = penalty {
-                loss = loss.f_add(&p(&var)?)?;
+            now.shallow_clone().f_copy_(&schedule.f_get(step as i64)?)?;
+            if let (Some(extra), Some(rows)) = (&extra, per_step) {
+                extra.shallow_clone().f_copy_(&rows.f_get(step as i64)?)?;
             }
+            let loss = match (&recorded, record_on) {
+                (Some((graph, loss)), _) => {
+                    graph.replay()?;
+                    loss.shallow_clone()
+                }
+                (None, Some(ordinal)) if step == 1 => match Graph::record(ordinal, None, step_once) {
+                    Ok((graph, loss)) => {
+                        graph.replay()?;
+                        recorded = Some((graph, loss.shallow_clone()));
+                        loss
+                    }
+                    Err(e) => {
+                        if !RECORDING_FAILED.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "a search step could not be recorded as a CUDA graph; searches run as usual");
+                        }
+                        step_once()?
+                    }
+                },
+                _ => step_once()?,
+            };
             let done = step + 1;
             if let Some(report) = self.watch.report.filter(|_| done % every == 0 || done == self.steps) {
                 report(done, self.steps, loss.f_double_value(&[])? / n);
             }
-            let grad = Tensor::f_run_backward(&[&loss], &[&var], false, false)?.remove(0);
-            tch::no_grad(|| -> Result<()> {
-                m = m.f_mul_scalar(b1)?.f_add(&grad.f_mul_scalar(1.0 - b1)?)?;
-                v = v.f_mul_scalar(b2)?.f_add(&grad.f_square()?.f_mul_scalar(1.0 - b2)?)?;
-                let k = step as i32 + 1;
-                let mhat = m.f_div_scalar(1.0 - b1.powi(k))?;
-                let vhat = v.f_div_scalar(1.0 - b2.powi(k))?;
-                let update = mhat.f_div(&vhat.f_sqrt()?.f_add_scalar(eps)?)?.f_mul_scalar(lr)?;
-                let _ = var.f_sub_(&update)?;
-                Ok(())
-            })?;
         }
         Ok(var.f_detach()?)
+    }
+
+    /// Per step on `device`: the learning rate (ramped up over the first 5 %, down over the
+    /// last 25 %) and Adam's two bias corrections, [steps, 3].
+    fn schedule(&self, device: tch::Device) -> Result<Tensor> {
+        let rows: Vec<f32> = (0..self.steps)
+            .flat_map(|step| {
+                let t = step as f64 / self.steps as f64;
+                let ramp = ((1.0 - t) / 0.25).min(1.0);
+                let lr = self.lr * (0.5 - 0.5 * (ramp * std::f64::consts::PI).cos()) * (t / 0.05).min(1.0);
+                let k = step as i32 + 1;
+                [lr as f32, (1.0 - B1.powi(k)) as f32, (1.0 - B2.powi(k)) as f32]
+            })
+            .collect();
+        Tensor::from_slice(&rows).f_view([self.steps as i64, 3])?.f_to_device(device)
     }
 }

@@ -70,7 +70,7 @@ pub struct NoisePlan<'a> {
 }
 
 impl NoisePlan<'_> {
-    fn uniform(&self) -> Option<NoiseMode> {
+    pub fn uniform(&self) -> Option<NoiseMode> {
         let first = *self.modes.first()?;
         self.modes.iter().all(|&m| m == first).then_some(first)
     }

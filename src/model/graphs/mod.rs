@@ -147,11 +147,14 @@ impl<K: Hash + Eq + Clone + std::fmt::Debug> Graphs<K> {
         let slot = map.entry(key.clone()).or_insert(Slot::Eager(0));
         match slot.step() {
             Step::Eager => {
-                if let Slot::Eager(n) = slot {
+                drop(slots);
+                let out = pass(input)?;
+                // Counted once finished: a pass at the same key on another thread meanwhile
+                // stays eager too, since its tuning may not be done yet.
+                if let Some(Slot::Eager(n)) = self.lock().0.get_mut(&key) {
                     *n += 1;
                 }
-                drop(slots);
-                pass(input)
+                Ok(out)
             }
             Step::Replay => {
                 let Slot::Ready { graph, input: recorded, output } = slot else { unreachable!("a replay step") };
