@@ -78,6 +78,18 @@ pub fn configure_cuda(device: Device, switches: CudaSwitches) {
     }
 }
 
+/// A host tensor copied to `device`. On CUDA through page-locked memory without waiting: from
+/// ordinary memory libtorch's copy waits for everything queued on the stream first (other
+/// models' batches included), so the host could not queue a pass while the device runs
+/// another. libtorch keeps the page-locked buffer until the copy is done. Where memory cannot
+/// be page-locked, the ordinary copy.
+pub fn upload(t: &tch::Tensor, device: Device) -> Result<tch::Tensor, tch::TchError> {
+    match (device, device.is_cuda().then(|| t.f_internal_pin_memory(device))) {
+        (_, Some(Ok(pinned))) => pinned.f_to_device_(device, t.kind(), true, false),
+        _ => t.f_to_device(device),
+    }
+}
+
 /// Waits for everything queued on `device` (nothing to wait for on the CPU).
 pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {

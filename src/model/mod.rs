@@ -316,13 +316,13 @@ impl Model {
         let z: Vec<f32> = seeds.flat_map(|s| latent::randn(s, g.z_dim as usize)).map(|v| v as f32).collect();
         let n = classes.len() as i64;
         let device = self.generator.device();
-        let z = Tensor::from_slice(&z).f_view([n, g.z_dim])?.f_to_device(device)?;
+        let z = device::upload(&Tensor::from_slice(&z).f_view([n, g.z_dim])?, device)?;
         let c = if g.c_dim > 0 {
             let mut onehot = vec![0f32; (n * g.c_dim) as usize];
             for (i, k) in classes.iter().enumerate() {
                 onehot[i * g.c_dim as usize + k.unwrap_or(0)] = 1.0;
             }
-            Some(Tensor::from_slice(&onehot).f_view([n, g.c_dim])?.f_to_device(device)?)
+            Some(device::upload(&Tensor::from_slice(&onehot).f_view([n, g.c_dim])?, device)?)
         } else {
             None
         };
@@ -345,7 +345,7 @@ impl Model {
             let shape = [gen.num_ws(), self.spec.generator.w_dim];
             for (i, p) in params.iter().enumerate() {
                 if let Some(w) = &p.projected {
-                    let w = Tensor::f_from_slice(w)?.f_view(shape)?.f_to_device(gen.device())?;
+                    let w = device::upload(&Tensor::f_from_slice(w)?.f_view(shape)?, gen.device())?;
                     ws.f_select(0, i as i64)?.f_copy_(&w)?;
                 }
             }

@@ -120,7 +120,7 @@ impl StyledLayer {
         let Some((konst, strength)) = &self.noise else { return Ok((None, None)) };
         let random = |seed: u64| -> Result<Tensor> {
             let values = crate::latent::noise(seed, self.index, (res * res) as usize);
-            Tensor::from_slice(&values).f_view([1, 1, res, res])?.f_to_device(device)
+            super::device::upload(&Tensor::from_slice(&values).f_view([1, 1, res, res])?, device)
         };
         match plan.uniform() {
             Some(NoiseMode::None) => return Ok((None, None)),
@@ -575,7 +575,8 @@ pub fn truncate(ws: &Tensor, w_avg: &Tensor, num_ws: i64, psi: &[f64], cutoff: &
         let upto = c.unwrap_or(n).min(n);
         weight.extend((0..n).map(|l| if l < upto { p as f32 } else { 1.0 }));
     }
-    let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, num_ws, 1])?.f_to_device(ws.device())?;
+    let weight = Tensor::from_slice(&weight).f_view([psi.len() as i64, num_ws, 1])?;
+    let weight = super::device::upload(&weight, ws.device())?;
     let diff = ws.f_sub(w_avg)?;
     let low = w_avg.f_add(&diff.f_mul(&weight)?)?;
     let high = ws.f_sub(&diff.f_mul(&weight.f_neg()?.f_add_scalar(1.0)?)?)?;
