@@ -6,10 +6,11 @@
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
 //! hand and launched through the CUDA driver on the thread's current libtorch stream, so they
-//! queue in order with its kernels (and a CUDA graph being recorded takes them in). Both libraries are opened at run time: a CPU-only machine, or one
-//! where either is missing or the compile fails, gets `None` and the caller keeps its tensor
-//! ops. This module owns no model state and does not decide when to use a kernel; it only
-//! says which tensors it can take (dense NCHW or NHWC, 16-byte aligned).
+//! queue in order with its kernels (and a CUDA graph being recorded takes them in). Both
+//! libraries are opened at run time: a CPU-only machine, or one where either is missing or the
+//! compile fails, gets `None` and the caller keeps its tensor ops. This module owns no model
+//! state and does not decide when to use a kernel; it only says which tensors it can take
+//! (dense NCHW or NHWC, 16-byte aligned).
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CString};
