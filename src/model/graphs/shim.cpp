@@ -115,8 +115,10 @@ void* mixgan_graph_begin(int device, unsigned long long pool_a, unsigned long lo
 // again. On failure the pool is handed back and the graph is left to mixgan_graph_free.
 int mixgan_graph_end(void* handle, char* err, size_t len) {
   auto* g = static_cast<Graph*>(handle);
-  DeviceScope scope(g->device);
-  int rc = guarded(err, len, [&] { g->graph.capture_end(); });
+  int rc = guarded(err, len, [&] {
+    DeviceScope scope(g->device);
+    g->graph.capture_end();
+  });
   guarded(nullptr, 0, [&] { c10::cuda::setCurrentCUDAStream(*g->previous); });
   if (rc != 0) {
     clear_last_error();
