@@ -184,6 +184,8 @@ pub struct BenchRow {
     /// (largest and mean difference in 8-bit levels), when it is not fp32 throughout.
     pub precision: Option<Precision>,
     pub vs_fp32: Option<(f64, f64)>,
+    /// With CUDA graphs: the batch sizes recorded, and why one could not be.
+    pub graphs: Option<(usize, Option<String>)>,
     /// Floating-point operations per picture (`GeneratorSettings::flops`).
     pub flops: f64,
     pub resolution: i64,
@@ -341,6 +343,8 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
             ours.push(time_mixgan(&model, b, cfg)?);
         }
         let cpu_diff = device_vs_cpu(&model, cfg)?;
+        // Before `vs_fp32`, whose change of precision forgets the recordings.
+        let graphs = crate::model::graphs::wanted(cfg.device).map(|_| model.graphs_summary());
         let vs_fp32 = vs_fp32(&mut model)?;
         let theirs = time_python(&model, cfg).unwrap_or_else(|e| {
             warn(format!("{}: baseline skipped: {e:#}", model.name()));
@@ -352,6 +356,7 @@ pub fn run(cfg: &BenchConfig, mut warn: impl FnMut(String)) -> Result<Vec<BenchR
                 cpu_diff,
                 precision: model.precision(),
                 vs_fp32,
+                graphs: graphs.clone(),
                 flops: model.spec.generator.flops(),
                 resolution: model.spec.generator.img_resolution,
                 batch,
@@ -407,6 +412,10 @@ pub fn format_table(rows: &[BenchRow], device: Device, threads: usize) -> String
                 "{}: {precision} against fp32 on {device:?}: largest {max:.0}, mean {mean:.3} levels of 255 on seeds 0-3 at truncation 0.7\n",
                 r.model
             );
+        }
+        if let Some((recorded, failed)) = &r.graphs {
+            s += &format!("{}: {recorded} batch size(s) recorded as CUDA graphs", r.model);
+            s += &failed.as_ref().map_or("\n".to_string(), |why| format!("; one could not be: {why}\n"));
         }
         s += &format!("{}: {:.2} GFLOP per picture\n", r.model, r.flops / 1e9);
     }

@@ -185,6 +185,14 @@ impl Model {
         }
     }
 
+    /// Batch sizes the native generator has recorded as CUDA graphs, and why one could not be.
+    pub fn graphs_summary(&self) -> (usize, Option<String>) {
+        match &self.generator {
+            Generator::Native(g) => g.graphs_summary(),
+            _ => (0, None),
+        }
+    }
+
     /// The arithmetic the native generator's synthesis runs in (TorchScript: no effect).
     pub fn set_precision(&mut self, precision: Precision) {
         if let Generator::Native(g) = &mut self.generator {

@@ -477,6 +477,11 @@ impl StyleGan2 {
         self.run(ws, noise, self.precision, false)
     }
 
+    /// Passes recorded as CUDA graphs so far, and why one could not be (see [`Graphs::summary`]).
+    pub fn graphs_summary(&self) -> (usize, Option<String>) {
+        self.graphs.summary()
+    }
+
     /// Drops the recorded passes (after a change to the settings they were recorded with),
     /// once the device has finished any replay still queued: their memory goes back to the
     /// allocator.

@@ -91,7 +91,7 @@ pub enum Step {
 enum Slot {
     Eager(u32),
     Ready { graph: Graph, input: Tensor, output: Tensor },
-    Failed,
+    Failed(String),
 }
 
 impl Slot {
@@ -100,7 +100,7 @@ impl Slot {
             Slot::Eager(n) if *n < EAGER_PASSES => Step::Eager,
             Slot::Eager(_) => Step::Record,
             Slot::Ready { .. } => Step::Replay,
-            Slot::Failed => Step::Eager,
+            Slot::Failed(_) => Step::Eager,
         }
     }
 }
@@ -182,13 +182,24 @@ impl<K: Hash + Eq + Clone + std::fmt::Debug> Graphs<K> {
                     }
                     Err(e) => {
                         tracing::warn!(key = ?key, error = %e, "a CUDA graph could not be recorded; running eagerly");
-                        *slot = Slot::Failed;
+                        *slot = Slot::Failed(e.to_string());
                         drop(slots);
                         pass(input)
                     }
                 }
             }
         }
+    }
+
+    /// How many keys are recorded, and why the first that could not be was not.
+    pub fn summary(&self) -> (usize, Option<String>) {
+        let slots = self.lock();
+        let recorded = slots.0.values().filter(|s| matches!(s, Slot::Ready { .. })).count();
+        let failed = slots.0.values().find_map(|s| match s {
+            Slot::Failed(why) => Some(why.clone()),
+            _ => None,
+        });
+        (recorded, failed)
     }
 
     /// Forgets every recording (the generator's settings changed).

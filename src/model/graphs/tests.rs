@@ -21,6 +21,9 @@ fn a_key_runs_eagerly_first_and_stays_eager_where_recording_fails() {
         assert_eq!(graphs.step(&3), if round == 0 { Step::Record } else { Step::Eager });
     }
     assert_eq!(calls.get(), 3, "the failed recording ran its pass eagerly once, not twice");
+    let (recorded, failed) = graphs.summary();
+    assert_eq!(recorded, 0);
+    assert!(failed.is_some_and(|why| why.contains("CUDA graph")), "the failure's reason is kept");
     // Other keys keep their own state; clearing forgets all.
     assert_eq!(graphs.step(&4), Step::Eager);
     graphs.clear();
