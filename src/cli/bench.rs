@@ -272,7 +272,10 @@ fn device_vs_cpu(model: &Model, cfg: &BenchConfig) -> Result<Option<f64>, ModelE
     }
     let mut cpu = Model::load(&model.dir, Device::Cpu)?;
     cpu.set_precision(Precision::Fp32);
-    let passes = if crate::model::graphs::wanted(cfg.device).is_some() { 3 } else { 1 };
+    let passes = match crate::model::graphs::warmup_passes(cfg.device) {
+        1 => 1,
+        recorded => recorded as u32 + 1,
+    };
     let mut largest = 0f64;
     for pass in 0..passes {
         let params = check_params(model, 4 * pass);

@@ -251,7 +251,7 @@ pub fn bare_generators(registry: Arc<ModelRegistry>, layout: &[u8], requests: us
     };
     // Warm up every batch size the timed run forms (cuDNN's autotuner tunes each the first time;
     // with CUDA graphs the second pass at a size records it).
-    let passes = if crate::model::graphs::wanted(device).is_some() { 2 } else { 1 };
+    let passes = crate::model::graphs::warmup_passes(device);
     for job in &plan.jobs {
         let params = plan.job_params(job);
         let total = requests * params.len();

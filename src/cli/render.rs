@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::say;
 use crate::compositor::{matte, ownership_map, Compositor};
+use crate::config::Config;
 use crate::layout::ImageFormat;
 use crate::model::device::CudaSwitches;
 use crate::model::{DeviceChoice, Precision};
@@ -72,7 +73,7 @@ pub struct RenderArgs {
 
 pub fn run(a: RenderArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    let switches = CudaSwitches { cudnn_benchmark: true, kernels: true, graphs: a.cuda_graphs };
+    let switches = CudaSwitches { graphs: a.cuda_graphs, ..Config::default().cuda_switches() };
     crate::model::device::configure_cuda(device, switches);
     crate::model::set_threads(a.torch_threads);
     let layout = if a.layout.as_os_str() == "-" {

@@ -162,8 +162,7 @@ impl Model {
     /// How the native generator runs its modulated convolutions (TorchScript: no effect).
     pub fn set_conv_path(&mut self, path: ConvPath) {
         if let Generator::Native(g) = &mut self.generator {
-            g.conv_path = path;
-            g.forget_graphs();
+            g.set_conv_path(path);
         }
     }
 
@@ -172,8 +171,7 @@ impl Model {
     /// TorchScript: no effect.
     pub fn set_fold_filters(&mut self, fold: Option<bool>) {
         if let Generator::Native(g) = &mut self.generator {
-            g.fold_filters = fold;
-            g.forget_graphs();
+            g.set_fold_filters(fold);
         }
     }
 
@@ -196,8 +194,7 @@ impl Model {
     /// The arithmetic the native generator's synthesis runs in (TorchScript: no effect).
     pub fn set_precision(&mut self, precision: Precision) {
         if let Generator::Native(g) = &mut self.generator {
-            g.precision = precision;
-            g.forget_graphs();
+            g.set_precision(precision);
         }
     }
 

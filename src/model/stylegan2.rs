@@ -398,7 +398,7 @@ pub struct StyleGan2 {
     /// The measured choices so far.
     folds: FoldChoices,
     /// Passes recorded as CUDA graphs (`cuda_graphs`), by batch size and noise; recorded with
-    /// the settings above, so whoever changes those calls [`StyleGan2::forget_graphs`].
+    /// the settings above, so the setters below forget them.
     graphs: Graphs<GraphKey>,
 }
 
@@ -482,10 +482,25 @@ impl StyleGan2 {
         self.graphs.summary()
     }
 
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        self.conv_path = path;
+        self.forget_graphs();
+    }
+
+    pub fn set_fold_filters(&mut self, fold: Option<bool>) {
+        self.fold_filters = fold;
+        self.forget_graphs();
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.forget_graphs();
+    }
+
     /// Drops the recorded passes (after a change to the settings they were recorded with),
     /// once the device has finished any replay still queued: their memory goes back to the
     /// allocator.
-    pub fn forget_graphs(&self) {
+    fn forget_graphs(&self) {
         super::device::synchronize(self.device);
         self.graphs.clear();
     }

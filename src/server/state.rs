@@ -145,7 +145,7 @@ impl AppState {
         // form is run once here, so no request pays for it; twice with `cuda_graphs`, whose
         // second pass at a size records it.
         let sizes: Vec<usize> = if self.device.is_cuda() && c.warmup_iterations > 0 {
-            let runs = if c.cuda_graphs { 2 } else { 1 };
+            let runs = crate::model::graphs::warmup_passes(self.device);
             (1..=c.max_batch.max(1)).flat_map(|s| std::iter::repeat_n(s, runs)).collect()
         } else {
             vec![1; c.warmup_iterations]

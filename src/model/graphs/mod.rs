@@ -108,6 +108,16 @@ impl Slot {
 /// Eager passes at a key before it is recorded.
 const EAGER_PASSES: u32 = 1;
 
+/// Passes at a batch size that leave it recorded on `device` (1 where nothing is recorded):
+/// what a warm-up runs so that no timed or served pass records.
+pub fn warmup_passes(device: Device) -> usize {
+    if wanted(device).is_some() {
+        EAGER_PASSES as usize + 1
+    } else {
+        1
+    }
+}
+
 /// Recorded passes by key (for the generator: batch size and noise), each with its own input
 /// and output tensors; all of one cache share a memory pool, which is safe because its replays
 /// queue on one stream one after another and every recorded output stays alive.
