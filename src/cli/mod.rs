@@ -50,6 +50,7 @@ enum Command {
 /// Parses the arguments, runs the sub-command, and prints its error (with its causes).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::model::heap::keep_large_blocks();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run_command(a),

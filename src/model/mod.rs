@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod graphs;
+pub mod heap;
 pub mod kernels;
 pub mod modconv;
 pub mod ops;
