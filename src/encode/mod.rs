@@ -57,24 +57,48 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
     // lives, unchanged, until this function returns, and nothing else writes to it.
     let floats: &[f32] = unsafe { std::slice::from_raw_parts(image.data_ptr() as *const f32, c * plane) };
     let mut out = vec![0u8; c * plane];
+    // Large canvases in bands of rows, one per core (the conversion of a 2048 px canvas takes
+    // some 20 ms on one core).
+    let planes = |first: usize, len: usize| -> Vec<&[f32]> {
+        (0..c).map(|ch| &floats[ch * plane + first..ch * plane + first + len]).collect()
+    };
+    if out.len() < PARALLEL_PNG_BYTES {
+        interleave_u8(&planes(0, plane), &mut out);
+    } else {
+        let band = h.div_ceil(cores()).max(1) * w;
+        std::thread::scope(|scope| {
+            for (i, dst) in out.chunks_mut(band * c).enumerate() {
+                let src = planes(i * band, dst.len() / c);
+                scope.spawn(move || interleave_u8(&src, dst));
+            }
+        });
+    }
+    Ok((out, w as u32, h as u32, c as u8))
+}
+
+/// `planes` (one per channel, equally long) in generator units into interleaved uint8 `out`,
+/// by NVIDIA's conversion.
+fn interleave_u8(planes: &[&[f32]], out: &mut [u8]) {
     let to_u8 = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
-    if c == 3 {
+    if let [r, g, b] = planes {
         // Pixel-major over three planes at once: the writes stream and nothing is bounds-checked.
-        let (r, gb) = floats.split_at(plane);
-        let (g, b) = gb.split_at(plane);
-        for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+        for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r.iter()).zip(g.iter()).zip(b.iter()) {
             px[0] = to_u8(r);
             px[1] = to_u8(g);
             px[2] = to_u8(b);
         }
     } else {
-        for ch in 0..c {
-            for (i, &x) in floats[ch * plane..(ch + 1) * plane].iter().enumerate() {
+        let c = planes.len();
+        for (ch, plane) in planes.iter().enumerate() {
+            for (i, &x) in plane.iter().enumerate() {
                 out[i * c + ch] = to_u8(x);
             }
         }
     }
-    Ok((out, w as u32, h as u32, c as u8))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// From this many bytes of pixels (1024 x 1024 RGB) PNGs are made on several threads.
@@ -93,8 +117,7 @@ pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> 
         // Fast deflate: a model server's pictures are made to be sent, not archived.
         // Large pictures: filtered and deflated in strips on every core.
         Format::Png if data.len() >= PARALLEL_PNG_BYTES => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            out = png::encode(data, w, h, c, threads);
+            out = png::encode(data, w, h, c, cores());
         }
         Format::Png => image::codecs::png::PngEncoder::new_with_quality(
             &mut out,

@@ -1,48 +1,77 @@
-//! PNG for large pictures, made on several threads: the rows are cut into strips of a fixed
-//! height, each strip is filtered (Paeth) and deflated on its own thread, ending on a byte
-//! boundary (a sync flush), and the strips are joined into one zlib stream, as `pigz` joins
-//! its blocks. The file depends only on the picture, never on the number of cores.
+//! PNG for large pictures, made on several threads, as `pigz` makes gzip files: the rows are
+//! filtered (Paeth) in parallel, then cut into strips of a fixed height that threads take one
+//! at a time, each deflated on its own with the 32 KiB before it as its dictionary and ending
+//! on a byte boundary (a sync flush), and the strips are joined into one zlib stream whose
+//! checksum is combined from theirs. Small strips taken as threads come free keep every core
+//! busy to the end (strips differ in cost by more than twice with what they show); the
+//! dictionary keeps the compression of one long stream. The file depends only on the picture, never on
+//! the number of cores.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-/// Rows per strip: long enough that cutting the stream costs little compression.
-const STRIP_ROWS: usize = 128;
+/// Rows per strip (docs/performance.md, "Encoding large pictures").
+const STRIP_ROWS: usize = 32;
+
+/// Deflate's window: how far back a strip's matches may reach into the strip before it.
+const WINDOW: usize = 32 * 1024;
 
 /// zlib-rs's level 2: on a 2048 px portrait 6 % smaller than the single-threaded fast
 /// encoder's file, at about twice its time on one core (docs/performance.md).
 const LEVEL: u32 = 2;
 
+/// A strip's deflated bytes and the Adler-32 of its filtered bytes.
+type Deflated = (Vec<u8>, u32);
+
 /// Encodes interleaved 8-bit pixels (`channels` = 1, 3 or 4) using up to `threads` threads.
 pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<u8> {
     let (row, rows) = (w as usize * channels as usize, h as usize);
     assert_eq!(data.len(), row * rows, "pixels do not match {w}x{h}x{channels}");
-    let strips: Vec<(usize, usize)> = (0..rows).step_by(STRIP_ROWS).map(|s| (s, (s + STRIP_ROWS).min(rows))).collect();
-    let (strips, last) = (&strips, strips.len() - 1);
-    let work = |i: usize| -> (Vec<u8>, Vec<u8>) {
-        let (from, to) = strips[i];
-        let filtered = filter_rows(data, row, channels as usize, from, to);
-        (deflate(&filtered, i == last), filtered)
-    };
-    let threads = threads.clamp(1, strips.len());
-    let per_thread = strips.len().div_ceil(threads);
-    // Each thread takes a run of strips; joining in order keeps the strips in order.
-    let done: Vec<(Vec<u8>, Vec<u8>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..strips.len())
-            .step_by(per_thread)
-            .map(|start| {
-                let work = &work;
-                scope.spawn(move || (start..(start + per_thread).min(strips.len())).map(work).collect::<Vec<_>>())
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a PNG strip's thread panicked")).collect()
+    let line = row + 1;
+    let strips = rows.div_ceil(STRIP_ROWS);
+    let threads = threads.clamp(1, strips.max(1));
+
+    let mut filtered = vec![0u8; rows * line];
+    let bands = rows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (i, out) in filtered.chunks_mut(bands * line).enumerate() {
+            scope.spawn(move || filter_rows(data, row, channels as usize, i * bands, out));
+        }
     });
-    let mut adler = simd_adler32::Adler32::new();
+
+    let filtered = &filtered;
+    let bytes = |i: usize| i * STRIP_ROWS * line..((i + 1) * STRIP_ROWS).min(rows) * line;
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<Deflated>>> = Mutex::new(vec![None; strips]);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= strips {
+                    break;
+                }
+                let strip = &filtered[bytes(i)];
+                let from = bytes(i).start;
+                let dictionary = &filtered[from.saturating_sub(WINDOW)..from];
+                let deflated = deflate(strip, dictionary, i + 1 == strips);
+                let mut adler = simd_adler32::Adler32::new();
+                adler.write(strip);
+                done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some((deflated, adler.finish()));
+            });
+        }
+    });
+
     let mut idat = vec![0x78, 0x01];
-    for (deflated, filtered) in done {
-        adler.write(&filtered);
+    let mut adler = 1;
+    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (i, strip) in done.into_iter().enumerate() {
+        let (deflated, strip_adler) = strip.expect("every strip was deflated");
+        adler = adler32_combine(adler, strip_adler, bytes(i).len());
         idat.extend_from_slice(&deflated);
     }
-    idat.extend_from_slice(&adler.finish().to_be_bytes());
+    idat.extend_from_slice(&adler.to_be_bytes());
 
     let color = match channels {
         1 => 0,
@@ -61,6 +90,18 @@ pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<
     out
 }
 
+/// The Adler-32 of A followed by B, from A's, B's and B's length: the sums over B start
+/// from A's instead of 1, so `a` gains A's sum less the 1, and every one of B's `len`
+/// running sums that `b` adds gains the same.
+fn adler32_combine(first: u32, second: u32, len: usize) -> u32 {
+    const MOD: u64 = 65521;
+    let (a1, b1) = (u64::from(first & 0xffff), u64::from(first >> 16));
+    let (a2, b2) = (u64::from(second & 0xffff), u64::from(second >> 16));
+    let a = (a1 + a2 + MOD - 1) % MOD;
+    let b = (b1 + b2 + (len as u64 % MOD) * ((a1 + MOD - 1) % MOD)) % MOD;
+    ((b << 16) | a) as u32
+}
+
 fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     let mut crc = crc32fast::Hasher::new();
@@ -71,11 +112,11 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
     out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
 
-/// Rows `from..to`, each as the Paeth filter's type byte (4) and its residuals.
-fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, to: usize) -> Vec<u8> {
-    let mut out = vec![0u8; (to - from) * (row + 1)];
+/// The rows from `from` on that fit in `out`, each as the Paeth filter's type byte (4) and
+/// its residuals.
+fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, out: &mut [u8]) {
     let zeros = vec![0u8; row];
-    for (r, dst) in (from..to).zip(out.chunks_exact_mut(row + 1)) {
+    for (r, dst) in (from..).zip(out.chunks_exact_mut(row + 1)) {
         let cur = &data[r * row..(r + 1) * row];
         let up = if r == 0 { &zeros[..] } else { &data[(r - 1) * row..r * row] };
         dst[0] = 4;
@@ -87,7 +128,6 @@ fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, to: usize) -> V
             dst[i] = cur[i].wrapping_sub(paeth(cur[i - bpp], up[i], up[i - bpp]));
         }
     }
-    out
 }
 
 /// The PNG specification's Paeth predictor.
@@ -103,10 +143,14 @@ fn paeth(a: u8, b: u8, c: u8) -> u8 {
     }
 }
 
-/// Raw deflate at `LEVEL`; a strip that is not the last ends with a sync flush, so
-/// the next strip's blocks can follow it byte for byte.
-fn deflate(input: &[u8], last: bool) -> Vec<u8> {
+/// Raw deflate at `LEVEL`, matching into `dictionary` (the bytes before `input` in the
+/// stream) too; a strip that is not the last ends with a sync flush, so the next strip's
+/// blocks can follow it byte for byte.
+fn deflate(input: &[u8], dictionary: &[u8], last: bool) -> Vec<u8> {
     let mut z = Compress::new(Compression::new(LEVEL), false);
+    if !dictionary.is_empty() {
+        z.set_dictionary(dictionary).expect("a dictionary before any input");
+    }
     let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 1024);
     let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
     loop {
@@ -144,5 +188,34 @@ mod tests {
             };
             assert_eq!(back, data, "{w}x{h}x{c}");
         }
+    }
+
+    #[test]
+    fn the_joined_stream_is_one_zlib_stream_with_the_right_checksum() {
+        use std::io::Read;
+        let (w, h, c) = (200usize, 301usize, 3usize);
+        let png = encode(&picture(w, h, c), w as u32, h as u32, c as u8, 3);
+        // One IDAT chunk after the 8-byte signature and the 25-byte IHDR chunk.
+        let len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
+        assert_eq!(&png[37..41], b"IDAT");
+        let mut inflated = Vec::new();
+        flate2::read::ZlibDecoder::new(&png[41..41 + len]).read_to_end(&mut inflated).expect("a valid zlib stream");
+        assert_eq!(inflated.len(), h * (w * c + 1));
+    }
+
+    #[test]
+    fn combined_checksums_equal_the_checksum_of_the_whole() {
+        let data = picture(300, 200, 3);
+        let whole = |bytes: &[u8]| {
+            let mut a = simd_adler32::Adler32::new();
+            a.write(bytes);
+            a.finish()
+        };
+        for cut in [0, 1, 5000, 65521, data.len() - 1, data.len()] {
+            let (a, b) = data.split_at(cut);
+            assert_eq!(adler32_combine(whole(a), whole(b), b.len()), whole(&data), "cut at {cut}");
+        }
+        let ff = vec![0xffu8; 200_000];
+        assert_eq!(adler32_combine(whole(&ff[..70_000]), whole(&ff[70_000..]), 130_000), whole(&ff));
     }
 }
