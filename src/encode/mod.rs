@@ -138,3 +138,29 @@ pub fn write_png(pixels: &Tensor, path: &Path) -> Result<(), EncodeError> {
     let bytes = encode(pixels, Format::Png)?;
     std::fs::write(path, bytes).map_err(|source| EncodeError::Io { path: path.display().to_string(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// libtorch's own NVIDIA conversion of [C, H, W], interleaved.
+    fn by_libtorch(image: &Tensor) -> Vec<u8> {
+        let pixels = image.f_mul_scalar(127.5).unwrap().f_add_scalar(128.0).unwrap().clamp(0.0, 255.0);
+        let pixels = pixels.to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+        Vec::<u8>::try_from(pixels.flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn interleaved_pixels_equal_libtorchs_conversion_small_and_large() {
+        tch::manual_seed(3);
+        // The last one is over PARALLEL_PNG_BYTES, so it converts in bands on every core, with
+        // a height that does not split evenly.
+        for (c, h, w) in [(1, 5, 7), (3, 17, 9), (4, 8, 8), (3, 1101, 1000), (4, 1001, 799)] {
+            let image = Tensor::randn([c, h, w], (Kind::Float, Device::Cpu)).f_mul_scalar(1.5).unwrap();
+            let (data, ow, oh, oc) = to_interleaved_u8(&image).unwrap();
+            assert_eq!((ow, oh, oc), (w as u32, h as u32, c as u8));
+            assert!(data == by_libtorch(&image), "{c}x{h}x{w}: pixels differ from libtorch's");
+        }
+    }
+}
