@@ -2,7 +2,7 @@
 //! mmap threshold (at most 32 MiB by its own adjustment) straight from the kernel and gives
 //! them back on free, so a batch whose activations are larger (a 128 px generator at batch 8
 //! makes 32 MiB tensors) has every page of them faulted in and zeroed again on every pass:
-//! over a million page faults in 40 batches, and half the time of a pass. Raising the
+//! over a million page faults in 40 batches, some 40 % of a pass's time. Raising the
 //! threshold, and the amount of free memory kept before trimming, lets those blocks be reused.
 //! Owns nothing else; glibc's own variables, when set, win.
 
