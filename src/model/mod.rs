@@ -146,7 +146,7 @@ impl Model {
             None => {
                 let tensors = weights::load(&path, &spec.generator, device)?;
                 let mut g = StyleGan2::new(spec.generator.clone(), tensors, device)?;
-                g.precision = spec.precision;
+                g.set_precision(spec.precision);
                 Generator::Native(Box::new(g))
             }
             Some(ts) => {
@@ -202,7 +202,7 @@ impl Model {
     /// The native generator's precision; TorchScript models run as exported.
     pub fn precision(&self) -> Option<Precision> {
         match &self.generator {
-            Generator::Native(g) => Some(g.precision),
+            Generator::Native(g) => Some(g.precision()),
             Generator::Script(_) => None,
         }
     }

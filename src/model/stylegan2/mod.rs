@@ -79,15 +79,15 @@ pub struct StyleGan2 {
     blocks: Vec<Block>,
     num_ws: i64,
     device: Device,
-    pub conv_path: ConvPath,
-    pub precision: Precision,
+    conv_path: ConvPath,
+    precision: Precision,
     /// Whether upsampling layers fold the FIR filter into their weights (one convolution with
     /// four times the multiply-adds) or run the strided convolution and then the filter.
     /// `None` (the default): where the generator's CUDA kernels run, which filter inside the
     /// layer's epilogue, each upsampling block times both ways once per batch size and keeps
     /// the faster; elsewhere folded on CUDA (libtorch's depthwise filtering is slow there)
     /// and not on the CPU (where the extra multiply-adds cost more than they save).
-    pub fold_filters: Option<bool>,
+    fold_filters: Option<bool>,
     /// The measured choices so far.
     folds: FoldChoices,
     /// Passes recorded as CUDA graphs (`cuda_graphs`), by batch size and noise; recorded with
@@ -174,6 +174,13 @@ impl StyleGan2 {
     pub fn graphs_summary(&self) -> (usize, Option<String>) {
         self.graphs.summary()
     }
+
+    /// The arithmetic synthesis runs in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    // Settings change only through these, which forget the passes recorded with the old ones.
 
     pub fn set_conv_path(&mut self, path: ConvPath) {
         self.conv_path = path;
