@@ -4,6 +4,8 @@
 
 use tch::{Kind, TchError, Tensor};
 
+use super::cpu;
+
 type Result<T> = std::result::Result<T, TchError>;
 
 /// Separable blur with the 1-D `taps` (odd length), replicating edge pixels. Done as
@@ -14,6 +16,14 @@ fn blur(x: &Tensor, taps: &[f32]) -> Result<Tensor> {
 
 /// `blur`, keeping every `step`-th output along each axis (a pyramid's reduce step when 2).
 fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
+    if cpu::fits(x) {
+        return cpu::blur_step(x, taps, step as usize);
+    }
+    blur_step_ops(x, taps, step)
+}
+
+/// `blur_step` in tensor ops, for any device.
+pub(super) fn blur_step_ops(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
     let p = (taps.len() / 2) as i64;
     let mut y = x.shallow_clone();
     for dim in [2i64, 1] {
@@ -34,6 +44,14 @@ fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
 
 /// Max over a (2r+1)-square neighbourhood of [C, h, w], in two 1-D passes.
 pub fn dilate(x: &Tensor, r: i64) -> Result<Tensor> {
+    if cpu::fits(x) {
+        return cpu::dilate(x, r.max(0) as usize);
+    }
+    dilate_ops(x, r)
+}
+
+/// `dilate` in tensor ops, for any device.
+pub(super) fn dilate_ops(x: &Tensor, r: i64) -> Result<Tensor> {
     let k = 2 * r + 1;
     x.f_unsqueeze(0)?
         .f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?

@@ -3,6 +3,7 @@
 //! the finished canvas leaves it. It never runs a model or reads the layout JSON.
 
 pub mod blend;
+mod cpu;
 pub mod matte;
 pub mod poisson;
 pub mod resample;

@@ -1,0 +1,181 @@
+//! The compositor's filters on the CPU as whole passes in plain Rust: a separable blur
+//! (optionally keeping every second output, the pyramid's reduce step) and a square
+//! dilation. libtorch runs the same filters as a dozen strided element-wise passes, or as a
+//! max-pool that is slow for one channel; these read each input once per axis. They take
+//! float32 [C, h, w] tensors on the CPU ([`fits`]); `blend` keeps the tensor-op versions
+//! for every other device and tests these against them. Nothing here knows about regions.
+
+use tch::{Device, Kind, TchError, Tensor};
+
+type Result<T> = std::result::Result<T, TchError>;
+
+/// Whether `x` is a float32 [C, h, w] tensor on the CPU, which the filters here take.
+pub fn fits(x: &Tensor) -> bool {
+    x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 3
+}
+
+/// `x` made contiguous and its values, and its shape as (C, h, w).
+fn values(x: &Tensor) -> Result<(Tensor, [usize; 3])> {
+    let x = x.f_contiguous()?;
+    let s = x.size();
+    Ok((x, [s[0] as usize, s[1] as usize, s[2] as usize]))
+}
+
+/// The values of a contiguous float32 CPU tensor.
+fn read(x: &Tensor) -> &[f32] {
+    debug_assert!(fits(x) && x.is_contiguous());
+    // SAFETY: `x` is a contiguous float32 tensor on the CPU holding `numel` values, borrowed
+    // for the slice's lifetime; nothing writes to it meanwhile.
+    unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel()) }
+}
+
+/// A new [c, h, w] float32 tensor whose values `fill` writes (all of them).
+fn fresh(c: usize, h: usize, w: usize, fill: impl FnOnce(&mut [f32])) -> Result<Tensor> {
+    let out = Tensor::f_empty([c as i64, h as i64, w as i64], (Kind::Float, Device::Cpu))?;
+    // SAFETY: `out` was just allocated contiguous with c * h * w float32 values and no other
+    // reference to its storage exists while `fill` writes.
+    fill(unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, c * h * w) });
+    Ok(out)
+}
+
+/// Separable blur of [C, h, w] with the 1-D `taps` (odd length), edge pixels replicated,
+/// keeping every `step`-th output along each axis: [C, ceil(h / step), ceil(w / step)].
+/// Along the width first, then the height; each output is the first tap's product plus the
+/// others' in order, as the tensor-op version sums them.
+pub fn blur_step(x: &Tensor, taps: &[f32], step: usize) -> Result<Tensor> {
+    let (x, [c, h, w]) = values(x)?;
+    let src = read(&x);
+    let p = taps.len() / 2;
+    let (oh, ow) = (h.div_ceil(step), w.div_ceil(step));
+    // Each row padded and split into its `step` phases, so that every tap reads a run of
+    // consecutive values: padded[i * step + k] is phases[k % step][i + k / step].
+    let phase_len = ow + 2 * p / step + 1;
+    let rows = fresh(c, h, ow, |out| {
+        let mut padded = vec![0f32; phase_len * step];
+        let mut phases = vec![0f32; phase_len * step];
+        for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
+            padded[..p].fill(row[0]);
+            padded[p..p + w].copy_from_slice(row);
+            padded[p + w..].fill(row[w - 1]);
+            let runs = if step == 1 {
+                &padded[..]
+            } else {
+                for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (d, &v) in phase.iter_mut().zip(padded[r..].iter().step_by(step)) {
+                        *d = v;
+                    }
+                }
+                &phases[..]
+            };
+            let tap = |k: usize| &runs[(k % step) * phase_len + k / step..][..ow];
+            for (d, &v) in dst.iter_mut().zip(tap(0)) {
+                *d = v * taps[0];
+            }
+            for (k, &t) in taps.iter().enumerate().skip(1) {
+                for (d, &v) in dst.iter_mut().zip(tap(k)) {
+                    *d += v * t;
+                }
+            }
+        }
+    })?;
+    let src = read(&rows);
+    fresh(c, oh, ow, |out| {
+        let row = |ch: usize, y: isize| -> &[f32] {
+            let y = y.clamp(0, h as isize - 1) as usize;
+            &src[(ch * h + y) * ow..][..ow]
+        };
+        for (n, dst) in out.chunks_exact_mut(ow).enumerate() {
+            let (ch, i) = (n / oh, (n % oh) * step);
+            let first = i as isize - p as isize;
+            for (d, &v) in dst.iter_mut().zip(row(ch, first)) {
+                *d = v * taps[0];
+            }
+            for (k, &t) in taps.iter().enumerate().skip(1) {
+                for (d, &v) in dst.iter_mut().zip(row(ch, first + k as isize)) {
+                    *d += v * t;
+                }
+            }
+        }
+    })
+}
+
+/// Max over the (2r+1)-square neighbourhood of each pixel of [C, h, w], within the picture.
+pub fn dilate(x: &Tensor, r: usize) -> Result<Tensor> {
+    let (x, [c, h, w]) = values(x)?;
+    let src = read(&x);
+    let rows = fresh(c, h, w, |out| {
+        for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+            dst.copy_from_slice(row);
+            for d in 1..=r.min(w - 1) {
+                for (o, &v) in dst[..w - d].iter_mut().zip(&row[d..]) {
+                    *o = o.max(v);
+                }
+                for (o, &v) in dst[d..].iter_mut().zip(&row[..w - d]) {
+                    *o = o.max(v);
+                }
+            }
+        }
+    })?;
+    let src = read(&rows);
+    fresh(c, h, w, |out| {
+        for (n, dst) in out.chunks_exact_mut(w).enumerate() {
+            let (ch, y) = (n / h, n % h);
+            let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
+            dst.copy_from_slice(&src[(ch * h + lo) * w..][..w]);
+            for yy in lo + 1..=hi {
+                for (o, &v) in dst.iter_mut().zip(&src[(ch * h + yy) * w..][..w]) {
+                    *o = o.max(v);
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::blend;
+    use super::*;
+
+    /// Odd and even sides, one to four channels, a contiguous input and a window of a larger
+    /// tensor (the compositor's inputs are often windows).
+    fn inputs() -> Vec<Tensor> {
+        tch::manual_seed(11);
+        let mut xs = Vec::new();
+        for (c, h, w) in [(1, 37, 52), (3, 64, 65), (4, 9, 7), (1, 1, 5), (2, 6, 1)] {
+            xs.push(Tensor::randn([c, h, w], (Kind::Float, Device::Cpu)));
+        }
+        let big = Tensor::randn([3, 40, 50], (Kind::Float, Device::Cpu));
+        xs.push(big.narrow(1, 3, 30).narrow(2, 5, 41));
+        xs
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.size(), b.size());
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn blur_equals_the_tensor_ops() {
+        let gauss = blend::gaussian_taps(1.5);
+        let burt = [1.0 / 16.0, 4.0 / 16.0, 6.0 / 16.0, 4.0 / 16.0, 1.0 / 16.0];
+        for x in inputs() {
+            for (taps, step) in [(&gauss[..], 1), (&burt[..], 1), (&burt[..], 2), (&gauss[..], 2), (&[1.0][..], 1)] {
+                let ours = blur_step(&x, taps, step).unwrap();
+                let ops = blend::blur_step_ops(&x, taps, step as i64).unwrap();
+                // The same products summed in the same order: equal to the last bit.
+                assert_eq!(largest_difference(&ours, &ops), 0.0, "{:?}, {} taps, step {step}", x.size(), taps.len());
+            }
+        }
+    }
+
+    #[test]
+    fn dilation_equals_the_tensor_ops() {
+        for x in inputs() {
+            for r in [0, 1, 3, 6, 40] {
+                let ours = dilate(&x, r).unwrap();
+                let ops = blend::dilate_ops(&x, r as i64).unwrap();
+                assert_eq!(largest_difference(&ours, &ops), 0.0, "{:?}, radius {r}", x.size());
+            }
+        }
+    }
+}
