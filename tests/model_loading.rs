@@ -126,3 +126,23 @@ fn bad_generation_parameters_are_refused_by_name() {
         assert!(err.contains(field), "{err}");
     }
 }
+
+#[test]
+fn a_batch_of_orders_gives_each_patch_in_order_where_it_is_wanted() {
+    use mixgan::batcher::BatchModel;
+    use mixgan::pipeline::PatchOrder;
+    let dir = model_dir();
+    let model = Model::load(dir.path(), Device::Cpu).unwrap();
+    let params: Vec<_> = (0..4).map(|s| model.default_params(s)).collect();
+    let batch = model.generate(&params).unwrap();
+    for to_host in [[false; 4], [true; 4], [true, false, false, true]] {
+        let orders: Vec<_> =
+            params.iter().zip(to_host).map(|(p, to_host)| PatchOrder { params: p.clone(), to_host }).collect();
+        let patches = model.run(&orders).unwrap();
+        assert_eq!(patches.len(), 4);
+        for (i, patch) in patches.iter().enumerate() {
+            assert_eq!(patch.device(), Device::Cpu);
+            assert!(patch.equal(&batch.get(i as i64)), "{to_host:?}: patch {i} is not the batch's row {i}");
+        }
+    }
+}

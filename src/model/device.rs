@@ -90,6 +90,24 @@ pub fn upload(t: &tch::Tensor, device: Device) -> Result<tch::Tensor, tch::TchEr
     }
 }
 
+/// `t` copied to the host, into page-locked memory on CUDA (libtorch caches such buffers),
+/// which the GPU copies into several times faster than into ordinary memory; where memory
+/// cannot be page-locked, the ordinary copy. Host tensors come back as they are. Waits for
+/// the copy, and so for everything queued on the stream before it.
+pub fn download(t: &tch::Tensor) -> Result<tch::Tensor, tch::TchError> {
+    let device = t.device();
+    if !device.is_cuda() {
+        return Ok(t.shallow_clone());
+    }
+    match tch::Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))?.f_internal_pin_memory(device) {
+        Ok(mut host) => {
+            host.f_copy_(t)?;
+            Ok(host)
+        }
+        Err(_) => t.f_to_device(Device::Cpu),
+    }
+}
+
 /// Waits for everything queued on `device` (nothing to wait for on the CPU).
 pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {

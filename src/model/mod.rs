@@ -427,20 +427,7 @@ pub fn to_pixels(images: &Tensor) -> Result<Tensor, tch::TchError> {
         .f_to_kind(Kind::Uint8)?
         // Interleave on the device: a strided copy to the host, or a transpose on it, is slow.
         .f_contiguous()?;
-    match pixels.device() {
-        // Into page-locked memory (libtorch caches such buffers), which the GPU copies into
-        // several times faster than into ordinary memory.
-        device @ Device::Cuda(_) => {
-            match Tensor::f_empty(pixels.size(), (Kind::Uint8, Device::Cpu))?.f_internal_pin_memory(device) {
-                Ok(mut host) => {
-                    host.f_copy_(&pixels)?;
-                    Ok(host)
-                }
-                Err(_) => pixels.f_to_device(Device::Cpu),
-            }
-        }
-        _ => Ok(pixels),
-    }
+    device::download(&pixels)
 }
 
 /// libtorch's threads per operation; 0 means 1. One thread is the default everywhere the

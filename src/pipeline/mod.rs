@@ -25,7 +25,7 @@ use crate::registry::ModelRegistry;
 use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
 pub use progress::{JobSize, Progress, ProgressSink, Search};
-pub use runners::{Batched, InThread};
+pub use runners::{Batched, InThread, PatchOrder};
 pub use search::{Courtesy, SearchWatch};
 
 /// The stages of a request, in order. `Queue` is the part of generation spent waiting for a
@@ -177,11 +177,13 @@ pub trait Runner: Sync {
         T: Send + 'static,
         F: FnOnce() -> Result<T, PipelineError> + Send + 'static;
 
-    /// Generates every job of `plan`: one patch [C, S, S] per slot, a list per job in job
-    /// order, and the longest time any job queued. Tells `progress` of each job as it is done.
+    /// Generates every job of `plan`: one patch [C, S, S] per slot (on the host with
+    /// `to_host`, else on the generators' device), a list per job in job order, and the
+    /// longest time any job queued. Tells `progress` of each job as it is done.
     fn generate(
         &self,
         plan: &RoutePlan,
+        to_host: bool,
         progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send;
 }
@@ -273,7 +275,8 @@ impl Pipeline {
         };
 
         let started = Instant::now();
-        let (batches, queue) = runner.generate(&plan, sink.clone()).await?;
+        let to_host = self.composite_on.device(self.device, plan.width * plan.height) == Device::Cpu;
+        let (batches, queue) = runner.generate(&plan, to_host, sink.clone()).await?;
         timings.generate = started.elapsed();
         timings.queue = queue;
         hooks.stage_done(Stage::Queue, queue);

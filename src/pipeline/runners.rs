@@ -14,19 +14,48 @@ use super::progress::{tell, Progress, ProgressSink};
 use super::{millis, Runner, Stage};
 use crate::batcher::{BatchError, BatchModel, BatchSettings, Batcher, CpuSlots, Lane};
 use crate::error::PipelineError;
+use crate::model::device::download;
 use crate::model::{GenerationParams, Model, ModelError};
 use crate::registry::ModelRegistry;
-use crate::router::RoutePlan;
+use crate::router::{GenerationJob, RoutePlan};
 
-/// A batcher worker runs a model on a batch of generation parameters: one patch each.
+/// One patch to make: its generation parameters, and whether it is wanted on the host (its
+/// canvas is composited on the CPU).
+#[derive(Debug, Clone)]
+pub struct PatchOrder {
+    pub params: GenerationParams,
+    pub to_host: bool,
+}
+
+/// A batcher worker runs a model on a batch of orders: one patch each, where it is wanted.
+/// Patches for the host come there in the worker, the batch in one copy. A copy made later on
+/// the request's thread would wait behind every batch the workers had queued on the GPU since
+/// (a device's default stream runs in order), tying each request to the next batch as well as
+/// its own.
 impl BatchModel for Model {
-    type Item = GenerationParams;
+    type Item = PatchOrder;
     type Output = Tensor;
     type Error = ModelError;
 
-    fn run(&self, items: &[GenerationParams]) -> Result<Vec<Tensor>, ModelError> {
-        Ok(self.generate(items)?.f_unbind(0)?)
+    fn run(&self, orders: &[PatchOrder]) -> Result<Vec<Tensor>, ModelError> {
+        let params: Vec<GenerationParams> = orders.iter().map(|o| o.params.clone()).collect();
+        let batch = self.generate(&params)?;
+        let on_device = batch.f_unbind(0)?;
+        if !orders.iter().any(|o| o.to_host) {
+            return Ok(on_device);
+        }
+        let on_host = download(&batch)?.f_unbind(0)?;
+        Ok(orders
+            .iter()
+            .zip(on_device.into_iter().zip(on_host))
+            .map(|(o, (d, h))| if o.to_host { h } else { d })
+            .collect())
     }
+}
+
+/// The orders for `job`'s patches.
+fn orders(plan: &RoutePlan, job: &GenerationJob, to_host: bool) -> Vec<PatchOrder> {
+    plan.job_params(job).into_iter().map(|params| PatchOrder { params, to_host }).collect()
 }
 
 /// One batcher lane per model: its `[batching]` settings, else `defaults`.
@@ -61,15 +90,16 @@ impl Runner for InThread {
     fn generate(
         &self,
         plan: &RoutePlan,
+        to_host: bool,
         progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
         let batches = plan
             .jobs
             .iter()
             .map(|job| {
-                let params = plan.job_params(job);
-                let mut patches = Vec::with_capacity(params.len());
-                for chunk in params.chunks(self.max_batch.max(1)) {
+                let orders = orders(plan, job, to_host);
+                let mut patches = Vec::with_capacity(orders.len());
+                for chunk in orders.chunks(self.max_batch.max(1)) {
                     patches.extend(job.model.run(chunk)?);
                 }
                 let (model, count) = (job.model.name().to_string(), patches.len());
@@ -119,13 +149,14 @@ impl Runner for Batched<'_> {
     fn generate(
         &self,
         plan: &RoutePlan,
+        to_host: bool,
         progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send {
         let submitted = plan
             .jobs
             .iter()
             .map(|job| {
-                let rx = self.batcher.submit(job.model.name(), plan.job_params(job))?;
+                let rx = self.batcher.submit(job.model.name(), orders(plan, job, to_host))?;
                 Ok((job.model.name().to_string(), rx))
             })
             .collect::<Result<Vec<_>, BatchError>>();

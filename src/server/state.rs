@@ -16,7 +16,9 @@ use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
 use crate::config::Config;
 use crate::error::PipelineError;
 use crate::model::{Model, ModelError, ModelKind, Precision};
-use crate::pipeline::{runners, Batched, Courtesy, Hooks, Pipeline, Progress, ProgressSink, Rendered, Stage};
+use crate::pipeline::{
+    runners, Batched, Courtesy, Hooks, PatchOrder, Pipeline, Progress, ProgressSink, Rendered, Stage,
+};
 use crate::registry::ModelRegistry;
 use crate::router::RoutePlan;
 
@@ -153,8 +155,9 @@ impl AppState {
         for m in registry.iter() {
             let warmup = |source| EngineError::Warmup { model: m.name().to_string(), source };
             for &size in &sizes {
-                let params = (0..size as u32).map(|s| m.default_params(s)).collect();
-                let rx = batcher.submit(m.name(), params).map_err(warmup)?;
+                let orders =
+                    (0..size as u32).map(|s| PatchOrder { params: m.default_params(s), to_host: true }).collect();
+                let rx = batcher.submit(m.name(), orders).map_err(warmup)?;
                 rx.blocking_recv().map_err(|_| warmup(BatchError::Stopped(m.name().into())))?.map_err(warmup)?;
             }
         }
