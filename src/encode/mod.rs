@@ -76,10 +76,21 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
     Ok((out, w as u32, h as u32, c as u8))
 }
 
+/// NVIDIA's conversion of one value in generator units: `(x * 127.5 + 128).clamp(0, 255)`,
+/// truncated to uint8. `max` and `min` send NaN to 0 as the saturating `as u8` would, and
+/// leave a finite value within 0..=255, which the unchecked conversion then truncates exactly;
+/// unlike the saturating one, the compiler vectorises it (3 times faster over a canvas).
+#[inline]
+#[allow(clippy::manual_clamp)] // `clamp` keeps NaN, which the unchecked conversion must not see
+fn to_u8(x: f32) -> u8 {
+    let v = (x * 127.5 + 128.0).max(0.0).min(255.0);
+    // SAFETY: `v` is finite and within 0..=255, so it fits an i32 after truncation.
+    unsafe { v.to_int_unchecked::<i32>() as u8 }
+}
+
 /// `planes` (one per channel, equally long) in generator units into interleaved uint8 `out`,
 /// by NVIDIA's conversion.
 fn interleave_u8(planes: &[&[f32]], out: &mut [u8]) {
-    let to_u8 = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
     if let [r, g, b] = planes {
         // Pixel-major over three planes at once: the writes stream and nothing is bounds-checked.
         for (((px, &r), &g), &b) in out.chunks_exact_mut(3).zip(r.iter()).zip(g.iter()).zip(b.iter()) {
@@ -161,6 +172,18 @@ mod tests {
             let (data, ow, oh, oc) = to_interleaved_u8(&image).unwrap();
             assert_eq!((ow, oh, oc), (w as u32, h as u32, c as u8));
             assert!(data == by_libtorch(&image), "{c}x{h}x{w}: pixels differ from libtorch's");
+        }
+    }
+
+    #[test]
+    fn the_conversion_equals_the_saturating_cast_everywhere() {
+        let saturating = |x: f32| (x * 127.5 + 128.0).clamp(0.0, 255.0) as u8;
+        let special = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, 0.0, -0.0];
+        // Every value from -1.1 to 1.1 in steps finer than a level, and the ends exactly.
+        let sweep = (-2200..=2200).map(|i| i as f32 / 2000.0);
+        let ends = [-1.0039216f32, 1.0, 0.9999999, (127.0 - 128.0) / 127.5, (255.0 - 128.0) / 127.5];
+        for x in special.into_iter().chain(sweep).chain(ends) {
+            assert_eq!(to_u8(x), saturating(x), "at {x}");
         }
     }
 }
