@@ -9,9 +9,9 @@ use tch::{Device, Kind, TchError, Tensor};
 
 type Result<T> = std::result::Result<T, TchError>;
 
-/// Whether `x` is a float32 [C, h, w] tensor on the CPU, which the filters here take.
+/// Whether `x` is a non-empty float32 [C, h, w] tensor on the CPU, which the filters here take.
 pub fn fits(x: &Tensor) -> bool {
-    x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 3
+    x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 3 && x.numel() > 0
 }
 
 /// `x` made contiguous and its values, and its shape as (C, h, w).
@@ -165,6 +165,17 @@ mod tests {
                 // The same products summed in the same order: equal to the last bit.
                 assert_eq!(largest_difference(&ours, &ops), 0.0, "{:?}, {} taps, step {step}", x.size(), taps.len());
             }
+        }
+    }
+
+    #[test]
+    fn empty_windows_are_left_to_the_tensor_ops() {
+        for size in [[3, 0, 5], [1, 4, 0], [0, 3, 3]] {
+            let x = Tensor::zeros(size, (Kind::Float, Device::Cpu));
+            assert!(!fits(&x), "{size:?}");
+            // Whatever libtorch makes of them, an answer or an error, never a panic.
+            let _ = blend::dilate(&x, 2);
+            let _ = blend::gaussian_blur(&x, 1.0);
         }
     }
 
