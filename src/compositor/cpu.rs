@@ -52,7 +52,7 @@ pub fn blur_step(x: &Tensor, taps: &[f32], step: usize) -> Result<Tensor> {
     let phase_len = ow + 2 * p / step + 1;
     let rows = fresh(c, h, ow, |out| {
         let mut padded = vec![0f32; phase_len * step];
-        let mut phases = vec![0f32; phase_len * step];
+        let mut phases = if step == 1 { Vec::new() } else { vec![0f32; phase_len * step] };
         for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(ow)) {
             padded[..p].fill(row[0]);
             padded[p..p + w].copy_from_slice(row);
