@@ -1,9 +1,12 @@
 //! Bilinear resampling of [C, h, w] tensors for the compositor: patches fitted to their
-//! rectangles and the pyramid's expand step. Upscaling is done here with separable lerps,
-//! because libtorch's kernel takes a slow channels-last path for three channels; shrinking
-//! stays with libtorch's antialiased kernel. Nothing here knows about layouts or models.
+//! rectangles and the pyramid's expand step. Upscaling is done here with separable lerps
+//! (in plain Rust on the CPU, `cpu::upscale`), because libtorch's kernel takes a slow
+//! channels-last path for three channels; shrinking stays with libtorch's antialiased
+//! kernel. Nothing here knows about layouts or models.
 
 use tch::{TchError, Tensor};
+
+use super::cpu;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -21,6 +24,14 @@ pub fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
 
 /// Bilinear upscaling of [C, h, w] to [C, `h`, `w`] (neither side shrinks), one axis at a time.
 pub fn upscale(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    if cpu::fits(x) {
+        return cpu::upscale(x, h as usize, w as usize);
+    }
+    upscale_ops(x, h, w)
+}
+
+/// `upscale` in tensor ops, for any device.
+fn upscale_ops(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
     let along_w = upscale_axis_to(x, w, 2)?;
     upscale_axis_to(&along_w, h, 1)
 }
@@ -38,16 +49,10 @@ fn upscale_axis_to(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
 /// (align_corners false: source `(i + 0.5) * n / to - 0.5`, clamped at 0): two gathers and a
 /// lerp with per-sample weights.
 fn lerp_axis(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
-    let n = x.size()[dim as usize];
-    let scale = n as f32 / to as f32;
-    let (mut lo, mut hi, mut t) = (Vec::with_capacity(to as usize), Vec::with_capacity(to as usize), Vec::new());
-    for i in 0..to {
-        let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
-        let below = (src as i64).min(n - 1);
-        lo.push(below);
-        hi.push((below + 1).min(n - 1));
-        t.push(src - below as f32);
-    }
+    let table = cpu::lerp_table(x.size()[dim as usize] as usize, to as usize);
+    let lo: Vec<i64> = table.iter().map(|&(lo, _, _)| lo as i64).collect();
+    let hi: Vec<i64> = table.iter().map(|&(_, hi, _)| hi as i64).collect();
+    let t: Vec<f32> = table.iter().map(|&(_, _, t)| t).collect();
     let device = x.device();
     let lo = Tensor::from_slice(&lo).f_to_device(device)?;
     let hi = Tensor::from_slice(&hi).f_to_device(device)?;
@@ -93,11 +98,12 @@ mod tests {
         let x = Tensor::randn([3, 12, 9], (Kind::Float, Device::Cpu));
         for (sh, sw) in [(2, 2), (3, 3), (4, 4), (2, 4), (1, 3), (5, 1)] {
             let (h, w) = (12 * sh, 9 * sw);
-            let ours = resize(&x, h, w).unwrap();
             let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
-            assert_eq!(ours.size(), vec![3, h, w]);
-            let diff = (ours - reference).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "factor {sh}x{sw}: max diff {diff}");
+            for ours in [resize(&x, h, w).unwrap(), upscale_ops(&x, h, w).unwrap()] {
+                assert_eq!(ours.size(), vec![3, h, w]);
+                let diff = (ours - &reference).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "factor {sh}x{sw}: max diff {diff}");
+            }
         }
     }
 
@@ -106,10 +112,11 @@ mod tests {
         tch::manual_seed(6);
         let x = Tensor::randn([3, 32, 29], (Kind::Float, Device::Cpu));
         for (h, w) in [(236, 192), (33, 30), (64, 100), (511, 301), (32, 200)] {
-            let ours = resize(&x, h, w).unwrap();
             let reference = x.unsqueeze(0).upsample_bilinear2d([h, w], false, None, None).squeeze_dim(0);
-            let diff = (ours - reference).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "{h}x{w}: max diff {diff}");
+            for ours in [resize(&x, h, w).unwrap(), upscale_ops(&x, h, w).unwrap()] {
+                let diff = (ours - &reference).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{h}x{w}: max diff {diff}");
+            }
         }
     }
 }
