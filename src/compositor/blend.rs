@@ -106,7 +106,6 @@ pub fn levels_for(side: i64) -> usize {
 /// Laplacian pyramid is linear, this is `base` plus the collapsed, masked pyramid of
 /// `patch - base`, which needs one pyramid instead of two.
 pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
-    let c = base.size()[0];
     let mut pyramid = vec![Tensor::f_cat(&[&patch.f_sub(base)?, mask], 0)?];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
@@ -116,17 +115,28 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
         let next = down(last)?;
         pyramid.push(next);
     }
-    let split = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.f_narrow(0, 0, c)?, t.f_narrow(0, c, 1)?)) };
-    let top = pyramid.len() - 1;
-    let (d, m) = split(&pyramid[top])?;
-    let mut out = d.f_mul(&m)?;
-    for k in (0..top).rev() {
-        let (h, w) = (pyramid[k].size()[1], pyramid[k].size()[2]);
-        let (d, m) = split(&pyramid[k])?;
-        let band = d.f_sub(&up(&split(&pyramid[k + 1])?.0, h, w)?)?;
-        out = band.f_mul(&m)?.f_add(&up(&out, h, w)?)?;
+    let c = base.size()[0];
+    let top = &pyramid[pyramid.len() - 1];
+    let mut out = top.f_narrow(0, 0, c)?.f_mul(&top.f_narrow(0, c, 1)?)?;
+    for k in (0..pyramid.len() - 1).rev() {
+        out = if cpu::fits(&pyramid[k]) && cpu::fits(&out) {
+            cpu::collapse_step(&pyramid[k], &pyramid[k + 1], &out)?
+        } else {
+            collapse_step_ops(&pyramid[k], &pyramid[k + 1], &out)?
+        };
     }
     base.f_add(&out)
+}
+
+/// One level of the collapse: `level` and `next` are consecutive levels [C + 1, h, w] of the
+/// pyramid of the difference with the mask as the last channel, `coarse` [C, ...] the
+/// collapse so far at `next`'s size. The band `d - up(d_next)` under the mask, plus
+/// `up(coarse)`. In tensor ops, for any device.
+pub(super) fn collapse_step_ops(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<Tensor> {
+    let (h, w) = (level.size()[1], level.size()[2]);
+    let c = level.size()[0] - 1;
+    let band = level.f_narrow(0, 0, c)?.f_sub(&up(&next.f_narrow(0, 0, c)?, h, w)?)?;
+    band.f_mul(&level.f_narrow(0, c, 1)?)?.f_add(&up(coarse, h, w)?)
 }
 
 /// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5.

@@ -137,15 +137,7 @@ pub fn dilate(x: &Tensor, r: usize) -> Result<Tensor> {
 /// then the height.
 pub fn upscale(x: &Tensor, to_h: usize, to_w: usize) -> Result<Tensor> {
     let (x, [c, h, w]) = values(x)?;
-    let src = read(&x);
-    let across = lerp_table(w, to_w);
-    let rows = fresh(c, h, to_w, |out| {
-        for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(to_w)) {
-            for (d, &(lo, hi, t)) in dst.iter_mut().zip(&across) {
-                *d = lerp(row[lo], row[hi], t);
-            }
-        }
-    })?;
+    let rows = fresh(c, h, to_w, |out| widen(read(&x), w, to_w, out))?;
     let src = read(&rows);
     let down = lerp_table(h, to_h);
     fresh(c, to_h, to_w, |out| {
@@ -154,6 +146,50 @@ pub fn upscale(x: &Tensor, to_h: usize, to_w: usize) -> Result<Tensor> {
             let (a, b) = (&src[(ch * h + lo) * to_w..][..to_w], &src[(ch * h + hi) * to_w..][..to_w]);
             for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
                 *d = lerp(a, b, t);
+            }
+        }
+    })
+}
+
+/// Rows of `w` values in `src` resampled to rows of `to_w` in `out`, as `upscale` does.
+fn widen(src: &[f32], w: usize, to_w: usize, out: &mut [f32]) {
+    let across = lerp_table(w, to_w);
+    for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(to_w)) {
+        for (d, &(lo, hi, t)) in dst.iter_mut().zip(&across) {
+            *d = lerp(row[lo], row[hi], t);
+        }
+    }
+}
+
+/// One level of collapsing a masked Laplacian pyramid (`blend::laplacian`) in one pass over
+/// the output: `level` [C + 1, h, w] and `next` [C + 1, h2, w2] are consecutive levels of
+/// the difference's pyramid with the mask as the last channel, `coarse` [C, h2, w2] the
+/// collapse so far. Returns `(d - up(d_next)) * m + up(coarse)`, equal to the last bit to
+/// those steps with `upscale` one after another, without their four whole-size tensors.
+pub fn collapse_step(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<Tensor> {
+    let (level, [c1, h, w]) = values(level)?;
+    let (next, [_, h2, w2]) = values(next)?;
+    let (coarse, _) = values(coarse)?;
+    let c = c1 - 1;
+    // The coarse difference and the collapse so far, each upscaled along the width.
+    let plane = c * h2 * w;
+    let mut wide = vec![0f32; 2 * plane];
+    let (wide_next, wide_coarse) = wide.split_at_mut(plane);
+    widen(&read(&next)[..c * h2 * w2], w2, w, wide_next);
+    widen(read(&coarse), w2, w, wide_coarse);
+    let (fine, down) = (read(&level), lerp_table(h2, h));
+    let mask = &fine[c * h * w..];
+    fresh(c, h, w, |out| {
+        for (n, dst) in out.chunks_exact_mut(w).enumerate() {
+            let (ch, y, (lo, hi, t)) = (n / h, n % h, down[n % h]);
+            let (d, m) = (&fine[(ch * h + y) * w..][..w], &mask[y * w..][..w]);
+            let (lo, hi) = ((ch * h2 + lo) * w, (ch * h2 + hi) * w);
+            let (n0, n1) = (&wide_next[lo..][..w], &wide_next[hi..][..w]);
+            let (c0, c1) = (&wide_coarse[lo..][..w], &wide_coarse[hi..][..w]);
+            // Every slice is `w` long, which lets the compiler drop the bounds checks.
+            let dst = &mut dst[..w];
+            for x in 0..w {
+                dst[x] = (d[x] - lerp(n0[x], n1[x], t)) * m[x] + lerp(c0[x], c1[x], t);
             }
         }
     })
@@ -255,6 +291,22 @@ mod tests {
                 let diff = largest_difference(&ours, &reference);
                 assert!(diff < 1e-6, "{:?} to {to_h}x{to_w}: {diff}", x.size());
             }
+        }
+    }
+
+    #[test]
+    fn a_collapse_step_equals_its_tensor_ops() {
+        tch::manual_seed(12);
+        // Even and odd sides (the coarse level is half, rounded up), one to three channels.
+        for (c, h, w) in [(3, 64, 50), (3, 67, 55), (1, 9, 4), (2, 3, 3)] {
+            let (h2, w2) = ((h + 1) / 2, (w + 1) / 2);
+            let level = Tensor::randn([c + 1, h, w], (Kind::Float, Device::Cpu));
+            let next = Tensor::randn([c + 1, h2, w2], (Kind::Float, Device::Cpu));
+            let coarse = Tensor::randn([c, h2, w2], (Kind::Float, Device::Cpu));
+            let ours = collapse_step(&level, &next, &coarse).unwrap();
+            let ops = blend::collapse_step_ops(&level, &next, &coarse).unwrap();
+            // The same lerps (`upscale`'s on the CPU), differences, products and sums.
+            assert_eq!(largest_difference(&ours, &ops), 0.0, "{c} x {h} x {w}");
         }
     }
 }
