@@ -195,6 +195,35 @@ pub fn collapse_step(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<T
     })
 }
 
+/// `poisson::clone`'s right-hand side in one pass: for `base` and `patch` [C, h, w] and
+/// `mask` [1, h, w] (h, w >= 3), the divergence at interior pixels of the gradient of
+/// `patch - base` on edges with both ends inside the mask (> 0.5), zero elsewhere:
+/// [C, h - 2, w - 2], equal to the last bit to `poisson::masked_divergence_ops`.
+pub fn masked_divergence(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (base, [c, h, w]) = values(base)?;
+    let (patch, _) = values(patch)?;
+    let (mask, _) = values(mask)?;
+    let d: Vec<f32> = read(&patch).iter().zip(read(&base)).map(|(&p, &b)| p - b).collect();
+    let inside: Vec<f32> = read(&mask).iter().map(|&m| if m > 0.5 { 1.0 } else { 0.0 }).collect();
+    let (n, k) = (h - 2, w - 2);
+    fresh(c, n, k, |out| {
+        for (i, dst) in out.chunks_exact_mut(k).enumerate() {
+            let (ch, y) = (i / n, i % n + 1);
+            let (above, here, below) = (&d[(ch * h + y - 1) * w..][..w], &d[(ch * h + y) * w..][..w], &d[(ch * h + y + 1) * w..][..w]);
+            let (m_above, m_here, m_below) = (&inside[(y - 1) * w..][..w], &inside[y * w..][..w], &inside[(y + 1) * w..][..w]);
+            for (j, o) in dst.iter_mut().enumerate() {
+                let x = j + 1;
+                // The edges to the right, left, below and above, in the tensor ops' order.
+                let right = (here[x + 1] - here[x]) * (m_here[x + 1] * m_here[x]);
+                let left = (here[x] - here[x - 1]) * (m_here[x] * m_here[x - 1]);
+                let down = (below[x] - here[x]) * (m_below[x] * m_here[x]);
+                let up = (here[x] - above[x]) * (m_here[x] * m_above[x]);
+                *o = (right - left) + (down - up);
+            }
+        }
+    })
+}
+
 /// For each of `to` samples resampling `n`: the two source samples and the weight of the
 /// second, placed as libtorch places them (source `(i + 0.5) * n / to - 0.5` in single
 /// precision with one rounding, clamped at 0).
@@ -220,7 +249,7 @@ fn lerp(a: f32, b: f32, t: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::blend;
+    use super::super::{blend, poisson};
     use super::*;
 
     /// Odd and even sides, one to four channels, a contiguous input and a window of a larger
@@ -307,6 +336,24 @@ mod tests {
             let ops = blend::collapse_step_ops(&level, &next, &coarse).unwrap();
             // The same lerps (`upscale`'s on the CPU), differences, products and sums.
             assert_eq!(largest_difference(&ours, &ops), 0.0, "{c} x {h} x {w}");
+        }
+    }
+
+    #[test]
+    fn the_masked_divergence_equals_its_tensor_ops() {
+        tch::manual_seed(13);
+        for (c, h, w) in [(3, 40, 33), (1, 3, 3), (2, 5, 17)] {
+            let base = Tensor::randn([c, h, w], (Kind::Float, Device::Cpu));
+            let patch = Tensor::randn([c, h, w], (Kind::Float, Device::Cpu));
+            // A soft mask: values on both sides of the 0.5 threshold, and a window of a
+            // larger tensor for the patch.
+            let mask = Tensor::rand([1, h, w], (Kind::Float, Device::Cpu));
+            let wide = Tensor::randn([c, h + 2, w + 4], (Kind::Float, Device::Cpu)).narrow(1, 1, h).narrow(2, 3, w);
+            for p in [&patch, &wide] {
+                let ours = masked_divergence(&base, p, &mask).unwrap();
+                let ops = poisson::masked_divergence_ops(&base, p, &mask).unwrap();
+                assert_eq!(largest_difference(&ours, &ops), 0.0, "{c} x {h} x {w}");
+            }
         }
     }
 }

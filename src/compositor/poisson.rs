@@ -6,6 +6,8 @@
 
 use tch::{Kind, TchError, Tensor};
 
+use super::cpu;
+
 type Result<T> = std::result::Result<T, TchError>;
 
 /// DST-I along the last dimension: X_k = sum_j x_j sin(pi j k / (n + 1)).
@@ -78,6 +80,26 @@ fn guidance_divergence(base: &Tensor, patch: &Tensor, hard: &Tensor) -> Result<T
     div_x.f_add(&div_y)
 }
 
+/// The right-hand side of `clone`'s equation for windows of at least 3 x 3: the
+/// divergence, at interior pixels, of the gradient of `patch - base` on edges with both ends
+/// inside the mask (> 0.5), zero elsewhere. [C, h - 2, w - 2], in tensor ops for any device.
+pub(super) fn masked_divergence_ops(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (h, w) = (base.size()[1], base.size()[2]);
+    let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
+    let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
+    let gx = d
+        .f_narrow(2, 1, w - 1)?
+        .f_sub(&d.f_narrow(2, 0, w - 1)?)?
+        .f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
+    let gy = d
+        .f_narrow(1, 1, h - 1)?
+        .f_sub(&d.f_narrow(1, 0, h - 1)?)?
+        .f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
+    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
+    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
+    div_x.f_add(&div_y)
+}
+
 /// The 5-point Laplacian of [C, h, w] at interior pixels: [C, h-2, w-2].
 pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
     let (h, w) = (x.size()[1], x.size()[2]);
@@ -99,19 +121,11 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
         return Ok(base.shallow_clone());
     }
     let kind = base.kind();
-    let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
-    let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
-    let gx = d
-        .f_narrow(2, 1, w - 1)?
-        .f_sub(&d.f_narrow(2, 0, w - 1)?)?
-        .f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
-    let gy = d
-        .f_narrow(1, 1, h - 1)?
-        .f_sub(&d.f_narrow(1, 0, h - 1)?)?
-        .f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
-    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
-    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
-    let rhs = div_x.f_add(&div_y)?;
+    let rhs = if cpu::fits(base) && cpu::fits(patch) && cpu::fits(mask) {
+        cpu::masked_divergence(base, patch, mask)?
+    } else {
+        masked_divergence_ops(base, patch, mask)?
+    };
     let (n, m) = (h - 2, w - 2);
     let device = base.device();
     let jj = Tensor::f_arange_start(1, n + 1, (Kind::Float, device))?;
