@@ -209,8 +209,10 @@ pub fn masked_divergence(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result
     fresh(c, n, k, |out| {
         for (i, dst) in out.chunks_exact_mut(k).enumerate() {
             let (ch, y) = (i / n, i % n + 1);
-            let (above, here, below) = (&d[(ch * h + y - 1) * w..][..w], &d[(ch * h + y) * w..][..w], &d[(ch * h + y + 1) * w..][..w]);
-            let (m_above, m_here, m_below) = (&inside[(y - 1) * w..][..w], &inside[y * w..][..w], &inside[(y + 1) * w..][..w]);
+            let (above, here, below) =
+                (&d[(ch * h + y - 1) * w..][..w], &d[(ch * h + y) * w..][..w], &d[(ch * h + y + 1) * w..][..w]);
+            let (m_above, m_here, m_below) =
+                (&inside[(y - 1) * w..][..w], &inside[y * w..][..w], &inside[(y + 1) * w..][..w]);
             for (j, o) in dst.iter_mut().enumerate() {
                 let x = j + 1;
                 // The edges to the right, left, below and above, in the tensor ops' order.
