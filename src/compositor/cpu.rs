@@ -1,9 +1,10 @@
 //! The compositor's filters on the CPU as whole passes in plain Rust: a separable blur
-//! (optionally keeping every second output, the pyramid's reduce step), a square dilation
-//! and bilinear upscaling. libtorch runs the same filters as a dozen strided element-wise
-//! passes, gathers, or a max-pool that is slow for one channel; these read each input once
-//! per axis. They take float32 [C, h, w] tensors on the CPU ([`fits`]); `blend` and
-//! `resample` keep the tensor-op versions for every other device and tests hold these to
+//! (optionally keeping every second output, the pyramid's reduce step), a square dilation,
+//! bilinear upscaling, a level of the Laplacian pyramid's collapse and the Poisson
+//! equation's right-hand side. libtorch runs each as a dozen strided element-wise passes,
+//! gathers, or a max-pool that is slow for one channel; these read each input once per axis.
+//! They take float32 [C, h, w] tensors on the CPU ([`fits`]); `blend`, `resample` and
+//! `poisson` keep the tensor-op versions for every other device and tests hold these to
 //! them. Nothing here knows about regions.
 
 use tch::{Device, Kind, TchError, Tensor};

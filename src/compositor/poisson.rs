@@ -121,7 +121,8 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
         return Ok(base.shallow_clone());
     }
     let kind = base.kind();
-    let rhs = if cpu::fits(base) && cpu::fits(patch) && cpu::fits(mask) {
+    let same_shapes = patch.size() == base.size() && mask.size() == [1, h, w];
+    let rhs = if same_shapes && cpu::fits(base) && cpu::fits(patch) && cpu::fits(mask) {
         cpu::masked_divergence(base, patch, mask)?
     } else {
         masked_divergence_ops(base, patch, mask)?
@@ -169,6 +170,16 @@ mod tests {
             let scale = fft.abs().max().double_value(&[]);
             let diff = (&ours - &fft).abs().max().double_value(&[]);
             assert!(diff <= 1e-5 * scale, "{n} x {m}: {diff} against {scale}");
+        }
+    }
+
+    #[test]
+    fn a_mask_of_another_size_is_an_error_not_a_panic() {
+        let base = Tensor::zeros([3, 20, 16], (Kind::Float, Device::Cpu));
+        let patch = Tensor::ones([3, 20, 16], (Kind::Float, Device::Cpu));
+        for size in [[1, 19, 16], [1, 20, 17], [2, 20, 16]] {
+            let mask = Tensor::ones(size, (Kind::Float, Device::Cpu));
+            assert!(clone(&base, &patch, &mask).is_err(), "{size:?}");
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
 
 /// Bilinear upscaling of [C, h, w] to [C, `h`, `w`] (neither side shrinks), one axis at a time.
 pub fn upscale(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    if cpu::fits(x) {
+    if cpu::fits(x) && h > 0 && w > 0 {
         return cpu::upscale(x, h as usize, w as usize);
     }
     upscale_ops(x, h, w)
@@ -117,6 +117,14 @@ mod tests {
                 let diff = (ours - &reference).abs().max().double_value(&[]);
                 assert!(diff < 1e-5, "{h}x{w}: max diff {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn upscaling_to_nothing_gives_an_empty_tensor() {
+        let x = Tensor::ones([3, 4, 5], (Kind::Float, Device::Cpu));
+        for (h, w) in [(0, 5), (4, 0)] {
+            assert_eq!(upscale(&x, h, w).unwrap().numel(), 0, "{h}x{w}");
         }
     }
 }
