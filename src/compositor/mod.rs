@@ -12,6 +12,7 @@ pub mod seam;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::layout::{BlendMode, Fit};
+use crate::model::device::upload;
 use crate::router::geometry::{contained, Rect};
 use crate::router::{Background, Region, RoutePlan};
 use resample::resize;
@@ -145,27 +146,27 @@ impl Compositor {
 
     fn solid(&self, c: [u8; 3], h: i64, w: i64) -> Result<Tensor> {
         let v: Vec<f32> = c.iter().map(|&x| color_units(x) as f32).collect();
-        Tensor::from_slice(&v).f_to_device(self.device)?.f_view([3, 1, 1])?.f_expand([3, h, w], false)?.f_contiguous()
+        upload(&Tensor::from_slice(&v), self.device)?.f_view([3, 1, 1])?.f_expand([3, h, w], false)?.f_contiguous()
     }
 
     /// A client's picture (interleaved RGB bytes) in generator units: `color_units` per
     /// channel, so pixels no region touches come back as they were sent.
     pub fn picture(&self, rgb: &[u8], h: i64, w: i64) -> Result<Tensor> {
-        Tensor::from_slice(rgb)
+        let bytes = upload(&Tensor::from_slice(rgb), self.device)?;
+        bytes
             .f_view([h, w, 3])?
             .f_permute([2, 0, 1])?
             .f_to_kind(Kind::Float)?
             .f_add_scalar(UNIT_OFFSET)?
             .f_div_scalar(UNIT_SCALE)?
-            .f_contiguous()?
-            .f_to_device(self.device)
+            .f_contiguous()
     }
 
     /// The region's mask placed in window `win` (zeros elsewhere), [1, win.h, win.w]. The
     /// router has already limited it to where a `contain` patch lands.
     fn mask_in(&self, region: &Region, win: &Rect) -> Result<Tensor> {
         let v = &region.visible;
-        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
+        let m = upload(&Tensor::from_slice(&region.mask), self.device)?.f_view([1, v.h, v.w])?;
         let zeros = Tensor::f_zeros([1, win.h, win.w], (Kind::Float, self.device))?;
         paste(&zeros, &m, v, win)
     }
@@ -246,7 +247,7 @@ impl Compositor {
     /// patch is cropped off or off the canvas).
     pub fn projection_target(&self, canvas: &Tensor, region: &Region, res: i64) -> Result<(Tensor, Tensor)> {
         let v = &region.visible;
-        let m = Tensor::from_slice(&region.mask).f_view([1, v.h, v.w])?.f_to_device(self.device)?;
+        let m = upload(&Tensor::from_slice(&region.mask), self.device)?.f_view([1, v.h, v.w])?;
         self.target_under(canvas, region, res, &m)
     }
 

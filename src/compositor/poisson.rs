@@ -7,6 +7,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::cpu;
+use crate::model::device::upload;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -38,7 +39,7 @@ fn dst_matrix(n: i64, device: tch::Device) -> Result<Tensor> {
     for j in 1..=n as usize {
         s.extend((1..=n as usize).map(|k| table[(j * k) % period]));
     }
-    Tensor::from_slice(&s).f_view([n, n])?.f_to_device(device)
+    upload(&Tensor::from_slice(&s), device)?.f_view([n, n])
 }
 
 /// The DST-I over both spatial dimensions of [C, n, m] windows: S_n x S_m with the

@@ -7,6 +7,7 @@
 use tch::{TchError, Tensor};
 
 use super::cpu;
+use crate::model::device::upload;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -54,11 +55,11 @@ fn lerp_axis(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
     let hi: Vec<i64> = table.iter().map(|&(_, hi, _)| hi as i64).collect();
     let t: Vec<f32> = table.iter().map(|&(_, _, t)| t).collect();
     let device = x.device();
-    let lo = Tensor::from_slice(&lo).f_to_device(device)?;
-    let hi = Tensor::from_slice(&hi).f_to_device(device)?;
+    let lo = upload(&Tensor::from_slice(&lo), device)?;
+    let hi = upload(&Tensor::from_slice(&hi), device)?;
     let mut shape = vec![1i64; x.dim()];
     shape[dim as usize] = to;
-    let t = Tensor::from_slice(&t).f_to_device(device)?.f_view(shape.as_slice())?;
+    let t = upload(&Tensor::from_slice(&t), device)?.f_view(shape.as_slice())?;
     x.f_index_select(dim, &lo)?.f_lerp_tensor(&x.f_index_select(dim, &hi)?, &t)
 }
 
