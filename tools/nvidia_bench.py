@@ -10,7 +10,9 @@ constructor arguments), loads the model's weights into it (the same tensor names
      `num_fp16_res` resolutions on CUDA) at the given batch sizes, truncation 0.7, constant
      noise, synchronised by copying the uint8 pictures to the host;
   2. prints how far its float16 pictures are from its float32 pictures on the same seeds
-     (NumPy seeds, as gen_images.py makes z), in 8-bit levels.
+     (NumPy seeds, as gen_images.py makes z), in 8-bit levels, and on a GPU how far both
+     are from its float32 pictures on the CPU (no TF32, no cuDNN): the reference
+     `mixgan bench` also compares its pictures with.
 
   nvidia_bench.py --nvlabs-src ~/src/stylegan3 --model DIR --device cuda --batches 1,8,32
 
@@ -18,6 +20,7 @@ NVIDIA's pure-PyTorch op paths run (its custom CUDA ops are not compiled unless
 MIXGAN_NVLABS_PLUGINS=1), which is how the figures in docs/performance.md were taken.
 """
 import argparse
+import copy
 import os
 import sys
 import json
@@ -93,9 +96,19 @@ def main():
             print(f"nvidia {name}: batch {batch}: {t * 1e3 / batch:.2f} ms/img, {batch / t:.1f} img/s")
     z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in range(a.seeds)])).to(device)
     c = torch.zeros(a.seeds, G.c_dim, device=device)
-    d = (pictures(G, z, c, False).float() - pictures(G, z, c, True).float()).abs()
-    print(f"nvidia: as shipped against fp32: largest {d.max().item():.0f}, mean {d.mean().item():.3f} "
-          f"levels of 255 on seeds 0-{a.seeds - 1} at truncation 0.7")
+    shipped, full = pictures(G, z, c, False), pictures(G, z, c, True)
+    levels = f"levels of 255 on seeds 0-{a.seeds - 1} at truncation 0.7"
+
+    def apart(x, y):
+        d = (x.float() - y.float()).abs()
+        return f"largest {d.max().item():.0f}, mean {d.mean().item():.3f}"
+
+    print(f"nvidia: as shipped against fp32: {apart(shipped, full)} {levels}")
+    if device.type != "cpu":
+        # Its own code forces float32 on the CPU.
+        cpu = pictures(copy.deepcopy(G).cpu(), z.cpu(), c.cpu(), True)
+        for name, pics in [("as shipped", shipped), ("fp32", full)]:
+            print(f"nvidia: {name} on {device} against float32 on the CPU: {apart(pics, cpu)} {levels}")
 
 
 if __name__ == "__main__":
