@@ -211,15 +211,7 @@ impl StyleConv {
                 y
             }
         } else {
-            let xs = match kernels {
-                _ if prescaled.is_some() => Some(x.shallow_clone()),
-                Some(k) => k.scale(x, &styles)?,
-                None => None,
-            };
-            let xs = match xs {
-                Some(xs) => xs,
-                None => scale(x, &styles)?,
-            };
+            let xs = if prescaled.is_some() { x.shallow_clone() } else { scale_input(x, &styles, kernels)? };
             let slope = match e.act {
                 Activation::Lrelu => Some(LRELU_SLOPE),
                 Activation::Linear => Some(1.0),
@@ -279,6 +271,15 @@ impl StyleConv {
             None => Ok(y),
         }
     }
+}
+
+/// An unfused layer's input `x` [N, C, H, W] scaled by its [`input_styles`] `styles`, in
+/// `x`'s type: by the kernels where they take `x`, else by a tensor op.
+pub fn scale_input(x: &Tensor, styles: &Tensor, kernels: Option<&Kernels>) -> Result<Tensor> {
+    if let Some(xs) = kernels.map(|k| k.scale(x, styles)).transpose()?.flatten() {
+        return Ok(xs);
+    }
+    scale(x, styles)
 }
 
 /// `x` [N, C, H, W] times `s` [N, C] float32, in `x`'s type.

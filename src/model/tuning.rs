@@ -6,12 +6,9 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, Kind, TchError};
 
 type Result<T> = std::result::Result<T, TchError>;
-
-/// A block's output: its features and the picture so far.
-pub type BlockOut = (Tensor, Option<Tensor>);
 
 /// What an upsampling block's measured choice holds for: its resolution, the batch size, and
 /// the type and layout it computes in.
@@ -49,8 +46,9 @@ impl FoldChoices {
 
     /// Runs a block both ways (`run(fold)`), once untimed (cuDNN's autotuner picks its
     /// algorithms at a shape's first call) and then three times each, waiting for `device`
-    /// around each run; keeps the faster way (folded on a tie) for `key` and returns its output.
-    pub fn measure(&self, key: FoldKey, device: Device, run: &dyn Fn(bool) -> Result<BlockOut>) -> Result<BlockOut> {
+    /// around each run; keeps the faster way (folded on a tie) for `key` and returns its output
+    /// (the block's features and the picture so far).
+    pub fn measure<Out>(&self, key: FoldKey, device: Device, run: &dyn Fn(bool) -> Result<Out>) -> Result<Out> {
         let sync = || super::device::synchronize(device);
         let mut best = [f64::INFINITY; 2];
         for fold in [true, false] {
@@ -74,6 +72,8 @@ impl FoldChoices {
 
 #[cfg(test)]
 mod tests {
+    use tch::Tensor;
+
     use super::*;
 
     /// On the CPU (no device to wait for) the choice follows the timings: the way that sleeps
@@ -82,7 +82,7 @@ mod tests {
     fn the_faster_way_is_kept_per_key() {
         let choices = FoldChoices::default();
         let key = FoldKey { res: 16, batch: 4, kind: Kind::Half, channels_last: true };
-        let out = |fold: bool| -> Result<BlockOut> {
+        let out = |fold: bool| -> Result<(Tensor, Option<Tensor>)> {
             if fold {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }

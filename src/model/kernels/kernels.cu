@@ -206,10 +206,13 @@ __device__ __forceinline__ float upsampled(const float* plane, long long y, long
 
 // One thread per pixel: out[n, o, p] = prev + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
 // float32 NCHW out (H x W); O <= 4. prev: null, the picture at the same size (it may be out
-// itself), or, with prev_half, the picture at half the size, upsampled here.
+// itself), or, with prev_half, the picture at half the size, upsampled here. With next_out,
+// also next_out = x * next_s[n, c] in x's layout: the next layer's style scaling of these
+// features, made as they are read here rather than in a pass of its own.
 template <typename T>
 __device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, int prev_half,
-                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl) {
+                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl,
+                       const float* next_s, T* next_out) {
   long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= pixels) return;
   long long HW = H * W;
@@ -223,11 +226,12 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
     p = idx % HW;
   }
   const float* w = wm + n * O * C;
+  const float* s = next_out ? next_s + n * C : nullptr;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   if (cl) {
     const T* xp = x + idx * C;
     for (long long c = 0; c < C; c += 8) {
-      Pack<T> v;
+      Pack<T> v, scaled;
       load8(xp + c, v);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -235,15 +239,18 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
 #pragma unroll
         for (int o = 0; o < 4; ++o)
           if (o < O) acc[o] += xv * w[o * C + c + j];
+        if (next_out) scaled.v[j] = st<T>(xv * s[c + j]);
       }
+      if (next_out) store8(next_out + idx * C + c, scaled);
     }
   } else {
-    const T* xp = x + n * C * HW + p;
+    long long at = n * C * HW + p;
     for (long long c = 0; c < C; ++c) {
-      float xv = ld(xp[c * HW]);
+      float xv = ld(x[at + c * HW]);
 #pragma unroll
       for (int o = 0; o < 4; ++o)
         if (o < O) acc[o] += xv * w[o * C + c];
+      if (next_out) next_out[at + c * HW] = st<T>(xv * s[c]);
     }
   }
 #pragma unroll
@@ -282,8 +289,9 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
   }                                                                                                        \
   extern "C" __global__ void to_rgb_##SUFFIX(const T* x, const float* wm, const float* bias, float clampv, \
                                              const float* prev, int prev_half, float* out, long long C,   \
-                                             long long H, long long W, long long pixels, int O, int cl) { \
-    to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl);                          \
+                                             long long H, long long W, long long pixels, int O, int cl,   \
+                                             const float* next_s, T* next_out) {                          \
+    to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl, next_s, next_out);        \
   }
 
 MIXGAN_KERNELS(float, f32)

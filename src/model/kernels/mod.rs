@@ -342,8 +342,10 @@ impl Kernels {
     /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus the picture so far, as
     /// float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated 1x1 weight; O at most 4.
     /// The picture so far is `Same(p)`, [N, O, H, W] (written into), or `Half(p)`,
-    /// [N, O, H/2, W/2], upsampled here with StyleGAN2's [1, 3, 3, 1] filter. `None` where the
-    /// kernel cannot take the tensors.
+    /// [N, O, H/2, W/2], upsampled here with StyleGAN2's [1, 3, 3, 1] filter. With `next`
+    /// ([N, C] float32), also `x * next` per sample and channel in `x`'s type and layout, as
+    /// [`Kernels::scale`] makes it: the next layer's input, made as `x` is read anyway. `None`
+    /// where the kernel cannot take the tensors.
     pub fn to_rgb(
         &self,
         x: &Tensor,
@@ -351,12 +353,24 @@ impl Kernels {
         bias: &Tensor,
         clamp: Option<f64>,
         prev: Option<Picture>,
-    ) -> Result<Option<Tensor>> {
+        next: Option<&Tensor>,
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
         let Some(shape) = Dense::of(x) else { return Ok(None) };
         let o = bias.numel() as i64;
         if !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
             return Ok(None);
         }
+        let next = match next {
+            Some(s) if s.numel() as i64 == shape.n * shape.c => {
+                let scaled = x.f_empty_like()?;
+                if Dense::of(&scaled) != Some(shape) {
+                    return Ok(None);
+                }
+                Some((s.f_to_kind(Kind::Float)?.f_contiguous()?, scaled))
+            }
+            Some(_) => return Ok(None),
+            None => None,
+        };
         let (h, w) = (x.size()[2], x.size()[3]);
         let want = [shape.n, o, h, w];
         let dense = |p: &Tensor, size: &[i64]| p.size() == size && p.kind() == Kind::Float && p.is_contiguous();
@@ -386,9 +400,11 @@ impl Kernels {
             Arg::I64(pixels),
             Arg::I32(o as i32),
             Arg::I32(shape.channels_last as i32),
+            Arg::tensor(next.as_ref().map(|n| &n.0)),
+            Arg::tensor(next.as_ref().map(|n| &n.1)),
         ];
         self.launch("to_rgb", x.kind(), (pixels + THREADS as i64 - 1) / THREADS as i64, args)?;
-        Ok(Some(out))
+        Ok(Some((out, next.map(|n| n.1))))
     }
 }
 

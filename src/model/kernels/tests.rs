@@ -148,11 +148,11 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
             let s = Tensor::rand([n, c], (Kind::Float, Device::Cpu));
 
             // Style scaling.
-            let out = x.empty_like();
+            let scaled = x.empty_like();
             let scale: unsafe extern "C" fn(Ptr, Ptr, Ptr, i64, i64, i64, i32) = host.func("scale", kind);
-            host.launch(blocks, || unsafe { scale(ptr(&x), ptr(&s), ptr(&out), c, hw, total, cl as i32) });
+            host.launch(blocks, || unsafe { scale(ptr(&x), ptr(&s), ptr(&scaled), c, hw, total, cl as i32) });
             let want = x.to_kind(Kind::Float) * s.view([n, c, 1, 1]);
-            assert_close(&out, &want, kind, &format!("scale {what}"));
+            assert_close(&scaled, &want, kind, &format!("scale {what}"));
 
             // The epilogue, with a per-channel and a per-pixel bias, noise, slope and clamp.
             let d = Tensor::rand([n, c], (Kind::Float, Device::Cpu)) + 0.5;
@@ -206,7 +206,9 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                 .clamp(-2.0, 2.0);
             let to_rgb: ToRgb = host.func("to_rgb", kind);
             let pixel_blocks = (n * hw + THREADS as i64 - 1) / THREADS as i64;
-            let run = |prev: Ptr, half: i32, out: &Tensor| {
+            let run_scaling = |prev: Ptr, half: i32, out: &Tensor, next: Option<&Tensor>| {
+                let next_out = next.map_or(std::ptr::null_mut(), ptr);
+                let next_s = if next.is_some() { ptr(&s) } else { std::ptr::null_mut() };
                 host.launch(pixel_blocks, || unsafe {
                     to_rgb(
                         ptr(&x),
@@ -222,9 +224,12 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                         n * hw,
                         o as i32,
                         cl as i32,
+                        next_s,
+                        next_out,
                     )
                 })
             };
+            let run = |prev: Ptr, half: i32, out: &Tensor| run_scaling(prev, half, out, None);
             let out = Tensor::zeros([n, o, h, w], (Kind::Float, Device::Cpu));
             run(std::ptr::null_mut(), 0, &out);
             assert_close(&out, &contribution, Kind::Float, &format!("to_rgb {what}"));
@@ -243,13 +248,20 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                 Kind::Float,
                 &format!("to_rgb onto a half-size picture, {what}"),
             );
+            // The next layer's input scaling as the features are read: what `scale` makes,
+            // in the features' layout, beside the same picture.
+            let (out, next) = (Tensor::zeros([n, o, h, w], (Kind::Float, Device::Cpu)), x.empty_like());
+            run_scaling(ptr(&small), 1, &out, Some(&next));
+            assert_close(&out, &(&up + &contribution), Kind::Float, &format!("to_rgb scaling too, {what}"));
+            assert_eq!(next.stride(), x.stride(), "{what}: the scaled features keep the layout");
+            assert!(next.equal(&scaled), "{what}: to_rgb's scaled features are the scale kernel's, bit for bit");
         }
     }
 }
 
 /// to_rgb's parameters in kernels.cu: x, wm, bias, clampv, prev, prev_half, out, C, H, W,
-/// pixels, O, cl.
-type ToRgb = unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, i32, Ptr, i64, i64, i64, i64, i32, i32);
+/// pixels, O, cl, next_s, next_out.
+type ToRgb = unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, i32, Ptr, i64, i64, i64, i64, i32, i32, Ptr, Ptr);
 
 /// StyleGAN2's [1, 3, 3, 1] filter.
 fn stylegan2_filter() -> Filter {

@@ -9,7 +9,9 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::{NoisePlan, Pass};
 use crate::model::kernels::{Kernels, Picture};
-use crate::model::modconv::{input_styles, modulated_1x1, modulated_1x1_weights, Epilogue, Route, StyleConv};
+use crate::model::modconv::{
+    input_styles, modulated_1x1, modulated_1x1_weights, scale_input, Epilogue, Route, StyleConv,
+};
 use crate::model::ops::{bias_act, is_half, normalize_2nd_moment, Dense, Filter};
 use crate::model::spec::{Activation, Architecture, GeneratorSettings, NoiseMode};
 
@@ -180,7 +182,9 @@ impl ToRgb {
 
     /// The picture so far (`prev`, at half this block's size, upsampled with `filter`,
     /// bilinearly where `bilinear`) plus the block's contribution, in float32 whatever the
-    /// features' type. The kernels upsample StyleGAN2's filter themselves as they add.
+    /// features' type. The kernels upsample StyleGAN2's filter themselves as they add, and
+    /// make `x` scaled by `next` (the next layer's input styles) as they read it: returned
+    /// beside the picture, `None` where the kernels did not run.
     fn forward(
         &self,
         x: &Tensor,
@@ -188,31 +192,33 @@ impl ToRgb {
         prev: Option<&Tensor>,
         (filter, bilinear): (&Filter, bool),
         kernels: Option<&Kernels>,
-    ) -> Result<Tensor> {
+        next: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
         let wm = kernels.map(|_| modulated_1x1_weights(&self.weight, &styles)).transpose()?;
         let with_kernel = |prev: Option<Picture>| match (kernels, &wm) {
-            (Some(k), Some(wm)) => k.to_rgb(x, wm, &self.bias, self.clamp, prev),
+            (Some(k), Some(wm)) => k.to_rgb(x, wm, &self.bias, self.clamp, prev, next),
             _ => Ok(None),
         };
         if filter.is_bilinear() || prev.is_none() {
-            if let Some(img) = with_kernel(prev.map(Picture::Half))? {
-                return Ok(img);
+            if let Some(done) = with_kernel(prev.map(Picture::Half))? {
+                return Ok(done);
             }
         }
         let prev = prev.map(|p| filter.upsample2d(p, bilinear)).transpose()?;
         // The upsampled picture is a cropped view; the kernel adds into a dense copy.
         if prev.is_some() {
             let dense = prev.as_ref().map(Tensor::f_contiguous).transpose()?;
-            if let Some(img) = with_kernel(dense.as_ref().map(Picture::Same))? {
-                return Ok(img);
+            if let Some(done) = with_kernel(dense.as_ref().map(Picture::Same))? {
+                return Ok(done);
             }
         }
         let y = self.contribution(x, &styles)?;
-        match prev {
-            Some(p) => p.f_add(&y),
-            None => Ok(y),
-        }
+        let img = match prev {
+            Some(p) => p.f_add(&y)?,
+            None => y,
+        };
+        Ok((img, None))
     }
 
     fn contribution(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
@@ -224,6 +230,30 @@ impl ToRgb {
             Ok(y)
         }
     }
+}
+
+/// A block's features as the next block receives them: scaled for its first convolution by
+/// that layer's input styles (`scaled_by`, [`input_styles`]) where this block made the
+/// scaling as its toRGB layer read them, which saves the next layer a pass over them.
+pub(super) struct Features {
+    pub(super) x: Tensor,
+    pub(super) scaled_by: Option<Tensor>,
+}
+
+impl Features {
+    /// The same tensors again (shallow), for a block that runs more than once.
+    pub(super) fn again(&self) -> Self {
+        Self { x: self.x.shallow_clone(), scaled_by: self.scaled_by.as_ref().map(Tensor::shallow_clone) }
+    }
+}
+
+/// How a block runs: the type it computes in, its features' layout, and the next block with
+/// its type where this block scales its output for that block's first convolution.
+#[derive(Clone, Copy)]
+pub(super) struct BlockPlan<'a> {
+    pub(super) kind: Kind,
+    pub(super) channels_last: bool,
+    pub(super) next: Option<(&'a Block, Kind)>,
 }
 
 pub(super) struct Block {
@@ -272,16 +302,25 @@ impl Block {
         self.conv0.is_some()
     }
 
-    /// `kind` is the type the block computes in; `channels_last`, its features' layout.
+    /// Whether this block can hand `next` its features scaled for its first convolution: its
+    /// toRGB layer reads the w that convolution reads, and `next` has no resnet skip, which
+    /// needs the features unscaled.
+    pub(super) fn can_scale_for(&self, next: &Block) -> bool {
+        self.torgb.is_some() && next.conv0.is_some() && next.skip.is_none()
+    }
+
+    /// The block's features and the picture so far. With `plan.next` (which the caller checked
+    /// with [`Block::can_scale_for`], on the unfused path) the features come out scaled for
+    /// the next block's first convolution.
     pub(super) fn forward(
         &self,
-        x: Option<Tensor>,
+        x: Option<Features>,
         img: Option<Tensor>,
         ws: &Tensor,
         pass: Pass,
-        kind: Kind,
-        channels_last: bool,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+        plan: BlockPlan,
+    ) -> Result<(Features, Option<Tensor>)> {
+        let BlockPlan { kind, channels_last, next } = plan;
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
@@ -299,18 +338,24 @@ impl Block {
                 let x = layout(k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?.f_to_kind(kind)?)?;
                 self.conv1.forward(&x, &self.conv1.styles(&w(0)?)?, pass, 1.0, None, None)?
             }
-            (None, Some(x), Some(conv0)) => {
+            (None, Some(Features { x, scaled_by }), Some(conv0)) => {
+                debug_assert!(scaled_by.is_none() || (self.skip.is_none() && !pass.fused));
                 // A block that changes the type or runs on CUDA sets its features' layout, as
                 // NVIDIA's blocks do; on the CPU in float32 the layout the first block chose
                 // carries through (forcing it at every block measured slower).
                 let x = if x.kind() != kind || pass.cuda { layout(x.f_to_kind(kind)?)? } else { x };
-                let (s0, s1) = (conv0.styles(&w(0)?)?, self.conv1.styles(&w(1)?)?);
+                // Features that come scaled need no styles of conv0's own.
+                let s0 = match &scaled_by {
+                    Some(s) => s.shallow_clone(),
+                    None => conv0.styles(&w(0)?)?,
+                };
+                let s1 = self.conv1.styles(&w(1)?)?;
                 // With the kernels, conv0's epilogue also scales conv1's input: one pass fewer.
                 let then_scale = match pass.kernels {
                     Some(_) if !pass.fused => Some(input_styles(&s1, kind)?),
                     _ => None,
                 };
-                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), None)?;
+                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), scaled_by.as_ref())?;
                 let gain = if self.skip.is_some() { half } else { 1.0 };
                 let out = self.conv1.forward(&h, &s1, pass, gain, None, then_scale.as_ref())?;
                 match &self.skip {
@@ -323,13 +368,28 @@ impl Block {
             }
             _ => unreachable!("a block after the first always receives features"),
         };
-        let img = match (&self.torgb, img) {
+        // The next block's first convolution reads the w this block's toRGB layer reads.
+        let next_scale = match next {
+            Some((block, next_kind)) => {
+                let conv0 = block.conv0.as_ref().expect("can_scale_for checked it");
+                Some(input_styles(&conv0.styles(&w(self.num_conv)?)?, next_kind)?)
+            }
+            None => None,
+        };
+        let (img, scaled) = match (&self.torgb, img) {
             (Some(torgb), img) => {
                 let up = (&self.filter, pass.cuda);
-                Some(torgb.forward(&x, &w(self.num_conv)?, img.as_ref(), up, pass.kernels)?)
+                let (img, scaled) =
+                    torgb.forward(&x, &w(self.num_conv)?, img.as_ref(), up, pass.kernels, next_scale.as_ref())?;
+                (Some(img), scaled)
             }
-            (None, Some(img)) => Some(self.filter.upsample2d(&img, pass.cuda)?),
-            (None, None) => None,
+            (None, Some(img)) => (Some(self.filter.upsample2d(&img, pass.cuda)?), None),
+            (None, None) => (None, None),
+        };
+        let x = match (next_scale, scaled) {
+            (Some(s), Some(xs)) => Features { x: xs, scaled_by: Some(s) },
+            (Some(s), None) => Features { x: scale_input(&x, &s, pass.kernels)?, scaled_by: Some(s) },
+            (None, _) => Features { x, scaled_by: None },
         };
         Ok((x, img))
     }

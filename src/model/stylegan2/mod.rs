@@ -15,7 +15,7 @@ use crate::model::kernels::{self, Kernels};
 use crate::model::precision::Precision;
 use crate::model::spec::{GeneratorSettings, NoiseMode};
 use crate::model::tuning::{FoldChoice, FoldChoices, FoldKey};
-use layers::{Block, Mapping};
+use layers::{Block, BlockPlan, Features, Mapping};
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -246,17 +246,28 @@ impl StyleGan2 {
         let fold = self.fold_filters.unwrap_or(self.device.is_cuda());
         let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold, kernels };
         let batch = ws.size()[0];
-        let (mut x, mut img): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let (mut x, mut img): (Option<Features>, Option<Tensor>) = (None, None);
         let mut idx = 0;
-        for (block, res) in self.blocks.iter().zip(self.settings.block_resolutions()) {
+        let resolutions = self.settings.block_resolutions();
+        for (i, (block, &res)) in self.blocks.iter().zip(&resolutions).enumerate() {
             let (count, used) = block.ws();
             let bws = ws.f_narrow(1, idx, count)?;
             idx += used;
             let kind = precision.block_kind(res, &self.settings, self.device);
             let channels_last = precision.channels_last(res, &self.settings, self.device) && !fused;
+            // Unfused, each block scales its output for the next block's first convolution
+            // (the kernels as its toRGB layer reads it): the same operations as the next layer
+            // scaling its own input, one pass fewer with the kernels.
+            let next = match (self.blocks.get(i + 1), resolutions.get(i + 1)) {
+                (Some(nb), Some(&nres)) if !fused && block.can_scale_for(nb) => {
+                    Some((nb, precision.block_kind(nres, &self.settings, self.device)))
+                }
+                _ => None,
+            };
+            let plan = BlockPlan { kind, channels_last, next };
             let run = |fold: bool| {
-                let again = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
-                block.forward(again(&x), again(&img), &bws, Pass { fold, ..pass }, kind, channels_last)
+                let picture = img.as_ref().map(Tensor::shallow_clone);
+                block.forward(x.as_ref().map(Features::again), picture, &bws, Pass { fold, ..pass }, plan)
             };
             let (nx, nimg) = if measure && block.upsamples() {
                 let key = FoldKey { res, batch, kind, channels_last };
