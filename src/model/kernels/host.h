@@ -2,7 +2,10 @@
 // machine's C++ compiler into a shared library and run every (block, thread) of a launch in a
 // loop, so the kernels' arithmetic and indexing are checked where there is no GPU.
 #include <cmath>
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #define __global__
 #define __device__
@@ -11,7 +14,8 @@
 
 struct uint4 { unsigned x, y, z, w; };
 struct dim3 { unsigned x, y, z; };
-static dim3 blockIdx, threadIdx, blockDim;
+// Per host thread: tests run side by side, each launch in its own thread.
+static thread_local dim3 blockIdx, threadIdx, blockDim;
 
 extern "C" void host_set_thread(unsigned block, unsigned thread, unsigned threads) {
   blockIdx = {block, 0, 0};
@@ -30,3 +34,15 @@ inline unsigned short host_float_to_half(float f) {
 }
 using std::fmaxf;
 using std::fminf;
+
+// A kernel called as cuLaunchKernel calls it: `args` holds a pointer to each argument.
+template <typename... A, std::size_t... I>
+void host_call_with(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
+  kernel(*static_cast<std::remove_reference_t<A>*>(args[I])...);
+}
+template <typename... A>
+void host_call(void (*kernel)(A...), void** args) {
+  host_call_with(kernel, args, std::index_sequence_for<A...>{});
+}
+#define MIXGAN_HOST_CALL(kernel) \
+  extern "C" void host_call_##kernel(void** args) { host_call(kernel, args); }

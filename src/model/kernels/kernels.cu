@@ -4,6 +4,12 @@
 // channels-last (NHWC), 8 pixels of one channel otherwise (NCHW). Arithmetic is in float32
 // whatever the storage type; each value is rounded once, when stored.
 
+// The host build (host.h) also wraps each kernel to take its arguments as a launch passes
+// them (one pointer per argument), so that the tests run the Rust launchers themselves.
+#ifndef MIXGAN_HOST_CALL
+#define MIXGAN_HOST_CALL(kernel)
+#endif
+
 typedef unsigned short u16;
 struct f16 { u16 x; };
 struct bf16 { u16 x; };
@@ -292,7 +298,11 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
                                              long long H, long long W, long long pixels, int O, int cl,   \
                                              const float* next_s, T* next_out) {                          \
     to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl, next_s, next_out);        \
-  }
+  }                                                                                                        \
+  MIXGAN_HOST_CALL(epilogue_##SUFFIX)                                                                      \
+  MIXGAN_HOST_CALL(up_epilogue_##SUFFIX)                                                                   \
+  MIXGAN_HOST_CALL(scale_##SUFFIX)                                                                         \
+  MIXGAN_HOST_CALL(to_rgb_##SUFFIX)
 
 MIXGAN_KERNELS(float, f32)
 MIXGAN_KERNELS(f16, f16)

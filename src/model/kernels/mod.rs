@@ -71,9 +71,13 @@ pub struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    /// The kernels' arguments from `d` on, for features of `shape` in `kind`, with the tensors
-    /// they point into (to be held until the launch); `None` where the tensors do not fit.
-    fn args(&self, shape: Dense, kind: Kind) -> Result<Option<(Vec<Arg>, Vec<Tensor>)>> {
+    /// The kernels' arguments from `d` on, for features of `shape` in `kind` on `device`, with
+    /// the tensors they point into (to be held until the launch); `None` where the tensors do
+    /// not fit.
+    fn args(&self, shape: Dense, kind: Kind, device: Device) -> Result<Option<(Vec<Arg>, Vec<Tensor>)>> {
+        if !on(device, &[Some(self.d), Some(self.nb), self.noise, self.post]) {
+            return Ok(None);
+        }
         let nb = self.nb;
         let per_channel = nb.numel() as i64 == shape.c;
         let per_pixel = nb.numel() as i64 == shape.c * shape.hw
@@ -111,12 +115,21 @@ impl Finish<'_> {
     }
 }
 
-/// The kernels loaded into one device's primary context.
+/// The kernels loaded into one device's primary context (or, for the tests, built for the
+/// host and run there over CPU tensors, thread by thread).
 pub struct Kernels {
-    driver: Driver,
-    ctx: Ctx,
-    ordinal: usize,
-    functions: HashMap<String, usize>,
+    backend: Backend,
+}
+
+enum Backend {
+    Cuda {
+        driver: Driver,
+        ctx: Ctx,
+        ordinal: usize,
+        functions: HashMap<String, usize>,
+    },
+    #[cfg(test)]
+    Host(tests::HostBuild),
 }
 
 // SAFETY: a CUDA context and the functions loaded into it may be used from any thread; the
@@ -137,6 +150,10 @@ pub fn set_enabled(on: bool) {
 /// turned off, or where they cannot be built (said once in the log, and the generator keeps
 /// its tensor operations).
 pub fn for_device(device: Device) -> Option<&'static Kernels> {
+    #[cfg(test)]
+    if let Some(k) = tests::host_kernels_for(device) {
+        return Some(k);
+    }
     state(device).ok()
 }
 
@@ -207,7 +224,7 @@ impl Kernels {
                     functions.insert(name, f as usize);
                 }
             }
-            Ok(Self { driver, ctx, ordinal: ordinal as usize, functions })
+            Ok(Self { backend: Backend::Cuda { driver, ctx, ordinal: ordinal as usize, functions } })
         }
     }
 
@@ -236,18 +253,36 @@ impl Kernels {
         Err(errors.join("; "))
     }
 
+    /// Whether `x` lives where these kernels run.
+    fn takes(&self, x: &Tensor) -> bool {
+        match &self.backend {
+            Backend::Cuda { ordinal, .. } => x.device() == Device::Cuda(*ordinal),
+            #[cfg(test)]
+            Backend::Host(_) => x.device() == Device::Cpu,
+        }
+    }
+
     fn launch(&self, base: &str, kind: Kind, blocks: i64, mut args: Vec<Arg>) -> Result<()> {
         let suffix = suffix(kind).ok_or_else(|| TchError::Kind(format!("no {base} kernel for {kind:?}")))?;
-        let f = self.functions[&format!("{base}_{suffix}")] as Func;
+        let name = format!("{base}_{suffix}");
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
         let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
+        let (driver, ctx, ordinal, functions) = match &self.backend {
+            Backend::Cuda { driver, ctx, ordinal, functions } => (driver, *ctx, *ordinal, functions),
+            #[cfg(test)]
+            Backend::Host(host) => {
+                host.call(&name, blocks, &mut ptrs);
+                return Ok(());
+            }
+        };
+        let f = functions[&name] as Func;
         // SAFETY: the arguments match the kernel's parameters in kernels.cu one for one; every
         // pointer is a live tensor's data on this device, sized as the caller checked. The
         // stream is the one libtorch queues this thread's work on, so the launch orders with it.
-        let stream = super::graphs::current_stream(self.ordinal);
+        let stream = super::graphs::current_stream(ordinal);
         let r = unsafe {
-            (self.driver.cu_ctx_push)(self.ctx);
-            let r = (self.driver.cu_launch_kernel)(
+            (driver.cu_ctx_push)(ctx);
+            let r = (driver.cu_launch_kernel)(
                 f,
                 blocks,
                 1,
@@ -261,7 +296,7 @@ impl Kernels {
                 std::ptr::null_mut(),
             );
             let mut popped: Ctx = std::ptr::null_mut();
-            (self.driver.cu_ctx_pop)(&mut popped);
+            (driver.cu_ctx_pop)(&mut popped);
             r
         };
         check(base, r).map_err(TchError::Torch)
@@ -270,7 +305,9 @@ impl Kernels {
     /// `x * s`, per sample and channel: `x` [N, C, H, W] dense in either layout, `s` [N, C]
     /// float32. `None` where the kernel cannot take `x`.
     pub fn scale(&self, x: &Tensor, s: &Tensor) -> Result<Option<Tensor>> {
-        let Some(shape) = Dense::of(x) else { return Ok(None) };
+        let Some(shape) = Dense::of(x).filter(|_| self.takes(x) && on(x.device(), &[Some(s)])) else {
+            return Ok(None);
+        };
         let s = s.f_to_kind(Kind::Float)?.f_contiguous()?;
         let out = x.f_empty_like()?;
         if Dense::of(&out) != Some(shape) || s.numel() as i64 != shape.n * shape.c {
@@ -291,8 +328,8 @@ impl Kernels {
 
     /// In place: the epilogue `fin` over `y`. `false` where the kernel cannot take the tensors.
     pub fn epilogue(&self, y: &Tensor, fin: &Finish) -> Result<bool> {
-        let Some(shape) = Dense::of(y) else { return Ok(false) };
-        let Some((fin_args, _keep)) = fin.args(shape, y.kind())? else { return Ok(false) };
+        let Some(shape) = Dense::of(y).filter(|_| self.takes(y)) else { return Ok(false) };
+        let Some((fin_args, _keep)) = fin.args(shape, y.kind(), y.device())? else { return Ok(false) };
         let mut args = vec![Arg::tensor(Some(y))];
         args.extend(fin_args);
         self.launch("epilogue", y.kind(), shape.vector_blocks(), args)?;
@@ -305,9 +342,12 @@ impl Kernels {
     /// `fin`, whose `nb` and noise have the output's size. Returns the features in `t`'s
     /// layout, or `None` where the kernel cannot take the tensors.
     pub fn up_epilogue(&self, t: &Tensor, fir: &Tensor, pad: Up2Padding, fin: &Finish) -> Result<Option<Tensor>> {
-        let Some(input) = Dense::layout_of(t) else { return Ok(None) };
+        let Some(input) = Dense::layout_of(t).filter(|_| self.takes(t)) else { return Ok(None) };
         let taps = fir.size().first().copied().unwrap_or(0);
-        let fir_fits = fir.kind() == Kind::Float && fir.is_contiguous() && fir.size() == [taps, taps];
+        let fir_fits = fir.kind() == Kind::Float
+            && fir.is_contiguous()
+            && fir.size() == [taps, taps]
+            && on(t.device(), &[Some(fir)]);
         let (ht, wt) = (t.size()[2], t.size()[3]);
         let (ho, wo) = (ht + pad.before + pad.after - taps + 1, wt + pad.before + pad.after - taps + 1);
         if !fir_fits || !(1..=8).contains(&taps) || pad.before != pad.after || ho < 1 || wo < 1 {
@@ -323,7 +363,7 @@ impl Kernels {
         if shape.channels_last != input.channels_last || (!shape.channels_last && wo % VEC != 0) {
             return Ok(None);
         }
-        let Some((fin_args, _keep)) = fin.args(shape, t.kind())? else { return Ok(None) };
+        let Some((fin_args, _keep)) = fin.args(shape, t.kind(), t.device())? else { return Ok(None) };
         let mut args = vec![
             Arg::tensor(Some(t)),
             Arg::tensor(Some(fir)),
@@ -355,9 +395,13 @@ impl Kernels {
         prev: Option<Picture>,
         next: Option<&Tensor>,
     ) -> Result<Option<(Tensor, Option<Tensor>)>> {
-        let Some(shape) = Dense::of(x) else { return Ok(None) };
+        let Some(shape) = Dense::of(x).filter(|_| self.takes(x)) else { return Ok(None) };
         let o = bias.numel() as i64;
-        if !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
+        let picture = prev.map(|p| match p {
+            Picture::Same(p) | Picture::Half(p) => p,
+        });
+        let fits = on(x.device(), &[Some(wm), Some(bias), picture, next]);
+        if !fits || !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
             return Ok(None);
         }
         let next = match next {
@@ -408,6 +452,11 @@ impl Kernels {
     }
 }
 
+/// Whether every tensor given lives on `device` (a kernel reads them all there).
+fn on(device: Device, tensors: &[Option<&Tensor>]) -> bool {
+    tensors.iter().flatten().all(|t| t.device() == device)
+}
+
 /// The picture a toRGB layer adds to: at its own size, or at half of it (to be upsampled).
 #[derive(Clone, Copy)]
 pub enum Picture<'a> {
@@ -416,8 +465,8 @@ pub enum Picture<'a> {
 }
 
 /// A dense [N, C, H, W] tensor's sizes and layout, where the element-wise kernels can take it:
-/// float32, float16 or bfloat16 on a GPU, NCHW with H·W a multiple of 8 or NHWC with C a
-/// multiple of 8, its data 16-byte aligned.
+/// float32, float16 or bfloat16, NCHW with H·W a multiple of 8 or NHWC with C a multiple of 8,
+/// its data 16-byte aligned (on the kernels' device: [`Kernels::takes`]).
 #[derive(Clone, Copy, PartialEq, Debug)]
 struct Dense {
     n: i64,
@@ -436,7 +485,7 @@ impl Dense {
     /// input that it reads value by value in that layout).
     fn layout_of(x: &Tensor) -> Option<Dense> {
         let typed = suffix(x.kind()).is_some();
-        if x.dim() != 4 || x.device() == Device::Cpu || !typed {
+        if x.dim() != 4 || !typed {
             return None;
         }
         let (size, stride) = (x.size(), x.stride());

@@ -4,6 +4,9 @@
 use std::ffi::{c_uint, c_void};
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use libloading::Library;
 
 use super::ffi::{sym, Nvrtc};
@@ -34,9 +37,11 @@ fn the_kernels_compile_with_nvrtc() {
 
 /// kernels.cu built for the host with the C++ compiler (host.h stands in for
 /// CUDA), so that each launch's blocks and threads can be run in a loop on CPU tensors.
-struct HostBuild {
+pub(super) struct HostBuild {
     lib: Library,
     _dir: tempfile::TempDir,
+    /// Launches so far, by kernel name (with its type's suffix).
+    launches: Mutex<HashMap<String, usize>>,
 }
 
 type Ptr = *mut c_void;
@@ -59,7 +64,16 @@ impl HostBuild {
         assert!(status.success(), "{cxx} could not build kernels.cu for the host");
         // SAFETY: a library built just now from our own source.
         let lib = unsafe { Library::new(&out) }.unwrap();
-        Self { lib, _dir: dir }
+        Self { lib, _dir: dir, launches: Mutex::new(HashMap::new()) }
+    }
+
+    /// A launch of kernel `name` as `Kernels::launch` makes it on a GPU: `args` holds a
+    /// pointer to each argument; every (block, thread) runs in turn on this thread.
+    pub(super) fn call(&self, name: &str, blocks: u32, args: &mut [Ptr]) {
+        // SAFETY: host.h's wrapper of the kernel, which reads its arguments as a launch does.
+        let call: unsafe extern "C" fn(*mut Ptr) = unsafe { sym(&self.lib, &format!("host_call_{name}")) }.unwrap();
+        *self.launches.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        self.launch(i64::from(blocks), || unsafe { call(args.as_mut_ptr()) });
     }
 
     /// Runs `kernel` once per (block, thread) of a launch of `blocks` blocks.
@@ -79,6 +93,37 @@ impl HostBuild {
         // SAFETY: the caller names the kernel's signature in kernels.cu.
         unsafe { sym(&self.lib, &format!("{base}_{suffix}")) }.unwrap()
     }
+}
+
+/// The kernels built for the host once per test process, as a `Kernels` whose launches run
+/// there: the Rust launchers and the generator's use of them, checked on CPU tensors.
+fn host_kernels() -> &'static Kernels {
+    static BUILT: OnceLock<&'static Kernels> = OnceLock::new();
+    BUILT.get_or_init(|| Box::leak(Box::new(Kernels { backend: Backend::Host(HostBuild::new()) })))
+}
+
+thread_local! {
+    static ON_THE_HOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The host's kernels for the CPU while this thread runs [`with_host_kernels`].
+pub(super) fn host_kernels_for(device: Device) -> Option<&'static Kernels> {
+    (device == Device::Cpu && ON_THE_HOST.with(|on| on.get())).then(host_kernels)
+}
+
+/// Runs `f` with [`for_device`] giving the host's kernels for the CPU on this thread.
+fn with_host_kernels<T>(f: impl FnOnce() -> T) -> T {
+    ON_THE_HOST.with(|on| on.set(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    ON_THE_HOST.with(|on| on.set(false));
+    out.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// How many launches of `base` (in any type) the host's kernels have run.
+fn launches(base: &str) -> usize {
+    let Backend::Host(host) = &host_kernels().backend else { unreachable!("built for the host") };
+    let counts = host.launches.lock().unwrap();
+    SUFFIXES.iter().map(|s| counts.get(&format!("{base}_{s}")).copied().unwrap_or(0)).sum()
 }
 
 fn ptr(t: &Tensor) -> Ptr {
@@ -358,8 +403,80 @@ fn the_upsampling_epilogue_filters_as_the_tensor_ops_do_on_the_host() {
     }
 }
 
+/// The CPU has no kernels (outside [`with_host_kernels`]), and the host's kernels take no
+/// layout they cannot read.
 #[test]
-fn host_tensors_are_not_taken() {
-    assert_eq!(Dense::of(&Tensor::zeros([1, 8, 4, 4], (Kind::Float, Device::Cpu))), None);
+fn tensors_elsewhere_or_in_other_layouts_are_not_taken() {
     assert!(for_device(Device::Cpu).is_none());
+    assert!(with_host_kernels(|| for_device(Device::Cpu)).is_some());
+    assert!(for_device(Device::Cpu).is_none(), "only while the closure runs");
+    let k = host_kernels();
+    let x = Tensor::ones([1, 8, 4, 4], (Kind::Float, Device::Cpu));
+    let s = Tensor::ones([1, 8], (Kind::Float, Device::Cpu));
+    assert!(k.scale(&x, &s).unwrap().is_some());
+    // NCHW with 9 pixels a channel, a strided view, a 3-D tensor, integers.
+    for odd in [
+        Tensor::ones([1, 8, 3, 3], (Kind::Float, Device::Cpu)),
+        x.transpose(2, 3),
+        x.view([8, 4, 4]),
+        x.to_kind(Kind::Int),
+    ] {
+        assert!(k.scale(&odd, &s).unwrap().is_none(), "{:?} {:?}", odd.size(), odd.kind());
+    }
+}
+
+/// The generator with its kernels (built for the host and launched there through the same
+/// launchers as on a GPU) draws what it draws with tensor ops alone: each launch's arguments
+/// and layouts, and how the blocks hand on the picture and the features scaled for the next
+/// layer. In float32 and float16, with the upsampling filters folded, not folded (the
+/// filtering epilogue kernel) and chosen by measurement block by block.
+#[test]
+fn the_generator_draws_the_same_with_its_kernels_on_the_host() {
+    use crate::model::{GenerationParams, Model, NoiseMode, Precision};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/face");
+    let mut model = Model::load(&dir, Device::Cpu).unwrap();
+    let params: Vec<GenerationParams> = (0..3)
+        .map(|s| GenerationParams { trunc: 0.7, noise_mode: NoiseMode::Const, ..model.default_params(s) })
+        .collect();
+    let pixels = |images: &Tensor| crate::model::to_pixels(images).unwrap().to_kind(Kind::Float);
+    // Largest and mean difference in 8-bit levels.
+    let levels = |a: &Tensor, b: &Tensor| {
+        let d = (pixels(a) - pixels(b)).abs();
+        (d.max().double_value(&[]), d.mean(Kind::Float).double_value(&[]))
+    };
+    model.set_precision(Precision::Fp32);
+    let full = model.generate(&params).unwrap();
+    for precision in [Precision::Fp32, Precision::Fp16] {
+        model.set_precision(precision);
+        for fold in [Some(false), Some(true), None] {
+            let what = format!("{precision}, fold {fold:?}");
+            model.set_fold_filters(fold);
+            let plain = model.generate(&params).unwrap();
+            let counted = ["epilogue", "up_epilogue", "to_rgb", "scale"].map(launches);
+            let with = with_host_kernels(|| model.generate(&params).unwrap());
+            let ran = ["epilogue", "up_epilogue", "to_rgb", "scale"].map(launches);
+            let d = (&with - &plain).abs().max().double_value(&[]);
+            let (largest, mean) = levels(&with, &plain);
+            let (from_full, plain_from_full) = (levels(&with, &full), levels(&plain, &full));
+            eprintln!(
+                "{what}: kernels against tensor ops {d:.2e}, {largest} / {mean:.4} levels; against float32 \
+                 {from_full:?} levels, the tensor ops {plain_from_full:?}"
+            );
+            if precision == Precision::Fp32 {
+                // The same arithmetic in another order: float32's rounding, far below a level.
+                assert!(d <= 1e-4, "{what}: {d}");
+            } else {
+                // The kernels round each value once where the tensor ops round after every
+                // step, so float16 differs by up to an 8-bit level here and there, and the
+                // kernels' pictures are no further from float32's than the tensor ops'.
+                assert!(largest <= 2.0 && mean <= 0.1, "{what}: {largest} / {mean} levels");
+                assert!(from_full.1 <= plain_from_full.1, "{what}: {from_full:?} against {plain_from_full:?}");
+            }
+            assert!(ran[0] > counted[0] && ran[2] > counted[2], "{what}: the epilogue and toRGB kernels ran");
+            assert!(ran[3] > counted[3], "{what}: the first block's input was scaled by the kernel");
+            if fold == Some(false) {
+                assert!(ran[1] > counted[1], "{what}: unfolded, the filtering epilogue ran");
+            }
+        }
+    }
 }
