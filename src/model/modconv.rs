@@ -16,7 +16,7 @@
 
 use tch::{Kind, TchError, Tensor};
 
-use super::kernels::{Finish, Kernels};
+use super::kernels::{Finish, Kernels, Rgb};
 use super::ops::{activate, conv2d_up2, conv_transpose_up2, is_half, Cache, Filter, Up2Padding, LRELU_SLOPE};
 use super::spec::Activation;
 
@@ -166,6 +166,36 @@ impl StyleConv {
         route: Route,
         e: &Epilogue,
     ) -> Result<Tensor> {
+        Ok(self.run(x, styles, up, padding, route, e, None)?.0)
+    }
+
+    /// As [`StyleConv::forward`] for a layer without upsampling whose output a toRGB layer
+    /// reads next: on the unfused path with the kernels, the epilogue's pass also makes the
+    /// picture `rgb` describes (and leaves the features scaled by `rgb.next`, where given),
+    /// returned beside them. Otherwise no picture, and the features are the layer's own.
+    pub fn forward_to_rgb(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        padding: i64,
+        route: Route,
+        e: &Epilogue,
+        rgb: &Rgb,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        self.run(x, styles, None, padding, route, e, Some(rgb))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        up: Option<&Filter>,
+        padding: i64,
+        route: Route,
+        e: &Epilogue,
+        rgb: Option<&Rgb>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let Route { fused, fold, kernels, prescaled } = route;
         assert!(!(fused && prescaled.is_some()), "a fused layer modulates its weights, not its input");
         let n = x.size()[0];
@@ -235,7 +265,7 @@ impl StyleConv {
                     let (t, pad) = conv_transpose_up2(&xs, w, f, padding, 1, true)?;
                     if let Some((k, fin)) = kernel {
                         if let Some(y) = k.up_epilogue(&t, &prep[3], pad, fin)? {
-                            return Ok(y);
+                            return Ok((y, None));
                         }
                     }
                     f.pad_and_filter(&t, pad.before, pad.after)?
@@ -243,8 +273,15 @@ impl StyleConv {
                 (None, None) => conv(&xs, w, None, padding, 1, true)?,
             };
             if let Some((k, fin)) = kernel {
+                let picture = match rgb {
+                    Some(rgb) if up.is_none() => k.epilogue_rgb(&y, fin, rgb)?,
+                    _ => None,
+                };
+                if picture.is_some() {
+                    return Ok((y, picture));
+                }
                 if k.epilogue(&y, fin)? {
-                    return Ok(y);
+                    return Ok((y, None));
                 }
             }
             nb.f_addcmul(&y, &d.f_to_kind(kind)?.f_view([n, cout, 1, 1])?)?
@@ -266,10 +303,11 @@ impl StyleConv {
                 let _ = y.f_clamp_(-c, c)?;
             }
         }
-        match e.then_scale {
-            Some(s) => scale(&y, s),
-            None => Ok(y),
-        }
+        let y = match e.then_scale {
+            Some(s) => scale(&y, s)?,
+            None => y,
+        };
+        Ok((y, None))
     }
 }
 

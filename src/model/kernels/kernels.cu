@@ -210,17 +210,23 @@ __device__ __forceinline__ float upsampled(const float* plane, long long y, long
   return 0.5625f * a + 0.1875f * (b + c) + 0.0625f * d;
 }
 
-// One thread per pixel: out[n, o, p] = prev + clamp(sum_c x[n, c, p] * wm[n, o, c] + bias[o]),
-// float32 NCHW out (H x W); O <= 4. prev: null, the picture at the same size (it may be out
-// itself), or, with prev_half, the picture at half the size, upsampled here. With next_out,
-// also next_out = x * next_s[n, c] in x's layout: the next layer's style scaling of these
-// features, made as they are read here rather than in a pass of its own.
-template <typename T>
-__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, int prev_half,
-                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl,
-                       const float* next_s, T* next_out) {
-  long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= pixels) return;
+// A value as it is: what to_rgb makes of the features it reads.
+struct AsIs {
+  __device__ __forceinline__ float operator()(float a, long long, long long, long long) const { return a; }
+};
+
+// One pixel (idx of N x H x W) of a toRGB layer, one thread each: the pixel's features x in
+// turn, each made by make(value, n, c, p) and rounded to T as a stored feature is, then
+// out[n, o, p] = prev + clamp(sum_c feature * wm[n, o, c] + bias[o]), float32 NCHW (H x W);
+// O <= 4. prev: null, the picture at the same size (it may be out itself), or, with
+// prev_half, the picture at half the size, upsampled here. With keep, each feature is also
+// stored there in x's layout (keep may be x), times next_s[n, c] where next_s is given: the
+// next layer's style scaling, made as the features are read rather than in a pass of its own.
+template <typename T, typename Make>
+__device__ __forceinline__ void rgb_pixel(const T* x, Make make, T* keep, const float* next_s, const float* wm,
+                                          const float* bias, float clampv, const float* prev, int prev_half,
+                                          float* out, long long C, long long H, long long W, long long idx, int O,
+                                          int cl) {
   long long HW = H * W;
   // One pixel's place, as in place(): 32-bit division where the index allows.
   long long n, p;
@@ -232,31 +238,33 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
     p = idx % HW;
   }
   const float* w = wm + n * O * C;
-  const float* s = next_out ? next_s + n * C : nullptr;
+  const float* s = next_s ? next_s + n * C : nullptr;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   if (cl) {
     const T* xp = x + idx * C;
     for (long long c = 0; c < C; c += 8) {
-      Pack<T> v, scaled;
+      Pack<T> v, kept;
       load8(xp + c, v);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        float xv = ld(v.v[j]);
+        T r = st<T>(make(ld(v.v[j]), n, c + j, p));
+        float xv = ld(r);
 #pragma unroll
         for (int o = 0; o < 4; ++o)
           if (o < O) acc[o] += xv * w[o * C + c + j];
-        if (next_out) scaled.v[j] = st<T>(xv * s[c + j]);
+        kept.v[j] = s ? st<T>(xv * s[c + j]) : r;
       }
-      if (next_out) store8(next_out + idx * C + c, scaled);
+      if (keep) store8(keep + idx * C + c, kept);
     }
   } else {
     long long at = n * C * HW + p;
     for (long long c = 0; c < C; ++c) {
-      float xv = ld(x[at + c * HW]);
+      T r = st<T>(make(ld(x[at + c * HW]), n, c, p));
+      float xv = ld(r);
 #pragma unroll
       for (int o = 0; o < 4; ++o)
         if (o < O) acc[o] += xv * w[o * C + c];
-      if (next_out) next_out[at + c * HW] = st<T>(xv * s[c]);
+      if (keep) keep[at + c * HW] = s ? st<T>(xv * s[c]) : r;
     }
   }
 #pragma unroll
@@ -273,6 +281,35 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
       out[k] = base + a;
     }
   }
+}
+
+// A toRGB layer over stored features x (rgb_pixel as they are); with next_out, the features
+// scaled by next_s go there.
+template <typename T>
+__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, int prev_half,
+                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl,
+                       const float* next_s, T* next_out) {
+  long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= pixels) return;
+  rgb_pixel(x, AsIs{}, next_out, next_out ? next_s : nullptr, wm, bias, clampv, prev, prev_half, out, C, H, W, idx,
+            O, cl);
+}
+
+// A layer's epilogue (as the epilogue kernel makes it, with no post scaling: the callers pass
+// none) and the block's toRGB layer in one pass, one thread per pixel: y becomes the layer's
+// features in place (scaled by next_s where given), and the picture is what to_rgb would make
+// of them, bit for bit, without reading them back. HW is H x W; `total` (the values of y) only
+// completes the epilogue's arguments.
+template <typename T>
+__device__ void epilogue_rgb(T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain,
+                             float slope, float clampv, const float* post, long long C, long long HW, long long total,
+                             int cl, const float* wm, const float* bias, float rgb_clamp, const float* prev,
+                             int prev_half, float* out, long long H, long long W, long long pixels, int O,
+                             const float* next_s) {
+  long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= pixels) return;
+  const Finish<T> fin{d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, cl};
+  rgb_pixel(y, fin, y, next_s, wm, bias, rgb_clamp, prev, prev_half, out, C, H, W, idx, O, cl);
 }
 
 #define MIXGAN_KERNELS(T, SUFFIX)                                                                          \
@@ -299,10 +336,19 @@ __device__ void to_rgb(const T* x, const float* wm, const float* bias, float cla
                                              const float* next_s, T* next_out) {                          \
     to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl, next_s, next_out);        \
   }                                                                                                        \
+  extern "C" __global__ void epilogue_rgb_##SUFFIX(                                                        \
+      T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain, float slope,      \
+      float clampv, const float* post, long long C, long long HW, long long total, int cl, const float* wm,   \
+      const float* bias, float rgb_clamp, const float* prev, int prev_half, float* out, long long H,          \
+      long long W, long long pixels, int O, const float* next_s) {                                            \
+    epilogue_rgb<T>(y, d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, total, cl, wm, bias,     \
+                    rgb_clamp, prev, prev_half, out, H, W, pixels, O, next_s);                                 \
+  }                                                                                                        \
   MIXGAN_HOST_CALL(epilogue_##SUFFIX)                                                                      \
   MIXGAN_HOST_CALL(up_epilogue_##SUFFIX)                                                                   \
   MIXGAN_HOST_CALL(scale_##SUFFIX)                                                                         \
-  MIXGAN_HOST_CALL(to_rgb_##SUFFIX)
+  MIXGAN_HOST_CALL(to_rgb_##SUFFIX)                                                                        \
+  MIXGAN_HOST_CALL(epilogue_rgb_##SUFFIX)
 
 MIXGAN_KERNELS(float, f32)
 MIXGAN_KERNELS(f16, f16)

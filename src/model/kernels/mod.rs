@@ -179,7 +179,7 @@ pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
         .clone()
 }
 
-const KERNEL_NAMES: [&str; 4] = ["epilogue", "up_epilogue", "scale", "to_rgb"];
+const KERNEL_NAMES: [&str; 5] = ["epilogue", "up_epilogue", "scale", "to_rgb", "epilogue_rgb"];
 const SUFFIXES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// The name suffix of a kernel's instance for values of `kind`.
@@ -379,76 +379,144 @@ impl Kernels {
         Ok(Some(y))
     }
 
-    /// A toRGB layer: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel, plus the picture so far, as
-    /// float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated 1x1 weight; O at most 4.
-    /// The picture so far is `Same(p)`, [N, O, H, W] (written into), or `Half(p)`,
-    /// [N, O, H/2, W/2], upsampled here with StyleGAN2's [1, 3, 3, 1] filter. With `next`
-    /// ([N, C] float32), also `x * next` per sample and channel in `x`'s type and layout, as
-    /// [`Kernels::scale`] makes it: the next layer's input, made as `x` is read anyway. `None`
-    /// where the kernel cannot take the tensors.
-    pub fn to_rgb(
-        &self,
-        x: &Tensor,
-        wm: &Tensor,
-        bias: &Tensor,
-        clamp: Option<f64>,
-        prev: Option<Picture>,
-        next: Option<&Tensor>,
-    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+    /// A toRGB layer `rgb` over the features `x`: the picture, and with `rgb.next` the features
+    /// scaled for the next layer (in `x`'s type and layout, as [`Kernels::scale`] makes them:
+    /// its input, made as `x` is read anyway). `None` where the kernel cannot take the tensors.
+    pub fn to_rgb(&self, x: &Tensor, rgb: &Rgb) -> Result<Option<(Tensor, Option<Tensor>)>> {
         let Some(shape) = Dense::of(x).filter(|_| self.takes(x)) else { return Ok(None) };
-        let o = bias.numel() as i64;
-        let picture = prev.map(|p| match p {
-            Picture::Same(p) | Picture::Half(p) => p,
-        });
-        let fits = on(x.device(), &[Some(wm), Some(bias), picture, next]);
-        if !fits || !(1..=4).contains(&o) || wm.numel() as i64 != shape.n * o * shape.c {
-            return Ok(None);
-        }
-        let next = match next {
-            Some(s) if s.numel() as i64 == shape.n * shape.c => {
+        let Some(l) = rgb.prepare(x, shape)? else { return Ok(None) };
+        let scaled = match l.next {
+            Some(_) => {
                 let scaled = x.f_empty_like()?;
                 if Dense::of(&scaled) != Some(shape) {
                     return Ok(None);
                 }
-                Some((s.f_to_kind(Kind::Float)?.f_contiguous()?, scaled))
+                Some(scaled)
             }
-            Some(_) => return Ok(None),
             None => None,
         };
+        let pixels = shape.n * shape.hw;
+        let args = vec![
+            Arg::tensor(Some(x)),
+            Arg::tensor(Some(&l.wm)),
+            Arg::tensor(Some(&l.bias)),
+            Arg::F32(l.clamp),
+            Arg::tensor(l.prev.as_ref()),
+            Arg::I32(l.half as i32),
+            Arg::tensor(Some(&l.out)),
+            Arg::I64(shape.c),
+            Arg::I64(l.h),
+            Arg::I64(l.w),
+            Arg::I64(pixels),
+            Arg::I32(l.o as i32),
+            Arg::I32(shape.channels_last as i32),
+            Arg::tensor(l.next.as_ref()),
+            Arg::tensor(scaled.as_ref()),
+        ];
+        self.launch("to_rgb", x.kind(), pixel_blocks(pixels), args)?;
+        Ok(Some((l.out, scaled)))
+    }
+
+    /// In place: a layer's epilogue `fin` over `y` (no `post` scaling), and the block's toRGB
+    /// layer `rgb` over the features that makes, in the same pass: `y` ends as the features
+    /// (scaled by `rgb.next` where given) and the picture is returned, the same bits as
+    /// [`Kernels::epilogue`] then [`Kernels::to_rgb`] make, without reading the features back.
+    /// `None` (and `y` untouched) where the kernel cannot take the tensors.
+    pub fn epilogue_rgb(&self, y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option<Tensor>> {
+        let Some(shape) = Dense::of(y).filter(|_| self.takes(y) && fin.post.is_none()) else { return Ok(None) };
+        let Some((fin_args, _keep)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
+        let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };
+        let pixels = shape.n * shape.hw;
+        let mut args = vec![Arg::tensor(Some(y))];
+        args.extend(fin_args);
+        args.extend([
+            Arg::tensor(Some(&l.wm)),
+            Arg::tensor(Some(&l.bias)),
+            Arg::F32(l.clamp),
+            Arg::tensor(l.prev.as_ref()),
+            Arg::I32(l.half as i32),
+            Arg::tensor(Some(&l.out)),
+            Arg::I64(l.h),
+            Arg::I64(l.w),
+            Arg::I64(pixels),
+            Arg::I32(l.o as i32),
+            Arg::tensor(l.next.as_ref()),
+        ]);
+        self.launch("epilogue_rgb", y.kind(), pixel_blocks(pixels), args)?;
+        Ok(Some(l.out))
+    }
+}
+
+/// Blocks for one thread per pixel.
+fn pixel_blocks(pixels: i64) -> i64 {
+    (pixels + THREADS as i64 - 1) / THREADS as i64
+}
+
+/// A toRGB layer as the kernels take it: `clamp(Σ_c x·wm + bias, ±clamp)` per pixel plus the
+/// picture so far, as float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated 1x1 weight,
+/// O at most 4; the picture so far is `Same(p)`, [N, O, H, W] (written into), or `Half(p)`,
+/// [N, O, H/2, W/2], upsampled by the kernel with StyleGAN2's [1, 3, 3, 1] filter; `next`
+/// ([N, C] float32), the next layer's input styles, to scale the features by for it.
+pub struct Rgb<'a> {
+    pub wm: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub clamp: Option<f64>,
+    pub prev: Option<Picture<'a>>,
+    pub next: Option<&'a Tensor>,
+}
+
+/// A toRGB launch's tensors beyond the features (held until the launch) and its sizes.
+struct RgbLaunch {
+    wm: Tensor,
+    bias: Tensor,
+    clamp: f32,
+    prev: Option<Tensor>,
+    half: bool,
+    out: Tensor,
+    next: Option<Tensor>,
+    h: i64,
+    w: i64,
+    o: i64,
+}
+
+impl Rgb<'_> {
+    /// The launch's tensors for features `x` of `shape`, or `None` where they do not fit.
+    fn prepare(&self, x: &Tensor, shape: Dense) -> Result<Option<RgbLaunch>> {
+        let o = self.bias.numel() as i64;
+        let picture = self.prev.map(|p| match p {
+            Picture::Same(p) | Picture::Half(p) => p,
+        });
+        let fits = on(x.device(), &[Some(self.wm), Some(self.bias), picture, self.next])
+            && (1..=4).contains(&o)
+            && self.wm.numel() as i64 == shape.n * o * shape.c
+            && self.next.is_none_or(|s| s.numel() as i64 == shape.n * shape.c);
+        if !fits {
+            return Ok(None);
+        }
         let (h, w) = (x.size()[2], x.size()[3]);
         let want = [shape.n, o, h, w];
         let dense = |p: &Tensor, size: &[i64]| p.size() == size && p.kind() == Kind::Float && p.is_contiguous();
         let new = || Tensor::f_empty(want, (Kind::Float, x.device()));
-        let (out, prev, half) = match prev {
+        let (out, prev, half) = match self.prev {
             None => (new()?, None, false),
-            Some(Picture::Same(p)) if dense(p, &want) => (p.shallow_clone(), Some(p), false),
+            Some(Picture::Same(p)) if dense(p, &want) => (p.shallow_clone(), Some(p.shallow_clone()), false),
             Some(Picture::Half(p)) if h % 2 == 0 && w % 2 == 0 && dense(p, &[shape.n, o, h / 2, w / 2]) => {
-                (new()?, Some(p), true)
+                (new()?, Some(p.shallow_clone()), true)
             }
             Some(_) => return Ok(None),
         };
-        let wm = wm.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let bias = bias.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let pixels = shape.n * shape.hw;
-        let args = vec![
-            Arg::tensor(Some(x)),
-            Arg::tensor(Some(&wm)),
-            Arg::tensor(Some(&bias)),
-            Arg::F32(clamp.map_or(f32::INFINITY, |c| c as f32)),
-            Arg::tensor(prev),
-            Arg::I32(half as i32),
-            Arg::tensor(Some(&out)),
-            Arg::I64(shape.c),
-            Arg::I64(h),
-            Arg::I64(w),
-            Arg::I64(pixels),
-            Arg::I32(o as i32),
-            Arg::I32(shape.channels_last as i32),
-            Arg::tensor(next.as_ref().map(|n| &n.0)),
-            Arg::tensor(next.as_ref().map(|n| &n.1)),
-        ];
-        self.launch("to_rgb", x.kind(), (pixels + THREADS as i64 - 1) / THREADS as i64, args)?;
-        Ok(Some((out, next.map(|n| n.1))))
+        Ok(Some(RgbLaunch {
+            wm: self.wm.f_to_kind(Kind::Float)?.f_contiguous()?,
+            bias: self.bias.f_to_kind(Kind::Float)?.f_contiguous()?,
+            clamp: self.clamp.map_or(f32::INFINITY, |c| c as f32),
+            prev,
+            half,
+            out,
+            next: self.next.map(|s| s.f_to_kind(Kind::Float)?.f_contiguous()).transpose()?,
+            h,
+            w,
+            o,
+        }))
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::{NoisePlan, Pass};
-use crate::model::kernels::{Kernels, Picture};
+use crate::model::kernels::{Kernels, Picture, Rgb};
 use crate::model::modconv::{
     input_styles, modulated_1x1, modulated_1x1_weights, scale_input, Epilogue, Route, StyleConv,
 };
@@ -140,6 +140,35 @@ impl StyledLayer {
         then_scale: Option<&Tensor>,
         prescaled: Option<&Tensor>,
     ) -> Result<Tensor> {
+        Ok(self.run(x, styles, pass, gain, then_scale, prescaled, None)?.0)
+    }
+
+    /// As `forward` for the block's last layer, whose output its toRGB layer `rgb` reads: the
+    /// picture comes out of the layer's epilogue where the kernels can make it there
+    /// ([`StyleConv::forward_to_rgb`]).
+    fn forward_to_rgb(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        pass: Pass,
+        gain: f64,
+        prescaled: Option<&Tensor>,
+        rgb: &Rgb,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        self.run(x, styles, pass, gain, None, prescaled, Some(rgb))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: &Tensor,
+        styles: &Tensor,
+        pass: Pass,
+        gain: f64,
+        then_scale: Option<&Tensor>,
+        prescaled: Option<&Tensor>,
+        rgb: Option<&Rgb>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let size = x.size();
         let res = if self.up.is_some() { size[2] * 2 } else { size[2] };
         let (const_noise, noise) = self.noise(pass.noise, res, x.device())?;
@@ -153,8 +182,18 @@ impl StyledLayer {
             then_scale,
         };
         let route = Route { fused: pass.fused, fold: pass.fold, kernels: pass.kernels, prescaled };
-        self.conv.forward(x, styles, self.up.as_ref(), self.padding, route, &epilogue)
+        match rgb {
+            Some(rgb) if self.up.is_none() => self.conv.forward_to_rgb(x, styles, self.padding, route, &epilogue, rgb),
+            _ => Ok((self.conv.forward(x, styles, self.up.as_ref(), self.padding, route, &epilogue)?, None)),
+        }
     }
+}
+
+/// A toRGB layer's modulated weights for a batch, and the picture so far (with whether it is
+/// at half size): [`ToRgb::tail`].
+struct RgbTail {
+    wm: Tensor,
+    prev: Option<(Tensor, bool)>,
 }
 
 struct ToRgb {
@@ -190,35 +229,47 @@ impl ToRgb {
         x: &Tensor,
         w: &Tensor,
         prev: Option<&Tensor>,
-        (filter, bilinear): (&Filter, bool),
+        up: (&Filter, bool),
         kernels: Option<&Kernels>,
         next: Option<&Tensor>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let styles = self.affine.forward(w)?.f_mul_scalar(self.weight_gain)?;
-        let wm = kernels.map(|_| modulated_1x1_weights(&self.weight, &styles)).transpose()?;
-        let with_kernel = |prev: Option<Picture>| match (kernels, &wm) {
-            (Some(k), Some(wm)) => k.to_rgb(x, wm, &self.bias, self.clamp, prev, next),
-            _ => Ok(None),
-        };
-        if filter.is_bilinear() || prev.is_none() {
-            if let Some(done) = with_kernel(prev.map(Picture::Half))? {
+        if let Some(k) = kernels {
+            let tail = self.tail(w, prev, up)?;
+            if let Some(done) = k.to_rgb(x, &self.rgb(&tail, next))? {
                 return Ok(done);
             }
         }
+        let (filter, bilinear) = up;
         let prev = prev.map(|p| filter.upsample2d(p, bilinear)).transpose()?;
-        // The upsampled picture is a cropped view; the kernel adds into a dense copy.
-        if prev.is_some() {
-            let dense = prev.as_ref().map(Tensor::f_contiguous).transpose()?;
-            if let Some(done) = with_kernel(dense.as_ref().map(Picture::Same))? {
-                return Ok(done);
-            }
-        }
-        let y = self.contribution(x, &styles)?;
+        let y = self.contribution(x, &self.styles(w)?)?;
         let img = match prev {
             Some(p) => p.f_add(&y)?,
             None => y,
         };
         Ok((img, None))
+    }
+
+    fn styles(&self, w: &Tensor) -> Result<Tensor> {
+        self.affine.forward(w)?.f_mul_scalar(self.weight_gain)
+    }
+
+    /// What the kernels need of this layer for the ws `w` beyond the features: the modulated
+    /// weights, and the picture so far as they take it (at half size with StyleGAN2's filter,
+    /// which they upsample themselves; otherwise upsampled here into a dense picture).
+    fn tail(&self, w: &Tensor, prev: Option<&Tensor>, (filter, bilinear): (&Filter, bool)) -> Result<RgbTail> {
+        let wm = modulated_1x1_weights(&self.weight, &self.styles(w)?)?;
+        let prev = match prev {
+            None => None,
+            Some(p) if filter.is_bilinear() => Some((p.shallow_clone(), true)),
+            Some(p) => Some((filter.upsample2d(p, bilinear)?.f_contiguous()?, false)),
+        };
+        Ok(RgbTail { wm, prev })
+    }
+
+    /// The layer as the kernels take it, with `next` to scale the features by.
+    fn rgb<'a>(&'a self, tail: &'a RgbTail, next: Option<&'a Tensor>) -> Rgb<'a> {
+        let prev = tail.prev.as_ref().map(|(p, half)| if *half { Picture::Half(p) } else { Picture::Same(p) });
+        Rgb { wm: &tail.wm, bias: &self.bias, clamp: self.clamp, prev, next }
     }
 
     fn contribution(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
@@ -333,10 +384,29 @@ impl Block {
                 x.f_contiguous()
             }
         };
-        let x = match (&self.konst, x, &self.conv0) {
+        // The next block's first convolution reads the w this block's toRGB layer reads.
+        let next_scale = match next {
+            Some((block, next_kind)) => {
+                let conv0 = block.conv0.as_ref().expect("can_scale_for checked it");
+                Some(input_styles(&conv0.styles(&w(self.num_conv)?)?, next_kind)?)
+            }
+            None => None,
+        };
+        // With the kernels, the last layer's epilogue makes the picture too (a resnet block
+        // adds its skip after that layer, so its toRGB layer runs on its own).
+        let tail = match (&self.torgb, &img) {
+            (Some(torgb), img) if pass.kernels.is_some() && !pass.fused && self.skip.is_none() => {
+                Some(torgb.tail(&w(self.num_conv)?, img.as_ref(), (&self.filter, pass.cuda))?)
+            }
+            _ => None,
+        };
+        let rgb = self.torgb.as_ref().zip(tail.as_ref()).map(|(t, tail)| t.rgb(tail, next_scale.as_ref()));
+        // The last layer's input, styles, gain and input scaling, and the block's input for
+        // a resnet skip.
+        let (input, s1, gain, prescaled, skip_from) = match (&self.konst, x, &self.conv0) {
             (Some(k), _, _) => {
                 let x = layout(k.f_unsqueeze(0)?.f_repeat([n, 1, 1, 1])?.f_to_kind(kind)?)?;
-                self.conv1.forward(&x, &self.conv1.styles(&w(0)?)?, pass, 1.0, None, None)?
+                (x, self.conv1.styles(&w(0)?)?, 1.0, None, None)
             }
             (None, Some(Features { x, scaled_by }), Some(conv0)) => {
                 debug_assert!(scaled_by.is_none() || (self.skip.is_none() && !pass.fused));
@@ -357,25 +427,25 @@ impl Block {
                 };
                 let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), scaled_by.as_ref())?;
                 let gain = if self.skip.is_some() { half } else { 1.0 };
-                let out = self.conv1.forward(&h, &s1, pass, gain, None, then_scale.as_ref())?;
-                match &self.skip {
-                    Some(skip) => {
-                        let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
-                        self.filter.upsample2d(&y, pass.cuda)?.f_mul_scalar(half)?.f_add(&out)?
-                    }
-                    None => out,
-                }
+                (h, s1, gain, then_scale, self.skip.is_some().then_some(x))
             }
             _ => unreachable!("a block after the first always receives features"),
         };
-        // The next block's first convolution reads the w this block's toRGB layer reads.
-        let next_scale = match next {
-            Some((block, next_kind)) => {
-                let conv0 = block.conv0.as_ref().expect("can_scale_for checked it");
-                Some(input_styles(&conv0.styles(&w(self.num_conv)?)?, next_kind)?)
-            }
-            None => None,
+        let (out, picture) = match &rgb {
+            Some(rgb) => self.conv1.forward_to_rgb(&input, &s1, pass, gain, prescaled.as_ref(), rgb)?,
+            None => (self.conv1.forward(&input, &s1, pass, gain, None, prescaled.as_ref())?, None),
         };
+        let x = match (&self.skip, skip_from) {
+            (Some(skip), Some(x)) => {
+                let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
+                self.filter.upsample2d(&y, pass.cuda)?.f_mul_scalar(half)?.f_add(&out)?
+            }
+            _ => out,
+        };
+        if picture.is_some() {
+            // The epilogue left the features as the next block wants them.
+            return Ok((Features { x, scaled_by: next_scale }, picture));
+        }
         let (img, scaled) = match (&self.torgb, img) {
             (Some(torgb), img) => {
                 let up = (&self.filter, pass.cuda);
