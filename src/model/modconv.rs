@@ -166,27 +166,15 @@ impl StyleConv {
         route: Route,
         e: &Epilogue,
     ) -> Result<Tensor> {
-        Ok(self.run(x, styles, up, padding, route, e, None)?.0)
+        Ok(self.forward_rgb(x, styles, up, padding, route, e, None)?.0)
     }
 
-    /// As [`StyleConv::forward`] for a layer without upsampling whose output a toRGB layer
-    /// reads next: on the unfused path with the kernels, the epilogue's pass also makes the
-    /// picture `rgb` describes (and leaves the features scaled by `rgb.next`, where given),
+    /// As [`StyleConv::forward`], for a layer whose output the toRGB layer `rgb` reads next:
+    /// without upsampling, on the unfused path with the kernels, the epilogue's pass also
+    /// makes that picture (and leaves the features scaled by `rgb.next`, where given),
     /// returned beside them. Otherwise no picture, and the features are the layer's own.
-    pub fn forward_to_rgb(
-        &self,
-        x: &Tensor,
-        styles: &Tensor,
-        padding: i64,
-        route: Route,
-        e: &Epilogue,
-        rgb: &Rgb,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        self.run(x, styles, None, padding, route, e, Some(rgb))
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn run(
+    pub fn forward_rgb(
         &self,
         x: &Tensor,
         styles: &Tensor,

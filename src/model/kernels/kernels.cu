@@ -286,8 +286,8 @@ __device__ __forceinline__ void rgb_pixel(const T* x, Make make, T* keep, const 
 // A toRGB layer over stored features x (rgb_pixel as they are); with next_out, the features
 // scaled by next_s go there.
 template <typename T>
-__device__ void to_rgb(const T* x, const float* wm, const float* bias, float clampv, const float* prev, int prev_half,
-                       float* out, long long C, long long H, long long W, long long pixels, int O, int cl,
+__device__ void to_rgb(const T* x, long long C, int cl, const float* wm, const float* bias, float clampv,
+                       const float* prev, int prev_half, float* out, long long H, long long W, long long pixels, int O,
                        const float* next_s, T* next_out) {
   long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= pixels) return;
@@ -330,11 +330,11 @@ __device__ void epilogue_rgb(T* y, const float* d, const T* nb, int nb_mode, con
                                             long long total, int cl) {                                    \
     scale<T>(x, s, out, C, HW, total, cl);                                                                 \
   }                                                                                                        \
-  extern "C" __global__ void to_rgb_##SUFFIX(const T* x, const float* wm, const float* bias, float clampv, \
-                                             const float* prev, int prev_half, float* out, long long C,   \
-                                             long long H, long long W, long long pixels, int O, int cl,   \
-                                             const float* next_s, T* next_out) {                          \
-    to_rgb<T>(x, wm, bias, clampv, prev, prev_half, out, C, H, W, pixels, O, cl, next_s, next_out);        \
+  extern "C" __global__ void to_rgb_##SUFFIX(const T* x, long long C, int cl, const float* wm,            \
+                                             const float* bias, float clampv, const float* prev,          \
+                                             int prev_half, float* out, long long H, long long W,         \
+                                             long long pixels, int O, const float* next_s, T* next_out) { \
+    to_rgb<T>(x, C, cl, wm, bias, clampv, prev, prev_half, out, H, W, pixels, O, next_s, next_out);        \
   }                                                                                                        \
   extern "C" __global__ void epilogue_rgb_##SUFFIX(                                                        \
       T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain, float slope,      \

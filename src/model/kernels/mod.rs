@@ -396,23 +396,9 @@ impl Kernels {
             None => None,
         };
         let pixels = shape.n * shape.hw;
-        let args = vec![
-            Arg::tensor(Some(x)),
-            Arg::tensor(Some(&l.wm)),
-            Arg::tensor(Some(&l.bias)),
-            Arg::F32(l.clamp),
-            Arg::tensor(l.prev.as_ref()),
-            Arg::I32(l.half as i32),
-            Arg::tensor(Some(&l.out)),
-            Arg::I64(shape.c),
-            Arg::I64(l.h),
-            Arg::I64(l.w),
-            Arg::I64(pixels),
-            Arg::I32(l.o as i32),
-            Arg::I32(shape.channels_last as i32),
-            Arg::tensor(l.next.as_ref()),
-            Arg::tensor(scaled.as_ref()),
-        ];
+        let mut args = vec![Arg::tensor(Some(x)), Arg::I64(shape.c), Arg::I32(shape.channels_last as i32)];
+        args.extend(l.args(pixels));
+        args.push(Arg::tensor(scaled.as_ref()));
         self.launch("to_rgb", x.kind(), pixel_blocks(pixels), args)?;
         Ok(Some((l.out, scaled)))
     }
@@ -429,19 +415,7 @@ impl Kernels {
         let pixels = shape.n * shape.hw;
         let mut args = vec![Arg::tensor(Some(y))];
         args.extend(fin_args);
-        args.extend([
-            Arg::tensor(Some(&l.wm)),
-            Arg::tensor(Some(&l.bias)),
-            Arg::F32(l.clamp),
-            Arg::tensor(l.prev.as_ref()),
-            Arg::I32(l.half as i32),
-            Arg::tensor(Some(&l.out)),
-            Arg::I64(l.h),
-            Arg::I64(l.w),
-            Arg::I64(pixels),
-            Arg::I32(l.o as i32),
-            Arg::tensor(l.next.as_ref()),
-        ]);
+        args.extend(l.args(pixels));
         self.launch("epilogue_rgb", y.kind(), pixel_blocks(pixels), args)?;
         Ok(Some(l.out))
     }
@@ -477,6 +451,26 @@ struct RgbLaunch {
     h: i64,
     w: i64,
     o: i64,
+}
+
+impl RgbLaunch {
+    /// The toRGB arguments both kernels take in this order: wm, bias, clamp, prev, prev_half,
+    /// out, H, W, pixels, O, next_s.
+    fn args(&self, pixels: i64) -> [Arg; 11] {
+        [
+            Arg::tensor(Some(&self.wm)),
+            Arg::tensor(Some(&self.bias)),
+            Arg::F32(self.clamp),
+            Arg::tensor(self.prev.as_ref()),
+            Arg::I32(self.half as i32),
+            Arg::tensor(Some(&self.out)),
+            Arg::I64(self.h),
+            Arg::I64(self.w),
+            Arg::I64(pixels),
+            Arg::I32(self.o as i32),
+            Arg::tensor(self.next.as_ref()),
+        ]
+    }
 }
 
 impl Rgb<'_> {

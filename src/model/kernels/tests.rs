@@ -257,18 +257,18 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
                 host.launch(pixel_blocks, || unsafe {
                     to_rgb(
                         ptr(&x),
+                        c,
+                        cl as i32,
                         ptr(&wm),
                         ptr(&bias),
                         2.0,
                         prev,
                         half,
                         ptr(out),
-                        c,
                         h,
                         w,
                         n * hw,
                         o as i32,
-                        cl as i32,
                         next_s,
                         next_out,
                     )
@@ -304,9 +304,9 @@ fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
     }
 }
 
-/// to_rgb's parameters in kernels.cu: x, wm, bias, clampv, prev, prev_half, out, C, H, W,
-/// pixels, O, cl, next_s, next_out.
-type ToRgb = unsafe extern "C" fn(Ptr, Ptr, Ptr, f32, Ptr, i32, Ptr, i64, i64, i64, i64, i32, i32, Ptr, Ptr);
+/// to_rgb's parameters in kernels.cu: x, C, cl, wm, bias, clampv, prev, prev_half, out, H, W,
+/// pixels, O, next_s, next_out.
+type ToRgb = unsafe extern "C" fn(Ptr, i64, i32, Ptr, Ptr, f32, Ptr, i32, Ptr, i64, i64, i64, i32, Ptr, Ptr);
 
 /// StyleGAN2's [1, 3, 3, 1] filter.
 fn stylegan2_filter() -> Filter {

@@ -143,21 +143,9 @@ impl StyledLayer {
         Ok(self.run(x, styles, pass, gain, then_scale, prescaled, None)?.0)
     }
 
-    /// As `forward` for the block's last layer, whose output its toRGB layer `rgb` reads: the
-    /// picture comes out of the layer's epilogue where the kernels can make it there
-    /// ([`StyleConv::forward_to_rgb`]).
-    fn forward_to_rgb(
-        &self,
-        x: &Tensor,
-        styles: &Tensor,
-        pass: Pass,
-        gain: f64,
-        prescaled: Option<&Tensor>,
-        rgb: &Rgb,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        self.run(x, styles, pass, gain, None, prescaled, Some(rgb))
-    }
-
+    /// As `forward`; for the block's last layer, the picture of its toRGB layer `rgb` comes
+    /// out of the layer's epilogue where the kernels can make it there
+    /// ([`StyleConv::forward_rgb`]).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -182,10 +170,7 @@ impl StyledLayer {
             then_scale,
         };
         let route = Route { fused: pass.fused, fold: pass.fold, kernels: pass.kernels, prescaled };
-        match rgb {
-            Some(rgb) if self.up.is_none() => self.conv.forward_to_rgb(x, styles, self.padding, route, &epilogue, rgb),
-            _ => Ok((self.conv.forward(x, styles, self.up.as_ref(), self.padding, route, &epilogue)?, None)),
-        }
+        self.conv.forward_rgb(x, styles, self.up.as_ref(), self.padding, route, &epilogue, rgb)
     }
 }
 
@@ -284,8 +269,9 @@ impl ToRgb {
 }
 
 /// A block's features as the next block receives them: scaled for its first convolution by
-/// that layer's input styles (`scaled_by`, [`input_styles`]) where this block made the
-/// scaling as its toRGB layer read them, which saves the next layer a pass over them.
+/// that layer's input styles (`scaled_by`, [`input_styles`]) where this block scaled them
+/// (with the kernels, as its last epilogue or its toRGB layer wrote them, which saves the next
+/// layer a pass over them).
 pub(super) struct Features {
     pub(super) x: Tensor,
     pub(super) scaled_by: Option<Tensor>,
@@ -431,10 +417,7 @@ impl Block {
             }
             _ => unreachable!("a block after the first always receives features"),
         };
-        let (out, picture) = match &rgb {
-            Some(rgb) => self.conv1.forward_to_rgb(&input, &s1, pass, gain, prescaled.as_ref(), rgb)?,
-            None => (self.conv1.forward(&input, &s1, pass, gain, None, prescaled.as_ref())?, None),
-        };
+        let (out, picture) = self.conv1.run(&input, &s1, pass, gain, None, prescaled.as_ref(), rgb.as_ref())?;
         let x = match (&self.skip, skip_from) {
             (Some(skip), Some(x)) => {
                 let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;

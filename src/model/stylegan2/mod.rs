@@ -256,8 +256,8 @@ impl StyleGan2 {
             let kind = precision.block_kind(res, &self.settings, self.device);
             let channels_last = precision.channels_last(res, &self.settings, self.device) && !fused;
             // Unfused, each block scales its output for the next block's first convolution
-            // (the kernels as its toRGB layer reads it): the same operations as the next layer
-            // scaling its own input, one pass fewer with the kernels.
+            // (the kernels as they write it): the same operations as the next layer scaling
+            // its own input, one pass fewer with the kernels.
             let next = match (self.blocks.get(i + 1), resolutions.get(i + 1)) {
                 (Some(nb), Some(&nres)) if !fused && block.can_scale_for(nb) => {
                     Some((nb, precision.block_kind(nres, &self.settings, self.device)))
