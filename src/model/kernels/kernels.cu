@@ -296,8 +296,9 @@ __device__ void to_rgb(const T* x, long long C, int cl, const float* wm, const f
 }
 
 // A layer's epilogue (as the epilogue kernel makes it, with no post scaling: the callers pass
-// none) and the block's toRGB layer in one pass, one thread per pixel: y becomes the layer's
-// features in place (scaled by next_s where given), and the picture is what to_rgb would make
+// none) and the block's toRGB layer in one pass, one thread per pixel: with keep, y becomes
+// the layer's features in place (scaled by next_s where given; without, y is left as it was,
+// for the last block, whose features nobody reads), and the picture is what to_rgb would make
 // of them, bit for bit, without reading them back. HW is H x W; `total` (the values of y) only
 // completes the epilogue's arguments.
 template <typename T>
@@ -305,11 +306,11 @@ __device__ void epilogue_rgb(T* y, const float* d, const T* nb, int nb_mode, con
                              float slope, float clampv, const float* post, long long C, long long HW, long long total,
                              int cl, const float* wm, const float* bias, float rgb_clamp, const float* prev,
                              int prev_half, float* out, long long H, long long W, long long pixels, int O,
-                             const float* next_s) {
+                             const float* next_s, int keep) {
   long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= pixels) return;
   const Finish<T> fin{d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, cl};
-  rgb_pixel(y, fin, y, next_s, wm, bias, rgb_clamp, prev, prev_half, out, C, H, W, idx, O, cl);
+  rgb_pixel(y, fin, keep ? y : nullptr, next_s, wm, bias, rgb_clamp, prev, prev_half, out, C, H, W, idx, O, cl);
 }
 
 #define MIXGAN_KERNELS(T, SUFFIX)                                                                          \
@@ -340,9 +341,9 @@ __device__ void epilogue_rgb(T* y, const float* d, const T* nb, int nb_mode, con
       T* y, const float* d, const T* nb, int nb_mode, const float* noise, float noise_gain, float slope,      \
       float clampv, const float* post, long long C, long long HW, long long total, int cl, const float* wm,   \
       const float* bias, float rgb_clamp, const float* prev, int prev_half, float* out, long long H,          \
-      long long W, long long pixels, int O, const float* next_s) {                                            \
+      long long W, long long pixels, int O, const float* next_s, int keep) {                                  \
     epilogue_rgb<T>(y, d, nb, nb_mode, noise, noise_gain, slope, clampv, post, C, HW, total, cl, wm, bias,     \
-                    rgb_clamp, prev, prev_half, out, H, W, pixels, O, next_s);                                 \
+                    rgb_clamp, prev, prev_half, out, H, W, pixels, O, next_s, keep);                           \
   }                                                                                                        \
   MIXGAN_HOST_CALL(epilogue_##SUFFIX)                                                                      \
   MIXGAN_HOST_CALL(up_epilogue_##SUFFIX)                                                                   \

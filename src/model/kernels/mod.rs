@@ -405,17 +405,20 @@ impl Kernels {
 
     /// In place: a layer's epilogue `fin` over `y` (no `post` scaling), and the block's toRGB
     /// layer `rgb` over the features that makes, in the same pass: `y` ends as the features
-    /// (scaled by `rgb.next` where given) and the picture is returned, the same bits as
-    /// [`Kernels::epilogue`] then [`Kernels::to_rgb`] make, without reading the features back.
-    /// `None` (and `y` untouched) where the kernel cannot take the tensors.
+    /// (scaled by `rgb.next` where given; untouched unless `rgb.keep`) and the picture is
+    /// returned, the same bits as [`Kernels::epilogue`] then [`Kernels::to_rgb`] make, without
+    /// reading the features back. `None` (and `y` untouched) where the kernel cannot take the
+    /// tensors.
     pub fn epilogue_rgb(&self, y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option<Tensor>> {
-        let Some(shape) = Dense::of(y).filter(|_| self.takes(y) && fin.post.is_none()) else { return Ok(None) };
+        let fits = |_: &Dense| self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
+        let Some(shape) = Dense::of(y).filter(fits) else { return Ok(None) };
         let Some((fin_args, _keep)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
         let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };
         let pixels = shape.n * shape.hw;
         let mut args = vec![Arg::tensor(Some(y))];
         args.extend(fin_args);
         args.extend(l.args(pixels));
+        args.push(Arg::I32(rgb.keep as i32));
         self.launch("epilogue_rgb", y.kind(), pixel_blocks(pixels), args)?;
         Ok(Some(l.out))
     }
@@ -430,13 +433,16 @@ fn pixel_blocks(pixels: i64) -> i64 {
 /// picture so far, as float32 [N, O, H, W]. `wm` [N, O, C] float32 is the modulated 1x1 weight,
 /// O at most 4; the picture so far is `Same(p)`, [N, O, H, W] (written into), or `Half(p)`,
 /// [N, O, H/2, W/2], upsampled by the kernel with StyleGAN2's [1, 3, 3, 1] filter; `next`
-/// ([N, C] float32), the next layer's input styles, to scale the features by for it.
+/// ([N, C] float32), the next layer's input styles, to scale the features by for it; `keep`,
+/// whether anyone reads the features after the picture ([`Kernels::epilogue_rgb`] stores them
+/// only then; the last block's are not needed).
 pub struct Rgb<'a> {
     pub wm: &'a Tensor,
     pub bias: &'a Tensor,
     pub clamp: Option<f64>,
     pub prev: Option<Picture<'a>>,
     pub next: Option<&'a Tensor>,
+    pub keep: bool,
 }
 
 /// A toRGB launch's tensors beyond the features (held until the launch) and its sizes.

@@ -429,7 +429,8 @@ fn the_epilogue_with_torgb_is_the_two_kernels_in_one_pass() {
             let (wm, bias) = (Tensor::randn([n, 3, c], f32s) * 0.3, Tensor::randn([3], f32s));
             let (small, s) = (Tensor::randn([n, 3, h / 2, w / 2], f32s), Tensor::rand([n, c], f32s));
             for next in [None, Some(&s)] {
-                let rgb = Rgb { wm: &wm, bias: &bias, clamp: Some(2.0), prev: Some(Picture::Half(&small)), next };
+                let rgb =
+                    Rgb { wm: &wm, bias: &bias, clamp: Some(2.0), prev: Some(Picture::Half(&small)), next, keep: true };
                 let two = x.copy();
                 assert!(k.epilogue(&two, &fin).unwrap(), "{what}");
                 let (picture, scaled) = k.to_rgb(&two, &rgb).unwrap().expect("to_rgb takes these");
@@ -439,10 +440,19 @@ fn the_epilogue_with_torgb_is_the_two_kernels_in_one_pass() {
                 let features = scaled.unwrap_or(two);
                 assert!(one.equal(&features), "{what}, next {}: the features", next.is_some());
                 assert!(!one.equal(&x), "{what}: the epilogue changed them");
+                // The last block's: the same picture, the features left as they were.
+                let (last, untouched) = (Rgb { keep: false, ..rgb }, x.copy());
+                let declined = k.epilogue_rgb(&untouched, &fin, &last).unwrap();
+                if next.is_some() {
+                    assert!(declined.is_none(), "{what}: scaling features nobody keeps");
+                } else {
+                    assert!(declined.unwrap().equal(&picture), "{what}: the last block's picture");
+                    assert!(untouched.equal(&x), "{what}: the last block's features are not written");
+                }
             }
             // With the next layer's scaling folded into the epilogue instead, it declines.
             let post = Finish { post: Some(&s), ..fin };
-            let rgb = Rgb { wm: &wm, bias: &bias, clamp: None, prev: None, next: None };
+            let rgb = Rgb { wm: &wm, bias: &bias, clamp: None, prev: None, next: None, keep: true };
             assert!(k.epilogue_rgb(&x.copy(), &post, &rgb).unwrap().is_none(), "{what}");
         }
     }

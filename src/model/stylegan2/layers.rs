@@ -220,7 +220,7 @@ impl ToRgb {
     ) -> Result<(Tensor, Option<Tensor>)> {
         if let Some(k) = kernels {
             let tail = self.tail(w, prev, up)?;
-            if let Some(done) = k.to_rgb(x, &self.rgb(&tail, next))? {
+            if let Some(done) = k.to_rgb(x, &self.rgb(&tail, next, true))? {
                 return Ok(done);
             }
         }
@@ -251,10 +251,11 @@ impl ToRgb {
         Ok(RgbTail { wm, prev })
     }
 
-    /// The layer as the kernels take it, with `next` to scale the features by.
-    fn rgb<'a>(&'a self, tail: &'a RgbTail, next: Option<&'a Tensor>) -> Rgb<'a> {
+    /// The layer as the kernels take it, with `next` to scale the features by and whether the
+    /// features are read after it (`keep`).
+    fn rgb<'a>(&'a self, tail: &'a RgbTail, next: Option<&'a Tensor>, keep: bool) -> Rgb<'a> {
         let prev = tail.prev.as_ref().map(|(p, half)| if *half { Picture::Half(p) } else { Picture::Same(p) });
-        Rgb { wm: &tail.wm, bias: &self.bias, clamp: self.clamp, prev, next }
+        Rgb { wm: &tail.wm, bias: &self.bias, clamp: self.clamp, prev, next, keep }
     }
 
     fn contribution(&self, x: &Tensor, styles: &Tensor) -> Result<Tensor> {
@@ -284,13 +285,15 @@ impl Features {
     }
 }
 
-/// How a block runs: the type it computes in, its features' layout, and the next block with
-/// its type where this block scales its output for that block's first convolution.
+/// How a block runs: the type it computes in, its features' layout, the next block with its
+/// type where this block scales its output for that block's first convolution, and whether it
+/// is the last (whose features nobody reads: the kernels may leave them unfinished).
 #[derive(Clone, Copy)]
 pub(super) struct BlockPlan<'a> {
     pub(super) kind: Kind,
     pub(super) channels_last: bool,
     pub(super) next: Option<(&'a Block, Kind)>,
+    pub(super) last: bool,
 }
 
 pub(super) struct Block {
@@ -357,7 +360,7 @@ impl Block {
         pass: Pass,
         plan: BlockPlan,
     ) -> Result<(Features, Option<Tensor>)> {
-        let BlockPlan { kind, channels_last, next } = plan;
+        let BlockPlan { kind, channels_last, next, last } = plan;
         let n = ws.size()[0];
         let w = |i: i64| ws.f_select(1, i);
         let half = std::f64::consts::FRAC_1_SQRT_2;
@@ -386,7 +389,7 @@ impl Block {
             }
             _ => None,
         };
-        let rgb = self.torgb.as_ref().zip(tail.as_ref()).map(|(t, tail)| t.rgb(tail, next_scale.as_ref()));
+        let rgb = self.torgb.as_ref().zip(tail.as_ref()).map(|(t, tail)| t.rgb(tail, next_scale.as_ref(), !last));
         // The last layer's input, styles, gain and input scaling, and the block's input for
         // a resnet skip.
         let (input, s1, gain, prescaled, skip_from) = match (&self.konst, x, &self.conv0) {

@@ -264,7 +264,7 @@ impl StyleGan2 {
                 }
                 _ => None,
             };
-            let plan = BlockPlan { kind, channels_last, next };
+            let plan = BlockPlan { kind, channels_last, next, last: i + 1 == self.blocks.len() };
             let run = |fold: bool| {
                 let picture = img.as_ref().map(Tensor::shallow_clone);
                 block.forward(x.as_ref().map(Features::again), picture, &bws, Pass { fold, ..pass }, plan)
