@@ -211,12 +211,18 @@ __device__ __forceinline__ float upsampled(const float* plane, long long y, long
 }
 
 // A value as it is: what to_rgb makes of the features it reads.
-struct AsIs {
-  __device__ __forceinline__ float operator()(float a, long long, long long, long long) const { return a; }
-};
+struct AsIs {};
+
+// Stored value v made by make(value, n, c, p), rounded to T as a stored feature is; as it is
+// for AsIs (no round trip through float32).
+template <typename T, typename Make>
+__device__ __forceinline__ T made(T v, Make make, long long n, long long c, long long p) {
+  return st<T>(make(ld(v), n, c, p));
+}
+template <typename T> __device__ __forceinline__ T made(T v, AsIs, long long, long long, long long) { return v; }
 
 // One pixel (idx of N x H x W) of a toRGB layer, one thread each: the pixel's features x in
-// turn, each made by make(value, n, c, p) and rounded to T as a stored feature is, then
+// turn, each made by make (`made`), then
 // out[n, o, p] = prev + clamp(sum_c feature * wm[n, o, c] + bias[o]), float32 NCHW (H x W);
 // O <= 4. prev: null, the picture at the same size (it may be out itself), or, with
 // prev_half, the picture at half the size, upsampled here. With keep, each feature is also
@@ -247,7 +253,7 @@ __device__ __forceinline__ void rgb_pixel(const T* x, Make make, T* keep, const 
       load8(xp + c, v);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        T r = st<T>(make(ld(v.v[j]), n, c + j, p));
+        T r = made(v.v[j], make, n, c + j, p);
         float xv = ld(r);
 #pragma unroll
         for (int o = 0; o < 4; ++o)
@@ -259,7 +265,7 @@ __device__ __forceinline__ void rgb_pixel(const T* x, Make make, T* keep, const 
   } else {
     long long at = n * C * HW + p;
     for (long long c = 0; c < C; ++c) {
-      T r = st<T>(make(ld(x[at + c * HW]), n, c, p));
+      T r = made(x[at + c * HW], make, n, c, p);
       float xv = ld(r);
 #pragma unroll
       for (int o = 0; o < 4; ++o)

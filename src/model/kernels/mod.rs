@@ -329,7 +329,7 @@ impl Kernels {
     /// In place: the epilogue `fin` over `y`. `false` where the kernel cannot take the tensors.
     pub fn epilogue(&self, y: &Tensor, fin: &Finish) -> Result<bool> {
         let Some(shape) = Dense::of(y).filter(|_| self.takes(y)) else { return Ok(false) };
-        let Some((fin_args, _keep)) = fin.args(shape, y.kind(), y.device())? else { return Ok(false) };
+        let Some((fin_args, _held)) = fin.args(shape, y.kind(), y.device())? else { return Ok(false) };
         let mut args = vec![Arg::tensor(Some(y))];
         args.extend(fin_args);
         self.launch("epilogue", y.kind(), shape.vector_blocks(), args)?;
@@ -363,7 +363,7 @@ impl Kernels {
         if shape.channels_last != input.channels_last || (!shape.channels_last && wo % VEC != 0) {
             return Ok(None);
         }
-        let Some((fin_args, _keep)) = fin.args(shape, t.kind(), t.device())? else { return Ok(None) };
+        let Some((fin_args, _held)) = fin.args(shape, t.kind(), t.device())? else { return Ok(None) };
         let mut args = vec![
             Arg::tensor(Some(t)),
             Arg::tensor(Some(fir)),
@@ -412,7 +412,7 @@ impl Kernels {
     pub fn epilogue_rgb(&self, y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option<Tensor>> {
         let fits = |_: &Dense| self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
         let Some(shape) = Dense::of(y).filter(fits) else { return Ok(None) };
-        let Some((fin_args, _keep)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
+        let Some((fin_args, _held)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
         let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };
         let pixels = shape.n * shape.hw;
         let mut args = vec![Arg::tensor(Some(y))];
