@@ -156,25 +156,13 @@ impl StyleConv {
         })
     }
 
-    /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        styles: &Tensor,
-        up: Option<&Filter>,
-        padding: i64,
-        route: Route,
-        e: &Epilogue,
-    ) -> Result<Tensor> {
-        Ok(self.forward_rgb(x, styles, up, padding, route, e, None)?.0)
-    }
-
-    /// As [`StyleConv::forward`], for a layer whose output the toRGB layer `rgb` reads next:
-    /// without upsampling, on the unfused path with the kernels, the epilogue's pass also
-    /// makes that picture (and leaves the features scaled by `rgb.next`, where given),
-    /// returned beside them. Otherwise no picture, and the features are the layer's own.
+    /// `x` [N, in, H, W] in its compute type; `styles` [N, in] in float32. Returns the
+    /// features, and a picture where `rgb` (the toRGB layer that reads them next) is given and,
+    /// without upsampling, on the unfused path with the kernels, the epilogue's pass makes it
+    /// too (leaving the features scaled by `rgb.next`, where given). Otherwise no picture, and
+    /// the features are the layer's own.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_rgb(
+    pub fn forward(
         &self,
         x: &Tensor,
         styles: &Tensor,
@@ -392,16 +380,16 @@ mod tests {
         }
         for (kind, tol) in [(Kind::Float, 1e-5), (Kind::BFloat16, 3e-2)] {
             let xk = x.to_kind(kind);
-            let h = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, None)).unwrap();
-            let plain = b.forward(&h, &sb, None, 1, route(None), &epilogue(&bias_b, None)).unwrap();
+            let h = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, None), None).unwrap().0;
+            let plain = b.forward(&h, &sb, None, 1, route(None), &epilogue(&bias_b, None), None).unwrap().0;
             let then = input_styles(&sb, kind).unwrap();
-            let hs = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, Some(&then))).unwrap();
-            let joined = b.forward(&hs, &sb, None, 1, route(Some(&then)), &epilogue(&bias_b, None)).unwrap();
+            let hs = a.forward(&xk, &sa, None, 1, route(None), &epilogue(&bias_a, Some(&then)), None).unwrap().0;
+            let joined = b.forward(&hs, &sb, None, 1, route(Some(&then)), &epilogue(&bias_b, None), None).unwrap().0;
             let diff = |p: &Tensor, q: &Tensor| {
                 (p.to_kind(Kind::Float) - q.to_kind(Kind::Float)).abs().max().double_value(&[])
             };
             assert!(diff(&joined, &plain) <= tol, "{kind:?}: {} > {tol}", diff(&joined, &plain));
-            let twice = b.forward(&hs, &sb, None, 1, route(None), &epilogue(&bias_b, None)).unwrap();
+            let twice = b.forward(&hs, &sb, None, 1, route(None), &epilogue(&bias_b, None), None).unwrap().0;
             assert!(diff(&twice, &plain) > 0.1, "{kind:?}: scaling twice must show");
         }
     }

@@ -119,10 +119,15 @@ fn with_host_kernels<T>(f: impl FnOnce() -> T) -> T {
     out.unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
-/// How many launches of `base` (in any type) the host's kernels have run.
-fn launches(base: &str) -> usize {
+/// The host build behind [`host_kernels`], for tests that call its kernels directly.
+fn host_build() -> &'static HostBuild {
     let Backend::Host(host) = &host_kernels().backend else { unreachable!("built for the host") };
-    let counts = host.launches.lock().unwrap();
+    host
+}
+
+/// How many launches of `base` (in any type) the host's kernels have run through a launcher.
+fn launches(base: &str) -> usize {
+    let counts = host_build().launches.lock().unwrap();
     SUFFIXES.iter().map(|s| counts.get(&format!("{base}_{s}")).copied().unwrap_or(0)).sum()
 }
 
@@ -181,7 +186,7 @@ const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
 
 #[test]
 fn the_kernels_compute_what_the_tensor_ops_do_on_the_host() {
-    let host = HostBuild::new();
+    let host = host_build();
     let fir = stylegan2_filter();
     for (shape, cl) in CASES {
         let [n, c, h, w] = shape;
@@ -343,7 +348,7 @@ type UpEpilogue = unsafe extern "C" fn(
 /// result filtered by the tensor ops (StyleGAN2's [1, 3, 3, 1] filter, 3x3 kernel, padding 1).
 #[test]
 fn the_upsampling_epilogue_filters_as_the_tensor_ops_do_on_the_host() {
-    let host = HostBuild::new();
+    let host = host_build();
     let filter = stylegan2_filter();
     let fir = filter.kernel().to_kind(Kind::Float).contiguous();
     let pad = Up2Padding::new(3, 4, 1);

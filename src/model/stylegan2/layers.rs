@@ -130,24 +130,11 @@ impl StyledLayer {
         self.affine.forward(w)
     }
 
-    /// `then_scale` and `prescaled` as in [`Epilogue::then_scale`] and [`Route::prescaled`].
-    fn forward(
-        &self,
-        x: &Tensor,
-        styles: &Tensor,
-        pass: Pass,
-        gain: f64,
-        then_scale: Option<&Tensor>,
-        prescaled: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        Ok(self.run(x, styles, pass, gain, then_scale, prescaled, None)?.0)
-    }
-
-    /// As `forward`; for the block's last layer, the picture of its toRGB layer `rgb` comes
-    /// out of the layer's epilogue where the kernels can make it there
-    /// ([`StyleConv::forward_rgb`]).
+    /// `then_scale` and `prescaled` as in [`Epilogue::then_scale`] and [`Route::prescaled`];
+    /// for the block's last layer, the picture of its toRGB layer `rgb` comes out of the
+    /// layer's epilogue where the kernels can make it there ([`StyleConv::forward`]).
     #[allow(clippy::too_many_arguments)]
-    fn run(
+    fn forward(
         &self,
         x: &Tensor,
         styles: &Tensor,
@@ -170,7 +157,7 @@ impl StyledLayer {
             then_scale,
         };
         let route = Route { fused: pass.fused, fold: pass.fold, kernels: pass.kernels, prescaled };
-        self.conv.forward_rgb(x, styles, self.up.as_ref(), self.padding, route, &epilogue, rgb)
+        self.conv.forward(x, styles, self.up.as_ref(), self.padding, route, &epilogue, rgb)
     }
 }
 
@@ -414,13 +401,13 @@ impl Block {
                     Some(_) if !pass.fused => Some(input_styles(&s1, kind)?),
                     _ => None,
                 };
-                let h = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), scaled_by.as_ref())?;
+                let (h, _) = conv0.forward(&x, &s0, pass, 1.0, then_scale.as_ref(), scaled_by.as_ref(), None)?;
                 let gain = if self.skip.is_some() { half } else { 1.0 };
                 (h, s1, gain, then_scale, self.skip.is_some().then_some(x))
             }
             _ => unreachable!("a block after the first always receives features"),
         };
-        let (out, picture) = self.conv1.run(&input, &s1, pass, gain, None, prescaled.as_ref(), rgb.as_ref())?;
+        let (out, picture) = self.conv1.forward(&input, &s1, pass, gain, None, prescaled.as_ref(), rgb.as_ref())?;
         let x = match (&self.skip, skip_from) {
             (Some(skip), Some(x)) => {
                 let y = x.f_conv2d(&skip.f_to_kind(kind)?, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)?;
