@@ -117,7 +117,7 @@ impl Default for Config {
             composite_on: CompositeOn::Auto,
             cudnn_benchmark: true,
             cuda_kernels: true,
-            cuda_graphs: false,
+            cuda_graphs: true,
         }
     }
 }
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(load_env(&[("MIXGAN_COMPOSITE_ON", "cpu")]).unwrap().composite_on, CompositeOn::Cpu);
         // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
         assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
-        assert!(!Config::default().cuda_graphs && load_env(&[("MIXGAN_CUDA_GRAPHS", "true")]).unwrap().cuda_graphs);
+        assert!(Config::default().cuda_graphs && !load_env(&[("MIXGAN_CUDA_GRAPHS", "false")]).unwrap().cuda_graphs);
         assert!(!load_env(&[("MIXGAN_CUDNN_BENCHMARK", "0")]).unwrap().cudnn_benchmark);
         let err = load_env(&[("MIXGAN_CUDNN_BENCHMARK", "maybe")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_CUDNN_BENCHMARK") && err.contains("true or false"), "{err}");

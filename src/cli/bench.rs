@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cuda_kernels: bool,
     /// Record each pass per batch size as a CUDA graph and replay it (true or false).
-    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
     /// Fold the upsampling filter into the weights (true or false; default: measured per block
     /// and batch where the generator's CUDA kernels run, else on CUDA only).

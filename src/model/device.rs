@@ -73,7 +73,7 @@ pub fn configure_cuda(device: Device, switches: CudaSwitches) {
         super::kernels::set_enabled(switches.kernels);
         super::graphs::set_enabled(switches.graphs);
         if switches.graphs && !super::graphs::built() {
-            tracing::warn!("cuda_graphs is on, but this binary was built without CUDA graphs (see build.rs)");
+            tracing::warn!("cuda_graphs is on (the default), but this binary was built without CUDA graphs, so passes run as usual (see build.rs)");
         }
     }
 }

@@ -20,7 +20,8 @@ type Result<T> = std::result::Result<T, TchError>;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Turns recording on or off for the whole process (the `cuda_graphs` setting; off by default).
+/// Turns recording on or off for the whole process (the `cuda_graphs` setting, on by default;
+/// off until a CUDA device is configured).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
