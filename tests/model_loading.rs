@@ -127,6 +127,50 @@ fn bad_generation_parameters_are_refused_by_name() {
     }
 }
 
+/// Orders that say where their patch will be fitted get it shrunk first (on the CPU too, when
+/// an order asks; the pipeline asks only on a GPU), each host patch at its own size from the
+/// batch's one copy; the others as they came.
+#[test]
+fn host_patches_with_a_fitting_come_shrunk_and_the_rest_as_made() {
+    use mixgan::batcher::BatchModel;
+    use mixgan::compositor::Fitting;
+    use mixgan::layout::Fit;
+    use mixgan::pipeline::PatchOrder;
+    let dir = model_dir();
+    let model = Model::load(dir.path(), Device::Cpu).unwrap();
+    let params: Vec<_> = (0..5).map(|s| model.default_params(s)).collect();
+    let batch = model.generate(&params).unwrap();
+    let res = batch.size()[2];
+    let cover = Fitting { fit: Fit::Cover, w: res / 2, h: res / 3 };
+    let small = Some(cover);
+    let stretched = Some(Fitting { fit: Fit::Stretch, w: res - 1, h: res / 4 });
+    let larger = Some(Fitting { fit: Fit::Contain, w: 2 * res, h: 2 * res });
+    let plan = [(true, small), (false, small), (true, None), (true, stretched), (true, larger)];
+    let orders: Vec<_> = params
+        .iter()
+        .zip(plan)
+        .map(|(p, (to_host, fitting))| PatchOrder { params: p.clone(), to_host, fitting })
+        .collect();
+    let patches = model.run(&orders).unwrap();
+    assert_eq!(patches.len(), 5);
+    let sizes: Vec<_> = patches.iter().map(|p| p.size()).collect();
+    let (h, w) = cover.resized(res, res);
+    assert_eq!(sizes[0][1..], [h, w]);
+    assert!(h < res && w < res);
+    assert_eq!(sizes[3][1..], [res / 4, res - 1]);
+    for i in [1, 2, 4] {
+        assert_eq!(sizes[i][1..], [res, res], "patch {i} was not to be shrunk");
+    }
+    for (i, (patch, order)) in patches.iter().zip(&orders).enumerate() {
+        let row = batch.get(i as i64);
+        let expected = match (order.to_host, order.fitting) {
+            (true, Some(f)) => f.shrink(&row).unwrap().unwrap_or(row),
+            _ => row,
+        };
+        assert!(patch.equal(&expected), "patch {i}");
+    }
+}
+
 #[test]
 fn a_batch_of_orders_gives_each_patch_in_order_where_it_is_wanted() {
     use mixgan::batcher::BatchModel;
@@ -136,8 +180,11 @@ fn a_batch_of_orders_gives_each_patch_in_order_where_it_is_wanted() {
     let params: Vec<_> = (0..4).map(|s| model.default_params(s)).collect();
     let batch = model.generate(&params).unwrap();
     for to_host in [[false; 4], [true; 4], [true, false, false, true]] {
-        let orders: Vec<_> =
-            params.iter().zip(to_host).map(|(p, to_host)| PatchOrder { params: p.clone(), to_host }).collect();
+        let orders: Vec<_> = params
+            .iter()
+            .zip(to_host)
+            .map(|(p, to_host)| PatchOrder { params: p.clone(), to_host, fitting: None })
+            .collect();
         let patches = model.run(&orders).unwrap();
         assert_eq!(patches.len(), 4);
         for (i, patch) in patches.iter().enumerate() {

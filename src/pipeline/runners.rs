@@ -13,25 +13,30 @@ use tokio::sync::Semaphore;
 use super::progress::{tell, Progress, ProgressSink};
 use super::{millis, Runner, Stage};
 use crate::batcher::{BatchError, BatchModel, BatchSettings, Batcher, CpuSlots, Lane};
+use crate::compositor::Fitting;
 use crate::error::PipelineError;
+#[cfg(test)]
+use crate::layout::Fit;
 use crate::model::device::download;
 use crate::model::{GenerationParams, Model, ModelError};
 use crate::registry::ModelRegistry;
-use crate::router::{GenerationJob, RoutePlan};
+use crate::router::{Background, GenerationJob, PatchSlot, RoutePlan};
 
-/// One patch to make: its generation parameters, and whether it is wanted on the host (its
-/// canvas is composited on the CPU).
+/// One patch to make: its generation parameters, whether it is wanted on the host (its
+/// canvas is composited on the CPU), and where it will be fitted when the worker should shrink
+/// it first (set for host patches made on a GPU, see [`Fitting::shrink`]).
 #[derive(Debug, Clone)]
 pub struct PatchOrder {
     pub params: GenerationParams,
     pub to_host: bool,
+    pub fitting: Option<Fitting>,
 }
 
 /// A batcher worker runs a model on a batch of orders: one patch each, where it is wanted.
-/// Patches for the host come there in the worker, the batch in one copy. A copy made later on
-/// the request's thread would wait behind every batch the workers had queued on the GPU since
-/// (a device's default stream runs in order), tying each request to the next batch as well as
-/// its own.
+/// Patches for the host come there in the worker, the batch in one copy, each shrunk first
+/// where its order says how it will be fitted. A copy made later on the request's thread
+/// would wait behind every batch the workers had queued on the GPU since (a device's default
+/// stream runs in order), tying each request to the next batch as well as its own.
 impl BatchModel for Model {
     type Item = PatchOrder;
     type Output = Tensor;
@@ -44,18 +49,73 @@ impl BatchModel for Model {
         if !orders.iter().any(|o| o.to_host) {
             return Ok(on_device);
         }
-        let on_host = download(&batch)?.f_unbind(0)?;
-        Ok(orders
-            .iter()
-            .zip(on_device.into_iter().zip(on_host))
-            .map(|(o, (d, h))| if o.to_host { h } else { d })
-            .collect())
+        if orders.iter().all(|o| o.fitting.is_none()) {
+            let on_host = download(&batch)?.f_unbind(0)?;
+            return Ok(orders
+                .iter()
+                .zip(on_device.into_iter().zip(on_host))
+                .map(|(o, (d, h))| if o.to_host { h } else { d })
+                .collect());
+        }
+        let mut patches = Vec::with_capacity(orders.len());
+        for (o, patch) in orders.iter().zip(on_device) {
+            patches.push(match (o.to_host, o.fitting) {
+                (true, Some(fitting)) => fitting.shrink(&patch)?.unwrap_or(patch),
+                _ => patch,
+            });
+        }
+        let wanted: Vec<bool> = orders.iter().map(|o| o.to_host).collect();
+        Ok(to_host_in_one_copy(patches, &wanted)?)
     }
 }
 
-/// The orders for `job`'s patches.
+/// `patches` with those `wanted` on the host copied there together: flattened into one
+/// tensor on the device, one copy, then cut apart again.
+fn to_host_in_one_copy(patches: Vec<Tensor>, wanted: &[bool]) -> Result<Vec<Tensor>, tch::TchError> {
+    let flat = patches
+        .iter()
+        .zip(wanted)
+        .filter(|(_, &w)| w)
+        .map(|(p, _)| p.f_reshape([-1]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sizes: Vec<i64> = flat.iter().map(Tensor::numel).map(|n| n as i64).collect();
+    let mut on_host = download(&Tensor::f_cat(&flat, 0)?)?.f_split_with_sizes(&sizes, 0)?.into_iter();
+    patches
+        .into_iter()
+        .zip(wanted)
+        .map(|(p, &w)| match (w, if w { on_host.next() } else { None }) {
+            (false, _) => Ok(p),
+            (true, Some(h)) => h.f_view(p.size().as_slice()),
+            (true, None) => Err(tch::TchError::Shape("a host patch went missing in the copy".into())),
+        })
+        .collect()
+}
+
+/// The orders for `job`'s patches. Host patches made on a GPU carry their fitting, so the
+/// worker shrinks them before the copy.
 fn orders(plan: &RoutePlan, job: &GenerationJob, to_host: bool) -> Vec<PatchOrder> {
-    plan.job_params(job).into_iter().map(|params| PatchOrder { params, to_host }).collect()
+    let shrink_first = to_host && job.model.generator.device().is_cuda();
+    plan.job_params(job)
+        .into_iter()
+        .zip(&job.slots)
+        .map(|(params, &slot)| PatchOrder { params, to_host, fitting: fitting(plan, slot).filter(|_| shrink_first) })
+        .collect()
+}
+
+/// Where the compositor fits the patch for `slot`: the background to the canvas, a region's
+/// patch to its rectangle. None for a patch that mattes itself (its colour is premultiplied
+/// by its alpha before it is resized).
+fn fitting(plan: &RoutePlan, slot: PatchSlot) -> Option<Fitting> {
+    match slot {
+        PatchSlot::Background => match &plan.background {
+            Background::Generated { fit, .. } => Some(Fitting { fit: *fit, w: plan.width, h: plan.height }),
+            _ => None,
+        },
+        PatchSlot::Region(r) => {
+            let region = plan.regions.get(r)?;
+            (!region.patch_matte).then_some(Fitting { fit: region.fit, w: region.rect.w, h: region.rect.h })
+        }
+    }
 }
 
 /// One batcher lane per model: its `[batching]` settings, else `defaults`.
@@ -172,6 +232,43 @@ impl Runner for Batched<'_> {
                 batches.push(patches);
             }
             Ok((batches, queue))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::RouterLimits;
+    use tch::Device;
+
+    /// The background is fitted to the canvas and a region's patch to its rectangle, except a
+    /// patch that mattes itself; on the CPU no order carries its fitting (nothing to copy).
+    #[test]
+    fn orders_say_where_their_patches_go_only_for_a_gpu() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let registry = Arc::new(ModelRegistry::load(&root.join("models"), Device::Cpu).unwrap());
+        let pipeline = super::super::Pipeline {
+            registry,
+            limits: RouterLimits::default(),
+            device: Device::Cpu,
+            composite_on: Default::default(),
+        };
+        let layout = br#"{"width": 300, "height": 200, "background": {"class": "background", "fit": "stretch"},
+            "regions": [{"class": "hand", "box": [10, 20, 40, 30], "fit": "contain"},
+                        {"class": "hand", "box": [100, 20, 50, 60], "matte": "region"}]}"#;
+        let plan = pipeline.plan(layout).unwrap();
+        assert_eq!(fitting(&plan, PatchSlot::Background), Some(Fitting { fit: Fit::Stretch, w: 300, h: 200 }));
+        // The bundled hand draws its alpha, which mattes its patch unless the region says not.
+        assert!(plan.regions[0].patch_matte && !plan.regions[1].patch_matte);
+        assert_eq!(fitting(&plan, PatchSlot::Region(0)), None);
+        assert_eq!(fitting(&plan, PatchSlot::Region(1)).map(|f| (f.w, f.h)), Some((50, 60)));
+        assert_eq!(fitting(&plan, PatchSlot::Region(7)), None);
+        let mut unmatted = plan.clone();
+        unmatted.regions[0].patch_matte = false;
+        assert_eq!(fitting(&unmatted, PatchSlot::Region(0)), Some(Fitting { fit: Fit::Contain, w: 40, h: 30 }));
+        for job in &plan.jobs {
+            assert!(orders(&plan, job, true).iter().all(|o| o.to_host && o.fitting.is_none()));
         }
     }
 }

@@ -155,8 +155,9 @@ impl AppState {
         for m in registry.iter() {
             let warmup = |source| EngineError::Warmup { model: m.name().to_string(), source };
             for &size in &sizes {
-                let orders =
-                    (0..size as u32).map(|s| PatchOrder { params: m.default_params(s), to_host: true }).collect();
+                let orders = (0..size as u32)
+                    .map(|s| PatchOrder { params: m.default_params(s), to_host: true, fitting: None })
+                    .collect();
                 let rx = batcher.submit(m.name(), orders).map_err(warmup)?;
                 rx.blocking_recv().map_err(|_| warmup(BatchError::Stopped(m.name().into())))?.map_err(warmup)?;
             }
