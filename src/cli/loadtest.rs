@@ -276,6 +276,18 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU seconds (user and system) process `pid` ("self" for this one) has used, from /proc
+/// (Linux; `None` elsewhere).
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime and stime 14 and 15.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
+}
+
 /// What `mixgan loadtest` runs: the rows at each concurrency and the alternating comparison
 /// with the bare generators, or, with `soak`, an open-loop overload run.
 pub struct LoadPlan {
@@ -390,9 +402,21 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let before = super::stages::scrape(&target);
     for i in 0..a.rounds.max(1) {
         let bare = bare_generators(registry.clone(), &a.layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch)?;
+        let server = child.as_ref().map(|c| c.child.id().to_string());
+        let cpu = || (server.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+        let (cpu_before, started) = (cpu(), Instant::now());
         let served = closed_loop(&target, top, round).rps();
+        let busy = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / started.elapsed().as_secs_f64());
+        let cpu_after = cpu();
+        let cores = match (busy(cpu_before.0, cpu_after.0), busy(cpu_before.1, cpu_after.1)) {
+            (Some(server), Some(client)) => format!(
+                " (cores busy: the server {server:.1}, this load generator {client:.1}, of {})",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+            _ => String::new(),
+        };
         *text += &format!(
-            "round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}\n",
+            "round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}{cores}\n",
             i + 1,
             a.max_batch,
             served / bare
@@ -454,4 +478,24 @@ fn soak(a: &LoadPlan, target: &Target, pid: Option<u32>, duration: Duration, tex
         bail!("answers other than 200 and 503: {other:?}, alive: {alive}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_count_this_process_working_and_no_other() {
+        let before = cpu_seconds("self").expect("this process's CPU time on Linux");
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = cpu_seconds("self").unwrap() - before;
+        // A clock tick is 10 ms: 0.3 s of work counts at least 0.2, and one thread no more than
+        // its wall time (plus the test harness's other threads, idle here).
+        assert!((0.2..1.0).contains(&used), "{used} CPU seconds for 0.3 s of work");
+        assert_eq!(cpu_seconds("4294967295"), None);
+    }
 }
