@@ -90,6 +90,8 @@ pub struct Config {
     pub cuda_kernels: bool,
     /// Record each generator's pass per batch size as a CUDA graph and replay it (CUDA only).
     pub cuda_graphs: bool,
+    /// Host threads waiting on the GPU sleep instead of spinning on a core (CUDA only).
+    pub cuda_blocking_sync: bool,
 }
 
 impl Default for Config {
@@ -118,6 +120,7 @@ impl Default for Config {
             cudnn_benchmark: true,
             cuda_kernels: true,
             cuda_graphs: true,
+            cuda_blocking_sync: false,
         }
     }
 }
@@ -168,6 +171,7 @@ impl Config {
             cudnn_benchmark: self.cudnn_benchmark,
             kernels: self.cuda_kernels,
             graphs: self.cuda_graphs,
+            blocking_sync: self.cuda_blocking_sync,
         }
     }
 
@@ -320,6 +324,8 @@ mod tests {
         // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
         assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
         assert!(Config::default().cuda_graphs && !load_env(&[("MIXGAN_CUDA_GRAPHS", "false")]).unwrap().cuda_graphs);
+        let blocking = load_env(&[("MIXGAN_CUDA_BLOCKING_SYNC", "on")]).unwrap();
+        assert!(!Config::default().cuda_blocking_sync && blocking.cuda_switches().blocking_sync);
         assert!(!load_env(&[("MIXGAN_CUDNN_BENCHMARK", "0")]).unwrap().cudnn_benchmark);
         let err = load_env(&[("MIXGAN_CUDNN_BENCHMARK", "maybe")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_CUDNN_BENCHMARK") && err.contains("true or false"), "{err}");

@@ -72,7 +72,12 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
     crate::model::device::configure_cuda(
         device,
-        CudaSwitches { cudnn_benchmark: a.cudnn_benchmark, kernels: a.cuda_kernels, graphs: a.cuda_graphs },
+        CudaSwitches {
+            cudnn_benchmark: a.cudnn_benchmark,
+            kernels: a.cuda_kernels,
+            graphs: a.cuda_graphs,
+            ..crate::config::Config::default().cuda_switches()
+        },
     );
     let models = if a.models.join("model.toml").is_file() {
         vec![a.models.clone()]

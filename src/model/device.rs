@@ -57,13 +57,14 @@ pub fn set_cudnn_benchmark(on: bool) {
     tch::Cuda::cudnn_set_benchmark(on);
 }
 
-/// The process-wide CUDA switches: cuDNN's autotuner, the generator's own kernels, and
-/// recording its passes as CUDA graphs.
+/// The process-wide CUDA switches: cuDNN's autotuner, the generator's own kernels,
+/// recording its passes as CUDA graphs, and host threads sleeping while they wait on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CudaSwitches {
     pub cudnn_benchmark: bool,
     pub kernels: bool,
     pub graphs: bool,
+    pub blocking_sync: bool,
 }
 
 /// Sets the switches where `device` is a GPU; elsewhere leaves them alone.
@@ -74,6 +75,11 @@ pub fn configure_cuda(device: Device, switches: CudaSwitches) {
         super::graphs::set_enabled(switches.graphs);
         if switches.graphs && !super::graphs::built() {
             tracing::warn!("cuda_graphs is on (the default), but this binary was built without CUDA graphs, so passes run as usual (see build.rs)");
+        }
+        if let (true, Device::Cuda(i)) = (switches.blocking_sync, device) {
+            if let Err(e) = super::graphs::blocking_waits(i) {
+                tracing::warn!(error = %e, "cuda_blocking_sync is on, but waits on the GPU still spin");
+            }
         }
     }
 }

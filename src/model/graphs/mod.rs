@@ -42,6 +42,13 @@ pub fn current_stream(device: usize) -> *mut std::ffi::c_void {
     shim::current_stream(device)
 }
 
+/// Makes host threads that wait on `device` (a copy to the host, the end of a stream) sleep
+/// until the GPU is done instead of spinning on a core, for the whole process
+/// (`cudaDeviceScheduleBlockingSync`). Through the shim, which reaches the CUDA runtime.
+pub fn blocking_waits(device: usize) -> Result<()> {
+    shim::blocking_waits(device)
+}
+
 /// A memory pool of libtorch's caching allocator that recorded passes allocate from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool(u64, u64);
@@ -245,6 +252,7 @@ mod shim {
         fn mixgan_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
         fn mixgan_graph_pool(g: *mut c_void, pool_a: *mut u64, pool_b: *mut u64);
         fn mixgan_graph_free(g: *mut c_void);
+        fn mixgan_cuda_blocking_sync(device: c_int, err: *mut c_char, len: usize) -> c_int;
     }
 
     pub struct Handle(*mut c_void);
@@ -293,6 +301,13 @@ mod shim {
         call("replaying a CUDA graph", |err, len| unsafe { mixgan_graph_replay(g.0, err, len) } == 0)
     }
 
+    pub fn blocking_waits(device: usize) -> Result<()> {
+        // SAFETY: the buffer outlives the call and its length is given.
+        call("making waits on the GPU block", |err, len| unsafe {
+            mixgan_cuda_blocking_sync(device as c_int, err, len) == 0
+        })
+    }
+
     pub fn pool(g: &Handle) -> Pool {
         let (mut a, mut b) = (0, 0);
         // SAFETY: a live handle and two valid out-pointers.
@@ -328,6 +343,10 @@ mod shim {
 
     pub fn pool(_g: &Handle) -> Pool {
         Pool(0, 0)
+    }
+
+    pub fn blocking_waits(_device: usize) -> Result<()> {
+        Err(TchError::Torch(NOT_BUILT.into()))
     }
 }
 

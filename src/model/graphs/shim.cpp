@@ -15,6 +15,8 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 namespace {
 
@@ -132,6 +134,25 @@ int mixgan_graph_end(void* handle, char* err, size_t len) {
     }
   }
   return rc;
+}
+
+// Makes host threads that wait on `device` sleep until it is done instead of spinning
+// (cudaDeviceScheduleBlockingSync on its primary context; the runtime overwrites the flags of
+// a context already made).
+int mixgan_cuda_blocking_sync(int device, char* err, size_t len) {
+  return guarded(err, len, [&] {
+    using SetFlags = int (*)(unsigned int);
+    static auto set_flags = reinterpret_cast<SetFlags>(dlsym(RTLD_DEFAULT, "cudaSetDeviceFlags"));
+    if (set_flags == nullptr) {
+      throw std::runtime_error("the loaded CUDA runtime has no cudaSetDeviceFlags");
+    }
+    DeviceScope scope(static_cast<c10::DeviceIndex>(device));
+    int rc = set_flags(cudaDeviceScheduleBlockingSync);
+    if (rc != 0) {
+      clear_last_error();
+      throw std::runtime_error("cudaSetDeviceFlags failed with CUDA error " + std::to_string(rc));
+    }
+  });
 }
 
 // Queues the recorded work on the thread's current stream.
