@@ -18,6 +18,16 @@ fn model_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A loaded test model (with the directory that holds it), the parameters of seeds
+/// 0..`n`, and their batch as generated.
+fn model_and_batch(n: u32) -> (tempfile::TempDir, Model, Vec<mixgan::model::GenerationParams>, tch::Tensor) {
+    let dir = model_dir();
+    let model = Model::load(dir.path(), Device::Cpu).unwrap();
+    let params: Vec<_> = (0..n).map(|s| model.default_params(s)).collect();
+    let batch = model.generate(&params).unwrap();
+    (dir, model, params, batch)
+}
+
 fn edit_toml(dir: &Path, from: &str, to: &str) {
     let path = dir.join("model.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -136,10 +146,7 @@ fn host_patches_with_a_fitting_come_shrunk_and_the_rest_as_made() {
     use mixgan::compositor::Fitting;
     use mixgan::layout::Fit;
     use mixgan::pipeline::PatchOrder;
-    let dir = model_dir();
-    let model = Model::load(dir.path(), Device::Cpu).unwrap();
-    let params: Vec<_> = (0..5).map(|s| model.default_params(s)).collect();
-    let batch = model.generate(&params).unwrap();
+    let (_dir, model, params, batch) = model_and_batch(5);
     let res = batch.size()[2];
     let cover = Fitting { fit: Fit::Cover, w: res / 2, h: res / 3 };
     let small = Some(cover);
@@ -175,10 +182,7 @@ fn host_patches_with_a_fitting_come_shrunk_and_the_rest_as_made() {
 fn a_batch_of_orders_gives_each_patch_in_order_where_it_is_wanted() {
     use mixgan::batcher::BatchModel;
     use mixgan::pipeline::PatchOrder;
-    let dir = model_dir();
-    let model = Model::load(dir.path(), Device::Cpu).unwrap();
-    let params: Vec<_> = (0..4).map(|s| model.default_params(s)).collect();
-    let batch = model.generate(&params).unwrap();
+    let (_dir, model, params, batch) = model_and_batch(4);
     for to_host in [[false; 4], [true; 4], [true, false, false, true]] {
         let orders: Vec<_> = params
             .iter()
