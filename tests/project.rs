@@ -59,3 +59,17 @@ fn a_batch_of_targets_projects_as_each_would_alone() {
         assert!(diff <= 1e-3 * spread.max(1.0), "target {i}: {diff}");
     }
 }
+
+/// The server's warm-up search (on CUDA) runs on a blank target and leaves the model as it
+/// was: the same pictures after it as before.
+#[test]
+fn a_warm_up_search_runs_and_changes_nothing() {
+    for name in ["face", "hand"] {
+        let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name), Device::Cpu).unwrap();
+        assert!(model.can_project(), "{name}");
+        let params = [model.default_params(5)];
+        let before = model.generate(&params).unwrap();
+        model.warm_search().unwrap();
+        assert!(model.generate(&params).unwrap().equal(&before), "{name}: the warm-up search changed the model");
+    }
+}

@@ -162,6 +162,15 @@ impl AppState {
                 rx.blocking_recv().map_err(|_| warmup(BatchError::Stopped(m.name().into())))?.map_err(warmup)?;
             }
         }
+        // On CUDA a process's first search also tunes the backward pass: a short one per model
+        // that can project moves that here. A failure only costs the first repair that time.
+        if self.device.is_cuda() && c.warmup_iterations > 0 {
+            for m in registry.iter().filter(|m| m.can_project()) {
+                if let Err(e) = m.warm_search() {
+                    tracing::warn!(model = m.name(), error = %e, "the warm-up search failed; the first repair tunes instead");
+                }
+            }
+        }
         let pipeline = Arc::new(Pipeline {
             registry,
             limits: c.limits.clone(),
