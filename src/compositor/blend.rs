@@ -159,6 +159,21 @@ fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<(Tensor, Tensor)>>
 /// Colour matching: the patch's per-channel mean and deviation (inside `inside`) moved to
 /// those of `base` over `ring`.
 pub fn match_colors(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tensor) -> Result<Tensor> {
+    if cpu::weighs(patch, inside) && cpu::weighs(base, ring) && patch.size()[0] == base.size()[0] {
+        return match (cpu::masked_stats(patch, inside)?, cpu::masked_stats(base, ring)?) {
+            (Some(own), Some(around)) => {
+                let moves: Vec<_> =
+                    own.iter().zip(&around).map(|(&(mp, sp), &(mr, sr))| (mp, sr / sp.max(1e-3), mr)).collect();
+                cpu::shift_channels(patch, &moves)
+            }
+            _ => Ok(patch.shallow_clone()),
+        };
+    }
+    match_colors_ops(patch, inside, base, ring)
+}
+
+/// `match_colors` in tensor ops, for any device.
+pub(super) fn match_colors_ops(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tensor) -> Result<Tensor> {
     match (masked_stats(patch, inside)?, masked_stats(base, ring)?) {
         (Some((mp, sp)), Some((mr, sr))) => patch.f_sub(&mp)?.f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?.f_add(&mr),
         _ => Ok(patch.shallow_clone()),

@@ -227,6 +227,48 @@ pub fn masked_divergence(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result
     })
 }
 
+/// Whether `x` fits the filters here and `weight` is one plane of its size.
+pub fn weighs(x: &Tensor, weight: &Tensor) -> bool {
+    fits(x) && fits(weight) && weight.size()[0] == 1 && weight.size()[1..] == x.size()[1..]
+}
+
+/// Per channel of `x` [C, h, w] (see [`weighs`]), the mean and the standard deviation (with
+/// 1e-8 added under the root) over the pixels where `weight` is over one half; `None` under 8
+/// such pixels. Colour matching's statistics in two passes, summed in double precision.
+pub fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<Vec<(f32, f32)>>> {
+    let (x, [_, h, w]) = values(x)?;
+    let (weight, _) = values(weight)?;
+    let inside: Vec<bool> = read(&weight).iter().map(|&m| m > 0.5).collect();
+    let n = inside.iter().filter(|&&i| i).count();
+    if n < 8 {
+        return Ok(None);
+    }
+    let stats = read(&x)
+        .chunks_exact(h * w)
+        .map(|plane| {
+            let picked = || plane.iter().zip(&inside).filter(|(_, &i)| i).map(|(&v, _)| f64::from(v));
+            let mean = picked().sum::<f64>() / n as f64;
+            let var = picked().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            (mean as f32, (var + 1e-8).sqrt() as f32)
+        })
+        .collect();
+    Ok(Some(stats))
+}
+
+/// `x` [C, h, w] with channel `c` made `(x - from) * gain + to` for `moves[c] = (from, gain,
+/// to)`, in one pass.
+pub fn shift_channels(x: &Tensor, moves: &[(f32, f32, f32)]) -> Result<Tensor> {
+    let (x, [c, h, w]) = values(x)?;
+    let src = read(&x);
+    fresh(c, h, w, |out| {
+        for ((dst, plane), &(from, gain, to)) in out.chunks_exact_mut(h * w).zip(src.chunks_exact(h * w)).zip(moves) {
+            for (d, &v) in dst.iter_mut().zip(plane) {
+                *d = (v - from) * gain + to;
+            }
+        }
+    })
+}
+
 /// For each of `to` samples resampling `n`: the two source samples and the weight of the
 /// second, placed as libtorch places them (source `(i + 0.5) * n / to - 0.5` in single
 /// precision with one rounding, clamped at 0).
@@ -324,6 +366,33 @@ mod tests {
                 assert!(diff < 1e-6, "{:?} to {to_h}x{to_w}: {diff}", x.size());
             }
         }
+    }
+
+    #[test]
+    fn colour_matching_equals_its_tensor_ops() {
+        tch::manual_seed(8);
+        for (h, w) in [(40, 30), (9, 7), (64, 65)] {
+            let patch = Tensor::rand([3, h, w], (Kind::Float, Device::Cpu)) * 1.6 - 0.9;
+            let base = Tensor::rand([3, h + 6, w + 6], (Kind::Float, Device::Cpu)) * 0.8 - 0.2;
+            let inside = Tensor::rand([1, h, w], (Kind::Float, Device::Cpu));
+            let ring = Tensor::rand([1, h + 6, w + 6], (Kind::Float, Device::Cpu)).gt(0.7).to_kind(Kind::Float);
+            // A window of a larger canvas, as the compositor passes it.
+            let canvas = Tensor::rand([3, h + 20, w + 20], (Kind::Float, Device::Cpu));
+            let window = canvas.narrow(1, 5, h + 6).narrow(2, 3, w + 6);
+            for around in [&base, &window] {
+                let ours = blend::match_colors(&patch, &inside, around, &ring).unwrap();
+                let ops = blend::match_colors_ops(&patch, &inside, around, &ring).unwrap();
+                // Sums of some thousand values: float32's against double precision's.
+                let diff = largest_difference(&ours, &ops);
+                assert!(diff < 2e-5, "{h}x{w}: {diff}");
+                assert!(largest_difference(&ours, &patch) > 1e-2, "{h}x{w}: nothing moved");
+            }
+        }
+        // Under eight pixels inside: the patch as it was, both ways.
+        let patch = Tensor::rand([3, 4, 4], (Kind::Float, Device::Cpu));
+        let few = Tensor::zeros([1, 4, 4], (Kind::Float, Device::Cpu));
+        let ours = blend::match_colors(&patch, &few, &patch, &Tensor::ones([1, 4, 4], (Kind::Float, Device::Cpu)));
+        assert!(ours.unwrap().equal(&patch));
     }
 
     #[test]
