@@ -11,6 +11,7 @@ use clap::Args;
 use tch::Device;
 
 use super::{python, say};
+use crate::config::Config;
 use crate::model::device::CudaSwitches;
 use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError, Precision};
 
@@ -49,14 +50,14 @@ pub struct BenchArgs {
     /// precision but fp32 are also compared with fp32's.
     #[arg(long)]
     precision: Option<Precision>,
-    /// cuDNN's autotuner on CUDA (true or false).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// cuDNN's autotuner on CUDA (true or false; the default is the server's).
+    #[arg(long, default_value_t = Config::default().cudnn_benchmark, action = clap::ArgAction::Set)]
     cudnn_benchmark: bool,
     /// The generator's own CUDA kernels (true or false); off, libtorch's tensor ops instead.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = Config::default().cuda_kernels, action = clap::ArgAction::Set)]
     cuda_kernels: bool,
     /// Record each pass per batch size as a CUDA graph and replay it (true or false).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = Config::default().cuda_graphs, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
     /// Fold the upsampling filter into the weights (true or false; default: measured per block
     /// and batch where the generator's CUDA kernels run, else on CUDA only).
@@ -76,7 +77,7 @@ pub fn run_command(a: BenchArgs) -> Result<()> {
             cudnn_benchmark: a.cudnn_benchmark,
             kernels: a.cuda_kernels,
             graphs: a.cuda_graphs,
-            ..crate::config::Config::default().cuda_switches()
+            ..Config::default().cuda_switches()
         },
     );
     let models = if a.models.join("model.toml").is_file() {

@@ -400,23 +400,23 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));
     let mut ratios = Vec::new();
     let before = super::stages::scrape(&target);
+    let server = child.as_ref().map(|c| c.child.id().to_string());
+    let cpu = || (server.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     for i in 0..a.rounds.max(1) {
         let bare = bare_generators(registry.clone(), &a.layout, (round.as_secs_f64() * 30.0) as usize, a.max_batch)?;
-        let server = child.as_ref().map(|c| c.child.id().to_string());
-        let cpu = || (server.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
         let (cpu_before, started) = (cpu(), Instant::now());
         let served = closed_loop(&target, top, round).rps();
         let busy = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / started.elapsed().as_secs_f64());
         let cpu_after = cpu();
-        let cores = match (busy(cpu_before.0, cpu_after.0), busy(cpu_before.1, cpu_after.1)) {
-            (Some(server), Some(client)) => format!(
-                " (cores busy: the server {server:.1}, this load generator {client:.1}, of {})",
-                std::thread::available_parallelism().map_or(0, |n| n.get())
-            ),
+        let busy_cores = match (busy(cpu_before.0, cpu_after.0), busy(cpu_before.1, cpu_after.1)) {
+            (Some(server), Some(client)) => {
+                format!(" (cores busy: the server {server:.1}, this load generator {client:.1}, of {cores})")
+            }
             _ => String::new(),
         };
         *text += &format!(
-            "round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}{cores}\n",
+            "round {}: bare generators {bare:.2} layouts/s (batch {}), service {served:.2} req/s at concurrency {top}: {:.2}{busy_cores}\n",
             i + 1,
             a.max_batch,
             served / bare

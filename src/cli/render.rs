@@ -67,7 +67,7 @@ pub struct RenderArgs {
     leak: bool,
     /// On CUDA, record each generator pass per batch size, and a search's step, as a CUDA
     /// graph and replay it (true or false).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = Config::default().cuda_graphs, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
 }
 

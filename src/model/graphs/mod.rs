@@ -6,7 +6,8 @@
 //! caching allocator keeps the recorded pass's memory in a pool of its own.
 //!
 //! This module owns the shim, the `cuda_graphs` switch and [`Graphs`], the per-key cache of
-//! recorded passes with their input and output tensors. It does not know what a pass computes;
+//! recorded passes with their input and output tensors; and, since the shim is what reaches
+//! the CUDA runtime, [`blocking_waits`]. It does not know what a pass computes;
 //! the generator decides what may be recorded (no host reads or host-to-device copies inside).
 
 use std::collections::HashMap;
