@@ -20,6 +20,7 @@ use crate::compositor::{Composited, Compositor, Patches};
 use crate::encode::{self, Format};
 use crate::error::{LayoutError, PipelineError, UnknownChoice};
 use crate::layout::{ImageFormat, Layout};
+use crate::model::graphs::SideStream;
 use crate::model::to_pixels;
 use crate::registry::ModelRegistry;
 use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
@@ -275,7 +276,7 @@ impl Pipeline {
         };
 
         let started = Instant::now();
-        let to_host = self.composite_on.device(self.device, plan.width * plan.height) == Device::Cpu;
+        let to_host = self.composite_device(&plan) == Device::Cpu;
         let (batches, queue) = runner.generate(&plan, to_host, sink.clone()).await?;
         timings.generate = started.elapsed();
         timings.queue = queue;
@@ -287,11 +288,15 @@ impl Pipeline {
         let (plan, Composited { canvas, alphas }, bytes, composite, encode) = runner
             .cpu(Stage::Composite, move || {
                 let patches = assemble(&plan, batches)?;
+                // Dropped before the patches: the device's stream then waits for this one
+                // before it can reuse their memory.
+                let stream = SideStream::enter(me.composite_device(&plan));
                 let started = Instant::now();
                 let done = me.composite(&plan, &patches)?;
                 let composite = started.elapsed();
                 let started = Instant::now();
                 let bytes = me.encode(&done.canvas, &plan)?;
+                drop(stream);
                 Ok((plan, done, bytes, composite, started.elapsed()))
             })
             .await?;
@@ -318,10 +323,14 @@ impl Pipeline {
         Router { registry: &self.registry, limits: &self.limits }.route(&layout)
     }
 
+    /// Where `plan`'s canvas is composited.
+    pub fn composite_device(&self, plan: &RoutePlan) -> Device {
+        self.composite_on.device(self.device, plan.width * plan.height)
+    }
+
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited, PipelineError> {
         let _guard = tch::no_grad_guard();
-        let device = self.composite_on.device(self.device, plan.width * plan.height);
-        Ok(Compositor { device }.composite(plan, patches)?)
+        Ok(Compositor { device: self.composite_device(plan) }.composite(plan, patches)?)
     }
 
     pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, PipelineError> {

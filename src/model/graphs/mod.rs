@@ -7,7 +7,7 @@
 //!
 //! This module owns the shim, the `cuda_graphs` switch and [`Graphs`], the per-key cache of
 //! recorded passes with their input and output tensors; and, since the shim is what reaches
-//! the CUDA runtime, [`blocking_waits`]. It does not know what a pass computes;
+//! the CUDA runtime, [`blocking_waits`] and [`SideStream`]. It does not know what a pass computes;
 //! the generator decides what may be recorded (no host reads or host-to-device copies inside).
 
 use std::collections::HashMap;
@@ -48,6 +48,44 @@ pub fn current_stream(device: usize) -> *mut std::ffi::c_void {
 /// (`cudaDeviceScheduleBlockingSync`). Through the shim, which reaches the CUDA runtime.
 pub fn blocking_waits(device: usize) -> Result<()> {
     shim::blocking_waits(device)
+}
+
+/// This thread's CUDA work on a stream of its own from libtorch's pool while the guard lives,
+/// started after what the thread's stream had queued (patches made by the generators' workers
+/// on the device's default stream) and followed by it again when the guard drops. Compositing
+/// on a GPU runs under one: requests composite side by side on the device, where on the one
+/// default stream each waited behind every other request's work and every generator batch
+/// queued before its own copies. A thread keeps its stream from one guard to the next: the
+/// caching allocator keeps freed memory per stream, so a new stream each time would start
+/// with none and allocate afresh from the device. `None` on the CPU, where the shim is not
+/// built, or where no stream can be had (the work then stays on the current stream).
+pub struct SideStream {
+    _handle: shim::SideHandle,
+    // The guard restores this thread's stream: it must drop on the thread that made it.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl SideStream {
+    pub fn enter(device: Device) -> Option<SideStream> {
+        thread_local! {
+            /// This thread's device and stream on it (0 until a guard takes one from the pool).
+            static OWN: std::cell::Cell<(usize, i64)> = const { std::cell::Cell::new((0, 0)) };
+        }
+        let Device::Cuda(i) = device else { return None };
+        let mut id = match OWN.get() {
+            (on, id) if on == i => id,
+            _ => 0,
+        };
+        let entered = shim::side_stream_enter(i, &mut id);
+        OWN.set((i, id));
+        match entered {
+            Ok(handle) => Some(SideStream { _handle: handle, _not_send: std::marker::PhantomData }),
+            Err(e) => {
+                tracing::debug!(error = %e, "no side stream; working on the current one");
+                None
+            }
+        }
+    }
 }
 
 /// A memory pool of libtorch's caching allocator that recorded passes allocate from.
@@ -254,6 +292,27 @@ mod shim {
         fn mixgan_graph_pool(g: *mut c_void, pool_a: *mut u64, pool_b: *mut u64);
         fn mixgan_graph_free(g: *mut c_void);
         fn mixgan_cuda_blocking_sync(device: c_int, err: *mut c_char, len: usize) -> c_int;
+        fn mixgan_side_stream_enter(device: c_int, id: *mut i64, err: *mut c_char, len: usize) -> *mut c_void;
+        fn mixgan_side_stream_exit(s: *mut c_void);
+    }
+
+    pub struct SideHandle(*mut c_void);
+
+    impl Drop for SideHandle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from mixgan_side_stream_enter and is given back only here.
+            unsafe { mixgan_side_stream_exit(self.0) }
+        }
+    }
+
+    pub fn side_stream_enter(device: usize, id: &mut i64) -> Result<SideHandle> {
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: `id` and the buffer outlive the call and the buffer's length is given.
+        call("taking a side stream", |err, len| {
+            handle = unsafe { mixgan_side_stream_enter(device as c_int, id, err, len) };
+            !handle.is_null()
+        })?;
+        Ok(SideHandle(handle))
     }
 
     pub struct Handle(*mut c_void);
@@ -323,6 +382,11 @@ mod shim {
     use tch::TchError;
 
     pub struct Handle;
+    pub struct SideHandle;
+
+    pub fn side_stream_enter(_device: usize, _id: &mut i64) -> Result<SideHandle> {
+        Err(TchError::Torch(NOT_BUILT.into()))
+    }
 
     const NOT_BUILT: &str = "this binary was built without CUDA graphs (see build.rs)";
 

@@ -1,6 +1,7 @@
 // CUDA graph capture and replay for the generator, over libtorch's own at::cuda::CUDAGraph
 // (tch binds none of it), so the caching allocator and libtorch's streams take part as they
-// do for PyTorch's graphs. Every entry point catches C++ exceptions and hands back their text:
+// do for PyTorch's graphs; and side streams from libtorch's pool for work that should not
+// queue behind everything else on the default stream. Every entry point catches C++ exceptions and hands back their text:
 // nothing may unwind into Rust. CUDA runtime calls of our own are looked up at run time in the
 // runtime libtorch already loaded, so the binary needs no CUDA library at link time beyond
 // libtorch's.
@@ -73,6 +74,44 @@ struct DeviceScope {
     }
   }
 };
+
+// A stream of this thread's own for a stretch of work (see SideStream in mod.rs).
+struct Side {
+  c10::cuda::CUDAStream previous;
+  c10::cuda::CUDAStream side;
+};
+
+// Makes `later` wait (on the GPU, not the host) for what `first` has queued so far, through
+// an event made for the purpose (the runtime's calls looked up as for the blocking sync:
+// ATen's event class pulls in headers the shim cannot build with).
+void order_after(const c10::cuda::CUDAStream& first, const c10::cuda::CUDAStream& later) {
+  using Create = int (*)(void**, unsigned int);
+  using Record = int (*)(void*, void*);
+  using Wait = int (*)(void*, void*, unsigned int);
+  using Destroy = int (*)(void*);
+  static auto create = reinterpret_cast<Create>(dlsym(RTLD_DEFAULT, "cudaEventCreateWithFlags"));
+  static auto record = reinterpret_cast<Record>(dlsym(RTLD_DEFAULT, "cudaEventRecord"));
+  static auto wait = reinterpret_cast<Wait>(dlsym(RTLD_DEFAULT, "cudaStreamWaitEvent"));
+  static auto destroy = reinterpret_cast<Destroy>(dlsym(RTLD_DEFAULT, "cudaEventDestroy"));
+  if (create == nullptr || record == nullptr || wait == nullptr || destroy == nullptr) {
+    throw std::runtime_error("the loaded CUDA runtime lacks its event calls");
+  }
+  DeviceScope scope(first.device_index());
+  void* event = nullptr;
+  constexpr unsigned int kDisableTiming = 0x02;  // cudaEventDisableTiming
+  int rc = create(&event, kDisableTiming);
+  if (rc == 0) {
+    rc = record(event, first.stream());
+    if (rc == 0) {
+      rc = wait(later.stream(), event, 0);
+    }
+    destroy(event);  // the wait already queued keeps what it needs
+  }
+  if (rc != 0) {
+    clear_last_error();
+    throw std::runtime_error("ordering two CUDA streams failed with CUDA error " + std::to_string(rc));
+  }
+}
 
 }  // namespace
 
@@ -153,6 +192,32 @@ int mixgan_cuda_blocking_sync(int device, char* err, size_t len) {
       throw std::runtime_error("cudaSetDeviceFlags failed with CUDA error " + std::to_string(rc));
     }
   });
+}
+
+// Makes a stream current for this thread on `device`, after everything queued so far on the
+// thread's current stream: the stream `*id` names, or (where it is 0) one from libtorch's
+// pool, whose id is then written to `*id`.
+void* mixgan_side_stream_enter(int device, long long* id, char* err, size_t len) {
+  Side* out = nullptr;
+  guarded(err, len, [&] {
+    auto index = static_cast<c10::DeviceIndex>(device);
+    auto previous = c10::cuda::getCurrentCUDAStream(index);
+    auto side = *id != 0 ? c10::cuda::CUDAStream::unpack3(*id, index, c10::DeviceType::CUDA)
+                         : c10::cuda::getStreamFromPool(false, index);
+    order_after(previous, side);
+    c10::cuda::setCurrentCUDAStream(side);
+    *id = side.id();
+    out = new Side{previous, side};
+  });
+  return out;
+}
+
+// Makes the previous stream current again, ordered after the side stream's work.
+void mixgan_side_stream_exit(void* handle) {
+  auto* s = static_cast<Side*>(handle);
+  guarded(nullptr, 0, [&] { order_after(s->side, s->previous); });
+  guarded(nullptr, 0, [&] { c10::cuda::setCurrentCUDAStream(s->previous); });
+  delete s;
 }
 
 // Queues the recorded work on the thread's current stream.

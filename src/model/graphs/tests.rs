@@ -43,6 +43,8 @@ fn without_a_gpu_recording_is_an_error_not_a_crash() {
     assert!(err.to_string().contains("CUDA graph"), "{err}");
     assert!(!ran.get(), "nothing is recorded when the capture cannot start");
     assert!(current_stream(0).is_null());
+    assert!(SideStream::enter(Device::Cpu).is_none(), "the CPU has no streams");
+    assert!(SideStream::enter(Device::Cuda(0)).is_none(), "no GPU here: the work stays where it is");
     let err = blocking_waits(0).expect_err("no GPU here");
     assert!(err.to_string().contains("waits on the GPU") || err.to_string().contains("without CUDA graphs"), "{err}");
 }
