@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{agent, projection_layout, Server};
+use common::server::{agent, projection_layout, reply, Reply, Server};
 
 const PORTRAIT: &str = include_str!("../examples/portrait.json");
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -200,7 +200,7 @@ fn sigterm_drains_the_request_in_flight_then_exits_0() {
 }
 
 #[test]
-fn concurrent_requests_share_batches() {
+fn concurrent_requests_share_batches_and_each_shows_what_it_shows_alone() {
     let s = Server::start(
         &[("MIXGAN_MAX_WAIT_MS", "30"), ("MIXGAN_MAX_BATCH", "16"), ("MIXGAN_WARMUP_ITERATIONS", "0")],
         &[],
@@ -213,24 +213,36 @@ fn concurrent_requests_share_batches() {
                 let a = agent(Some(Duration::from_secs(60)));
                 (0..3)
                     .map(|i| {
-                        a.post(format!("{base}/v1/compose"))
-                            .header("content-type", "application/json")
-                            .send(one_face(t * 10 + i).as_bytes())
-                            .unwrap()
-                            .status()
-                            .as_u16()
+                        let seed = t * 10 + i;
+                        (
+                            seed,
+                            reply(
+                                a.post(format!("{base}/v1/compose"))
+                                    .header(JSON.0, JSON.1)
+                                    .send(one_face(seed).as_bytes()),
+                            ),
+                        )
                     })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    for t in threads {
-        assert!(t.join().unwrap().iter().all(|&c| c == 200));
-    }
+    let answers: Vec<(u32, Reply)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().all(|(_, r)| r.status == 200));
     // Each request has one face patch: a mean batch above 1 means requests were batched together.
     let (sum, count) = s.histogram("mixgan_batch_size", "model=\"face\"");
     assert_eq!(sum, 24.0);
     assert!(sum / count > 1.0, "mean face batch {}", sum / count);
+    // Batched with others, each answer shows its own layout: what the layout gives alone, but
+    // for the float sums of a larger batch (within a level; another seed's face is tens off).
+    let pixels = |body: &[u8]| image::load_from_memory(body).expect("a picture").to_rgb8();
+    for (seed, batched) in &answers {
+        let alone = s.compose(&one_face(*seed));
+        assert_eq!(alone.status, 200);
+        let (a, b) = (pixels(&batched.body), pixels(&alone.body));
+        let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        assert!(worst <= 2, "seed {seed}: batched differs from alone by {worst} levels");
+    }
 }
 
 #[test]
