@@ -99,9 +99,10 @@ pub fn millis(d: Duration) -> f64 {
 }
 
 /// Where the canvas is composited. On a GPU a small canvas is a long chain of small kernels
-/// that every request queues on the same stream, while on the CPU requests composite side by
-/// side, one per core; a large canvas is much faster on the GPU. `auto` (the default) follows
-/// that: the CPU for canvases up to [`AUTO_CPU_MAX_PIXELS`], the generators' device above.
+/// whose launches cost the host more than compositing it on the CPU (each request on a
+/// stream of its own, see [`SideStream`]), while on the CPU requests composite side by side,
+/// one per core; a large canvas is much faster on the GPU. `auto` (the default) follows that:
+/// the CPU for canvases up to [`AUTO_CPU_MAX_PIXELS`], the generators' device above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum CompositeOn {
@@ -114,7 +115,8 @@ pub enum CompositeOn {
 /// The largest canvas `auto` composites on the CPU when the generators run on a GPU: 1024 x
 /// 1024. Chosen from one H200 (commit a1635c1): 512 px portraits served 396 requests/s
 /// composited on its CPU against 145 on the GPU, while one 2048 px portrait took 55 ms to
-/// composite on the CPU against 9 ms on the GPU.
+/// composite on the CPU against 9 ms on the GPU. Still so with side streams (5960098): 424-462
+/// requests/s on the GPU against 796-955 on the CPU.
 pub const AUTO_CPU_MAX_PIXELS: i64 = 1024 * 1024;
 
 impl std::str::FromStr for CompositeOn {
