@@ -137,11 +137,11 @@ fn bad_generation_parameters_are_refused_by_name() {
     }
 }
 
-/// Orders that say where their patch will be fitted get it shrunk first (on the CPU too, when
+/// Orders that say where their patch will be fitted get it resized first (on the CPU too, when
 /// an order asks; the pipeline asks only on a GPU), each host patch at its own size from the
 /// batch's one copy; the others as they came.
 #[test]
-fn host_patches_with_a_fitting_come_shrunk_and_the_rest_as_made() {
+fn host_patches_with_a_fitting_come_resized_and_the_rest_as_made() {
     use mixgan::batcher::BatchModel;
     use mixgan::compositor::Fitting;
     use mixgan::layout::Fit;
@@ -165,13 +165,14 @@ fn host_patches_with_a_fitting_come_shrunk_and_the_rest_as_made() {
     assert_eq!(sizes[0][1..], [h, w]);
     assert!(h < res && w < res);
     assert_eq!(sizes[3][1..], [res / 4, res - 1]);
-    for i in [1, 2, 4] {
-        assert_eq!(sizes[i][1..], [res, res], "patch {i} was not to be shrunk");
+    assert_eq!(sizes[4][1..], [2 * res, 2 * res], "enlarged first");
+    for i in [1, 2] {
+        assert_eq!(sizes[i][1..], [res, res], "patch {i} was not to be resized");
     }
     for (i, (patch, order)) in patches.iter().zip(&orders).enumerate() {
         let row = batch.get(i as i64);
         let expected = match (order.to_host, order.fitting) {
-            (true, Some(f)) => f.shrink(&row).unwrap().unwrap_or(row),
+            (true, Some(f)) => f.resize_first(&row).unwrap().unwrap_or(row),
             _ => row,
         };
         assert!(patch.equal(&expected), "patch {i}");

@@ -123,20 +123,25 @@ impl Fitting {
         }
     }
 
-    /// `patch` [C, H, W] resized on its own device as [`fit_patch`] would resize it, where that
-    /// shrinks it: fitting the result then resizes nothing, and gives the same pixels. `None`
-    /// where it would not shrink, or where the result would be resized again. A GPU does this
-    /// before a patch is copied to the host for a CPU canvas: a 1024 px patch for a 236 px
-    /// region is a nineteenth of the bytes, and the CPU's slowest resize is gone.
-    pub fn shrink(&self, patch: &Tensor) -> Result<Option<Tensor>> {
+    /// `patch` [C, H, W] resized on its own device as [`fit_patch`] would resize it: fitting
+    /// the result then resizes nothing, and gives the same pixels. `None` where the size would
+    /// not change, where the result would be resized again, or where it would have more than
+    /// [`LARGEST_RESIZED_FIRST`] pixels. A GPU does this before a patch is copied to the host
+    /// for a CPU canvas: a 1024 px patch for a 236 px region is a nineteenth of the bytes, and
+    /// a 128 px background for a 512 px canvas leaves the host's cores nothing to upscale.
+    pub fn resize_first(&self, patch: &Tensor) -> Result<Option<Tensor>> {
         let (ph, pw) = (patch.size()[1], patch.size()[2]);
         let (h, w) = self.resized(ph, pw);
-        if (h >= ph && w >= pw) || self.resized(h, w) != (h, w) {
+        if (h, w) == (ph, pw) || h * w > LARGEST_RESIZED_FIRST || self.resized(h, w) != (h, w) {
             return Ok(None);
         }
         Ok(Some(resize(&patch.f_contiguous()?, h, w)?))
     }
 }
+
+/// The most pixels [`Fitting::resize_first`] enlarges a patch to: 1024 x 1024, the largest
+/// canvas `composite_on = auto` composites on the CPU (12 MB of float32 colour to copy).
+pub const LARGEST_RESIZED_FIRST: i64 = 1024 * 1024;
 
 fn window(t: &Tensor, r: &Rect) -> Result<Tensor> {
     t.f_narrow(1, r.y, r.h)?.f_narrow(2, r.x, r.w)
@@ -379,37 +384,45 @@ pub fn ownership_map(plan: &RoutePlan, alphas: &[Option<Tensor>]) -> Result<imag
 mod tests {
     use super::*;
 
-    /// A patch shrunk first (as the generators' device does for a CPU canvas) fits to the
+    /// A patch resized first (as the generators' device does for a CPU canvas) fits to the
     /// same pixels as the whole patch, for every fit, square and oblong patches, and
-    /// rectangles that shrink one side or both; rectangles that only enlarge are left whole.
+    /// rectangles that shrink one side or both or enlarge it; a patch already at its fitted
+    /// size, or one that would pass the bound, is left whole.
     #[test]
-    fn a_patch_shrunk_first_fits_to_the_same_pixels() {
+    fn a_patch_resized_first_fits_to_the_same_pixels() {
         tch::manual_seed(5);
-        let mut shrunk = 0;
+        let (mut shrunk, mut enlarged) = (0, 0);
         for (ph, pw) in [(64, 64), (48, 64)] {
             let patch = Tensor::rand([3, ph, pw], (Kind::Float, Device::Cpu));
-            for (w, h) in [(40, 30), (20, 50), (63, 10), (64, 64), (100, 80), (30, 90), (1, 1)] {
+            for (w, h) in [(40, 30), (20, 50), (63, 10), (64, 64), (100, 80), (30, 90), (1, 1), (300, 200)] {
                 for fit in [Fit::Stretch, Fit::Cover, Fit::Contain] {
                     let fitting = Fitting { fit, w, h };
                     let whole = fit_patch(&patch, w, h, fit, false).unwrap();
-                    let Some(small) = fitting.shrink(&patch).unwrap() else {
+                    let Some(first) = fitting.resize_first(&patch).unwrap() else {
                         let (rh, rw) = fitting.resized(ph, pw);
-                        assert!((rh >= ph && rw >= pw) || fitting.resized(rh, rw) != (rh, rw), "{fit:?} {w}x{h}");
+                        assert!((rh, rw) == (ph, pw) || fitting.resized(rh, rw) != (rh, rw), "{fit:?} {w}x{h}");
                         continue;
                     };
-                    shrunk += 1;
-                    assert!(small.size()[1] < ph || small.size()[2] < pw, "{fit:?} {w}x{h}: {:?}", small.size());
-                    let from_small = fit_patch(&small, w, h, fit, false).unwrap();
-                    assert!(whole.0.equal(&from_small.0), "{fit:?} {w}x{h} from {ph}x{pw}");
-                    assert_eq!(whole.1.is_some(), from_small.1.is_some());
-                    if let (Some(a), Some(b)) = (&whole.1, &from_small.1) {
+                    if first.size()[1] * first.size()[2] < ph * pw {
+                        shrunk += 1;
+                    } else {
+                        enlarged += 1;
+                    }
+                    assert_eq!((first.size()[1], first.size()[2]), fitting.resized(ph, pw), "{fit:?} {w}x{h}");
+                    let from_first = fit_patch(&first, w, h, fit, false).unwrap();
+                    assert!(whole.0.equal(&from_first.0), "{fit:?} {w}x{h} from {ph}x{pw}");
+                    assert_eq!(whole.1.is_some(), from_first.1.is_some());
+                    if let (Some(a), Some(b)) = (&whole.1, &from_first.1) {
                         assert!(a.equal(b), "coverage, {fit:?} {w}x{h}");
                     }
                 }
             }
-            let enlarge = Fitting { fit: Fit::Cover, w: 100, h: 80 };
-            assert!(enlarge.shrink(&patch).unwrap().is_none());
+            let beyond = Fitting { fit: Fit::Stretch, w: 2048, h: 1024 };
+            assert!(beyond.resize_first(&patch).unwrap().is_none(), "past the bound");
+            let already = Fitting { fit: Fit::Stretch, w: pw, h: ph };
+            assert!(already.resize_first(&patch).unwrap().is_none(), "nothing to resize");
         }
+        assert!(enlarged >= 10, "only {enlarged} cases enlarged");
         assert!(shrunk >= 20, "only {shrunk} cases shrank");
     }
 }

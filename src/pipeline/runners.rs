@@ -23,8 +23,8 @@ use crate::registry::ModelRegistry;
 use crate::router::{Background, GenerationJob, PatchSlot, RoutePlan};
 
 /// One patch to make: its generation parameters, whether it is wanted on the host (its
-/// canvas is composited on the CPU), and where it will be fitted when the worker should shrink
-/// it first (set for host patches made on a GPU, see [`Fitting::shrink`]).
+/// canvas is composited on the CPU), and where it will be fitted when the worker should resize
+/// it first (set for host patches made on a GPU, see [`Fitting::resize_first`]).
 #[derive(Debug, Clone)]
 pub struct PatchOrder {
     pub params: GenerationParams,
@@ -33,7 +33,7 @@ pub struct PatchOrder {
 }
 
 /// A batcher worker runs a model on a batch of orders: one patch each, where it is wanted.
-/// Patches for the host come there in the worker, the batch in one copy, each shrunk first
+/// Patches for the host come there in the worker, the batch in one copy, each resized first
 /// where its order says how it will be fitted. A copy made later on the request's thread
 /// would wait behind every batch the workers had queued on the GPU since (a device's default
 /// stream runs in order), tying each request to the next batch as well as its own.
@@ -60,7 +60,7 @@ impl BatchModel for Model {
         let mut patches = Vec::with_capacity(orders.len());
         for (o, patch) in orders.iter().zip(on_device) {
             patches.push(match (o.to_host, o.fitting) {
-                (true, Some(fitting)) => fitting.shrink(&patch)?.unwrap_or(patch),
+                (true, Some(fitting)) => fitting.resize_first(&patch)?.unwrap_or(patch),
                 _ => patch,
             });
         }
@@ -92,13 +92,13 @@ fn to_host_in_one_copy(patches: Vec<Tensor>, wanted: &[bool]) -> Result<Vec<Tens
 }
 
 /// The orders for `job`'s patches. Host patches made on a GPU carry their fitting, so the
-/// worker shrinks them before the copy.
+/// worker resizes them before the copy.
 fn orders(plan: &RoutePlan, job: &GenerationJob, to_host: bool) -> Vec<PatchOrder> {
-    let shrink_first = to_host && job.model.generator.device().is_cuda();
+    let resize_first = to_host && job.model.generator.device().is_cuda();
     plan.job_params(job)
         .into_iter()
         .zip(&job.slots)
-        .map(|(params, &slot)| PatchOrder { params, to_host, fitting: fitting(plan, slot).filter(|_| shrink_first) })
+        .map(|(params, &slot)| PatchOrder { params, to_host, fitting: fitting(plan, slot).filter(|_| resize_first) })
         .collect()
 }
 
