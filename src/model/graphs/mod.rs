@@ -7,8 +7,9 @@
 //!
 //! This module owns the shim, the `cuda_graphs` switch and [`Graphs`], the per-key cache of
 //! recorded passes with their input and output tensors; and, since the shim is what reaches
-//! the CUDA runtime, [`blocking_waits`] and [`SideStream`]. It does not know what a pass computes;
-//! the generator decides what may be recorded (no host reads or host-to-device copies inside).
+//! the CUDA runtime, [`blocking_waits`] and [`SideStream`]. It does not know what a pass
+//! computes; the generator decides what may be recorded (no host reads or host-to-device
+//! copies inside).
 
 use std::collections::HashMap;
 use std::hash::Hash;

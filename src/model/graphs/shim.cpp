@@ -1,10 +1,10 @@
 // CUDA graph capture and replay for the generator, over libtorch's own at::cuda::CUDAGraph
 // (tch binds none of it), so the caching allocator and libtorch's streams take part as they
 // do for PyTorch's graphs; and side streams from libtorch's pool for work that should not
-// queue behind everything else on the default stream. Every entry point catches C++ exceptions and hands back their text:
-// nothing may unwind into Rust. CUDA runtime calls of our own are looked up at run time in the
-// runtime libtorch already loaded, so the binary needs no CUDA library at link time beyond
-// libtorch's.
+// queue behind everything else on the default stream. Every entry point catches C++
+// exceptions and hands back their text: nothing may unwind into Rust. CUDA runtime calls of
+// our own are looked up at run time in the runtime libtorch already loaded, so the binary
+// needs no CUDA library at link time beyond libtorch's.
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
