@@ -139,21 +139,18 @@ pub(super) fn collapse_step_ops(level: &Tensor, next: &Tensor, coarse: &Tensor) 
     band.f_mul(&level.f_narrow(0, c, 1)?)?.f_add(&up(coarse, h, w)?)
 }
 
-/// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5.
-fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+/// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5,
+/// and whether there are at least 8 such pixels ([1, 1, 1]). Nothing is read on the host:
+/// on a GPU the caller's work goes on being queued.
+fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let sel = weight.f_gt(0.5)?.f_to_kind(Kind::Float)?;
-    let n = sel.f_sum(Kind::Float)?.f_double_value(&[])?;
-    if n < 8.0 {
-        return Ok(None);
-    }
-    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div_scalar(n)?;
-    let var = x
-        .f_sub(&mean)?
-        .f_square()?
-        .f_mul(&sel)?
-        .f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?
-        .f_div_scalar(n)?;
-    Ok(Some((mean, var.f_add_scalar(1e-8)?.f_sqrt()?)))
+    let n = sel.f_sum_dim_intlist(&[0i64, 1, 2][..], true, Kind::Float)?;
+    // Sums over no pixels stay finite; `enough` then leaves them unused.
+    let count = n.f_clamp_min(1.0)?;
+    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div(&count)?;
+    let var =
+        x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div(&count)?;
+    Ok((mean, var.f_add_scalar(1e-8)?.f_sqrt()?, n.f_ge(8.0)?))
 }
 
 /// Colour matching: the patch's per-channel mean and deviation (inside `inside`) moved to
@@ -174,10 +171,10 @@ pub fn match_colors(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tenso
 
 /// `match_colors` in tensor ops, for any device.
 pub(super) fn match_colors_ops(patch: &Tensor, inside: &Tensor, base: &Tensor, ring: &Tensor) -> Result<Tensor> {
-    match (masked_stats(patch, inside)?, masked_stats(base, ring)?) {
-        (Some((mp, sp)), Some((mr, sr))) => patch.f_sub(&mp)?.f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?.f_add(&mr),
-        _ => Ok(patch.shallow_clone()),
-    }
+    let (mp, sp, own) = masked_stats(patch, inside)?;
+    let (mr, sr, around) = masked_stats(base, ring)?;
+    let matched = patch.f_sub(&mp)?.f_mul(&sr.f_div(&sp.f_clamp_min(1e-3)?)?)?.f_add(&mr)?;
+    matched.f_where_self(&own.f_logical_and(&around)?, patch)
 }
 
 /// Pixels within `r` of the hard mask but outside it.

@@ -388,11 +388,27 @@ mod tests {
                 assert!(largest_difference(&ours, &patch) > 1e-2, "{h}x{w}: nothing moved");
             }
         }
-        // Under eight pixels inside: the patch as it was, both ways.
+        // Under eight pixels inside or in the ring (none, or seven): the patch as it was, both
+        // ways; eight are enough.
         let patch = Tensor::rand([3, 4, 4], (Kind::Float, Device::Cpu));
-        let few = Tensor::zeros([1, 4, 4], (Kind::Float, Device::Cpu));
-        let ours = blend::match_colors(&patch, &few, &patch, &Tensor::ones([1, 4, 4], (Kind::Float, Device::Cpu)));
-        assert!(ours.unwrap().equal(&patch));
+        let other = Tensor::rand([3, 4, 4], (Kind::Float, Device::Cpu)) * 0.3 + 0.5;
+        let ones = Tensor::ones([1, 4, 4], (Kind::Float, Device::Cpu));
+        let first =
+            |k: i64| ones.flatten(0, -1).narrow(0, 0, k).f_constant_pad_nd([0, 16 - k]).unwrap().view([1, 4, 4]);
+        for (inside, ring, moves) in
+            [(first(0), first(16), false), (first(16), first(7), false), (first(8), first(8), true)]
+        {
+            let ours = blend::match_colors(&patch, &inside, &other, &ring).unwrap();
+            let ops = blend::match_colors_ops(&patch, &inside, &other, &ring).unwrap();
+            assert!(largest_difference(&ours, &ops) < 2e-5);
+            assert_eq!(
+                !ours.equal(&patch),
+                moves,
+                "{} inside, {} in the ring",
+                inside.sum(Kind::Float),
+                ring.sum(Kind::Float)
+            );
+        }
     }
 
     #[test]
