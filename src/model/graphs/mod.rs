@@ -58,7 +58,9 @@ pub fn blocking_waits(device: usize) -> Result<()> {
 /// default stream each waited behind every other request's work and every generator batch
 /// queued before its own copies. A thread keeps its stream from one guard to the next: the
 /// caching allocator keeps freed memory per stream, so a new stream each time would start
-/// with none and allocate afresh from the device. `None` on the CPU, where the shim is not
+/// with none and allocate afresh from the device. The streams are of the pool's high
+/// priority, which recordings never take: a recording captures whatever any thread queues on
+/// its stream. `None` on the CPU, where the shim is not
 /// built, or where no stream can be had (the work then stays on the current stream).
 pub struct SideStream {
     _handle: shim::SideHandle,

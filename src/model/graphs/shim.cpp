@@ -126,10 +126,11 @@ void* mixgan_cuda_current_stream(int device) {
   }
 }
 
-// Starts recording this thread's work on `device` into a new graph: a side stream from
-// libtorch's pool becomes current (a graph cannot be captured on the default stream) and
-// allocations made while recording come from the memory pool (pool_a, pool_b), or a new pool
-// when both are 0. Other threads' work is neither recorded nor disturbed (thread-local mode).
+// Starts recording this thread's work on `device` into a new graph: a stream from libtorch's
+// low-priority pool becomes current (a graph cannot be captured on the default stream; side
+// streams never come from that pool) and allocations made while recording come from the
+// memory pool (pool_a, pool_b), or a new pool when both are 0. Other threads' work is neither
+// recorded nor disturbed (thread-local mode).
 void* mixgan_graph_begin(int device, unsigned long long pool_a, unsigned long long pool_b, char* err, size_t len) {
   Graph* out = nullptr;
   guarded(err, len, [&] {
@@ -196,14 +197,16 @@ int mixgan_cuda_blocking_sync(int device, char* err, size_t len) {
 
 // Makes a stream current for this thread on `device`, after everything queued so far on the
 // thread's current stream: the stream `*id` names, or (where it is 0) one from libtorch's
-// pool, whose id is then written to `*id`.
+// pool, whose id is then written to `*id`. Side streams come from the high-priority pool and
+// recordings take theirs from the other one, so no thread's work can land in a stream that
+// another thread is recording.
 void* mixgan_side_stream_enter(int device, long long* id, char* err, size_t len) {
   Side* out = nullptr;
   guarded(err, len, [&] {
     auto index = static_cast<c10::DeviceIndex>(device);
     auto previous = c10::cuda::getCurrentCUDAStream(index);
     auto side = *id != 0 ? c10::cuda::CUDAStream::unpack3(*id, index, c10::DeviceType::CUDA)
-                         : c10::cuda::getStreamFromPool(false, index);
+                         : c10::cuda::getStreamFromPool(true, index);
     order_after(previous, side);
     c10::cuda::setCurrentCUDAStream(side);
     *id = side.id();
