@@ -108,6 +108,24 @@ pub struct Fitting {
 }
 
 impl Fitting {
+    /// Where the compositor fits the generated background: to the whole canvas.
+    pub fn background(plan: &RoutePlan) -> Option<Fitting> {
+        match &plan.background {
+            Background::Generated { fit, .. } => Some(Fitting { fit: *fit, w: plan.width, h: plan.height }),
+            _ => None,
+        }
+    }
+
+    /// Where the compositor fits a region's patch: to the region's rectangle.
+    pub fn region(region: &Region) -> Fitting {
+        Fitting { fit: region.fit, w: region.rect.w, h: region.rect.h }
+    }
+
+    /// `patch` fitted here by [`fit_patch`].
+    pub fn fit(&self, patch: &Tensor, matte: bool) -> Result<(Tensor, Option<Tensor>)> {
+        fit_patch(patch, self.w, self.h, self.fit, matte)
+    }
+
     /// The size (h, w) that [`fit_patch`] resizes a `ph` x `pw` patch to.
     pub fn resized(&self, ph: i64, pw: i64) -> (i64, i64) {
         match self.fit {
@@ -177,7 +195,7 @@ impl Compositor {
         let (h, w) = (plan.height, plan.width);
         Ok(match (&plan.background, patch) {
             (Background::Generated { fit, .. }, Some(p)) => {
-                let (img, cov) = fit_patch(&p.f_to_device(self.device)?, w, h, *fit, false)?;
+                let (img, cov) = Fitting { fit: *fit, w, h }.fit(&p.f_to_device(self.device)?, false)?;
                 match cov {
                     Some(c) => blend::mix(&Tensor::f_zeros([3, h, w], (Kind::Float, self.device))?, &img, &c)?,
                     None => img.f_contiguous()?,
@@ -230,7 +248,7 @@ impl Compositor {
 
     fn paint(&self, canvas: &Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Option<Tensor>> {
         let (r, v) = (&region.rect, &region.visible);
-        let (full, cov) = fit_patch(patch, r.w, r.h, region.fit, region.patch_matte)?;
+        let (full, cov) = Fitting::region(region).fit(patch, region.patch_matte)?;
         let in_rect = Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h };
         let mut p = window(&full, &in_rect)?;
         let alpha = match (region.patch_matte, cov) {

@@ -20,7 +20,7 @@ use crate::layout::Fit;
 use crate::model::device::download;
 use crate::model::{GenerationParams, Model, ModelError};
 use crate::registry::ModelRegistry;
-use crate::router::{Background, GenerationJob, PatchSlot, RoutePlan};
+use crate::router::{GenerationJob, PatchSlot, RoutePlan};
 
 /// One patch to make: its generation parameters, whether it is wanted on the host (its
 /// canvas is composited on the CPU), and where it will be fitted when the worker should resize
@@ -107,14 +107,8 @@ fn orders(plan: &RoutePlan, job: &GenerationJob, to_host: bool) -> Vec<PatchOrde
 /// by its alpha before it is resized).
 fn fitting(plan: &RoutePlan, slot: PatchSlot) -> Option<Fitting> {
     match slot {
-        PatchSlot::Background => match &plan.background {
-            Background::Generated { fit, .. } => Some(Fitting { fit: *fit, w: plan.width, h: plan.height }),
-            _ => None,
-        },
-        PatchSlot::Region(r) => {
-            let region = plan.regions.get(r)?;
-            (!region.patch_matte).then_some(Fitting { fit: region.fit, w: region.rect.w, h: region.rect.h })
-        }
+        PatchSlot::Background => Fitting::background(plan),
+        PatchSlot::Region(r) => plan.regions.get(r).filter(|region| !region.patch_matte).map(Fitting::region),
     }
 }
 
