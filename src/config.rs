@@ -81,7 +81,8 @@ pub struct Config {
     /// CPU-heavy tasks (generator batches, routing, compositing) at once (0: one per core).
     pub cpu_slots: usize,
     /// Where canvases are composited: auto (the CPU for canvases up to 1024 x 1024, the
-    /// generators' device above), device or cpu.
+    /// generators' device above), device, cpu, or batched (the generators' device, one worker
+    /// painting the ready canvases of one layout geometry together).
     pub composite_on: CompositeOn,
     /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
     pub cudnn_benchmark: bool,

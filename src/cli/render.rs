@@ -48,7 +48,7 @@ pub struct RenderArgs {
     #[arg(long)]
     precision: Option<Precision>,
     /// Where to composite: auto (the CPU up to 1024 x 1024 px, else the generators' device),
-    /// device or cpu.
+    /// device, cpu or batched (here the same as device: one request has nothing to batch).
     #[arg(long, default_value = "auto")]
     composite_on: CompositeOn,
     /// Largest generation batch.

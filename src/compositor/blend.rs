@@ -26,12 +26,11 @@ fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
 pub(super) fn blur_step_ops(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
     let p = (taps.len() / 2) as i64;
     let mut y = x.shallow_clone();
-    for dim in [2i64, 1] {
+    let across = x.dim() as i64 - 1;
+    for dim in [across, across - 1] {
         let len = y.size()[dim as usize];
-        let mut pad = [0i64; 4];
-        pad[if dim == 2 { 0 } else { 2 }] = p;
-        pad[if dim == 2 { 1 } else { 3 }] = p;
-        let padded = y.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
+        let pad = if dim == across { [p, p, 0, 0] } else { [0, 0, p, p] };
+        let padded = replicate_edges(&y, pad)?;
         let tap = |k: i64| padded.f_slice(dim, k, k + len, step);
         let mut acc = tap(0)?.f_mul_scalar(f64::from(taps[0]))?;
         for (k, &t) in taps.iter().enumerate().skip(1) {
@@ -40,6 +39,15 @@ pub(super) fn blur_step_ops(x: &Tensor, taps: &[f32], step: i64) -> Result<Tenso
         y = acc;
     }
     Ok(y)
+}
+
+/// `x` [C, h, w] or [N, C, h, w] with its edge pixels repeated outwards by `pad` (left,
+/// right, top, bottom).
+pub(super) fn replicate_edges(x: &Tensor, pad: [i64; 4]) -> Result<Tensor> {
+    if x.dim() == 3 {
+        return x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0);
+    }
+    x.f_pad(pad, "replicate", None)
 }
 
 /// Max over a (2r+1)-square neighbourhood of [C, h, w], in two 1-D passes.
@@ -53,10 +61,13 @@ pub fn dilate(x: &Tensor, r: i64) -> Result<Tensor> {
 /// `dilate` in tensor ops, for any device.
 pub(super) fn dilate_ops(x: &Tensor, r: i64) -> Result<Tensor> {
     let k = 2 * r + 1;
-    x.f_unsqueeze(0)?
-        .f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?
-        .f_max_pool2d([k, 1], [1, 1], [r, 0], [1, 1], false)?
-        .f_squeeze_dim(0)
+    let pool = |t: &Tensor| -> Result<Tensor> {
+        t.f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?.f_max_pool2d([k, 1], [1, 1], [r, 0], [1, 1], false)
+    };
+    if x.dim() == 3 {
+        return pool(&x.f_unsqueeze(0)?)?.f_squeeze_dim(0);
+    }
+    pool(x)
 }
 
 pub fn gaussian_taps(sigma: f64) -> Vec<f32> {
@@ -106,18 +117,22 @@ pub fn levels_for(side: i64) -> usize {
 /// Laplacian pyramid is linear, this is `base` plus the collapsed, masked pyramid of
 /// `patch - base`, which needs one pyramid instead of two.
 pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
-    let mut pyramid = vec![Tensor::f_cat(&[&patch.f_sub(base)?, mask], 0)?];
+    let diff = patch.f_sub(base)?;
+    let (h, w) = super::sides(&diff);
+    let mask = mask.f_expand(super::shaped_like(&diff, 1, h, w), false)?;
+    let mut pyramid = vec![Tensor::f_cat(&[&diff, &mask], -3)?];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
-        if last.size()[1] < 4 || last.size()[2] < 4 {
+        let (h, w) = super::sides(last);
+        if h < 4 || w < 4 {
             break;
         }
         let next = down(last)?;
         pyramid.push(next);
     }
-    let c = base.size()[0];
+    let c = super::channels(base);
     let top = &pyramid[pyramid.len() - 1];
-    let mut out = top.f_narrow(0, 0, c)?.f_mul(&top.f_narrow(0, c, 1)?)?;
+    let mut out = top.f_narrow(-3, 0, c)?.f_mul(&top.f_narrow(-3, c, 1)?)?;
     for k in (0..pyramid.len() - 1).rev() {
         out = if cpu::fits(&pyramid[k]) && cpu::fits(&out) {
             cpu::collapse_step(&pyramid[k], &pyramid[k + 1], &out)?
@@ -133,23 +148,23 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
 /// collapse so far at `next`'s size. The band `d - up(d_next)` under the mask, plus
 /// `up(coarse)`. In tensor ops, for any device.
 pub(super) fn collapse_step_ops(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<Tensor> {
-    let (h, w) = (level.size()[1], level.size()[2]);
-    let c = level.size()[0] - 1;
-    let band = level.f_narrow(0, 0, c)?.f_sub(&up(&next.f_narrow(0, 0, c)?, h, w)?)?;
-    band.f_mul(&level.f_narrow(0, c, 1)?)?.f_add(&up(coarse, h, w)?)
+    let (h, w) = super::sides(level);
+    let c = super::channels(level) - 1;
+    let band = level.f_narrow(-3, 0, c)?.f_sub(&up(&next.f_narrow(-3, 0, c)?, h, w)?)?;
+    band.f_mul(&level.f_narrow(-3, c, 1)?)?.f_add(&up(coarse, h, w)?)
 }
 
-/// Mean and standard deviation per channel of `x` [C, h, w] over `weight` [1, h, w] > 0.5,
-/// and whether there are at least 8 such pixels ([1, 1, 1]). Nothing is read on the host:
-/// on a GPU the caller's work goes on being queued.
+/// Mean and standard deviation per channel of `x` [(N,) C, h, w] where `weight` [(N,) 1, h,
+/// w] is over one half, and whether there are at least 8 such pixels ([(N,) 1, 1, 1]).
+/// Nothing is read on the host: on a GPU the caller's work goes on being queued.
 fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let sel = weight.f_gt(0.5)?.f_to_kind(Kind::Float)?;
-    let n = sel.f_sum_dim_intlist(&[0i64, 1, 2][..], true, Kind::Float)?;
+    let n = sel.f_sum_dim_intlist(&[-3i64, -2, -1][..], true, Kind::Float)?;
     // Sums over no pixels stay finite; `enough` then leaves them unused.
     let count = n.f_clamp_min(1.0)?;
-    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div(&count)?;
-    let var =
-        x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)?.f_div(&count)?;
+    let plane = &[-2i64, -1][..];
+    let mean = x.f_mul(&sel)?.f_sum_dim_intlist(plane, true, Kind::Float)?.f_div(&count)?;
+    let var = x.f_sub(&mean)?.f_square()?.f_mul(&sel)?.f_sum_dim_intlist(plane, true, Kind::Float)?.f_div(&count)?;
     Ok((mean, var.f_add_scalar(1e-8)?.f_sqrt()?, n.f_ge(8.0)?))
 }
 

@@ -16,11 +16,11 @@ pub fn coverage(alpha_units: &Tensor) -> Result<Tensor> {
     alpha_units.f_mul_scalar(127.5 / 255.0)?.f_add_scalar(128.0 / 255.0)?.f_clamp(0.0, 1.0)
 }
 
-/// A [4, S, S] colour-and-alpha patch as [colour × coverage, coverage]: resampling the
+/// A [(N,) 4, S, S] colour-and-alpha patch as [colour × coverage, coverage]: resampling the
 /// premultiplied colour keeps the backdrop's colour out of the subject's edge pixels.
 pub fn premultiplied(patch: &Tensor) -> Result<Tensor> {
-    let a = coverage(&patch.f_narrow(0, 3, 1)?)?;
-    Tensor::f_cat(&[&patch.f_narrow(0, 0, 3)?.f_mul(&a)?, &a], 0)
+    let a = coverage(&patch.f_narrow(-3, 3, 1)?)?;
+    Tensor::f_cat(&[&patch.f_narrow(-3, 0, 3)?.f_mul(&a)?, &a], -3)
 }
 
 /// Premultiplied colour back to straight colour (where the coverage is near zero the colour

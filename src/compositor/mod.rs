@@ -2,6 +2,7 @@
 //! its rectangle and blended under its mask. Works on tensors on the generators' device; only
 //! the finished canvas leaves it. It never runs a model or reads the layout JSON.
 
+pub mod batch;
 pub mod blend;
 mod cpu;
 pub mod matte;
@@ -19,7 +20,9 @@ use resample::resize;
 
 type Result<T> = std::result::Result<T, TchError>;
 
-/// The generated patches of a plan, each [C, S, S] on the device in generator units.
+/// The generated patches of a plan, each [C, S, S] on the device in generator units; or
+/// each [N, C, S, S] for N canvases of one plan that differ only in their patches (see
+/// [`Compositor::composite`]).
 pub struct Patches {
     pub background: Option<Tensor>,
     /// Indexed like `RoutePlan::regions`.
@@ -57,13 +60,33 @@ fn covered(pw: f64, ph: f64, w: i64, h: i64) -> (i64, i64, Rect) {
     (rh, rw, Rect { x: (rw - w) / 2, y: (rh - h) / 2, w, h })
 }
 
+/// Height and width: the last two sides of a [C, h, w] or [N, C, h, w] tensor.
+pub(crate) fn sides(t: &Tensor) -> (i64, i64) {
+    let s = t.size();
+    (s[s.len() - 2], s[s.len() - 1])
+}
+
+/// Channels: the third side from the end.
+pub(crate) fn channels(t: &Tensor) -> i64 {
+    let s = t.size();
+    s[s.len() - 3]
+}
+
+/// The shape of `t` with its channels and sides replaced (its leading batch side kept).
+pub(crate) fn shaped_like(t: &Tensor, c: i64, h: i64, w: i64) -> Vec<i64> {
+    let mut s = t.size();
+    let n = s.len();
+    s[n - 3..].copy_from_slice(&[c, h, w]);
+    s
+}
+
 /// The patch as three contiguous channels (generator outputs may be channels-last views,
 /// which the resize kernels handle slowly).
 fn rgb(patch: &Tensor) -> Result<Tensor> {
-    match patch.size()[0] {
-        1 => patch.f_repeat([3, 1, 1]),
+    match channels(patch) {
+        1 => patch.f_expand(shaped_like(patch, 3, sides(patch).0, sides(patch).1), false)?.f_contiguous(),
         3 => patch.f_contiguous(),
-        _ => patch.f_narrow(0, 0, 3)?.f_contiguous(),
+        _ => patch.f_narrow(-3, 0, 3)?.f_contiguous(),
     }
 }
 
@@ -72,12 +95,13 @@ fn rgb(patch: &Tensor) -> Result<Tensor> {
 /// the colour comes back premultiplied by it (see [`matte::premultiplied`]).
 pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit, matte: bool) -> Result<(Tensor, Option<Tensor>)> {
     let p = if matte { matte::premultiplied(patch)? } else { rgb(patch)? };
-    let (ph, pw) = (p.size()[1] as f64, p.size()[2] as f64);
+    let (ph, pw) = sides(&p);
+    let (ph, pw) = (ph as f64, pw as f64);
     let split = |t: Tensor, cov: Option<Tensor>| -> Result<(Tensor, Option<Tensor>)> {
         if !matte {
             return Ok((t, cov));
         }
-        Ok((t.f_narrow(0, 0, 3)?, Some(t.f_narrow(0, 3, 1)?)))
+        Ok((t.f_narrow(-3, 0, 3)?, Some(t.f_narrow(-3, 3, 1)?)))
     };
     match fit {
         Fit::Stretch => split(resize(&p, h, w)?, None),
@@ -89,10 +113,10 @@ pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit, matte: bool) -> Resul
             let at = contained(pw as i64, ph as i64, w, h);
             let (rh, rw, oy, ox) = (at.h, at.w, at.y, at.x);
             let r = resize(&p, rh, rw)?;
-            let img = Tensor::f_zeros([p.size()[0], h, w], (Kind::Float, p.device()))?;
+            let img = Tensor::f_zeros(shaped_like(&p, channels(&p), h, w), (Kind::Float, p.device()))?;
             let cov = Tensor::f_zeros([1, h, w], (Kind::Float, p.device()))?;
-            img.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_copy_(&r)?;
-            let _ = cov.f_narrow(1, oy, rh)?.f_narrow(2, ox, rw)?.f_fill_(1.0)?;
+            window(&img, &Rect { x: ox, y: oy, w: rw, h: rh })?.f_copy_(&r)?;
+            let _ = window(&cov, &Rect { x: ox, y: oy, w: rw, h: rh })?.f_fill_(1.0)?;
             split(img, Some(cov))
         }
     }
@@ -148,7 +172,7 @@ impl Fitting {
     /// for a CPU canvas: a 1024 px patch for a 236 px region is a nineteenth of the bytes, and
     /// a 128 px background for a 512 px canvas leaves the host's cores nothing to upscale.
     pub fn resize_first(&self, patch: &Tensor) -> Result<Option<Tensor>> {
-        let (ph, pw) = (patch.size()[1], patch.size()[2]);
+        let (ph, pw) = sides(patch);
         let (h, w) = self.resized(ph, pw);
         if (h, w) == (ph, pw) || h * w > LARGEST_RESIZED_FIRST || self.resized(h, w) != (h, w) {
             return Ok(None);
@@ -161,8 +185,9 @@ impl Fitting {
 /// canvas `composite_on = auto` composites on the CPU (12 MB of float32 colour to copy).
 pub const LARGEST_RESIZED_FIRST: i64 = 1024 * 1024;
 
+/// The rectangle `r` of [C, h, w] or [N, C, h, w], a view.
 fn window(t: &Tensor, r: &Rect) -> Result<Tensor> {
-    t.f_narrow(1, r.y, r.h)?.f_narrow(2, r.x, r.w)
+    t.f_narrow(-2, r.y, r.h)?.f_narrow(-1, r.x, r.w)
 }
 
 /// `inner` (a [C, h, w] over rect `at`) placed in a copy of `base`, which covers `win`.
@@ -173,11 +198,24 @@ fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor>
 }
 
 impl Compositor {
-    /// The finished canvas and the patches' alphas.
+    /// The finished canvas and the patches' alphas. With every patch [N, C, S, S], N canvases
+    /// of the plan at once: canvas [N, 3, H, W], alphas [N, 1, h, w], each step one pass over
+    /// all of them (on a GPU, one launch where N requests would make N). The CPU's filters
+    /// take one canvas at a time; a batch there runs in tensor ops.
     pub fn composite(&self, plan: &RoutePlan, patches: &Patches) -> Result<Composited> {
         let _guard = tch::no_grad_guard();
         let (h, w) = (plan.height, plan.width);
+        let given = patches.background.iter().chain(patches.regions.iter().flatten());
+        let ranks: Vec<usize> = given.clone().map(|p| p.dim()).collect();
+        if ranks.iter().any(|&r| r != ranks[0]) || ranks.iter().any(|&r| r != 3 && r != 4) {
+            return Err(TchError::Shape(format!("patches of ranks {ranks:?}: all [C, S, S] or all [N, C, S, S]")));
+        }
+        let batch = given.map(|p| p.size()[0]).next().filter(|_| ranks[0] == 4);
         let canvas = self.background(plan, patches.background.as_ref())?;
+        let canvas = match batch {
+            Some(n) if canvas.dim() == 3 => canvas.f_expand([n, 3, h, w], false)?.f_contiguous()?,
+            _ => canvas,
+        };
         let bounds = Rect { x: 0, y: 0, w, h };
         let mut alphas = Vec::with_capacity(plan.regions.len());
         for (region, patch) in plan.regions.iter().zip(&patches.regions) {
@@ -241,7 +279,10 @@ impl Compositor {
     pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
         let m = self.mask_in(region, win)?;
         match alpha {
-            Some(a) => m.f_mul(&paste(&Tensor::f_zeros_like(&m)?, a, &region.visible, win)?),
+            Some(a) => {
+                let zeros = Tensor::f_zeros(shaped_like(a, 1, win.h, win.w), (Kind::Float, a.device()))?;
+                m.f_mul(&paste(&zeros, a, &region.visible, win)?)
+            }
             None => Ok(m),
         }
     }

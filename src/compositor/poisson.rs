@@ -85,19 +85,19 @@ fn guidance_divergence(base: &Tensor, patch: &Tensor, hard: &Tensor) -> Result<T
 /// divergence, at interior pixels, of the gradient of `patch - base` on edges with both ends
 /// inside the mask (> 0.5), zero elsewhere. [C, h - 2, w - 2], in tensor ops for any device.
 pub(super) fn masked_divergence_ops(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (h, w) = (base.size()[1], base.size()[2]);
+    let (h, w) = super::sides(base);
     let d = patch.f_sub(base)?.f_to_kind(Kind::Float)?;
     let hard = mask.f_gt(0.5)?.f_to_kind(Kind::Float)?;
     let gx = d
-        .f_narrow(2, 1, w - 1)?
-        .f_sub(&d.f_narrow(2, 0, w - 1)?)?
-        .f_mul(&hard.f_narrow(2, 1, w - 1)?.f_mul(&hard.f_narrow(2, 0, w - 1)?)?)?;
+        .f_narrow(-1, 1, w - 1)?
+        .f_sub(&d.f_narrow(-1, 0, w - 1)?)?
+        .f_mul(&hard.f_narrow(-1, 1, w - 1)?.f_mul(&hard.f_narrow(-1, 0, w - 1)?)?)?;
     let gy = d
-        .f_narrow(1, 1, h - 1)?
-        .f_sub(&d.f_narrow(1, 0, h - 1)?)?
-        .f_mul(&hard.f_narrow(1, 1, h - 1)?.f_mul(&hard.f_narrow(1, 0, h - 1)?)?)?;
-    let div_x = gx.f_narrow(2, 1, w - 2)?.f_sub(&gx.f_narrow(2, 0, w - 2)?)?.f_narrow(1, 1, h - 2)?;
-    let div_y = gy.f_narrow(1, 1, h - 2)?.f_sub(&gy.f_narrow(1, 0, h - 2)?)?.f_narrow(2, 1, w - 2)?;
+        .f_narrow(-2, 1, h - 1)?
+        .f_sub(&d.f_narrow(-2, 0, h - 1)?)?
+        .f_mul(&hard.f_narrow(-2, 1, h - 1)?.f_mul(&hard.f_narrow(-2, 0, h - 1)?)?)?;
+    let div_x = gx.f_narrow(-1, 1, w - 2)?.f_sub(&gx.f_narrow(-1, 0, w - 2)?)?.f_narrow(-2, 1, h - 2)?;
+    let div_y = gy.f_narrow(-2, 1, h - 2)?.f_sub(&gy.f_narrow(-2, 0, h - 2)?)?.f_narrow(-1, 1, w - 2)?;
     div_x.f_add(&div_y)
 }
 
@@ -109,7 +109,7 @@ pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
     sh(-1, 0)?.f_add(&sh(1, 0)?)?.f_add(&sh(0, -1)?)?.f_add(&sh(0, 1)?)?.f_sub(&c.f_mul_scalar(4.0)?)
 }
 
-/// Seamless clone of `patch` into `base` (both [C, h, w]) over `mask` [1, h, w]; returns
+/// Seamless clone of `patch` into `base` (both [(N,) C, h, w]) over `mask` [(N,) 1, h, w]; returns
 /// the solved window, equal to `base` on its one-pixel border. Windows smaller than 3x3
 /// come back as `base`.
 ///
@@ -117,7 +117,7 @@ pub fn laplacian5(x: &Tensor) -> Result<Tensor> {
 /// solves Δu = div(g) with g the gradient of `patch - base` on edges inside the mask (zero
 /// elsewhere), and u = 0 on the border.
 pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (h, w) = (base.size()[1], base.size()[2]);
+    let (h, w) = super::sides(base);
     if h < 3 || w < 3 {
         return Ok(base.shallow_clone());
     }
@@ -139,7 +139,7 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let coef = dst.apply(&rhs)?.f_div(&eig)?;
     let u = dst.apply(&coef)?.f_mul_scalar(4.0 / ((n + 1) * (m + 1)) as f64)?;
     let out = base.f_to_kind(Kind::Float)?.f_detach_copy()?;
-    let mut inner = out.f_narrow(1, 1, h - 2)?.f_narrow(2, 1, w - 2)?;
+    let mut inner = out.f_narrow(-2, 1, h - 2)?.f_narrow(-1, 1, w - 2)?;
     let _ = inner.f_add_(&u)?;
     out.f_to_kind(kind)
 }

@@ -11,14 +11,17 @@ use crate::model::device::upload;
 
 type Result<T> = std::result::Result<T, TchError>;
 
-/// Bilinear resize of [C, h, w], antialiased when it shrinks either side.
+/// Bilinear resize of [C, h, w] (or [N, C, h, w]), antialiased when it shrinks either side.
 pub fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    let (xh, xw) = (x.size()[1], x.size()[2]);
+    let (xh, xw) = super::sides(x);
     if xh == h && xw == w {
         return Ok(x.shallow_clone());
     }
     if h >= xh && w >= xw {
         return upscale(x, h, w);
+    }
+    if x.dim() == 4 {
+        return x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None);
     }
     x.f_unsqueeze(0)?.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)?.f_squeeze_dim(0)
 }
@@ -33,8 +36,9 @@ pub fn upscale(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
 
 /// `upscale` in tensor ops, for any device.
 fn upscale_ops(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    let along_w = upscale_axis_to(x, w, 2)?;
-    upscale_axis_to(&along_w, h, 1)
+    let across = x.dim() as i64 - 1;
+    let along_w = upscale_axis_to(x, w, across)?;
+    upscale_axis_to(&along_w, h, across - 1)
 }
 
 fn upscale_axis_to(x: &Tensor, to: i64, dim: i64) -> Result<Tensor> {
@@ -73,8 +77,8 @@ fn upscale_axis(x: &Tensor, s: i64, dim: i64) -> Result<Tensor> {
     }
     let mut size = x.size();
     let n = size[dim as usize];
-    let pad = if dim == 2 { [1, 1, 0, 0] } else { [0, 0, 1, 1] };
-    let padded = x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0)?;
+    let pad = if dim == x.dim() as i64 - 1 { [1, 1, 0, 0] } else { [0, 0, 1, 1] };
+    let padded = super::blend::replicate_edges(x, pad)?;
     let mut phased = size.clone();
     phased.insert(dim as usize + 1, s);
     let out = Tensor::f_empty(phased.as_slice(), (x.kind(), x.device()))?;

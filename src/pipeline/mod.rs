@@ -5,6 +5,7 @@
 //! as it ends (metrics) and may take its [`Progress`] events. It owns the
 //! order of the stages and nothing else: no HTTP, no admission, no queues of its own.
 
+pub mod canvases;
 pub mod progress;
 pub mod runners;
 mod search;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Tensor};
 
+use crate::batcher::{BatchError, Batcher};
 use crate::compositor::{Composited, Compositor, Patches};
 use crate::encode::{self, Format};
 use crate::error::{LayoutError, PipelineError, UnknownChoice};
@@ -25,6 +27,7 @@ use crate::model::to_pixels;
 use crate::registry::ModelRegistry;
 use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
+pub use canvases::{Canvas, CanvasOrder, CanvasPainter};
 pub use progress::{JobSize, Progress, ProgressSink, Search};
 pub use runners::{Batched, InThread, PatchOrder};
 pub use search::{Courtesy, SearchWatch};
@@ -103,6 +106,9 @@ pub fn millis(d: Duration) -> f64 {
 /// stream of its own, see [`SideStream`]), while on the CPU requests composite side by side,
 /// one per core; a large canvas is much faster on the GPU. `auto` (the default) follows that:
 /// the CPU for canvases up to [`AUTO_CPU_MAX_PIXELS`], the generators' device above.
+/// `batched` composites on the generators' device too, and in the service one worker paints
+/// the canvases of every ready request of the same layout geometry in one pass (see
+/// [`canvases`]): a step's launches are shared by the batch instead of made per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum CompositeOn {
@@ -110,6 +116,7 @@ pub enum CompositeOn {
     Auto,
     Device,
     Cpu,
+    Batched,
 }
 
 /// The largest canvas `auto` composites on the CPU when the generators run on a GPU: 1024 x
@@ -126,7 +133,8 @@ impl std::str::FromStr for CompositeOn {
             "auto" => Ok(Self::Auto),
             "device" => Ok(Self::Device),
             "cpu" => Ok(Self::Cpu),
-            other => Err(UnknownChoice { given: other.into(), choices: "auto, device, cpu" }),
+            "batched" => Ok(Self::Batched),
+            other => Err(UnknownChoice { given: other.into(), choices: "auto, device, cpu, batched" }),
         }
     }
 }
@@ -144,6 +152,7 @@ impl From<CompositeOn> for String {
             CompositeOn::Auto => "auto".into(),
             CompositeOn::Device => "device".into(),
             CompositeOn::Cpu => "cpu".into(),
+            CompositeOn::Batched => "batched".into(),
         }
     }
 }
@@ -153,11 +162,15 @@ impl CompositeOn {
     pub fn device(self, generators: Device, pixels: i64) -> Device {
         match self {
             Self::Auto if pixels <= AUTO_CPU_MAX_PIXELS => Device::Cpu,
-            Self::Auto | Self::Device => generators,
+            Self::Auto | Self::Device | Self::Batched => generators,
             Self::Cpu => Device::Cpu,
         }
     }
 }
+
+/// What compositing and encoding give back: the plan, the canvas, the encoded bytes and the
+/// two stages' times.
+type Painted = (RoutePlan, Composited, Vec<u8>, Duration, Duration);
 
 /// A finished request.
 pub struct Rendered {
@@ -189,6 +202,12 @@ pub trait Runner: Sync {
         to_host: bool,
         progress: Option<ProgressSink>,
     ) -> impl Future<Output = Result<(Vec<Vec<Tensor>>, Duration), PipelineError>> + Send;
+
+    /// The worker that paints canvases together (`composite_on = "batched"`), where this
+    /// runner has one; without, each request composites its own.
+    fn canvases(&self) -> Option<&Batcher<CanvasPainter>> {
+        None
+    }
 }
 
 /// What a front end hears of a request as it passes through the stages.
@@ -285,9 +304,32 @@ impl Pipeline {
         hooks.stage_done(Stage::Queue, queue);
         hooks.stage_done(Stage::Generate, timings.generate.saturating_sub(queue));
 
+        let painter = runner.canvases().filter(|_| self.composite_on == CompositeOn::Batched);
+        let (plan, Composited { canvas, alphas }, bytes, composite, encode) = match painter {
+            Some(painter) => self.paint_together(plan, batches, painter, runner).await?,
+            None => self.composite_alone(plan, batches, runner).await?,
+        };
+        timings.composite = composite;
+        timings.encode = encode;
+        hooks.stage_done(Stage::Composite, composite);
+        hooks.stage_done(Stage::Encode, encode);
+        if let Some(sink) = &sink {
+            sink(Progress::Composited { composite_ms: millis(composite), encode_ms: millis(encode) });
+        }
+        Ok(Rendered { bytes, format: plan.format, plan, canvas, alphas, timings })
+    }
+
+    /// Composites and encodes the request's canvas on a thread of the runner's: the plan, the
+    /// canvas, the encoded bytes and the two stages' times.
+    async fn composite_alone(
+        self: &Arc<Self>,
+        plan: RoutePlan,
+        batches: Vec<Vec<Tensor>>,
+        runner: &impl Runner,
+    ) -> Result<Painted, PipelineError> {
         // Compositing and encoding share one trip to a worker thread.
         let me = self.clone();
-        let (plan, Composited { canvas, alphas }, bytes, composite, encode) = runner
+        runner
             .cpu(Stage::Composite, move || {
                 let patches = assemble(&plan, batches)?;
                 // Dropped before the patches: the device's stream then waits for this one
@@ -301,15 +343,38 @@ impl Pipeline {
                 drop(stream);
                 Ok((plan, done, bytes, composite, started.elapsed()))
             })
+            .await
+    }
+
+    /// `composite_alone` with the canvas painted by `painter` together with other requests'
+    /// of the same geometry; the request's runner thread encodes its pixels. The composite
+    /// time is the wait for the painter, queueing included.
+    async fn paint_together(
+        self: &Arc<Self>,
+        plan: RoutePlan,
+        batches: Vec<Vec<Tensor>>,
+        painter: &Batcher<CanvasPainter>,
+        runner: &impl Runner,
+    ) -> Result<Painted, PipelineError> {
+        let started = Instant::now();
+        let patches = assemble(&plan, batches)?;
+        let plan = Arc::new(plan);
+        let rx = painter.submit(canvases::LANE, vec![CanvasOrder { plan: plan.clone(), patches }])?;
+        let (mut painted, _) = rx.await.map_err(|_| BatchError::Stopped(canvases::LANE.into()))??;
+        let Canvas { composited, pixels } = painted.pop().ok_or_else(|| PipelineError::Internal("no canvas".into()))?;
+        let composite = started.elapsed();
+        let me = self.clone();
+        let (plan, bytes, encode) = runner
+            .cpu(Stage::Encode, move || {
+                let started = Instant::now();
+                let bytes = encode::encode(&pixels, me.format(&plan))?;
+                Ok((plan, bytes, started.elapsed()))
+            })
             .await?;
-        timings.composite = composite;
-        timings.encode = encode;
-        hooks.stage_done(Stage::Composite, composite);
-        hooks.stage_done(Stage::Encode, encode);
-        if let Some(sink) = &sink {
-            sink(Progress::Composited { composite_ms: millis(composite), encode_ms: millis(encode) });
-        }
-        Ok(Rendered { bytes, format: plan.format, plan, canvas, alphas, timings })
+        // The painter has let go of its copy of the plan by the time it replies, but a clone
+        // costs little if not.
+        let plan = Arc::try_unwrap(plan).unwrap_or_else(|shared| (*shared).clone());
+        Ok((plan, composited, bytes, composite, encode))
     }
 
     /// The whole pipeline in this thread, generating in batches of at most `max_batch`: for
@@ -335,12 +400,17 @@ impl Pipeline {
         Ok(Compositor { device: self.composite_device(plan) }.composite(plan, patches)?)
     }
 
-    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, PipelineError> {
-        let format = match plan.format {
+    /// The encoder's format for `plan`'s picture.
+    fn format(&self, plan: &RoutePlan) -> Format {
+        match plan.format {
             ImageFormat::Png => Format::Png,
             ImageFormat::Jpeg => Format::Jpeg { quality: plan.quality },
             ImageFormat::Webp => Format::WebP,
-        };
+        }
+    }
+
+    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, PipelineError> {
+        let format = self.format(plan);
         if canvas.device() == Device::Cpu {
             let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
             return Ok(encode::encode_raw(&data, w, h, c, format)?);
@@ -399,6 +469,9 @@ mod tests {
         assert_eq!(CompositeOn::Auto.device(Device::Cpu, large), Device::Cpu);
         assert_eq!(CompositeOn::Device.device(gpu, small), gpu);
         assert_eq!(CompositeOn::Cpu.device(gpu, large), Device::Cpu);
+        assert_eq!(CompositeOn::Batched.device(gpu, small), gpu);
+        assert_eq!(CompositeOn::Batched.device(Device::Cpu, small), Device::Cpu);
+        assert_eq!("batched".parse::<CompositeOn>(), Ok(CompositeOn::Batched));
         assert_eq!("cpu".parse::<CompositeOn>(), Ok(CompositeOn::Cpu));
         assert!("gpu".parse::<CompositeOn>().unwrap_err().to_string().contains("auto, device, cpu"));
     }

@@ -11,7 +11,7 @@ use tch::Tensor;
 use tokio::sync::Semaphore;
 
 use super::progress::{tell, Progress, ProgressSink};
-use super::{millis, Runner, Stage};
+use super::{millis, CanvasPainter, Runner, Stage};
 use crate::batcher::{BatchError, BatchModel, BatchSettings, Batcher, CpuSlots, Lane};
 use crate::compositor::Fitting;
 use crate::error::PipelineError;
@@ -170,6 +170,8 @@ impl Runner for InThread {
 /// the batcher, every job submitted before any is awaited so they batch together.
 pub struct Batched<'a> {
     pub batcher: &'a Batcher<Model>,
+    /// The compositing worker, where canvases are painted together.
+    pub canvases: Option<&'a Batcher<CanvasPainter>>,
     pub slots: Arc<CpuSlots>,
     pub gate: &'a Semaphore,
 }
@@ -227,6 +229,10 @@ impl Runner for Batched<'_> {
             }
             Ok((batches, queue))
         }
+    }
+
+    fn canvases(&self) -> Option<&Batcher<CanvasPainter>> {
+        self.canvases
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub models_loaded: IntGauge,
     pub ready: IntGauge,
     pub patches_per_request: Histogram,
+    pub canvas_batch_size: Histogram,
 }
 
 const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -116,7 +117,16 @@ impl Metrics {
         registry.register(Box::new(dropped_jobs.clone())).unwrap();
         registry.register(Box::new(models_loaded.clone())).unwrap();
         registry.register(Box::new(ready.clone())).unwrap();
+        let canvas_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "mixgan_canvas_batch_size",
+                "Canvases per compositing batch (composite_on = batched; none otherwise).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .unwrap();
         registry.register(Box::new(patches_per_request.clone())).unwrap();
+        registry.register(Box::new(canvas_batch_size.clone())).unwrap();
         let _ = rejected.with_label_values(&["overload"]);
         let _ = rejected.with_label_values(&["search_budget"]);
         for reason in ["client_left", "timeout"] {
@@ -138,6 +148,7 @@ impl Metrics {
             models_loaded,
             ready,
             patches_per_request,
+            canvas_batch_size,
         }
     }
 
@@ -180,6 +191,15 @@ impl BatchObserver for Metrics {
 
     fn queued(&self, model: &str, seconds: f64) {
         self.queue_seconds.with_label_values(&[model]).observe(seconds);
+    }
+}
+
+/// What the compositing worker reports: the size of each batch of canvases.
+pub struct CanvasBatches(pub std::sync::Arc<Metrics>);
+
+impl BatchObserver for CanvasBatches {
+    fn batch(&self, _lane: &str, size: usize, _seconds: f64) {
+        self.0.canvas_batch_size.observe(size as f64);
     }
 }
 

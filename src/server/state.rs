@@ -11,13 +11,15 @@ use tch::Device;
 use thiserror::Error;
 
 use super::error::ApiError;
-use super::metrics::Metrics;
-use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots};
+use super::metrics::{CanvasBatches, Metrics};
+use crate::batcher::{BatchError, BatchSettings, Batcher, CpuSlots, Lane};
 use crate::config::Config;
 use crate::error::PipelineError;
 use crate::model::{Model, ModelError, ModelKind, Precision};
+use crate::pipeline::canvases::LANE;
 use crate::pipeline::{
-    runners, Batched, Courtesy, Hooks, PatchOrder, Pipeline, Progress, ProgressSink, Rendered, Stage,
+    runners, Batched, CanvasPainter, CompositeOn, Courtesy, Hooks, PatchOrder, Pipeline, Progress, ProgressSink,
+    Rendered, Stage,
 };
 use crate::registry::ModelRegistry;
 use crate::router::RoutePlan;
@@ -26,6 +28,8 @@ use crate::router::RoutePlan;
 pub struct Engine {
     pub pipeline: Arc<Pipeline>,
     pub batcher: Batcher<Model>,
+    /// The compositing worker, with `composite_on = "batched"`.
+    pub canvases: Option<Batcher<CanvasPainter>>,
 }
 
 #[derive(Debug, Error)]
@@ -177,7 +181,14 @@ impl AppState {
             device: self.device,
             composite_on: c.composite_on,
         });
-        if self.engine.set(Engine { pipeline, batcher }).is_err() {
+        // The compositing worker gathers canvases as the generators' workers gather patches.
+        let canvases = (c.composite_on == CompositeOn::Batched).then(|| {
+            let lane =
+                Lane { name: LANE.into(), model: Arc::new(CanvasPainter { device: self.device }), settings: defaults };
+            let observer = Arc::new(CanvasBatches(self.metrics.clone()));
+            Batcher::start([lane], c.queue_capacity, self.cpu_slots.clone(), observer)
+        });
+        if self.engine.set(Engine { pipeline, batcher, canvases }).is_err() {
             return Err(EngineError::LoadedTwice);
         }
         self.ready.store(true, Ordering::Release);
@@ -199,7 +210,12 @@ impl AppState {
         if let Some(sink) = &progress {
             sink(Progress::Queued);
         }
-        let runner = Batched { batcher: &engine.batcher, slots: self.cpu_slots.clone(), gate: &self.cpu_gate };
+        let runner = Batched {
+            batcher: &engine.batcher,
+            canvases: engine.canvases.as_ref(),
+            slots: self.cpu_slots.clone(),
+            gate: &self.cpu_gate,
+        };
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let hooks = Admission {
             metrics: &self.metrics,
