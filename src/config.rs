@@ -84,6 +84,9 @@ pub struct Config {
     /// generators' device above), device, cpu, or batched (the generators' device, one worker
     /// painting the ready canvases of one layout geometry together).
     pub composite_on: CompositeOn,
+    /// With `composite_on = batched`, the most canvases painted in one batch (their wait is
+    /// `max_wait_ms`).
+    pub canvas_batch: usize,
     /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
     pub cudnn_benchmark: bool,
     /// The generator's own CUDA kernels for its bytes-bound passes (CUDA only; off, libtorch's
@@ -118,6 +121,7 @@ impl Default for Config {
             torch_threads: 0,
             cpu_slots: 0,
             composite_on: CompositeOn::Auto,
+            canvas_batch: 16,
             cudnn_benchmark: true,
             cuda_kernels: true,
             cuda_graphs: true,
@@ -262,6 +266,7 @@ impl Config {
             ("queue_capacity", self.queue_capacity as u64),
             ("max_in_flight", self.max_in_flight as u64),
             ("max_batch", self.max_batch as u64),
+            ("canvas_batch", self.canvas_batch as u64),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -322,6 +327,9 @@ mod tests {
             "{err}"
         );
         assert_eq!(load_env(&[("MIXGAN_COMPOSITE_ON", "cpu")]).unwrap().composite_on, CompositeOn::Cpu);
+        assert_eq!(load_env(&[("MIXGAN_CANVAS_BATCH", "4")]).unwrap().canvas_batch, 4);
+        let err = load_env(&[("MIXGAN_CANVAS_BATCH", "0")]).unwrap_err().to_string();
+        assert!(err.contains("canvas_batch") && err.contains("above 0"), "{err}");
         // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
         assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
         assert!(Config::default().cuda_graphs && !load_env(&[("MIXGAN_CUDA_GRAPHS", "false")]).unwrap().cuda_graphs);

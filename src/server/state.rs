@@ -181,10 +181,11 @@ impl AppState {
             device: self.device,
             composite_on: c.composite_on,
         });
-        // The compositing worker gathers canvases as the generators' workers gather patches.
+        // The compositing worker gathers canvases as the generators' workers gather patches,
+        // up to its own batch size.
         let canvases = (c.composite_on == CompositeOn::Batched).then(|| {
-            let lane =
-                Lane { name: LANE.into(), model: Arc::new(CanvasPainter { device: self.device }), settings: defaults };
+            let settings = BatchSettings { max_batch: c.canvas_batch, ..defaults };
+            let lane = Lane { name: LANE.into(), model: Arc::new(CanvasPainter { device: self.device }), settings };
             let observer = Arc::new(CanvasBatches(self.metrics.clone()));
             Batcher::start([lane], c.queue_capacity, self.cpu_slots.clone(), observer)
         });
