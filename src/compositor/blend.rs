@@ -19,10 +19,13 @@ fn blur_step(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
     if cpu::fits(x) {
         return cpu::blur_step(x, taps, step as usize);
     }
-    blur_step_ops(x, taps, step)
+    match super::matrices::blur_step(x, taps, step as usize)? {
+        Some(y) => Ok(y),
+        None => blur_step_ops(x, taps, step),
+    }
 }
 
-/// `blur_step` in tensor ops, for any device.
+/// `blur_step` in tensor ops, for any device and size.
 pub(super) fn blur_step_ops(x: &Tensor, taps: &[f32], step: i64) -> Result<Tensor> {
     let p = (taps.len() / 2) as i64;
     let mut y = x.shallow_clone();

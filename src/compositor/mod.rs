@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod blend;
 mod cpu;
+mod matrices;
 pub mod matte;
 pub mod poisson;
 pub mod resample;

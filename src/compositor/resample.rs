@@ -31,10 +31,13 @@ pub fn upscale(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
     if cpu::fits(x) && h > 0 && w > 0 {
         return cpu::upscale(x, h as usize, w as usize);
     }
-    upscale_ops(x, h, w)
+    match super::matrices::upscale(x, h, w)? {
+        Some(y) => Ok(y),
+        None => upscale_ops(x, h, w),
+    }
 }
 
-/// `upscale` in tensor ops, for any device.
+/// `upscale` in tensor ops, for any device and size.
 fn upscale_ops(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
     let across = x.dim() as i64 - 1;
     let along_w = upscale_axis_to(x, w, across)?;
