@@ -122,7 +122,8 @@ pub fn levels_for(side: i64) -> usize {
 pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
     let diff = patch.f_sub(base)?;
     let (h, w) = super::sides(&diff);
-    let mask = mask.f_expand(super::shaped_like(&diff, 1, h, w), false)?;
+    let shape = super::shaped_like(&diff, 1, h, w);
+    let mask = if mask.size() == shape { mask.shallow_clone() } else { mask.f_expand(shape, false)? };
     let mut pyramid = vec![Tensor::f_cat(&[&diff, &mask], -3)?];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
