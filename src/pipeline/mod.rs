@@ -361,7 +361,8 @@ impl Pipeline {
         let plan = Arc::new(plan);
         let rx = painter.submit(canvases::LANE, vec![CanvasOrder { plan: plan.clone(), patches }])?;
         let (mut painted, _) = rx.await.map_err(|_| BatchError::Stopped(canvases::LANE.into()))??;
-        let Canvas { composited, pixels } = painted.pop().ok_or_else(|| PipelineError::Internal("no canvas".into()))?;
+        let Canvas { composited, pixels } =
+            painted.pop().ok_or_else(|| PipelineError::Internal("no canvas".into()))??;
         let composite = started.elapsed();
         let me = self.clone();
         let (plan, bytes, encode) = runner
