@@ -268,13 +268,19 @@ impl Compositor {
     /// router has already limited it to where a `contain` patch lands.
     fn mask_in(&self, region: &Region, win: &Rect) -> Result<Tensor> {
         let v = &region.visible;
-        let m = upload(&Tensor::from_slice(&region.mask), self.device)?.f_view([1, v.h, v.w])?;
-        let zeros = Tensor::f_zeros([1, win.h, win.w], (Kind::Float, self.device))?;
-        paste(&zeros, &m, v, win)
+        if v.x < win.x || v.y < win.y || v.x + v.w > win.x + win.w || v.y + v.h > win.y + win.h {
+            return Err(TchError::Shape(format!("the mask's rectangle {v:?} is not inside the window {win:?}")));
+        }
+        // Laid out on the host and sent at once: on a GPU one copy instead of four launches.
+        let (dx, dy, ww) = ((v.x - win.x) as usize, (v.y - win.y) as usize, win.w as usize);
+        let mut placed = vec![0f32; (win.w * win.h) as usize];
+        for (row, src) in region.mask.chunks(v.w.max(1) as usize).take(v.h as usize).enumerate() {
+            let at = (dy + row) * ww + dx;
+            placed[at..at + src.len()].copy_from_slice(src);
+        }
+        upload(&Tensor::from_slice(&placed), self.device)?.f_view([1, win.h, win.w])
     }
 
-    /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
-    /// rectangle when it mattes the patch.
     /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
     /// (over the visible rectangle) where the patch mattes itself.
     pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
@@ -288,6 +294,8 @@ impl Compositor {
         }
     }
 
+    /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
+    /// rectangle when it mattes the patch.
     fn paint(&self, canvas: &Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Option<Tensor>> {
         let (r, v) = (&region.rect, &region.visible);
         let (full, cov) = Fitting::region(region).fit(patch, region.patch_matte)?;
