@@ -47,10 +47,7 @@ pub(super) fn blur_step_ops(x: &Tensor, taps: &[f32], step: i64) -> Result<Tenso
 /// `x` [C, h, w] or [N, C, h, w] with its edge pixels repeated outwards by `pad` (left,
 /// right, top, bottom).
 pub(super) fn replicate_edges(x: &Tensor, pad: [i64; 4]) -> Result<Tensor> {
-    if x.dim() == 3 {
-        return x.f_unsqueeze(0)?.f_pad(pad, "replicate", None)?.f_squeeze_dim(0);
-    }
-    x.f_pad(pad, "replicate", None)
+    super::as_batch(x, |x| x.f_pad(pad, "replicate", None))
 }
 
 /// Max over a (2r+1)-square neighbourhood of [C, h, w], in two 1-D passes.
@@ -64,13 +61,9 @@ pub fn dilate(x: &Tensor, r: i64) -> Result<Tensor> {
 /// `dilate` in tensor ops, for any device.
 pub(super) fn dilate_ops(x: &Tensor, r: i64) -> Result<Tensor> {
     let k = 2 * r + 1;
-    let pool = |t: &Tensor| -> Result<Tensor> {
-        t.f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?.f_max_pool2d([k, 1], [1, 1], [r, 0], [1, 1], false)
-    };
-    if x.dim() == 3 {
-        return pool(&x.f_unsqueeze(0)?)?.f_squeeze_dim(0);
-    }
-    pool(x)
+    super::as_batch(x, |x| {
+        x.f_max_pool2d([1, k], [1, 1], [0, r], [1, 1], false)?.f_max_pool2d([k, 1], [1, 1], [r, 0], [1, 1], false)
+    })
 }
 
 pub fn gaussian_taps(sigma: f64) -> Vec<f32> {

@@ -73,6 +73,15 @@ pub(crate) fn channels(t: &Tensor) -> i64 {
     s[s.len() - 3]
 }
 
+/// `f` of `x` as a batch [N, C, h, w], for libtorch's 2-D kernels: a single [C, h, w] goes
+/// in as a batch of one and comes back as it was.
+pub(crate) fn as_batch(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if x.dim() == 3 {
+        return f(&x.f_unsqueeze(0)?)?.f_squeeze_dim(0);
+    }
+    f(x)
+}
+
 /// The shape of `t` with its channels and sides replaced (its leading batch side kept).
 pub(crate) fn shaped_like(t: &Tensor, c: i64, h: i64, w: i64) -> Vec<i64> {
     let mut s = t.size();
@@ -85,7 +94,10 @@ pub(crate) fn shaped_like(t: &Tensor, c: i64, h: i64, w: i64) -> Vec<i64> {
 /// which the resize kernels handle slowly).
 fn rgb(patch: &Tensor) -> Result<Tensor> {
     match channels(patch) {
-        1 => patch.f_expand(shaped_like(patch, 3, sides(patch).0, sides(patch).1), false)?.f_contiguous(),
+        1 => {
+            let (h, w) = sides(patch);
+            patch.f_expand(shaped_like(patch, 3, h, w), false)?.f_contiguous()
+        }
         3 => patch.f_contiguous(),
         _ => patch.f_narrow(-3, 0, 3)?.f_contiguous(),
     }
@@ -112,12 +124,11 @@ pub fn fit_patch(patch: &Tensor, w: i64, h: i64, fit: Fit, matte: bool) -> Resul
         }
         Fit::Contain => {
             let at = contained(pw as i64, ph as i64, w, h);
-            let (rh, rw, oy, ox) = (at.h, at.w, at.y, at.x);
-            let r = resize(&p, rh, rw)?;
+            let r = resize(&p, at.h, at.w)?;
             let img = Tensor::f_zeros(shaped_like(&p, channels(&p), h, w), (Kind::Float, p.device()))?;
             let cov = Tensor::f_zeros([1, h, w], (Kind::Float, p.device()))?;
-            window(&img, &Rect { x: ox, y: oy, w: rw, h: rh })?.f_copy_(&r)?;
-            let _ = window(&cov, &Rect { x: ox, y: oy, w: rw, h: rh })?.f_fill_(1.0)?;
+            window(&img, &at)?.f_copy_(&r)?;
+            let _ = window(&cov, &at)?.f_fill_(1.0)?;
             split(img, Some(cov))
         }
     }

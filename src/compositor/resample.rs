@@ -20,10 +20,7 @@ pub fn resize(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
     if h >= xh && w >= xw {
         return upscale(x, h, w);
     }
-    if x.dim() == 4 {
-        return x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None);
-    }
-    x.f_unsqueeze(0)?.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)?.f_squeeze_dim(0)
+    super::as_batch(x, |x| x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None))
 }
 
 /// Bilinear upscaling of [C, h, w] to [C, `h`, `w`] (neither side shrinks), one axis at a time.

@@ -51,9 +51,9 @@ impl BatchModel for CanvasPainter {
         let stream = SideStream::enter(self.device);
         let mut painted: Vec<Option<Painted>> = orders.iter().map(|_| None).collect();
         let mut left: Vec<usize> = (0..orders.len()).collect();
+        // A canvas without patches (a colour or a picture alone) has nothing to batch.
+        let patched = |p: &Patches| p.background.is_some() || p.regions.iter().any(Option::is_some);
         while let Some(&first) = left.first() {
-            // A canvas without patches (a colour or a picture alone) has nothing to batch.
-            let patched = |p: &Patches| p.background.is_some() || p.regions.iter().any(Option::is_some);
             let like = |i: &usize| {
                 let (a, b) = (&orders[first], &orders[*i]);
                 *i == first || (patched(&a.patches) && same_canvas((&a.plan, &a.patches), (&b.plan, &b.patches)))
