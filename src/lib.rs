@@ -9,6 +9,9 @@
 //! render` and the other commands). [`latent`] makes NumPy-compatible latents; [`error`]
 //! holds the errors that cross modules.
 
+#[macro_use]
+mod wide;
+
 pub mod batcher;
 pub mod cli;
 pub mod compositor;

@@ -40,6 +40,7 @@ fn fresh(c: usize, h: usize, w: usize, fill: impl FnOnce(&mut [f32])) -> Result<
     Ok(out)
 }
 
+wide! {
 /// Separable blur of [C, h, w] with the 1-D `taps` (odd length), edge pixels replicated,
 /// keeping every `step`-th output along each axis: [C, ceil(h / step), ceil(w / step)].
 /// Along the width first, then the height; each output is the first tap's product plus the
@@ -100,7 +101,9 @@ pub fn blur_step(x: &Tensor, taps: &[f32], step: usize) -> Result<Tensor> {
         }
     })
 }
+}
 
+wide! {
 /// Max over the (2r+1)-square neighbourhood of each pixel of [C, h, w], within the picture.
 pub fn dilate(x: &Tensor, r: usize) -> Result<Tensor> {
     let (x, [c, h, w]) = values(x)?;
@@ -132,7 +135,9 @@ pub fn dilate(x: &Tensor, r: usize) -> Result<Tensor> {
         }
     })
 }
+}
 
+wide! {
 /// Bilinear upscaling of [C, h, w] to [C, `to_h`, `to_w`] (neither side shrinks) as
 /// libtorch's `upsample_bilinear2d` samples it (align_corners false), along the width and
 /// then the height.
@@ -151,8 +156,10 @@ pub fn upscale(x: &Tensor, to_h: usize, to_w: usize) -> Result<Tensor> {
         }
     })
 }
+}
 
 /// Rows of `w` values in `src` resampled to rows of `to_w` in `out`, as `upscale` does.
+#[inline(always)]
 fn widen(src: &[f32], w: usize, to_w: usize, out: &mut [f32]) {
     let across = lerp_table(w, to_w);
     for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(to_w)) {
@@ -162,6 +169,7 @@ fn widen(src: &[f32], w: usize, to_w: usize, out: &mut [f32]) {
     }
 }
 
+wide! {
 /// One level of collapsing a masked Laplacian pyramid (`blend::laplacian`) in one pass over
 /// the output: `level` [C + 1, h, w] and `next` [C + 1, h2, w2] are consecutive levels of
 /// the difference's pyramid with the mask as the last channel, `coarse` [C, h2, w2] the
@@ -195,7 +203,9 @@ pub fn collapse_step(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<T
         }
     })
 }
+}
 
+wide! {
 /// `poisson::clone`'s right-hand side in one pass: for `base` and `patch` [C, h, w] and
 /// `mask` [1, h, w] (h, w >= 3), the divergence at interior pixels of the gradient of
 /// `patch - base` on edges with both ends inside the mask (> 0.5), zero elsewhere:
@@ -226,6 +236,7 @@ pub fn masked_divergence(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result
         }
     })
 }
+}
 
 /// Whether `x` fits the filters here and `weight` is one plane of its size.
 pub fn weighs(x: &Tensor, weight: &Tensor) -> bool {
@@ -255,6 +266,7 @@ pub fn masked_stats(x: &Tensor, weight: &Tensor) -> Result<Option<Vec<(f32, f32)
     Ok(Some(stats))
 }
 
+wide! {
 /// `x` [C, h, w] with channel `c` made `(x - from) * gain + to` for `moves[c] = (from, gain,
 /// to)`, in one pass.
 pub fn shift_channels(x: &Tensor, moves: &[(f32, f32, f32)]) -> Result<Tensor> {
@@ -267,6 +279,7 @@ pub fn shift_channels(x: &Tensor, moves: &[(f32, f32, f32)]) -> Result<Tensor> {
             }
         }
     })
+}
 }
 
 /// For each of `to` samples resampling `n`: the two source samples and the weight of the
@@ -284,6 +297,7 @@ pub(super) fn lerp_table(n: usize, to: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// `a + t * (b - a)`, computed from the nearer end as libtorch's `lerp` does.
+#[inline(always)]
 fn lerp(a: f32, b: f32, t: f32) -> f32 {
     if t < 0.5 {
         a + t * (b - a)

@@ -80,7 +80,7 @@ pub fn to_interleaved_u8(image: &Tensor) -> Result<(Vec<u8>, u32, u32, u8), Enco
 /// truncated to uint8. `max` and `min` send NaN to 0 as the saturating `as u8` would, and
 /// leave a finite value within 0..=255, which the unchecked conversion then truncates exactly;
 /// unlike the saturating one, the compiler vectorises it (3 times faster over a canvas).
-#[inline]
+#[inline(always)]
 #[allow(clippy::manual_clamp)] // `clamp` keeps NaN, which the unchecked conversion must not see
 fn to_u8(x: f32) -> u8 {
     let v = (x * 127.5 + 128.0).max(0.0).min(255.0);
@@ -88,6 +88,7 @@ fn to_u8(x: f32) -> u8 {
     unsafe { v.to_int_unchecked::<i32>() as u8 }
 }
 
+wide! {
 /// `planes` (one per channel, equally long) in generator units into interleaved uint8 `out`,
 /// by NVIDIA's conversion.
 fn interleave_u8(planes: &[&[f32]], out: &mut [u8]) {
@@ -106,6 +107,7 @@ fn interleave_u8(planes: &[&[f32]], out: &mut [u8]) {
             }
         }
     }
+}
 }
 
 fn cores() -> usize {
