@@ -5,6 +5,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::cpu;
+use crate::router::geometry::Rect;
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -93,6 +94,12 @@ pub fn mix(base: &Tensor, patch: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     base.f_add(&patch.f_sub(base)?.f_mul(alpha)?)
 }
 
+/// `mix` written into `base` (a window of the canvas) in place: the same values.
+pub fn mix_into(base: &Tensor, patch: &Tensor, alpha: &Tensor) -> Result<()> {
+    let _ = base.shallow_clone().f_add_(&patch.f_sub(base)?.f_mul(alpha)?)?;
+    Ok(())
+}
+
 const BURT_ADELSON: [f32; 5] = [1.0 / 16.0, 4.0 / 16.0, 6.0 / 16.0, 4.0 / 16.0, 1.0 / 16.0];
 
 fn down(x: &Tensor) -> Result<Tensor> {
@@ -108,16 +115,21 @@ pub fn levels_for(side: i64) -> usize {
     ((side.max(1) as f64).log2().floor() as i64 - 4).clamp(1, 5) as usize
 }
 
-/// Multi-band blending (Burt and Adelson): the Laplacian pyramids of `base` and `patch`
-/// mixed level by level under the Gaussian pyramid of `mask`, then collapsed. Since the
-/// Laplacian pyramid is linear, this is `base` plus the collapsed, masked pyramid of
-/// `patch - base`, which needs one pyramid instead of two.
-pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) -> Result<Tensor> {
-    let diff = patch.f_sub(base)?;
-    let (h, w) = super::sides(&diff);
-    let shape = super::shaped_like(&diff, 1, h, w);
-    let mask = if mask.size() == shape { mask.shallow_clone() } else { mask.f_expand(shape, false)? };
-    let mut pyramid = vec![Tensor::f_cat(&[&diff, &mask], -3)?];
+/// Multi-band blending (Burt and Adelson) of `patch`, pasted over `at` (a rectangle of
+/// `base`'s window), into `base`, under `mask`: the Laplacian pyramids of `base` and of
+/// `base` with the patch pasted, mixed level by level under the Gaussian pyramid of `mask`,
+/// then collapsed. Since the Laplacian pyramid is linear, that is `base` plus the collapsed,
+/// masked pyramid of the difference, which needs one pyramid instead of two; the difference
+/// is the patch minus `base` over `at` and zero elsewhere. Returns that collapsed difference
+/// (the blend less `base`), for the caller to add to its window in place.
+pub fn laplacian(base: &Tensor, patch: &Tensor, at: &Rect, mask: &Tensor, levels: usize) -> Result<Tensor> {
+    let (c, (h, w)) = (super::channels(base), super::sides(base));
+    // The difference and the mask as one tensor, so that each level is one blur.
+    let first = Tensor::f_zeros(super::shaped_like(base, c + 1, h, w), (Kind::Float, base.device()))?;
+    let mut inside = super::window(&first.f_narrow(-3, 0, c)?, at)?;
+    inside.f_copy_(&patch.f_sub(&super::window(base, at)?)?)?;
+    first.f_narrow(-3, c, 1)?.f_copy_(mask)?;
+    let mut pyramid = vec![first];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
         let (h, w) = super::sides(last);
@@ -127,7 +139,6 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
         let next = down(last)?;
         pyramid.push(next);
     }
-    let c = super::channels(base);
     let top = &pyramid[pyramid.len() - 1];
     let mut out = top.f_narrow(-3, 0, c)?.f_mul(&top.f_narrow(-3, c, 1)?)?;
     for k in (0..pyramid.len() - 1).rev() {
@@ -137,7 +148,7 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, mask: &Tensor, levels: usize) ->
             collapse_step_ops(&pyramid[k], &pyramid[k + 1], &out)?
         };
     }
-    base.f_add(&out)
+    Ok(out)
 }
 
 /// One level of the collapse: `level` and `next` are consecutive levels [C + 1, h, w] of the

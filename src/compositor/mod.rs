@@ -202,10 +202,10 @@ fn window(t: &Tensor, r: &Rect) -> Result<Tensor> {
     t.f_narrow(-2, r.y, r.h)?.f_narrow(-1, r.x, r.w)
 }
 
-/// `inner` (a [C, h, w] over rect `at`) placed in a copy of `base`, which covers `win`.
-fn paste(base: &Tensor, inner: &Tensor, at: &Rect, win: &Rect) -> Result<Tensor> {
+/// `inner` placed over `at` (a rectangle of `base`) in a copy of `base`.
+fn paste(base: &Tensor, inner: &Tensor, at: &Rect) -> Result<Tensor> {
     let out = base.f_detach_copy()?;
-    window(&out, &Rect { x: at.x - win.x, y: at.y - win.y, w: at.w, h: at.h })?.f_copy_(inner)?;
+    window(&out, at)?.f_copy_(inner)?;
     Ok(out)
 }
 
@@ -299,7 +299,7 @@ impl Compositor {
         match alpha {
             Some(a) => {
                 let zeros = Tensor::f_zeros(shaped_like(a, 1, win.h, win.w), (Kind::Float, a.device()))?;
-                m.f_mul(&paste(&zeros, a, &region.visible, win)?)
+                m.f_mul(&paste(&zeros, a, &region.visible.within(win))?)
             }
             None => Ok(m),
         }
@@ -310,7 +310,7 @@ impl Compositor {
     fn paint(&self, canvas: &Tensor, region: &Region, patch: &Tensor, bounds: &Rect) -> Result<Option<Tensor>> {
         let (r, v) = (&region.rect, &region.visible);
         let (full, cov) = Fitting::region(region).fit(patch, region.patch_matte)?;
-        let in_rect = Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h };
+        let in_rect = v.within(r);
         let mut p = window(&full, &in_rect)?;
         let alpha = match (region.patch_matte, cov) {
             (true, Some(c)) => Some(window(&c, &in_rect)?),
@@ -320,7 +320,7 @@ impl Compositor {
             let reach = (region.feather.ceil() as i64).max(6);
             let win = v.expand(reach, bounds);
             let m = self.matte_in(region, alpha.as_ref(), &win)?;
-            let inner = window(&m, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })?;
+            let inner = window(&m, &v.within(&win))?;
             let ring = blend::ring(&m, reach)?;
             p = match &alpha {
                 Some(a) => {
@@ -343,25 +343,32 @@ impl Compositor {
         let win = v.expand(margin, bounds);
         let base = window(canvas, &win)?;
         let m = self.mask_in(region, &win)?;
-        let layer = paste(&base, &p, v, &win)?;
-        let out = match region.blend {
-            BlendMode::None => layer.f_where_self(&m.f_gt(0.5)?, &base)?,
-            BlendMode::Alpha => blend::mix(&base, &layer, &blend::feathered(&m, region.feather)?)?,
+        let at = v.within(&win);
+        // Each mode changes the canvas's window in place, and only where it changes.
+        match region.blend {
+            BlendMode::None => {
+                let mut inside = window(&base, &at)?;
+                inside.f_copy_(&p.f_where_self(&window(&m, &at)?.f_gt(0.5)?, &inside)?)?;
+            }
+            BlendMode::Alpha => {
+                let soft = blend::feathered(&m, region.feather)?;
+                blend::mix_into(&window(&base, &at)?, &p, &window(&soft, &at)?)?;
+            }
             BlendMode::Laplacian => {
                 let soft = blend::feathered(&m, region.feather / 2.0)?;
-                blend::laplacian(&base, &layer, &soft, blend::levels_for(v.w.min(v.h)))?
+                let change = blend::laplacian(&base, &p, &at, &soft, blend::levels_for(v.w.min(v.h)))?;
+                let _ = base.shallow_clone().f_add_(&change)?;
             }
             BlendMode::Poisson => {
                 // With a matte the subject alone is cloned: its backdrop stays the canvas's.
                 let m = if alpha.is_some() { self.matte_in(region, alpha.as_ref(), &win)? } else { m };
-                let solved = poisson::clone(&base, &layer, &m)?;
+                let solved = poisson::clone(&base, &paste(&base, &p, &at)?, &m)?;
                 let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
                     .f_mul_scalar(4.0)?
                     .f_clamp(0.0, 1.0)?;
-                blend::mix(&base, &solved, &reach)?
+                blend::mix_into(&base, &solved, &reach)?;
             }
-        };
-        window(canvas, &win)?.f_copy_(&out)?;
+        }
         Ok(alpha)
     }
 
@@ -386,7 +393,7 @@ impl Compositor {
         let (r, v) = (&region.rect, &region.visible);
         // Picture and weight as one [4, h, w] tensor, so the fit is undone once for both.
         let both = Tensor::f_zeros([4, r.h, r.w], (Kind::Float, self.device))?;
-        let inner = window(&both, &Rect { x: v.x - r.x, y: v.y - r.y, w: v.w, h: v.h })?;
+        let inner = window(&both, &v.within(r))?;
         inner.f_narrow(0, 0, 3)?.f_copy_(&window(canvas, v)?)?;
         inner.f_narrow(0, 3, 1)?.f_copy_(weight)?;
         let both = match region.fit {
@@ -411,7 +418,7 @@ impl Compositor {
         let win = v.expand(band, bounds);
         let hard = self.mask_in(region, &win)?.f_gt(0.5)?.f_to_kind(Kind::Float)?;
         let near_outside = blend::dilate(&hard.f_neg()?.f_add_scalar(1.0)?, band)?;
-        window(&hard.f_mul(&near_outside)?, &Rect { x: v.x - win.x, y: v.y - win.y, w: v.w, h: v.h })
+        window(&hard.f_mul(&near_outside)?, &v.within(&win))
     }
 
     /// The seam score of `region` in a finished `canvas` (see [`seam::seam_score`]).

@@ -28,6 +28,12 @@ impl Rect {
         Rect { x: self.x - m, y: self.y - m, w: self.w + 2 * m, h: self.h + 2 * m }.intersect(bounds)
     }
 
+    /// The same rectangle in the coordinates of `origin`'s top-left corner (where it lies
+    /// within a window cut at `origin`).
+    pub fn within(&self, origin: &Rect) -> Rect {
+        Rect { x: self.x - origin.x, y: self.y - origin.y, w: self.w, h: self.h }
+    }
+
     pub fn area(&self) -> i64 {
         self.w * self.h
     }
