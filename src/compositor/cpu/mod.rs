@@ -1,13 +1,18 @@
 //! The compositor's filters on the CPU as whole passes in plain Rust: a separable blur
 //! (optionally keeping every second output, the pyramid's reduce step), a square dilation,
-//! bilinear upscaling, a level of the Laplacian pyramid's collapse and the Poisson
-//! equation's right-hand side. libtorch runs each as a dozen strided element-wise passes,
-//! gathers, or a max-pool that is slow for one channel; these read each input once per axis.
-//! They take float32 [C, h, w] tensors on the CPU ([`fits`]); `blend`, `resample` and
-//! `poisson` keep the tensor-op versions for every other device and tests hold these to
-//! them. Nothing here knows about regions.
+//! bilinear upscaling and a level of the Laplacian pyramid's collapse ([`bilinear`]), the
+//! Poisson equation's right-hand side, and colour matching's statistics and shifts. libtorch
+//! runs each as a dozen strided element-wise passes, gathers, or a max-pool that is slow for
+//! one channel; these read each input once per axis. They take float32 [C, h, w] tensors on
+//! the CPU ([`fits`]); `blend`, `resample` and `poisson` keep the tensor-op versions for every
+//! other device and tests hold these to them. Nothing here knows about regions.
 
 use tch::{Device, Kind, TchError, Tensor};
+
+mod bilinear;
+
+pub(in crate::compositor) use bilinear::lerp_table;
+pub use bilinear::{collapse_step, upscale};
 
 type Result<T> = std::result::Result<T, TchError>;
 
@@ -138,74 +143,6 @@ pub fn dilate(x: &Tensor, r: usize) -> Result<Tensor> {
 }
 
 wide! {
-/// Bilinear upscaling of [C, h, w] to [C, `to_h`, `to_w`] (neither side shrinks) as
-/// libtorch's `upsample_bilinear2d` samples it (align_corners false), along the width and
-/// then the height.
-pub fn upscale(x: &Tensor, to_h: usize, to_w: usize) -> Result<Tensor> {
-    let (x, [c, h, w]) = values(x)?;
-    let rows = fresh(c, h, to_w, |out| widen(read(&x), w, to_w, out))?;
-    let src = read(&rows);
-    let down = lerp_table(h, to_h);
-    fresh(c, to_h, to_w, |out| {
-        for (n, dst) in out.chunks_exact_mut(to_w).enumerate() {
-            let (ch, (lo, hi, t)) = (n / to_h, down[n % to_h]);
-            let (a, b) = (&src[(ch * h + lo) * to_w..][..to_w], &src[(ch * h + hi) * to_w..][..to_w]);
-            for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
-                *d = lerp(a, b, t);
-            }
-        }
-    })
-}
-}
-
-/// Rows of `w` values in `src` resampled to rows of `to_w` in `out`, as `upscale` does.
-#[inline(always)]
-fn widen(src: &[f32], w: usize, to_w: usize, out: &mut [f32]) {
-    let across = lerp_table(w, to_w);
-    for (row, dst) in src.chunks_exact(w).zip(out.chunks_exact_mut(to_w)) {
-        for (d, &(lo, hi, t)) in dst.iter_mut().zip(&across) {
-            *d = lerp(row[lo], row[hi], t);
-        }
-    }
-}
-
-wide! {
-/// One level of collapsing a masked Laplacian pyramid (`blend::laplacian`) in one pass over
-/// the output: `level` [C + 1, h, w] and `next` [C + 1, h2, w2] are consecutive levels of
-/// the difference's pyramid with the mask as the last channel, `coarse` [C, h2, w2] the
-/// collapse so far. Returns `(d - up(d_next)) * m + up(coarse)`, equal to the last bit to
-/// those steps with `upscale` one after another, without their four whole-size tensors.
-pub fn collapse_step(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<Tensor> {
-    let (level, [c1, h, w]) = values(level)?;
-    let (next, [_, h2, w2]) = values(next)?;
-    let (coarse, _) = values(coarse)?;
-    let c = c1 - 1;
-    // The coarse difference and the collapse so far, each upscaled along the width.
-    let plane = c * h2 * w;
-    let mut wide = vec![0f32; 2 * plane];
-    let (wide_next, wide_coarse) = wide.split_at_mut(plane);
-    widen(&read(&next)[..c * h2 * w2], w2, w, wide_next);
-    widen(read(&coarse), w2, w, wide_coarse);
-    let (fine, down) = (read(&level), lerp_table(h2, h));
-    let mask = &fine[c * h * w..];
-    fresh(c, h, w, |out| {
-        for (n, dst) in out.chunks_exact_mut(w).enumerate() {
-            let (ch, y, (lo, hi, t)) = (n / h, n % h, down[n % h]);
-            let (d, m) = (&fine[(ch * h + y) * w..][..w], &mask[y * w..][..w]);
-            let (lo, hi) = ((ch * h2 + lo) * w, (ch * h2 + hi) * w);
-            let (n0, n1) = (&wide_next[lo..][..w], &wide_next[hi..][..w]);
-            let (c0, c1) = (&wide_coarse[lo..][..w], &wide_coarse[hi..][..w]);
-            // Every slice is `w` long, which lets the compiler drop the bounds checks.
-            let dst = &mut dst[..w];
-            for x in 0..w {
-                dst[x] = (d[x] - lerp(n0[x], n1[x], t)) * m[x] + lerp(c0[x], c1[x], t);
-            }
-        }
-    })
-}
-}
-
-wide! {
 /// `poisson::clone`'s right-hand side in one pass: for `base` and `patch` [C, h, w] and
 /// `mask` [1, h, w] (h, w >= 3), the divergence at interior pixels of the gradient of
 /// `patch - base` on edges with both ends inside the mask (> 0.5), zero elsewhere:
@@ -282,30 +219,6 @@ pub fn shift_channels(x: &Tensor, moves: &[(f32, f32, f32)]) -> Result<Tensor> {
 }
 }
 
-/// For each of `to` samples resampling `n`: the two source samples and the weight of the
-/// second, placed as libtorch places them (source `(i + 0.5) * n / to - 0.5` in single
-/// precision with one rounding, clamped at 0).
-pub(super) fn lerp_table(n: usize, to: usize) -> Vec<(usize, usize, f32)> {
-    let scale = n as f32 / to as f32;
-    (0..to)
-        .map(|i| {
-            let src = scale.mul_add(i as f32 + 0.5, -0.5).max(0.0);
-            let below = (src as usize).min(n - 1);
-            (below, (below + 1).min(n - 1), src - below as f32)
-        })
-        .collect()
-}
-
-/// `a + t * (b - a)`, computed from the nearer end as libtorch's `lerp` does.
-#[inline(always)]
-fn lerp(a: f32, b: f32, t: f32) -> f32 {
-    if t < 0.5 {
-        a + t * (b - a)
-    } else {
-        b - (b - a) * (1.0 - t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{blend, poisson};
@@ -313,7 +226,7 @@ mod tests {
 
     /// Odd and even sides, one to four channels, a contiguous input and a window of a larger
     /// tensor (the compositor's inputs are often windows).
-    fn inputs() -> Vec<Tensor> {
+    pub(super) fn inputs() -> Vec<Tensor> {
         tch::manual_seed(11);
         let mut xs = Vec::new();
         for (c, h, w) in [(1, 37, 52), (3, 64, 65), (4, 9, 7), (1, 1, 5), (2, 6, 1)] {
@@ -324,7 +237,7 @@ mod tests {
         xs
     }
 
-    fn largest_difference(a: &Tensor, b: &Tensor) -> f64 {
+    pub(super) fn largest_difference(a: &Tensor, b: &Tensor) -> f64 {
         assert_eq!(a.size(), b.size());
         (a - b).abs().max().double_value(&[])
     }
@@ -361,23 +274,6 @@ mod tests {
                 let ours = dilate(&x, r).unwrap();
                 let ops = blend::dilate_ops(&x, r as i64).unwrap();
                 assert_eq!(largest_difference(&ours, &ops), 0.0, "{:?}, radius {r}", x.size());
-            }
-        }
-    }
-
-    #[test]
-    fn upscaling_equals_libtorch_bilinear() {
-        for x in inputs() {
-            let (h, w) = (x.size()[1], x.size()[2]);
-            // Whole factors (the pyramid's expand step), other ratios (patches fitted to their
-            // rectangles) and one side kept.
-            for (to_h, to_w) in [(2 * h, 2 * w), (2 * h - 1, 2 * w - 1), (4 * h, 3 * w), (h + 7, w), (h, 5 * w + 3)] {
-                let ours = upscale(&x, to_h as usize, to_w as usize).unwrap();
-                let reference = x.unsqueeze(0).upsample_bilinear2d([to_h, to_w], false, None, None).squeeze_dim(0);
-                // The same samples and weights; libtorch mixes them as `(1 - t) a + t b`, this
-                // as its `lerp` does: a few units in the last place (4.8e-7 at most here).
-                let diff = largest_difference(&ours, &reference);
-                assert!(diff < 1e-6, "{:?} to {to_h}x{to_w}: {diff}", x.size());
             }
         }
     }
@@ -422,22 +318,6 @@ mod tests {
                 inside.sum(Kind::Float),
                 ring.sum(Kind::Float)
             );
-        }
-    }
-
-    #[test]
-    fn a_collapse_step_equals_its_tensor_ops() {
-        tch::manual_seed(12);
-        // Even and odd sides (the coarse level is half, rounded up), one to three channels.
-        for (c, h, w) in [(3, 64, 50), (3, 67, 55), (1, 9, 4), (2, 3, 3)] {
-            let (h2, w2) = ((h + 1) / 2, (w + 1) / 2);
-            let level = Tensor::randn([c + 1, h, w], (Kind::Float, Device::Cpu));
-            let next = Tensor::randn([c + 1, h2, w2], (Kind::Float, Device::Cpu));
-            let coarse = Tensor::randn([c, h2, w2], (Kind::Float, Device::Cpu));
-            let ours = collapse_step(&level, &next, &coarse).unwrap();
-            let ops = blend::collapse_step_ops(&level, &next, &coarse).unwrap();
-            // The same lerps (`upscale`'s on the CPU), differences, products and sums.
-            assert_eq!(largest_difference(&ours, &ops), 0.0, "{c} x {h} x {w}");
         }
     }
 
