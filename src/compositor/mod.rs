@@ -209,6 +209,18 @@ fn paste(base: &Tensor, inner: &Tensor, at: &Rect) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `m`, the region's mask over window `win`, times its patch's `alpha` (over the visible
+/// rectangle) where the patch mattes itself: the region's final matte there.
+fn matted(m: Tensor, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
+    match alpha {
+        Some(a) => {
+            let zeros = Tensor::f_zeros(shaped_like(a, 1, win.h, win.w), (Kind::Float, a.device()))?;
+            m.f_mul(&paste(&zeros, a, &region.visible.within(win))?)
+        }
+        None => Ok(m),
+    }
+}
+
 impl Compositor {
     /// The finished canvas and the patches' alphas. With every patch [N, C, S, S], N canvases
     /// of the plan at once: canvas [N, 3, H, W], alphas [N, 1, h, w], each step one pass over
@@ -295,14 +307,7 @@ impl Compositor {
     /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
     /// (over the visible rectangle) where the patch mattes itself.
     pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
-        let m = self.mask_in(region, win)?;
-        match alpha {
-            Some(a) => {
-                let zeros = Tensor::f_zeros(shaped_like(a, 1, win.h, win.w), (Kind::Float, a.device()))?;
-                m.f_mul(&paste(&zeros, a, &region.visible.within(win))?)
-            }
-            None => Ok(m),
-        }
+        matted(self.mask_in(region, win)?, region, alpha, win)
     }
 
     /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
@@ -361,7 +366,7 @@ impl Compositor {
             }
             BlendMode::Poisson => {
                 // With a matte the subject alone is cloned: its backdrop stays the canvas's.
-                let m = if alpha.is_some() { self.matte_in(region, alpha.as_ref(), &win)? } else { m };
+                let m = matted(m, region, alpha.as_ref(), &win)?;
                 let solved = poisson::clone(&base, &paste(&base, &p, &at)?, &m)?;
                 let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
                     .f_mul_scalar(4.0)?

@@ -67,6 +67,7 @@ struct Phases {
 
 impl Phases {
     fn of(table: &[(usize, usize, f32)], n: usize, to: usize) -> Option<Phases> {
+        // Rows too short for phases to pay are left to the table.
         if n < 8 || !to.is_multiple_of(n) {
             return None;
         }
