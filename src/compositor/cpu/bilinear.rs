@@ -90,7 +90,9 @@ impl Phases {
         Some(Phases { ratio, shift, t, first, last })
     }
 
-    /// The phased outputs of one row, for a ratio known when compiled.
+    /// The phased outputs of one row, for a ratio known when compiled: the compiler unrolls
+    /// the phases, which made the portrait's whole composite 3.0 ms against 2.5 with
+    /// `widen_any` for every ratio (in process, five alternations).
     #[inline(always)]
     fn widen<const R: usize>(&self, row: &[f32], dst: &mut [f32]) {
         let shift: [isize; R] = std::array::from_fn(|p| self.shift[p]);
