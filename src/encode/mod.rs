@@ -1,6 +1,7 @@
 //! Encoding: pixel tensors out of the generator or compositor into PNG, JPEG or WebP bytes.
 //! It never runs a model.
 
+mod huffman;
 mod png;
 
 use std::path::Path;
@@ -127,17 +128,8 @@ pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> 
     };
     let mut out = Vec::new();
     match format {
-        // Fast deflate: a model server's pictures are made to be sent, not archived.
-        // Large pictures: filtered and deflated in strips on every core.
-        Format::Png if data.len() >= PARALLEL_PNG_BYTES => {
-            out = png::encode(data, w, h, c, cores());
-        }
-        Format::Png => image::codecs::png::PngEncoder::new_with_quality(
-            &mut out,
-            image::codecs::png::CompressionType::Fast,
-            image::codecs::png::FilterType::Paeth,
-        )
-        .write_image(data, w, h, color)?,
+        // mixgan's own fast deflate (png.rs); large pictures on every core.
+        Format::Png => out = png::encode(data, w, h, c, if data.len() >= PARALLEL_PNG_BYTES { cores() } else { 1 }),
         Format::Jpeg { quality } => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(data, w, h, color)?
         }

@@ -1,78 +1,91 @@
-//! PNG for large pictures, made on several threads, as `pigz` makes gzip files: the rows are
-//! filtered (Paeth) in parallel, then cut into strips of a fixed height that threads take one
-//! at a time, each deflated on its own with the 32 KiB before it as its dictionary and ending
-//! on a byte boundary (a sync flush), and the strips are joined into one zlib stream whose
-//! checksum is combined from theirs. Small strips taken as threads come free keep every core
-//! busy to the end (strips differ in cost by more than twice with what they show); the
-//! dictionary keeps the compression of one long stream. The file depends only on the picture, never on
-//! the number of cores.
+//! PNG files: rows filtered by Paeth's predictor, deflated by `huffman` in blocks of a few
+//! rows, each with a code of its own. Small pictures are made on the caller's thread. Large
+//! ones on several, as `pigz` makes gzip files: the rows are filtered in parallel, then cut
+//! into strips of a fixed height that threads take one at a time, each deflated on its own and
+//! ending on a byte boundary (a sync flush), and the strips are joined into one zlib stream
+//! whose checksum is combined from theirs. Small strips taken as threads come free keep every
+//! core busy to the end (strips differ in cost by more than twice with what they show). The
+//! file depends only on the picture, never on the number of cores.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use super::huffman;
+
+/// Bytes of filtered rows, at least, coded with one code (whole rows; docs/performance.md,
+/// "Encoding large pictures").
+const BLOCK_BYTES: usize = 24 * 1024;
 
 /// Rows per strip (docs/performance.md, "Encoding large pictures").
 const STRIP_ROWS: usize = 32;
 
-/// Deflate's window: how far back a strip's matches may reach into the strip before it.
-const WINDOW: usize = 32 * 1024;
-
-/// zlib-rs's level 2: on a 2048 px portrait 6 % smaller than the single-threaded fast
-/// encoder's file, at about twice its time on one core (docs/performance.md).
-const LEVEL: u32 = 2;
-
 /// A strip's deflated bytes and the Adler-32 of its filtered bytes.
 type Deflated = (Vec<u8>, u32);
 
-/// Encodes interleaved 8-bit pixels (`channels` = 1, 3 or 4) using up to `threads` threads.
+/// Encodes interleaved 8-bit pixels (`channels` = 1, 3 or 4) using up to `threads` threads
+/// (one: all on the caller's thread).
 pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<u8> {
     let (row, rows) = (w as usize * channels as usize, h as usize);
     assert_eq!(data.len(), row * rows, "pixels do not match {w}x{h}x{channels}");
     let line = row + 1;
-    let strips = rows.div_ceil(STRIP_ROWS);
-    let threads = threads.clamp(1, strips.max(1));
+    let strips = rows.div_ceil(STRIP_ROWS).max(1);
+    let threads = threads.clamp(1, strips);
+    let bytes = |i: usize| i * STRIP_ROWS * line..((i + 1) * STRIP_ROWS).min(rows) * line;
+    let deflate = |filtered: &[u8], i: usize| -> Deflated {
+        let strip = &filtered[bytes(i)];
+        let mut adler = simd_adler32::Adler32::new();
+        adler.write(strip);
+        (huffman::deflate(strip, block_bytes(line), i + 1 == strips), adler.finish())
+    };
 
     let mut filtered = vec![0u8; rows * line];
-    let bands = rows.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (i, out) in filtered.chunks_mut(bands * line).enumerate() {
-            scope.spawn(move || filter_rows(data, row, channels as usize, i * bands, out));
-        }
-    });
+    let done: Vec<Deflated> = if threads == 1 {
+        filter_rows(data, row, channels as usize, 0, &mut filtered);
+        (0..strips).map(|i| deflate(&filtered, i)).collect()
+    } else {
+        let bands = rows.div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (i, out) in filtered.chunks_mut(bands * line).enumerate() {
+                scope.spawn(move || filter_rows(data, row, channels as usize, i * bands, out));
+            }
+        });
+        let filtered = &filtered;
+        let next = AtomicUsize::new(0);
+        let done: Mutex<Vec<Option<Deflated>>> = Mutex::new(vec![None; strips]);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= strips {
+                        break;
+                    }
+                    let deflated = deflate(filtered, i);
+                    done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(deflated);
+                });
+            }
+        });
+        let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        done.into_iter().map(|strip| strip.expect("every strip was deflated")).collect()
+    };
 
-    let filtered = &filtered;
-    let bytes = |i: usize| i * STRIP_ROWS * line..((i + 1) * STRIP_ROWS).min(rows) * line;
-    let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<Option<Deflated>>> = Mutex::new(vec![None; strips]);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= strips {
-                    break;
-                }
-                let strip = &filtered[bytes(i)];
-                let from = bytes(i).start;
-                let dictionary = &filtered[from.saturating_sub(WINDOW)..from];
-                let deflated = deflate(strip, dictionary, i + 1 == strips);
-                let mut adler = simd_adler32::Adler32::new();
-                adler.write(strip);
-                done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some((deflated, adler.finish()));
-            });
-        }
-    });
-
-    let mut idat = vec![0x78, 0x01];
+    let mut idat = Vec::with_capacity(done.iter().map(|(d, _)| d.len()).sum::<usize>() + 6);
+    idat.extend_from_slice(&[0x78, 0x01]);
     let mut adler = 1;
-    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
-    for (i, strip) in done.into_iter().enumerate() {
-        let (deflated, strip_adler) = strip.expect("every strip was deflated");
+    for (i, (deflated, strip_adler)) in done.into_iter().enumerate() {
         adler = adler32_combine(adler, strip_adler, bytes(i).len());
         idat.extend_from_slice(&deflated);
     }
     idat.extend_from_slice(&adler.to_be_bytes());
+    container(w, h, channels, &idat)
+}
 
+/// Whole filtered rows of `line` bytes, `BLOCK_BYTES` or just over.
+fn block_bytes(line: usize) -> usize {
+    BLOCK_BYTES.div_ceil(line).max(1) * line
+}
+
+/// A PNG file of one IDAT chunk holding `idat`, a zlib stream of the filtered rows.
+fn container(w: u32, h: u32, channels: u8, idat: &[u8]) -> Vec<u8> {
     let color = match channels {
         1 => 0,
         3 => 2,
@@ -85,7 +98,7 @@ pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<
     let mut out = Vec::with_capacity(idat.len() + 64);
     out.extend_from_slice(b"\x89PNG\r\n\x1a\n");
     chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IDAT", idat);
     chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -112,6 +125,7 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
     out.extend_from_slice(&crc.finalize().to_be_bytes());
 }
 
+wide! {
 /// The rows from `from` on that fit in `out`, each as the Paeth filter's type byte (4) and
 /// its residuals.
 fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, out: &mut [u8]) {
@@ -121,48 +135,33 @@ fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, out: &mut [u8])
         let up = if r == 0 { &zeros[..] } else { &data[(r - 1) * row..r * row] };
         dst[0] = 4;
         let dst = &mut dst[1..];
-        for i in 0..bpp {
+        for i in 0..bpp.min(row) {
             dst[i] = cur[i].wrapping_sub(up[i]);
         }
-        for i in bpp..row {
-            dst[i] = cur[i].wrapping_sub(paeth(cur[i - bpp], up[i], up[i - bpp]));
+        if row <= bpp {
+            continue;
+        }
+        // Zipped slices: no bounds checks, so the loop runs on whole vectors.
+        let (left, up_left) = (&cur[..row - bpp], &up[..row - bpp]);
+        for ((((d, &x), &a), &b), &c) in dst[bpp..].iter_mut().zip(&cur[bpp..]).zip(left).zip(&up[bpp..]).zip(up_left) {
+            *d = x.wrapping_sub(paeth(a, b, c));
         }
     }
 }
+}
 
-/// The PNG specification's Paeth predictor.
+/// The PNG specification's Paeth predictor: of the left (`a`), upper (`b`) and upper-left
+/// (`c`) bytes, the one nearest `a + b - c`, ties to `a` then `b`. Without branches, so that
+/// it vectorises: `|p - a| = |b - c|`, `|p - b| = |a - c|`, `|p - c| = |a + b - 2c|`.
+#[inline(always)]
 fn paeth(a: u8, b: u8, c: u8) -> u8 {
-    let p = i16::from(a) + i16::from(b) - i16::from(c);
-    let (pa, pb, pc) = ((p - i16::from(a)).abs(), (p - i16::from(b)).abs(), (p - i16::from(c)).abs());
+    let (a16, b16, c16) = (i16::from(a), i16::from(b), i16::from(c));
+    let (pa, pb, pc) = ((b16 - c16).abs(), (a16 - c16).abs(), (a16 + b16 - 2 * c16).abs());
+    let b_or_c = if pb <= pc { b } else { c };
     if pa <= pb && pa <= pc {
         a
-    } else if pb <= pc {
-        b
     } else {
-        c
-    }
-}
-
-/// Raw deflate at `LEVEL`, matching into `dictionary` (the bytes before `input` in the
-/// stream) too; a strip that is not the last ends with a sync flush, so the next strip's
-/// blocks can follow it byte for byte.
-fn deflate(input: &[u8], dictionary: &[u8], last: bool) -> Vec<u8> {
-    let mut z = Compress::new(Compression::new(LEVEL), false);
-    if !dictionary.is_empty() {
-        z.set_dictionary(dictionary).expect("a dictionary before any input");
-    }
-    let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 1024);
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
-    loop {
-        let consumed = z.total_in() as usize;
-        let status = z.compress_vec(&input[consumed..], &mut out, flush).expect("deflate of memory input");
-        // A flush is complete once it returns with output space left over.
-        let room = out.capacity() > out.len();
-        let finished = if last { status == Status::StreamEnd } else { z.total_in() as usize == input.len() && room };
-        if finished {
-            return out;
-        }
-        out.reserve(out.capacity().max(1024));
+        b_or_c
     }
 }
 
@@ -172,6 +171,53 @@ mod tests {
 
     fn picture(w: usize, h: usize, c: usize) -> Vec<u8> {
         (0..w * h * c).map(|i| ((i * 7 + (i / (w * c)) * 13) % 251) as u8 ^ ((i % 5) as u8 * 40)).collect()
+    }
+
+    fn decode(png: &[u8], c: usize) -> Vec<u8> {
+        let img = image::load_from_memory_with_format(png, image::ImageFormat::Png).expect("a valid PNG");
+        match c {
+            1 => img.to_luma8().into_raw(),
+            3 => img.to_rgb8().into_raw(),
+            _ => img.to_rgba8().into_raw(),
+        }
+    }
+
+    #[test]
+    fn one_thread_pictures_decode_to_their_pixels() {
+        // Detailed, flat (runs of zero residuals past a block's end) and half of each; sizes
+        // whose rows do not fill words, blocks or bands evenly.
+        let flat = |w: usize, h: usize, c: usize| vec![93u8; w * h * c];
+        for (w, h, c) in [(300, 700, 3), (64, 1, 1), (33, 257, 4), (1, 129, 3), (1, 1, 3), (512, 512, 3)] {
+            let half: Vec<u8> = picture(w, h / 2, c).into_iter().chain(flat(w, h - h / 2, c)).collect();
+            for data in [picture(w, h, c), flat(w, h, c), half] {
+                let png = encode(&data, w as u32, h as u32, c as u8, 1);
+                assert!(decode(&png, c) == data, "{w}x{h}x{c}: pixels differ");
+            }
+        }
+        // Flat rows are runs: a 512 px flat picture (786,944 filtered bytes, which would take
+        // 98 KB at one bit each) in under 3.5 KB.
+        let n = encode(&flat(512, 512, 3), 512, 512, 3, 1).len();
+        assert!(n < 3500, "a flat 512 px picture took {n} bytes");
+    }
+
+    #[test]
+    fn paeth_without_branches_is_the_specifications_predictor() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for c in 0..=255u8 {
+                    let p = i16::from(a) + i16::from(b) - i16::from(c);
+                    let (pa, pb, pc) = ((p - i16::from(a)).abs(), (p - i16::from(b)).abs(), (p - i16::from(c)).abs());
+                    let spec = if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    };
+                    assert_eq!(paeth(a, b, c), spec, "({a}, {b}, {c})");
+                }
+            }
+        }
     }
 
     #[test]
