@@ -55,59 +55,61 @@ pub fn deflate(data: &[u8], block: usize, end: bool) -> Vec<u8> {
     out.finish()
 }
 
-/// Runs of zero bytes shorter than this are literals: zero's code is short where zeros are common.
-const SHORTEST_RUN: usize = 16;
-
 /// What `scan` finds in a block, in order.
 trait Tokens {
     /// Eight literals.
     fn eight(&mut self, bytes: [u8; 8]);
     /// `bytes[from..]` as literals.
     fn some(&mut self, bytes: [u8; 8], from: usize);
-    /// `n` literal zeros.
-    fn zeros(&mut self, n: usize);
     fn literal(&mut self, byte: u8);
     /// A length symbol (257..=285) and its extra bits' value, copying from distance 1.
     fn copy(&mut self, symbol: usize, extra: u64);
 }
 
-/// Feeds `data`'s bytes to `tokens`, with runs of `SHORTEST_RUN` or more zeros, starting at
-/// a whole word of zeros, as a literal zero and copies of it. `tokens` comes and goes by
-/// value, so that its state can stay in registers.
+/// Feeds `data`'s bytes to `tokens`, with each run of zeros that starts with two whole words of
+/// them as a literal zero and copies of it. Shorter runs are literals: zero's code is short
+/// where zeros are common, and one test of two words keeps the common path free of a branch
+/// that guesses wrong. `tokens` comes and goes by value, so that its state can stay in registers.
 #[inline(always)]
 fn scan<T: Tokens>(data: &[u8], mut tokens: T) -> T {
-    let mut zeros = 0usize;
-    let mut words = data.chunks_exact(8);
-    for word in &mut words {
-        let bytes: [u8; 8] = word.try_into().expect("eight bytes");
-        let w = u64::from_le_bytes(bytes);
-        if w == 0 {
-            zeros += 8;
+    let whole = data.len() / 8;
+    let word = |i: usize| u64::from_le_bytes(data[i * 8..i * 8 + 8].try_into().expect("eight bytes"));
+    let mut i = 0;
+    while i < whole {
+        let w = word(i);
+        // One test of both words, so that the branch goes one way on all but runs' starts.
+        let next = if i + 1 < whole { word(i + 1) } else { 1 };
+        if w | next != 0 {
+            tokens.eight(w.to_le_bytes());
+            i += 1;
             continue;
         }
-        if zeros == 0 {
-            tokens.eight(bytes);
-            continue;
+        let mut end = i + 2;
+        while end < whole && word(end) == 0 {
+            end += 1;
         }
-        // The word's first zero bytes end the run.
-        let head = (w.trailing_zeros() / 8) as usize;
-        zero_run(zeros + head, &mut tokens);
-        zeros = 0;
-        tokens.some(bytes, head);
+        let zeros = (end - i) * 8;
+        if end == whole {
+            zero_run(zeros, &mut tokens);
+        } else {
+            // The next word's first zero bytes end the run.
+            let next = word(end);
+            let head = (next.trailing_zeros() / 8) as usize;
+            zero_run(zeros + head, &mut tokens);
+            tokens.some(next.to_le_bytes(), head);
+            end += 1;
+        }
+        i = end;
     }
-    zero_run(zeros, &mut tokens);
-    for &b in words.remainder() {
+    for &b in &data[whole * 8..] {
         tokens.literal(b);
     }
     tokens
 }
 
+/// `n` zeros (16 or more): a literal zero, then copies of it.
 #[inline(always)]
 fn zero_run(mut n: usize, tokens: &mut impl Tokens) {
-    if n < SHORTEST_RUN {
-        tokens.zeros(n);
-        return;
-    }
     tokens.literal(0);
     n -= 1;
     while n >= 3 {
@@ -117,7 +119,9 @@ fn zero_run(mut n: usize, tokens: &mut impl Tokens) {
         tokens.copy(257 + i, (take - LENGTH_BASE[i] as usize) as u64);
         n -= take;
     }
-    tokens.zeros(n);
+    for _ in 0..n {
+        tokens.literal(0);
+    }
 }
 
 /// Counts of every literal/length symbol; a table per byte of a word, so that repeats of a
@@ -154,10 +158,6 @@ impl Tokens for Counts {
         for (i, (table, &b)) in self.0.iter_mut().zip(&bytes).enumerate() {
             table[b as usize] += u32::from(i >= from);
         }
-    }
-    #[inline(always)]
-    fn zeros(&mut self, n: usize) {
-        self.0[0][0] += n as u32;
     }
     #[inline(always)]
     fn literal(&mut self, byte: u8) {
@@ -223,26 +223,6 @@ impl Tokens for Coder<'_> {
         } else {
             self.out.put(low, low_len);
             self.out.put(high, high_len);
-        }
-    }
-    #[inline(always)]
-    fn zeros(&mut self, mut n: usize) {
-        if n == 0 {
-            return;
-        }
-        let (code, len) = self.byte(0);
-        // As many zeros' codes as fit one write, repeated.
-        let per_write = (57 / len as usize).min(n);
-        let mut many = 0u64;
-        for i in 0..per_write {
-            many |= code << (i as u32 * len);
-        }
-        while n >= per_write {
-            self.out.put(many, per_write as u32 * len);
-            n -= per_write;
-        }
-        for _ in 0..n {
-            self.out.put(code, len);
         }
     }
     #[inline(always)]
