@@ -68,9 +68,17 @@ pub fn blur_step(x: &Tensor, taps: &[f32], step: usize) -> Result<Tensor> {
             let runs = if step == 1 {
                 &padded[..]
             } else {
-                for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
-                    for (d, &v) in phase.iter_mut().zip(padded[r..].iter().step_by(step)) {
-                        *d = v;
+                if step == 2 {
+                    // The pyramid's reduce step: pairs split, which vectorises (`step_by` does not).
+                    let (even, odd) = phases.split_at_mut(phase_len);
+                    for ((pair, e), o) in padded.chunks_exact(2).zip(even).zip(odd) {
+                        (*e, *o) = (pair[0], pair[1]);
+                    }
+                } else {
+                    for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                        for (d, &v) in phase.iter_mut().zip(padded[r..].iter().step_by(step)) {
+                            *d = v;
+                        }
                     }
                 }
                 &phases[..]
