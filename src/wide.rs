@@ -1,6 +1,6 @@
 //! `wide!`: a function whose body runs compiled for AVX2 where the CPU has it (closures
 //! inside included) and for the baseline x86-64 otherwise, chosen when it is called. The
-//! compositor's CPU filters and the encoder's conversion are loops over floats that the
+//! compositor's CPU filters, the encoder's conversion and its PNG filter are loops that the
 //! compiler vectorises; AVX2 doubles their width. Nothing here changes a result: the same
 //! operations run in the same order either way (Rust fuses no multiply-adds), so the bits
 //! are the same.

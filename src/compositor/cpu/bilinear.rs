@@ -51,10 +51,16 @@ fn widen(src: &[f32], w: usize, to_w: usize, out: &mut [f32]) {
             (None, None) => (0, 0),
         };
         // What the phases did not cover (the edges, or everything), sample by sample.
-        for x in (0..skip).chain(skip + take..to_w) {
-            let (lo, hi, t) = across[x];
-            dst[x] = lerp(row[lo], row[hi], t);
-        }
+        from_table(row, dst, &across, (0..skip).chain(skip + take..to_w));
+    }
+}
+
+/// Outputs `xs` of a row resampled sample by sample from its `lerp_table`.
+#[inline(always)]
+fn from_table(row: &[f32], dst: &mut [f32], table: &[(usize, usize, f32)], xs: impl Iterator<Item = usize>) {
+    for x in xs {
+        let (lo, hi, t) = table[x];
+        dst[x] = lerp(row[lo], row[hi], t);
     }
 }
 
@@ -93,10 +99,7 @@ impl Octets {
     fn widen(&self, row: &[f32], dst: &mut [f32], table: &[(usize, usize, f32)]) {
         let mut from = 0;
         for &(x, lo, idx, t) in &self.eights {
-            for x in from..x {
-                let (lo, hi, t) = table[x];
-                dst[x] = lerp(row[lo], row[hi], t);
-            }
+            from_table(row, dst, table, from..x);
             let (a, b): (&[f32; 8], &[f32; 8]) =
                 (row[lo..][..8].try_into().expect("8"), row[lo + 1..][..8].try_into().expect("8"));
             let out: &mut [f32; 8] = (&mut dst[x..x + 8]).try_into().expect("8");
@@ -107,10 +110,7 @@ impl Octets {
             };
             from = x + 8;
         }
-        for x in from..dst.len() {
-            let (lo, hi, t) = table[x];
-            dst[x] = lerp(row[lo], row[hi], t);
-        }
+        from_table(row, dst, table, from..dst.len());
     }
 }
 
