@@ -10,9 +10,11 @@
 use tch::{Device, Kind, TchError, Tensor};
 
 mod bilinear;
+mod fold;
 
 pub(in crate::compositor) use bilinear::lerp_table;
 pub use bilinear::{collapse_step, upscale};
+pub use fold::{fold, unfold_onto};
 
 type Result<T> = std::result::Result<T, TchError>;
 
