@@ -120,15 +120,24 @@ pub fn levels_for(side: i64) -> usize {
 /// `base` with the patch pasted, mixed level by level under the Gaussian pyramid of `mask`,
 /// then collapsed. Since the Laplacian pyramid is linear, that is `base` plus the collapsed,
 /// masked pyramid of the difference, which needs one pyramid instead of two; the difference
-/// is the patch minus `base` over `at` and zero elsewhere. Returns that collapsed difference
-/// (the blend less `base`), for the caller to add to its window in place.
-pub fn laplacian(base: &Tensor, patch: &Tensor, at: &Rect, mask: &Tensor, levels: usize) -> Result<Tensor> {
-    let (c, (h, w)) = (super::channels(base), super::sides(base));
+/// is the patch minus `base` over `at` and zero elsewhere. With `alpha`, the patch is
+/// premultiplied colour laid over `base` by that coverage ([`super::matte::over`]), whose
+/// difference from `base` is `patch - alpha * base`. Returns that collapsed difference (the
+/// blend less `base`), for the caller to add to its window in place.
+pub fn laplacian(
+    base: &Tensor,
+    patch: &Tensor,
+    alpha: Option<&Tensor>,
+    at: &Rect,
+    mask: &Tensor,
+    levels: usize,
+) -> Result<Tensor> {
     // The difference and the mask as one tensor, so that each level is one blur.
-    let first = Tensor::f_zeros(super::shaped_like(base, c + 1, h, w), (Kind::Float, base.device()))?;
-    let mut inside = super::window(&first.f_narrow(-3, 0, c)?, at)?;
-    inside.f_copy_(&patch.f_sub(&super::window(base, at)?)?)?;
-    first.f_narrow(-3, c, 1)?.f_copy_(mask)?;
+    let first = match cpu::difference_level(base, patch, alpha, at.x as usize, at.y as usize, mask)? {
+        Some(first) => first,
+        None => difference_level_ops(base, patch, alpha, at, mask)?,
+    };
+    let c = super::channels(base);
     let mut pyramid = vec![first];
     for _ in 0..levels {
         let last = pyramid.last().expect("non-empty");
@@ -149,6 +158,26 @@ pub fn laplacian(base: &Tensor, patch: &Tensor, at: &Rect, mask: &Tensor, levels
         };
     }
     Ok(out)
+}
+
+/// `laplacian`'s first level in tensor ops, for any device and batch.
+pub(super) fn difference_level_ops(
+    base: &Tensor,
+    patch: &Tensor,
+    alpha: Option<&Tensor>,
+    at: &Rect,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (c, (h, w)) = (super::channels(base), super::sides(base));
+    let first = Tensor::f_zeros(super::shaped_like(base, c + 1, h, w), (Kind::Float, base.device()))?;
+    let under = super::window(base, at)?;
+    let difference = match alpha {
+        Some(a) => patch.f_sub(&under.f_mul(a)?)?,
+        None => patch.f_sub(&under)?,
+    };
+    super::window(&first.f_narrow(-3, 0, c)?, at)?.f_copy_(&difference)?;
+    first.f_narrow(-3, c, 1)?.f_copy_(mask)?;
+    Ok(first)
 }
 
 /// One level of the collapse: `level` and `next` are consecutive levels [C + 1, h, w] of the

@@ -294,14 +294,27 @@ impl Compositor {
         if v.x < win.x || v.y < win.y || v.x + v.w > win.x + win.w || v.y + v.h > win.y + win.h {
             return Err(TchError::Shape(format!("the mask's rectangle {v:?} is not inside the window {win:?}")));
         }
-        // Laid out on the host and sent at once: on a GPU one copy instead of four launches.
-        let (dx, dy, ww) = ((v.x - win.x) as usize, (v.y - win.y) as usize, win.w as usize);
-        let mut placed = vec![0f32; (win.w * win.h) as usize];
-        for (row, src) in region.mask.chunks(v.w.max(1) as usize).take(v.h as usize).enumerate() {
-            let at = (dy + row) * ww + dx;
-            placed[at..at + src.len()].copy_from_slice(src);
+        if win.w <= 0 || win.h <= 0 {
+            return Tensor::f_zeros([1, win.h.max(0), win.w.max(0)], (Kind::Float, self.device));
         }
-        upload(&Tensor::from_slice(&placed), self.device)?.f_view([1, win.h, win.w])
+        // Laid out on the host in one pass and sent at once: on a GPU one copy instead of four
+        // launches.
+        let (dx, dy, vw) = ((v.x - win.x) as usize, (v.y - win.y) as usize, v.w as usize);
+        let mut rows = region.mask.chunks(vw.max(1)).take(v.h as usize);
+        let placed = cpu::fresh(1, win.h as usize, win.w as usize, |out| {
+            for (y, dst) in out.chunks_exact_mut(win.w as usize).enumerate() {
+                // Rows above the mask's take none of its rows.
+                match if y >= dy { rows.next() } else { None } {
+                    Some(src) => {
+                        dst[..dx].fill(0.0);
+                        dst[dx..dx + src.len()].copy_from_slice(src);
+                        dst[dx + src.len()..].fill(0.0);
+                    }
+                    None => dst.fill(0.0),
+                }
+            }
+        })?;
+        upload(&placed, self.device)
     }
 
     /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
@@ -335,10 +348,12 @@ impl Compositor {
                 None => blend::match_colors(&p, &inner, &window(canvas, &win)?, &ring)?,
             };
         }
-        if let Some(a) = &alpha {
-            // Over what is already there: where the subject is absent the canvas shows through.
-            p = matte::over(&window(canvas, v)?, &p, a)?;
-        }
+        // Over what is already there: where the subject is absent the canvas shows through.
+        // The Laplacian blend lays it in its first level; the other modes lay it first.
+        let laid = |p: &Tensor| match &alpha {
+            Some(a) => matte::over(&window(canvas, v)?, p, a),
+            None => Ok(p.shallow_clone()),
+        };
         let margin = match region.blend {
             BlendMode::None => 0,
             BlendMode::Alpha => region.feather.ceil() as i64 + 1,
@@ -353,21 +368,26 @@ impl Compositor {
         match region.blend {
             BlendMode::None => {
                 let mut inside = window(&base, &at)?;
-                inside.f_copy_(&p.f_where_self(&window(&m, &at)?.f_gt(0.5)?, &inside)?)?;
+                inside.f_copy_(&laid(&p)?.f_where_self(&window(&m, &at)?.f_gt(0.5)?, &inside)?)?;
             }
             BlendMode::Alpha => {
                 let soft = blend::feathered(&m, region.feather)?;
-                blend::mix_into(&window(&base, &at)?, &p, &window(&soft, &at)?)?;
+                blend::mix_into(&window(&base, &at)?, &laid(&p)?, &window(&soft, &at)?)?;
             }
             BlendMode::Laplacian => {
                 let soft = blend::feathered(&m, region.feather / 2.0)?;
-                let change = blend::laplacian(&base, &p, &at, &soft, blend::levels_for(v.w.min(v.h)))?;
+                let levels = blend::levels_for(v.w.min(v.h));
+                let change = blend::laplacian(&base, &p, alpha.as_ref(), &at, &soft, levels)?;
                 let _ = base.shallow_clone().f_add_(&change)?;
             }
             BlendMode::Poisson => {
                 // With a matte the subject alone is cloned: its backdrop stays the canvas's.
                 let m = matted(m, region, alpha.as_ref(), &win)?;
-                let solved = poisson::clone(&base, &paste(&base, &p, &at)?, &m)?;
+                let pasted = match cpu::laid_over(&base, &p, alpha.as_ref(), at.x as usize, at.y as usize)? {
+                    Some(pasted) => pasted,
+                    None => paste(&base, &laid(&p)?, &at)?,
+                };
+                let solved = poisson::clone(&base, &pasted, &m)?;
                 let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
                     .f_mul_scalar(4.0)?
                     .f_clamp(0.0, 1.0)?;

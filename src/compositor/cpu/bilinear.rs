@@ -213,10 +213,13 @@ pub fn collapse_step(level: &Tensor, next: &Tensor, coarse: &Tensor) -> Result<T
     let c = c1 - 1;
     // The coarse difference and the collapse so far, each upscaled along the width.
     let plane = c * h2 * w;
-    let mut wide = vec![0f32; 2 * plane];
-    let (wide_next, wide_coarse) = wide.split_at_mut(plane);
-    widen(&read(&next)[..c * h2 * w2], w2, w, wide_next);
-    widen(read(&coarse), w2, w, wide_coarse);
+    // In a fresh tensor: every value is written, so none is zeroed first.
+    let wide = fresh(2 * c, h2, w, |wide| {
+        let (wide_next, wide_coarse) = wide.split_at_mut(plane);
+        widen(&read(&next)[..c * h2 * w2], w2, w, wide_next);
+        widen(read(&coarse), w2, w, wide_coarse);
+    })?;
+    let (wide_next, wide_coarse) = read(&wide).split_at(plane);
     let (fine, down) = (read(&level), lerp_table(h2, h));
     let mask = &fine[c * h * w..];
     fresh(c, h, w, |out| {

@@ -38,8 +38,37 @@ fn read(x: &Tensor) -> &[f32] {
     unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel()) }
 }
 
+/// The rows of a float32 [C, h, w] CPU tensor whose rows are contiguous but whose planes and
+/// rows need not be (a window of a larger tensor), read in place.
+struct Rows<'a> {
+    x: &'a Tensor,
+    plane: usize,
+    row: usize,
+    w: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// `None` unless `x` [`fits`] with rows of stride 1 and non-negative strides.
+    fn of(x: &'a Tensor) -> Option<Self> {
+        let (size, stride) = (x.size(), x.stride());
+        let ok = fits(x) && stride[2] == 1 && stride[0] >= 0 && stride[1] >= 0;
+        ok.then(|| Rows { x, plane: stride[0] as usize, row: stride[1] as usize, w: size[2] as usize })
+    }
+
+    /// Row `y` of plane `ch`.
+    fn at(&self, ch: usize, y: usize) -> &'a [f32] {
+        debug_assert!((ch as i64) < self.x.size()[0] && (y as i64) < self.x.size()[1]);
+        // SAFETY: `x` is a float32 CPU view whose element (ch, y, i) lies at data_ptr + ch
+        // plane + y row + i, inside its storage for every index within its size; the slice
+        // borrows `x`, and nothing writes to it meanwhile.
+        unsafe {
+            std::slice::from_raw_parts((self.x.data_ptr() as *const f32).add(ch * self.plane + y * self.row), self.w)
+        }
+    }
+}
+
 /// A new [c, h, w] float32 tensor whose values `fill` writes (all of them).
-fn fresh(c: usize, h: usize, w: usize, fill: impl FnOnce(&mut [f32])) -> Result<Tensor> {
+pub(in crate::compositor) fn fresh(c: usize, h: usize, w: usize, fill: impl FnOnce(&mut [f32])) -> Result<Tensor> {
     let out = Tensor::f_empty([c as i64, h as i64, w as i64], (Kind::Float, Device::Cpu))?;
     // SAFETY: `out` was just allocated contiguous with c * h * w float32 values and no other
     // reference to its storage exists while `fill` writes.
@@ -185,6 +214,132 @@ pub fn masked_divergence(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result
 }
 }
 
+/// A patch laid over a rectangle of a base: `base` [C, h, w], `patch` [C, ph, pw] at (x, y),
+/// and `alpha` [1, ph, pw] where the patch is premultiplied colour with that coverage. All
+/// read in place.
+struct Overlay<'a> {
+    base: Rows<'a>,
+    patch: Rows<'a>,
+    alpha: Option<Rows<'a>>,
+    /// C, h, w of `base`; x, y, pw, ph of the rectangle.
+    size: [usize; 3],
+    rect: [usize; 4],
+}
+
+impl<'a> Overlay<'a> {
+    /// `None` where a tensor does not fit [`Rows`] or the shapes do not agree.
+    fn of(base: &'a Tensor, patch: &'a Tensor, alpha: Option<&'a Tensor>, x: usize, y: usize) -> Option<Self> {
+        let alpha = match alpha {
+            Some(t) => Some(Rows::of(t).filter(|_| sizes(t)[0] == 1 && sizes(t)[1..] == sizes(patch)[1..])?),
+            None => None,
+        };
+        let (size, [pc, ph, pw]) = (sizes(base), sizes(patch));
+        let fits_in = pc == size[0] && y + ph <= size[1] && x + pw <= size[2];
+        Some(Overlay { base: Rows::of(base)?, patch: Rows::of(patch)?, alpha, size, rect: [x, y, pw, ph] })
+            .filter(|_| fits_in)
+    }
+
+    /// Row `row` of plane `ch` (see [`OverlayRow`]); `ones` stands in for a missing alpha.
+    fn row<'r>(&'r self, ch: usize, row: usize, ones: &'r [f32]) -> OverlayRow<'r> {
+        let [_, y, pw, ph] = self.rect;
+        let inside = (y..y + ph).contains(&row).then(|| {
+            let coverage = match &self.alpha {
+                Some(a) => a.at(0, row - y),
+                None => &ones[..pw],
+            };
+            (self.patch.at(ch, row - y), coverage)
+        });
+        OverlayRow { under: self.base.at(ch, row), inside }
+    }
+}
+
+/// One row of an [`Overlay`]: the base's, and where the row crosses the rectangle the patch's
+/// colour and coverage there (all ones without alpha), over columns x..x + pw.
+struct OverlayRow<'r> {
+    under: &'r [f32],
+    inside: Option<(&'r [f32], &'r [f32])>,
+}
+
+wide! {
+/// The first level of `blend::laplacian`'s pyramid, [C + 1, h, w]: the patch's difference
+/// from `base` [C, h, w] over the rectangle at (`x`, `y`) the size of `patch` [C, ph, pw], zero
+/// elsewhere, then `mask` [1, h, w]. With `alpha` [1, ph, pw] the patch is premultiplied colour
+/// laid over `base` by that coverage, so its difference is `patch - alpha * base` (without,
+/// the coverage is one: `patch - base`). `None` where the shapes do not agree or a tensor's
+/// rows are not contiguous.
+pub fn difference_level(
+    base: &Tensor,
+    patch: &Tensor,
+    alpha: Option<&Tensor>,
+    x: usize,
+    y: usize,
+    mask: &Tensor,
+) -> Result<Option<Tensor>> {
+    let (Some(o), Some(m)) = (Overlay::of(base, patch, alpha, x, y), Rows::of(mask)) else {
+        return Ok(None);
+    };
+    let ([c, h, w], pw) = (o.size, o.rect[2]);
+    if sizes(mask) != [1, h, w] {
+        return Ok(None);
+    }
+    let ones = vec![1f32; pw];
+    fresh(c + 1, h, w, |out| {
+        for (n, dst) in out.chunks_exact_mut(w).enumerate() {
+            let (ch, row) = (n / h, n % h);
+            if ch == c {
+                dst.copy_from_slice(m.at(0, row));
+                continue;
+            }
+            dst.fill(0.0);
+            if let OverlayRow { under, inside: Some((colour, coverage)) } = o.row(ch, row, &ones) {
+                let (inside, under) = (&mut dst[x..x + pw], &under[x..x + pw]);
+                for ((d, &u), (&v, &k)) in inside.iter_mut().zip(under).zip(colour.iter().zip(coverage)) {
+                    *d = v - k * u;
+                }
+            }
+        }
+    })
+    .map(Some)
+}
+}
+
+wide! {
+/// `base` [C, h, w] with the rectangle at (`x`, `y`) the size of `patch` [C, ph, pw] replaced
+/// by the patch, laid over the base by `alpha` [1, ph, pw] where given (`patch + (1 - alpha) *
+/// base`, as `matte::over`): a new tensor. `None` as for [`difference_level`].
+pub fn laid_over(base: &Tensor, patch: &Tensor, alpha: Option<&Tensor>, x: usize, y: usize) -> Result<Option<Tensor>> {
+    let Some(o) = Overlay::of(base, patch, alpha, x, y) else {
+        return Ok(None);
+    };
+    let ([c, h, w], pw) = (o.size, o.rect[2]);
+    let ones = vec![1f32; pw];
+    let straight = alpha.is_none();
+    fresh(c, h, w, |out| {
+        for (n, dst) in out.chunks_exact_mut(w).enumerate() {
+            let OverlayRow { under, inside } = o.row(n / h, n % h, &ones);
+            dst.copy_from_slice(under);
+            match inside {
+                Some((colour, _)) if straight => dst[x..x + pw].copy_from_slice(colour),
+                Some((colour, coverage)) => {
+                    let (laid, under) = (&mut dst[x..x + pw], &under[x..x + pw]);
+                    for ((d, &u), (&v, &k)) in laid.iter_mut().zip(under).zip(colour.iter().zip(coverage)) {
+                        *d = u * (1.0 - k) + v;
+                    }
+                }
+                None => {}
+            }
+        }
+    })
+    .map(Some)
+}
+}
+
+/// The sides of a tensor that [`fits`], as (C, h, w).
+fn sizes(x: &Tensor) -> [usize; 3] {
+    let s = x.size();
+    [s[0] as usize, s[1] as usize, s[2] as usize]
+}
+
 /// Whether `x` fits the filters here and `weight` is one plane of its size.
 pub fn weighs(x: &Tensor, weight: &Tensor) -> bool {
     fits(x) && fits(weight) && weight.size()[0] == 1 && weight.size()[1..] == x.size()[1..]
@@ -233,6 +388,7 @@ pub fn shift_channels(x: &Tensor, moves: &[(f32, f32, f32)]) -> Result<Tensor> {
 mod tests {
     use super::super::{blend, poisson};
     use super::*;
+    use crate::router::geometry::Rect;
 
     /// Odd and even sides, one to four channels, a contiguous input and a window of a larger
     /// tensor (the compositor's inputs are often windows).
@@ -329,6 +485,50 @@ mod tests {
                 ring.sum(Kind::Float)
             );
         }
+    }
+
+    #[test]
+    fn the_first_pyramid_level_equals_its_tensor_ops() {
+        tch::manual_seed(17);
+        let canvas = Tensor::randn([3, 50, 60], (Kind::Float, Device::Cpu));
+        // A window of the canvas, as the compositor passes it, and a contiguous base; patches
+        // at the corner, inside and flush with the far edges, themselves windows of a larger
+        // (premultiplied colour and alpha) tensor.
+        let window = canvas.narrow(1, 4, 40).narrow(2, 7, 45);
+        let contiguous = Tensor::randn([3, 40, 45], (Kind::Float, Device::Cpu));
+        let mask = Tensor::rand([1, 40, 45], (Kind::Float, Device::Cpu));
+        for base in [&window, &contiguous] {
+            for (x, y, pw, ph) in [(0, 0, 10, 12), (5, 9, 30, 20), (15, 28, 30, 12), (0, 0, 45, 40)] {
+                let both =
+                    Tensor::randn([4, ph + 3, pw + 5], (Kind::Float, Device::Cpu)).narrow(1, 2, ph).narrow(2, 1, pw);
+                let (patch, alpha) = (both.narrow(0, 0, 3), both.narrow(0, 3, 1).sigmoid());
+                let at = Rect { x: x as i64, y: y as i64, w: pw, h: ph };
+                for a in [None, Some(&alpha)] {
+                    let ours = difference_level(base, &patch, a, x, y, &mask).unwrap().expect("fits");
+                    let ops = blend::difference_level_ops(base, &patch, a, &at, &mask).unwrap();
+                    assert_eq!(largest_difference(&ours, &ops), 0.0, "{at:?}, alpha {}", a.is_some());
+                }
+            }
+        }
+        // Laid over the base: as `matte::over` and a paste.
+        for (x, y, pw, ph) in [(0, 0, 10, 12), (15, 28, 30, 12)] {
+            let both = Tensor::randn([4, ph, pw], (Kind::Float, Device::Cpu));
+            let (patch, alpha) = (both.narrow(0, 0, 3), both.narrow(0, 3, 1).sigmoid());
+            for a in [None, Some(&alpha)] {
+                let ours = laid_over(&window, &patch, a, x, y).unwrap().expect("fits");
+                let ops = window.copy();
+                let mut under = ops.narrow(1, y as i64, ph).narrow(2, x as i64, pw);
+                let laid = a.map_or(patch.shallow_clone(), |a| super::super::matte::over(&under, &patch, a).unwrap());
+                under.copy_(&laid);
+                assert_eq!(largest_difference(&ours, &ops), 0.0, "{x}, {y}, alpha {}", a.is_some());
+            }
+        }
+        // Out of the base, or an alpha of another size: left to the tensor ops.
+        let patch = Tensor::randn([3, 10, 10], (Kind::Float, Device::Cpu));
+        assert!(difference_level(&contiguous, &patch, None, 40, 0, &mask).unwrap().is_none());
+        let alpha = Tensor::rand([1, 9, 10], (Kind::Float, Device::Cpu));
+        assert!(difference_level(&contiguous, &patch, Some(&alpha), 0, 0, &mask).unwrap().is_none());
+        assert!(laid_over(&contiguous, &patch, None, 36, 31).unwrap().is_none());
     }
 
     #[test]
