@@ -6,7 +6,7 @@
 //! Halves are ceil(n / 2) long; the differences' half, one shorter for odd n (the middle input
 //! pairs with nothing), is padded with a zero.
 
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use super::{read, values, Result};
 
@@ -34,33 +34,32 @@ pub fn fold(x: &Tensor) -> Result<Tensor> {
     let (x, [c, n, m]) = values(x)?;
     let src = read(&x);
     let (hn, hm) = (n.div_ceil(2), m.div_ceil(2));
-    let out = Tensor::f_zeros([2, 2, hn as i64, c as i64, hm as i64], (Kind::Float, Device::Cpu))?;
-    // SAFETY: `out` was just allocated contiguous with 4 c hn hm float32 values and nothing
-    // else refers to its storage while this writes.
-    let dst = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, 4 * c * hn * hm) };
     let quarter = c * hn * hm;
     let (mut sum_row, mut diff_row) = (vec![0f32; m], vec![0f32; m]);
-    for ch in 0..c {
-        let plane = &src[ch * n * m..][..n * m];
-        for i in 0..hn {
-            let (a, b) = (&plane[i * m..][..m], &plane[(n - 1 - i) * m..][..m]);
-            if i == n - 1 - i {
-                sum_row.copy_from_slice(a);
-                diff_row.fill(0.0);
-            } else {
-                for (((s, d), &x), &y) in sum_row.iter_mut().zip(diff_row.iter_mut()).zip(a).zip(b) {
-                    *s = x + y;
-                    *d = x - y;
+    // Every value is written, the halves' padding included.
+    let out = super::fresh(4 * hn, c, hm, |dst| {
+        for ch in 0..c {
+            let plane = &src[ch * n * m..][..n * m];
+            for i in 0..hn {
+                let (a, b) = (&plane[i * m..][..m], &plane[(n - 1 - i) * m..][..m]);
+                if i == n - 1 - i {
+                    sum_row.copy_from_slice(a);
+                    diff_row.fill(0.0);
+                } else {
+                    for (((s, d), &x), &y) in sum_row.iter_mut().zip(diff_row.iter_mut()).zip(a).zip(b) {
+                        *s = x + y;
+                        *d = x - y;
+                    }
+                }
+                for (half, row) in [&sum_row, &diff_row].into_iter().enumerate() {
+                    let at = half * 2 * quarter + (i * c + ch) * hm;
+                    let (sums, rest) = dst[at..].split_at_mut(quarter);
+                    fold_line(row, &mut sums[..hm], &mut rest[..hm]);
                 }
             }
-            for (half, row) in [&sum_row, &diff_row].into_iter().enumerate() {
-                let at = half * 2 * quarter + (i * c + ch) * hm;
-                let (sums, rest) = dst[at..].split_at_mut(quarter);
-                fold_line(row, &mut sums[..hm], &mut rest[..hm]);
-            }
         }
-    }
-    Ok(out)
+    })?;
+    out.f_view([2, 2, hn as i64, c as i64, hm as i64])
 }
 }
 

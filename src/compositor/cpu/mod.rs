@@ -234,7 +234,8 @@ impl<'a> Overlay<'a> {
             None => None,
         };
         let (size, [pc, ph, pw]) = (sizes(base), sizes(patch));
-        let fits_in = pc == size[0] && y + ph <= size[1] && x + pw <= size[2];
+        let within = |at: usize, len: usize, side: usize| at.checked_add(len).is_some_and(|end| end <= side);
+        let fits_in = pc == size[0] && within(y, ph, size[1]) && within(x, pw, size[2]);
         Some(Overlay { base: Rows::of(base)?, patch: Rows::of(patch)?, alpha, size, rect: [x, y, pw, ph] })
             .filter(|_| fits_in)
     }
@@ -529,6 +530,8 @@ mod tests {
         let alpha = Tensor::rand([1, 9, 10], (Kind::Float, Device::Cpu));
         assert!(difference_level(&contiguous, &patch, Some(&alpha), 0, 0, &mask).unwrap().is_none());
         assert!(laid_over(&contiguous, &patch, None, 36, 31).unwrap().is_none());
+        // A place before the base's start (a negative offset cast) wraps to no overlap.
+        assert!(laid_over(&contiguous, &patch, None, 0, usize::MAX - 4).unwrap().is_none());
     }
 
     #[test]
