@@ -86,7 +86,22 @@ pub fn feathered(mask: &Tensor, feather: f64) -> Result<Tensor> {
     if feather < 0.5 {
         return Ok(mask.shallow_clone());
     }
-    gaussian_blur(mask, feather / 2.0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_clamp(0.0, 1.0)
+    let blurred = gaussian_blur(mask, feather / 2.0)?;
+    if cpu::fits(&blurred) {
+        return cpu::map(&blurred, |v| (v * 2.0 - 1.0).clamp(0.0, 1.0));
+    }
+    blurred.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?.f_clamp(0.0, 1.0)
+}
+
+/// Where a Poisson clone of `mask` takes over from the canvas: one inside the hard mask (over
+/// one half) and its first pixel or two outside, ramping to zero over the next (the hard
+/// mask blurred by one pixel, times four, at most one).
+pub fn clone_reach(mask: &Tensor) -> Result<Tensor> {
+    if cpu::fits(mask) {
+        let hard = cpu::map(mask, |m| if m > 0.5 { 1.0 } else { 0.0 })?;
+        return cpu::map(&gaussian_blur(&hard, 1.0)?, |v| (v * 4.0).clamp(0.0, 1.0));
+    }
+    gaussian_blur(&mask.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?.f_mul_scalar(4.0)?.f_clamp(0.0, 1.0)
 }
 
 /// `alpha * patch + (1 - alpha) * base`.

@@ -388,10 +388,7 @@ impl Compositor {
                     None => paste(&base, &laid(&p)?, &at)?,
                 };
                 let solved = poisson::clone(&base, &pasted, &m)?;
-                let reach = blend::gaussian_blur(&m.f_gt(0.5)?.f_to_kind(Kind::Float)?, 1.0)?
-                    .f_mul_scalar(4.0)?
-                    .f_clamp(0.0, 1.0)?;
-                blend::mix_into(&base, &solved, &reach)?;
+                blend::mix_into(&base, &solved, &blend::clone_reach(&m)?)?;
             }
         }
         Ok(alpha)
