@@ -5,6 +5,7 @@
 
 use tch::{Kind, TchError, Tensor};
 
+use super::cpu;
 use crate::router::geometry::Rect;
 use crate::router::Region;
 
@@ -13,12 +14,23 @@ type Result<T> = std::result::Result<T, TchError>;
 /// Alpha in generator units to coverage in [0, 1], as NVIDIA's uint8 conversion reads it
 /// (`x * 127.5 + 128`, over 255).
 pub fn coverage(alpha_units: &Tensor) -> Result<Tensor> {
-    alpha_units.f_mul_scalar(127.5 / 255.0)?.f_add_scalar(128.0 / 255.0)?.f_clamp(0.0, 1.0)
+    alpha_units.f_mul_scalar(COVERAGE_SCALE)?.f_add_scalar(COVERAGE_OFFSET)?.f_clamp(0.0, 1.0)
+}
+
+const COVERAGE_SCALE: f64 = 127.5 / 255.0;
+const COVERAGE_OFFSET: f64 = 128.0 / 255.0;
+
+/// [`coverage`] of one value, in the same float32 steps.
+fn coverage_of(alpha_units: f32) -> f32 {
+    (alpha_units * COVERAGE_SCALE as f32 + COVERAGE_OFFSET as f32).clamp(0.0, 1.0)
 }
 
 /// A [(N,) 4, S, S] colour-and-alpha patch as [colour × coverage, coverage]: resampling the
 /// premultiplied colour keeps the backdrop's colour out of the subject's edge pixels.
 pub fn premultiplied(patch: &Tensor) -> Result<Tensor> {
+    if cpu::fits(patch) && patch.size()[0] == 4 {
+        return cpu::premultiplied(patch, coverage_of);
+    }
     let a = coverage(&patch.f_narrow(-3, 3, 1)?)?;
     Tensor::f_cat(&[&patch.f_narrow(-3, 0, 3)?.f_mul(&a)?, &a], -3)
 }
@@ -88,6 +100,19 @@ mod tests {
         }
         let back = unpremultiplied(&p.narrow(0, 0, 3), &a).unwrap();
         assert!((back.double_value(&[2, 0, 0]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn premultiplying_on_the_cpu_equals_the_tensor_ops() {
+        tch::manual_seed(21);
+        // Alpha on both sides of the clamps, and a window of a larger patch.
+        let patch = Tensor::randn([4, 20, 30], (Kind::Float, tch::Device::Cpu)) * 1.5;
+        for p in [patch.shallow_clone(), patch.narrow(1, 3, 12).narrow(2, 5, 17)] {
+            let a = coverage(&p.narrow(0, 3, 1)).unwrap();
+            let ops = Tensor::cat(&[p.narrow(0, 0, 3) * &a, a], 0);
+            let ours = premultiplied(&p).unwrap();
+            assert_eq!((ours - ops).abs().max().double_value(&[]), 0.0);
+        }
     }
 
     #[test]

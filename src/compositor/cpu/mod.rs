@@ -343,6 +343,23 @@ pub fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Result<Tensor> {
     fresh(c, h, w, |out| out.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v)))
 }
 
+/// A [4, h, w] colour-and-alpha patch (which [`fits`]) as [colour × coverage, coverage] in
+/// one pass, `coverage` turning its alpha into coverage (`matte::premultiplied`).
+pub fn premultiplied(patch: &Tensor, coverage: impl Fn(f32) -> f32) -> Result<Tensor> {
+    let (x, [c, h, w]) = values(patch)?;
+    if c != 4 {
+        return Err(TchError::Shape(format!("a colour-and-alpha patch has 4 channels, not {c}")));
+    }
+    let (src, plane) = (read(&x), h * w);
+    fresh(4, h, w, |out| {
+        let (colour, alpha) = out.split_at_mut(3 * plane);
+        alpha.iter_mut().zip(&src[3 * plane..]).for_each(|(a, &u)| *a = coverage(u));
+        for (dst, values) in colour.chunks_exact_mut(plane).zip(src.chunks_exact(plane)) {
+            dst.iter_mut().zip(values).zip(&*alpha).for_each(|((o, &v), &a)| *o = v * a);
+        }
+    })
+}
+
 /// The sides of a tensor that [`fits`], as (C, h, w).
 fn sizes(x: &Tensor) -> [usize; 3] {
     let s = x.size();
