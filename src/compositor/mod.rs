@@ -209,6 +209,19 @@ fn paste(base: &Tensor, inner: &Tensor, at: &Rect) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `patch` laid over `at` (a rectangle of `base`) in a copy of `base`: pasted, or with `alpha`
+/// laid over by that coverage as [`matte::over`] lays premultiplied colour; on the CPU in one
+/// pass.
+fn pasted_over(base: &Tensor, patch: &Tensor, alpha: Option<&Tensor>, at: &Rect) -> Result<Tensor> {
+    if let Some(pasted) = cpu::laid_over(base, patch, alpha, at.x as usize, at.y as usize)? {
+        return Ok(pasted);
+    }
+    match alpha {
+        Some(a) => paste(base, &matte::over(&window(base, at)?, patch, a)?, at),
+        None => paste(base, patch, at),
+    }
+}
+
 /// `m`, the region's mask over window `win`, times its patch's `alpha` (over the visible
 /// rectangle) where the patch mattes itself: the region's final matte there.
 fn matted(m: Tensor, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
@@ -349,7 +362,8 @@ impl Compositor {
             };
         }
         // Over what is already there: where the subject is absent the canvas shows through.
-        // The Laplacian blend lays it in its first level; the other modes lay it first.
+        // The Laplacian blend lays it in its first level and the Poisson blend as it pastes;
+        // the other two modes lay it first.
         let laid = |p: &Tensor| match &alpha {
             Some(a) => matte::over(&window(canvas, v)?, p, a),
             None => Ok(p.shallow_clone()),
@@ -383,11 +397,7 @@ impl Compositor {
             BlendMode::Poisson => {
                 // With a matte the subject alone is cloned: its backdrop stays the canvas's.
                 let m = matted(m, region, alpha.as_ref(), &win)?;
-                let pasted = match cpu::laid_over(&base, &p, alpha.as_ref(), at.x as usize, at.y as usize)? {
-                    Some(pasted) => pasted,
-                    None => paste(&base, &laid(&p)?, &at)?,
-                };
-                let solved = poisson::clone(&base, &pasted, &m)?;
+                let solved = poisson::clone(&base, &pasted_over(&base, &p, alpha.as_ref(), &at)?, &m)?;
                 blend::mix_into(&base, &solved, &blend::clone_reach(&m)?)?;
             }
         }

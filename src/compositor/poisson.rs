@@ -214,11 +214,11 @@ pub fn clone(base: &Tensor, patch: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let kind = base.kind();
     let same_shapes = patch.size() == base.size() && mask.size() == [1, h, w];
     let on_cpu = same_shapes && cpu::fits(base) && cpu::fits(patch) && cpu::fits(mask);
-    if on_cpu && (h - 2).max(w - 2) <= FOLDED_UP_TO {
-        return solve_folded(base, &cpu::masked_divergence(base, patch, mask)?);
-    }
     let rhs =
         if on_cpu { cpu::masked_divergence(base, patch, mask)? } else { masked_divergence_ops(base, patch, mask)? };
+    if on_cpu && (h - 2).max(w - 2) <= FOLDED_UP_TO {
+        return solve_folded(base, &rhs);
+    }
     solve(base, &rhs)?.f_to_kind(kind)
 }
 

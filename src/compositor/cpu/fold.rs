@@ -82,9 +82,9 @@ pub fn unfold_onto(quarters: &Tensor, base: &Tensor) -> Result<Tensor> {
         out.copy_from_slice(read(&base));
         for ch in 0..c {
             for i in 0..hn {
+                let (ss, sd, ds, dd) = (row(0, 0, ch, i), row(0, 1, ch, i), row(1, 0, ch, i), row(1, 1, ch, i));
                 // Row i takes sums + differences, its mirror sums - differences.
                 for (sign, line) in [(1f32, &mut plus), (-1f32, &mut minus)] {
-                    let (ss, sd, ds, dd) = (row(0, 0, ch, i), row(0, 1, ch, i), row(1, 0, ch, i), row(1, 1, ch, i));
                     for k in 0..half_m {
                         let (s, d) = (ss[k] + sign * ds[k], sd[k] + sign * dd[k]);
                         line[k] = s + d;
