@@ -89,6 +89,9 @@ pub struct Config {
     pub canvas_batch: usize,
     /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
     pub cudnn_benchmark: bool,
+    /// The generator's own CPU passes for a layer's epilogue and style scaling (off, libtorch's
+    /// tensor operations do them).
+    pub cpu_kernels: bool,
     /// The generator's own CUDA kernels for its bytes-bound passes (CUDA only; off, libtorch's
     /// tensor operations do them).
     pub cuda_kernels: bool,
@@ -123,6 +126,7 @@ impl Default for Config {
             composite_on: CompositeOn::Auto,
             canvas_batch: 16,
             cudnn_benchmark: true,
+            cpu_kernels: true,
             cuda_kernels: true,
             cuda_graphs: true,
             cuda_blocking_sync: false,
@@ -171,8 +175,9 @@ impl Overrides {
 
 impl Config {
     /// The process-wide CUDA switches these settings ask for.
-    pub fn cuda_switches(&self) -> crate::model::device::CudaSwitches {
-        crate::model::device::CudaSwitches {
+    pub fn switches(&self) -> crate::model::device::Switches {
+        crate::model::device::Switches {
+            cpu_kernels: self.cpu_kernels,
             cudnn_benchmark: self.cudnn_benchmark,
             kernels: self.cuda_kernels,
             graphs: self.cuda_graphs,
@@ -331,10 +336,13 @@ mod tests {
         let err = load_env(&[("MIXGAN_CANVAS_BATCH", "0")]).unwrap_err().to_string();
         assert!(err.contains("canvas_batch") && err.contains("above 0"), "{err}");
         // Switches take true/false (and 1/0, yes/no, on/off) from the environment.
+        assert!(
+            Config::default().cpu_kernels && !load_env(&[("MIXGAN_CPU_KERNELS", "no")]).unwrap().switches().cpu_kernels
+        );
         assert!(Config::default().cuda_kernels && !load_env(&[("MIXGAN_CUDA_KERNELS", "false")]).unwrap().cuda_kernels);
         assert!(Config::default().cuda_graphs && !load_env(&[("MIXGAN_CUDA_GRAPHS", "false")]).unwrap().cuda_graphs);
         let blocking = load_env(&[("MIXGAN_CUDA_BLOCKING_SYNC", "on")]).unwrap();
-        assert!(!Config::default().cuda_blocking_sync && blocking.cuda_switches().blocking_sync);
+        assert!(!Config::default().cuda_blocking_sync && blocking.switches().blocking_sync);
         assert!(!load_env(&[("MIXGAN_CUDNN_BENCHMARK", "0")]).unwrap().cudnn_benchmark);
         let err = load_env(&[("MIXGAN_CUDNN_BENCHMARK", "maybe")]).unwrap_err().to_string();
         assert!(err.contains("MIXGAN_CUDNN_BENCHMARK") && err.contains("true or false"), "{err}");

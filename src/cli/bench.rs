@@ -12,7 +12,7 @@ use tch::Device;
 
 use super::{python, say};
 use crate::config::Config;
-use crate::model::device::CudaSwitches;
+use crate::model::device::Switches;
 use crate::model::{model_dirs, to_pixels, ConvPath, DeviceChoice, GenerationParams, Model, ModelError, Precision};
 
 #[derive(Args)]
@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// cuDNN's autotuner on CUDA (true or false; the default is the server's).
     #[arg(long, default_value_t = Config::default().cudnn_benchmark, action = clap::ArgAction::Set)]
     cudnn_benchmark: bool,
+    /// The generator's own CPU passes (true or false); off, libtorch's tensor ops instead.
+    #[arg(long, default_value_t = Config::default().cpu_kernels, action = clap::ArgAction::Set)]
+    cpu_kernels: bool,
     /// The generator's own CUDA kernels (true or false); off, libtorch's tensor ops instead.
     #[arg(long, default_value_t = Config::default().cuda_kernels, action = clap::ArgAction::Set)]
     cuda_kernels: bool,
@@ -71,13 +74,14 @@ pub struct BenchArgs {
 
 pub fn run_command(a: BenchArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    crate::model::device::configure_cuda(
+    crate::model::device::configure(
         device,
-        CudaSwitches {
+        Switches {
+            cpu_kernels: a.cpu_kernels,
             cudnn_benchmark: a.cudnn_benchmark,
             kernels: a.cuda_kernels,
             graphs: a.cuda_graphs,
-            ..Config::default().cuda_switches()
+            ..Config::default().switches()
         },
     );
     let models = if a.models.join("model.toml").is_file() {

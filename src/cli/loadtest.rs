@@ -389,12 +389,11 @@ fn run_into(a: &LoadPlan, text: &mut String) -> Result<()> {
     // The comparison alternates short rounds of the bare generators and of the service at the
     // highest concurrency, so drift of a shared machine hits both alike; the median ratio counts.
     // The bare generators run with the settings the server takes from the same environment
-    // (cuDNN's autotuner, the CUDA kernels), so the two are compared like for like.
+    // (the CPU's passes, cuDNN's autotuner, the CUDA kernels), so the two are compared like
+    // for like.
     let device = a.device.resolve()?;
-    if device.is_cuda() {
-        let settings = crate::config::Config::load(None, std::env::vars(), Default::default())?;
-        crate::model::device::configure_cuda(device, settings.cuda_switches());
-    }
+    let settings = crate::config::Config::load(None, std::env::vars(), Default::default())?;
+    crate::model::device::configure(device, settings.switches());
     let registry = Arc::new(ModelRegistry::load(&a.models, device)?);
     let top = a.concurrency.iter().copied().max().unwrap_or(16);
     let round = Duration::from_secs_f64((a.seconds / 2.0).max(2.0));

@@ -11,7 +11,7 @@ use super::say;
 use crate::compositor::{matte, ownership_map, Compositor};
 use crate::config::Config;
 use crate::layout::ImageFormat;
-use crate::model::device::CudaSwitches;
+use crate::model::device::Switches;
 use crate::model::{DeviceChoice, Precision};
 use crate::pipeline::{CompositeOn, Pipeline, Rendered};
 use crate::registry::ModelRegistry;
@@ -69,12 +69,15 @@ pub struct RenderArgs {
     /// graph and replay it (true or false).
     #[arg(long, default_value_t = Config::default().cuda_graphs, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
+    /// The generator's own CPU passes (true or false); off, libtorch's tensor ops instead.
+    #[arg(long, default_value_t = Config::default().cpu_kernels, action = clap::ArgAction::Set)]
+    cpu_kernels: bool,
 }
 
 pub fn run(a: RenderArgs) -> Result<()> {
     let device = a.device.resolve().context("--device")?;
-    let switches = CudaSwitches { graphs: a.cuda_graphs, ..Config::default().cuda_switches() };
-    crate::model::device::configure_cuda(device, switches);
+    let switches = Switches { graphs: a.cuda_graphs, cpu_kernels: a.cpu_kernels, ..Config::default().switches() };
+    crate::model::device::configure(device, switches);
     crate::model::set_threads(a.torch_threads);
     let layout = if a.layout.as_os_str() == "-" {
         let mut buf = Vec::new();

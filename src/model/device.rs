@@ -57,18 +57,21 @@ pub fn set_cudnn_benchmark(on: bool) {
     tch::Cuda::cudnn_set_benchmark(on);
 }
 
-/// The process-wide CUDA switches: cuDNN's autotuner, the generator's own kernels,
-/// recording its passes as CUDA graphs, and host threads sleeping while they wait on the GPU.
+/// The process-wide generator switches: the CPU's own passes, and on CUDA cuDNN's autotuner,
+/// the generator's own kernels, recording its passes as CUDA graphs, and host threads
+/// sleeping while they wait on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CudaSwitches {
+pub struct Switches {
+    pub cpu_kernels: bool,
     pub cudnn_benchmark: bool,
     pub kernels: bool,
     pub graphs: bool,
     pub blocking_sync: bool,
 }
 
-/// Sets the switches where `device` is a GPU; elsewhere leaves them alone.
-pub fn configure_cuda(device: Device, switches: CudaSwitches) {
+/// Sets the CPU's switch, and the CUDA ones where `device` is a GPU.
+pub fn configure(device: Device, switches: Switches) {
+    super::kernels::set_cpu_enabled(switches.cpu_kernels);
     if device.is_cuda() {
         set_cudnn_benchmark(switches.cudnn_benchmark);
         super::kernels::set_enabled(switches.kernels);

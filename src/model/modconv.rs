@@ -8,7 +8,8 @@
 //!   are made once and kept on the device, as are the constant noise with the bias;
 //! - gains fold into the demodulation and the bias where the activation allows, so a layer
 //!   costs four passes over its features (style scaling, `addcmul`, activation, clamp) on top
-//!   of the convolution;
+//!   of the convolution, or one where the generator's own kernels (CUDA's, the CPU's passes)
+//!   make its epilogue;
 //! - toRGB is one batched matrix product per picture, reading the features once.
 //!
 //! The arithmetic is NVIDIA's up to float rounding (tests/generator_reference.rs and

@@ -49,7 +49,7 @@ async fn set_health(state: &AppState, serving: bool) {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     init_logging(config.log_format);
     let device = config.device.resolve()?;
-    crate::model::device::configure_cuda(device, config.cuda_switches());
+    crate::model::device::configure(device, config.switches());
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServeError::Listen { addr: config.addr.clone(), source })?;

@@ -2,7 +2,8 @@
 //! broadcasting element-wise kernels: a layer's style scaling, its epilogue (demodulation,
 //! noise and bias, leaky ReLU, clamp) and a toRGB layer with the picture's skip sum. At 1024 px
 //! those passes are bytes-bound, and libtorch's broadcasting kernels move about a third of
-//! what the memory can; each of these reads and writes its features once.
+//! what the memory can; each of these reads and writes its features once. On the CPU the
+//! epilogue and the style scaling run as Rust passes ([`cpu`]), the rest as tensor ops.
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
 //! hand and launched through the CUDA driver on the thread's current libtorch stream, so they
@@ -19,6 +20,7 @@ use std::sync::{Mutex, OnceLock};
 
 use tch::{Device, Kind, TchError, Tensor};
 
+mod cpu;
 mod ffi;
 #[cfg(test)]
 mod tests;
@@ -57,6 +59,16 @@ impl Arg {
     }
 }
 
+/// [`Finish`]'s tensors as a kernel reads them: `d` and `post` float32 contiguous, `nb` [C]
+/// contiguous or, `per_pixel`, [C, H, W] in the features' layout, `noise` float32 contiguous.
+struct Operands {
+    d: Tensor,
+    nb: Tensor,
+    per_pixel: bool,
+    noise: Option<Tensor>,
+    post: Option<Tensor>,
+}
+
 /// A layer's epilogue: `clamp(lrelu(y·d + nb + noise·noise_gain), ±clamp)`, with `slope` 1 for
 /// no activation, then times `post` where given. `d` and `post` [N, C] float32; `nb` in the
 /// features' type, [C] or [C, H, W] in their layout; `noise` [N, H, W] float32.
@@ -71,21 +83,19 @@ pub struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    /// The kernels' arguments from `d` on, for features of `shape` in `kind` on `device`, with
-    /// the tensors they point into (to be held until the launch); `None` where the tensors do
-    /// not fit.
-    fn args(&self, shape: Dense, kind: Kind, device: Device) -> Result<Option<(Vec<Arg>, Vec<Tensor>)>> {
+    /// The tensors for features of `shape` in `kind` on `device`; `None` where they do not fit.
+    fn operands(&self, shape: Dense, kind: Kind, device: Device) -> Result<Option<Operands>> {
         if !on(device, &[Some(self.d), Some(self.nb), self.noise, self.post]) {
             return Ok(None);
         }
         let nb = self.nb;
         let per_channel = nb.numel() as i64 == shape.c;
         let per_pixel = nb.numel() as i64 == shape.c * shape.hw
-            && Dense::of(nb).is_some_and(|s| s.channels_last == shape.channels_last);
+            && Dense::layout(nb).is_some_and(|s| s.channels_last == shape.channels_last);
         if nb.kind() != kind || !(per_channel || per_pixel) {
             return Ok(None);
         }
-        let (nb, nb_mode) = if per_channel { (nb.f_contiguous()?, 1) } else { (nb.shallow_clone(), 2) };
+        let nb = if per_channel { nb.f_contiguous()? } else { nb.shallow_clone() };
         let d = self.d.f_to_kind(Kind::Float)?.f_contiguous()?;
         let noise = match self.noise {
             Some(t) if t.numel() as i64 == shape.n * shape.hw => Some(t.f_to_kind(Kind::Float)?.f_contiguous()?),
@@ -97,10 +107,23 @@ impl Finish<'_> {
         if !per_sample_channel(&d) || post.as_ref().is_some_and(|p| !per_sample_channel(p)) {
             return Ok(None);
         }
+        Ok(Some(Operands { d, nb, per_pixel: !per_channel, noise, post }))
+    }
+
+    /// The kernels' arguments from `d` on, for features of `shape` in `kind` on `device`, with
+    /// the tensors they point into (to be held until the launch); `None` where the tensors do
+    /// not fit.
+    fn args(&self, shape: Dense, kind: Kind, device: Device) -> Result<Option<(Vec<Arg>, Vec<Tensor>)>> {
+        let Some(Operands { d, nb, per_pixel, noise, post }) = self.operands(shape, kind, device)? else {
+            return Ok(None);
+        };
+        if per_pixel && Dense::of(&nb).is_none() {
+            return Ok(None);
+        }
         let args = vec![
             Arg::tensor(Some(&d)),
             Arg::tensor(Some(&nb)),
-            Arg::I32(nb_mode),
+            Arg::I32(if per_pixel { 2 } else { 1 }),
             Arg::tensor(noise.as_ref()),
             Arg::F32(self.noise_gain as f32),
             Arg::F32(self.slope as f32),
@@ -115,13 +138,15 @@ impl Finish<'_> {
     }
 }
 
-/// The kernels loaded into one device's primary context (or, for the tests, built for the
-/// host and run there over CPU tensors, thread by thread).
+/// The kernels loaded into one device's primary context, the CPU's Rust passes, or, for the
+/// tests, the CUDA kernels built for the host and run there over CPU tensors, thread by thread.
 pub struct Kernels {
     backend: Backend,
 }
 
 enum Backend {
+    /// The epilogue and the style scaling only ([`cpu`]).
+    Cpu,
     Cuda {
         driver: Driver,
         ctx: Ctx,
@@ -140,21 +165,31 @@ unsafe impl Sync for Kernels {}
 static LOADED: OnceLock<Mutex<HashMap<usize, std::result::Result<&'static Kernels, String>>>> = OnceLock::new();
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+static CPU_ENABLED: AtomicBool = AtomicBool::new(true);
+static CPU: Kernels = Kernels { backend: Backend::Cpu };
 
-/// Turns the kernels on or off for the whole process (the `cuda_kernels` setting).
+/// Turns the CUDA kernels on or off for the whole process (the `cuda_kernels` setting).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// The kernels for `device`, compiled and loaded at the first call; `None` on the CPU, when
-/// turned off, or where they cannot be built (said once in the log, and the generator keeps
-/// its tensor operations).
+/// Turns the CPU's passes on or off for the whole process (the `cpu_kernels` setting).
+pub fn set_cpu_enabled(on: bool) {
+    CPU_ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The kernels for `device`: the CPU's passes, or the CUDA kernels compiled and loaded at the
+/// first call; `None` when turned off or where they cannot be built (said once in the log),
+/// and the generator keeps its tensor operations.
 pub fn for_device(device: Device) -> Option<&'static Kernels> {
     #[cfg(test)]
-    if let Some(k) = tests::host_kernels_for(device) {
-        return Some(k);
+    if let Some(k) = tests::kernels_for(device) {
+        return k;
     }
-    state(device).ok()
+    match device {
+        Device::Cpu => CPU_ENABLED.load(Ordering::Relaxed).then_some(&CPU),
+        _ => state(device).ok(),
+    }
 }
 
 /// The kernels for `device`, or why there are none.
@@ -253,9 +288,16 @@ impl Kernels {
         Err(errors.join("; "))
     }
 
+    /// Whether these are every kernel (CUDA's, or the tests' host build of them) rather than the
+    /// CPU's epilogue and style scaling: only then do they upsample, filter and make pictures.
+    pub fn complete(&self) -> bool {
+        !matches!(self.backend, Backend::Cpu)
+    }
+
     /// Whether `x` lives where these kernels run.
     fn takes(&self, x: &Tensor) -> bool {
         match &self.backend {
+            Backend::Cpu => x.device() == Device::Cpu,
             Backend::Cuda { ordinal, .. } => x.device() == Device::Cuda(*ordinal),
             #[cfg(test)]
             Backend::Host(_) => x.device() == Device::Cpu,
@@ -268,6 +310,7 @@ impl Kernels {
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
         let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
         let (driver, ctx, ordinal, functions) = match &self.backend {
+            Backend::Cpu => return Err(TchError::Kind(format!("no {base} kernel on the CPU"))),
             Backend::Cuda { driver, ctx, ordinal, functions } => (driver, *ctx, *ordinal, functions),
             #[cfg(test)]
             Backend::Host(host) => {
@@ -305,6 +348,9 @@ impl Kernels {
     /// `x * s`, per sample and channel: `x` [N, C, H, W] dense in either layout, `s` [N, C]
     /// float32. `None` where the kernel cannot take `x`.
     pub fn scale(&self, x: &Tensor, s: &Tensor) -> Result<Option<Tensor>> {
+        if let Backend::Cpu = self.backend {
+            return cpu::scale(x, s);
+        }
         let Some(shape) = Dense::of(x).filter(|_| self.takes(x) && on(x.device(), &[Some(s)])) else {
             return Ok(None);
         };
@@ -328,6 +374,9 @@ impl Kernels {
 
     /// In place: the epilogue `fin` over `y`. `false` where the kernel cannot take the tensors.
     pub fn epilogue(&self, y: &Tensor, fin: &Finish) -> Result<bool> {
+        if let Backend::Cpu = self.backend {
+            return cpu::epilogue(y, fin);
+        }
         let Some(shape) = Dense::of(y).filter(|_| self.takes(y)) else { return Ok(false) };
         let Some((fin_args, _held)) = fin.args(shape, y.kind(), y.device())? else { return Ok(false) };
         let mut args = vec![Arg::tensor(Some(y))];
@@ -342,7 +391,7 @@ impl Kernels {
     /// `fin`, whose `nb` and noise have the output's size. Returns the features in `t`'s
     /// layout, or `None` where the kernel cannot take the tensors.
     pub fn up_epilogue(&self, t: &Tensor, fir: &Tensor, pad: Up2Padding, fin: &Finish) -> Result<Option<Tensor>> {
-        let Some(input) = Dense::layout_of(t).filter(|_| self.takes(t)) else { return Ok(None) };
+        let Some(input) = Dense::layout_of(t).filter(|_| self.complete() && self.takes(t)) else { return Ok(None) };
         let taps = fir.size().first().copied().unwrap_or(0);
         let fir_fits = fir.kind() == Kind::Float
             && fir.is_contiguous()
@@ -383,7 +432,7 @@ impl Kernels {
     /// scaled for the next layer (in `x`'s type and layout, as [`Kernels::scale`] makes them:
     /// its input, made as `x` is read anyway). `None` where the kernel cannot take the tensors.
     pub fn to_rgb(&self, x: &Tensor, rgb: &Rgb) -> Result<Option<(Tensor, Option<Tensor>)>> {
-        let Some(shape) = Dense::of(x).filter(|_| self.takes(x)) else { return Ok(None) };
+        let Some(shape) = Dense::of(x).filter(|_| self.complete() && self.takes(x)) else { return Ok(None) };
         let Some(l) = rgb.prepare(x, shape)? else { return Ok(None) };
         let scaled = match l.next {
             Some(_) => {
@@ -410,7 +459,8 @@ impl Kernels {
     /// reading the features back. `None` (and `y` untouched) where the kernel cannot take the
     /// tensors.
     pub fn epilogue_rgb(&self, y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option<Tensor>> {
-        let fits = |_: &Dense| self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
+        let fits =
+            |_: &Dense| self.complete() && self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
         let Some(shape) = Dense::of(y).filter(fits) else { return Ok(None) };
         let Some((fin_args, _held)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
         let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };
@@ -552,6 +602,15 @@ impl Dense {
     /// As [`Dense::of`], without asking NCHW's pixels to come in eights (for a kernel's
     /// input that it reads value by value in that layout).
     fn layout_of(x: &Tensor) -> Option<Dense> {
+        let shape = Self::layout(x)?;
+        let aligned = (x.data_ptr() as usize).is_multiple_of(16);
+        let fits = !shape.channels_last || shape.c % VEC == 0;
+        (aligned && fits).then_some(shape)
+    }
+
+    /// The sizes and layout of a non-empty [N, C, H, W] tensor of a kernel's type stored
+    /// densely, NCHW or NHWC, whatever its alignment and sizes.
+    fn layout(x: &Tensor) -> Option<Dense> {
         let typed = suffix(x.kind()).is_some();
         if x.dim() != 4 || !typed {
             return None;
@@ -560,10 +619,8 @@ impl Dense {
         let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
         let nchw = stride == [c * h * w, h * w, w, 1];
         let nhwc = stride == [h * w * c, 1, w * c, c];
-        let aligned = (x.data_ptr() as usize).is_multiple_of(16);
         let shape = Dense { n, c, hw: h * w, channels_last: nhwc && !nchw };
-        let fits = !shape.channels_last || c % VEC == 0;
-        (aligned && fits && (nchw || nhwc) && x.numel() > 0).then_some(shape)
+        ((nchw || nhwc) && x.numel() > 0).then_some(shape)
     }
 
     fn total(self) -> i64 {

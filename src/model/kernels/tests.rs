@@ -102,21 +102,46 @@ fn host_kernels() -> &'static Kernels {
     BUILT.get_or_init(|| Box::leak(Box::new(Kernels { backend: Backend::Host(HostBuild::new()) })))
 }
 
-thread_local! {
-    static ON_THE_HOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// What [`for_device`] gives for the CPU on a test's thread.
+#[derive(Clone, Copy, PartialEq)]
+enum OnCpu {
+    /// As outside the tests: the CPU's passes.
+    Passes,
+    /// The CUDA kernels built for the host ([`with_host_kernels`]).
+    HostBuild,
+    /// None: libtorch's tensor ops ([`with_tensor_ops`]).
+    TensorOps,
 }
 
-/// The host's kernels for the CPU while this thread runs [`with_host_kernels`].
-pub(super) fn host_kernels_for(device: Device) -> Option<&'static Kernels> {
-    (device == Device::Cpu && ON_THE_HOST.with(|on| on.get())).then(host_kernels)
+thread_local! {
+    static ON_CPU: std::cell::Cell<OnCpu> = const { std::cell::Cell::new(OnCpu::Passes) };
+}
+
+/// What this thread's tests chose for the CPU, where they chose.
+pub(super) fn kernels_for(device: Device) -> Option<Option<&'static Kernels>> {
+    match (device, ON_CPU.with(|on| on.get())) {
+        (Device::Cpu, OnCpu::HostBuild) => Some(Some(host_kernels())),
+        (Device::Cpu, OnCpu::TensorOps) => Some(None),
+        _ => None,
+    }
+}
+
+/// Runs `f` with [`for_device`] giving `choice` for the CPU on this thread.
+fn with_on_cpu<T>(choice: OnCpu, f: impl FnOnce() -> T) -> T {
+    ON_CPU.with(|on| on.set(choice));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    ON_CPU.with(|on| on.set(OnCpu::Passes));
+    out.unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Runs `f` with [`for_device`] giving the host's kernels for the CPU on this thread.
 fn with_host_kernels<T>(f: impl FnOnce() -> T) -> T {
-    ON_THE_HOST.with(|on| on.set(true));
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    ON_THE_HOST.with(|on| on.set(false));
-    out.unwrap_or_else(|e| std::panic::resume_unwind(e))
+    with_on_cpu(OnCpu::HostBuild, f)
+}
+
+/// Runs `f` with [`for_device`] giving no kernels for the CPU on this thread.
+pub(super) fn with_tensor_ops<T>(f: impl FnOnce() -> T) -> T {
+    with_on_cpu(OnCpu::TensorOps, f)
 }
 
 /// The host build behind [`host_kernels`], for tests that call its kernels directly.
@@ -463,13 +488,15 @@ fn the_epilogue_with_torgb_is_the_two_kernels_in_one_pass() {
     }
 }
 
-/// The CPU has no kernels (outside [`with_host_kernels`]), and the host's kernels take no
-/// layout they cannot read.
+/// The CPU has its passes (the host's kernels only inside [`with_host_kernels`]), and the
+/// host's kernels take no layout they cannot read.
 #[test]
 fn tensors_elsewhere_or_in_other_layouts_are_not_taken() {
-    assert!(for_device(Device::Cpu).is_none());
-    assert!(with_host_kernels(|| for_device(Device::Cpu)).is_some());
-    assert!(for_device(Device::Cpu).is_none(), "only while the closure runs");
+    let passes = for_device(Device::Cpu).expect("the CPU's passes");
+    assert!(!passes.complete());
+    assert!(with_host_kernels(|| for_device(Device::Cpu)).is_some_and(Kernels::complete));
+    assert!(with_tensor_ops(|| for_device(Device::Cpu)).is_none());
+    assert!(!for_device(Device::Cpu).unwrap().complete(), "only while the closure runs");
     let k = host_kernels();
     let x = Tensor::ones([1, 8, 4, 4], (Kind::Float, Device::Cpu));
     let s = Tensor::ones([1, 8], (Kind::Float, Device::Cpu));
@@ -511,7 +538,7 @@ fn the_generator_draws_the_same_with_its_kernels_on_the_host() {
         for fold in [Some(false), Some(true), None] {
             let what = format!("{precision}, fold {fold:?}");
             model.set_fold_filters(fold);
-            let plain = model.generate(&params).unwrap();
+            let plain = with_tensor_ops(|| model.generate(&params).unwrap());
             let names = ["epilogue", "up_epilogue", "epilogue_rgb", "scale"];
             let counted = names.map(launches);
             let with = with_host_kernels(|| model.generate(&params).unwrap());
