@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-pub use slots::{CpuSlot, CpuSlots};
+pub use slots::{CpuSlot, CpuSlots, FreeSlots};
 
 /// What a worker runs: a batch of items in, one output per item.
 pub trait BatchModel: Send + Sync + 'static {

@@ -29,8 +29,14 @@ pub enum Format {
     WebP,
 }
 
-/// Encodes one uint8 image [H, W, C] (C = 1, 3 or 4).
+/// Encodes one uint8 image [H, W, C] (C = 1, 3 or 4), a large PNG on every core.
 pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
+    let threads = if pixels.numel() >= PARALLEL_PNG_BYTES { cores() } else { 1 };
+    encode_in(pixels, format, threads)
+}
+
+/// Encodes one uint8 image [H, W, C] (C = 1, 3 or 4), a PNG on up to `threads` threads.
+pub fn encode_in(pixels: &Tensor, format: Format, threads: usize) -> Result<Vec<u8>, EncodeError> {
     let size = pixels.size();
     if size.len() != 3 || pixels.kind() != Kind::Uint8 || ![1, 3, 4].contains(&size[2]) {
         return Err(EncodeError::Shape(size));
@@ -40,7 +46,7 @@ pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
     // SAFETY: `pixels` is a contiguous uint8 tensor on the CPU holding h * w * c values; it
     // lives, unchanged, until this function returns, and nothing else writes to it.
     let data: &[u8] = unsafe { std::slice::from_raw_parts(pixels.data_ptr() as *const u8, pixels.numel()) };
-    encode_raw(data, w, h, c as u8, format)
+    encode_raw_in(data, w, h, c as u8, format, threads)
 }
 
 /// NVIDIA's conversion of a [C, H, W] float image in generator units to interleaved uint8
@@ -115,11 +121,34 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// From this many bytes of pixels (1024 x 1024 RGB) PNGs are made on several threads.
+/// From this many bytes of pixels (1024 x 1024 RGB) [`encode_raw`] makes PNGs on every core.
 const PARALLEL_PNG_BYTES: usize = 1024 * 1024 * 3;
 
-/// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4).
+/// Pixel bytes a PNG thread should have at least: a thread's start costs some tens of
+/// microseconds, a 512 px picture's strip of rows a tenth of a millisecond.
+const PNG_BYTES_A_THREAD: usize = 256 * 1024;
+
+/// The most threads worth giving a PNG of `bytes` pixel bytes (at least one).
+pub fn png_threads_worth(bytes: usize) -> usize {
+    (bytes / PNG_BYTES_A_THREAD).max(1)
+}
+
+/// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4), a large PNG on every core.
 pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> Result<Vec<u8>, EncodeError> {
+    let threads = if data.len() >= PARALLEL_PNG_BYTES { cores() } else { 1 };
+    encode_raw_in(data, w, h, channels, format, threads)
+}
+
+/// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4), a PNG on up to `threads` threads
+/// (the caller's among them; the bytes are the same for any number).
+pub fn encode_raw_in(
+    data: &[u8],
+    w: u32,
+    h: u32,
+    channels: u8,
+    format: Format,
+    threads: usize,
+) -> Result<Vec<u8>, EncodeError> {
     let c = channels;
     let color = match c {
         1 => ExtendedColorType::L8,
@@ -128,8 +157,8 @@ pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> 
     };
     let mut out = Vec::new();
     match format {
-        // mixgan's own fast deflate (png.rs); large pictures on every core.
-        Format::Png => out = png::encode(data, w, h, c, if data.len() >= PARALLEL_PNG_BYTES { cores() } else { 1 }),
+        // mixgan's own fast deflate (png.rs).
+        Format::Png => out = png::encode(data, w, h, c, threads),
         Format::Jpeg { quality } => {
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(data, w, h, color)?
         }

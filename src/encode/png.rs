@@ -1,11 +1,10 @@
 //! PNG files: rows filtered by Paeth's predictor, deflated by `huffman` in blocks of a few
-//! rows, each with a code of its own. Small pictures are made on the caller's thread. Large
-//! ones on several, as `pigz` makes gzip files: the rows are filtered in parallel, then cut
-//! into strips of a fixed height that threads take one at a time, each deflated on its own and
+//! rows, each with a code of its own. As `pigz` makes gzip files, the rows are cut into strips
+//! of a fixed height, each filtered and deflated on its own (while its rows are in cache) and
 //! ending on a byte boundary (a sync flush), and the strips are joined into one zlib stream
-//! whose checksum is combined from theirs. Small strips taken as threads come free keep every
-//! core busy to the end (strips differ in cost by more than twice with what they show). The
-//! file depends only on the picture, never on the number of cores.
+//! whose checksum is combined from theirs. With several threads, each takes the next strip as
+//! it comes free, which keeps every thread busy to the end (strips differ in cost by more than
+//! twice with what they show). The file depends only on the picture, never on the threads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -30,39 +29,40 @@ pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<
     let line = row + 1;
     let strips = rows.div_ceil(STRIP_ROWS).max(1);
     let threads = threads.clamp(1, strips);
-    let bytes = |i: usize| i * STRIP_ROWS * line..((i + 1) * STRIP_ROWS).min(rows) * line;
-    let deflate = |filtered: &[u8], i: usize| -> Deflated {
-        let strip = &filtered[bytes(i)];
+    let rows_of = |i: usize| i * STRIP_ROWS..((i + 1) * STRIP_ROWS).min(rows);
+    // Strip `i` filtered into `filtered` (a thread's own, reused) and deflated.
+    let strip = |i: usize, filtered: &mut Vec<u8>| -> Deflated {
+        let strip_rows = rows_of(i);
+        filtered.resize(strip_rows.len() * line, 0);
+        filter_rows(data, row, channels as usize, strip_rows.start, filtered);
         let mut adler = simd_adler32::Adler32::new();
-        adler.write(strip);
-        (huffman::deflate(strip, block_bytes(line), i + 1 == strips), adler.finish())
+        adler.write(filtered);
+        (huffman::deflate(filtered, block_bytes(line), i + 1 == strips), adler.finish())
     };
 
-    let mut filtered = vec![0u8; rows * line];
     let done: Vec<Deflated> = if threads == 1 {
-        filter_rows(data, row, channels as usize, 0, &mut filtered);
-        (0..strips).map(|i| deflate(&filtered, i)).collect()
+        let mut filtered = Vec::new();
+        (0..strips).map(|i| strip(i, &mut filtered)).collect()
     } else {
-        let bands = rows.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (i, out) in filtered.chunks_mut(bands * line).enumerate() {
-                scope.spawn(move || filter_rows(data, row, channels as usize, i * bands, out));
-            }
-        });
-        let filtered = &filtered;
         let next = AtomicUsize::new(0);
         let done: Mutex<Vec<Option<Deflated>>> = Mutex::new(vec![None; strips]);
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= strips {
-                        break;
-                    }
-                    let deflated = deflate(filtered, i);
-                    done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(deflated);
-                });
+        let work = || {
+            let mut filtered = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= strips {
+                    break;
+                }
+                let deflated = strip(i, &mut filtered);
+                done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(deflated);
             }
+        };
+        // The caller's thread works too.
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
         });
         let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
         done.into_iter().map(|strip| strip.expect("every strip was deflated")).collect()
@@ -72,7 +72,7 @@ pub fn encode(data: &[u8], w: u32, h: u32, channels: u8, threads: usize) -> Vec<
     idat.extend_from_slice(&[0x78, 0x01]);
     let mut adler = 1;
     for (i, (deflated, strip_adler)) in done.into_iter().enumerate() {
-        adler = adler32_combine(adler, strip_adler, bytes(i).len());
+        adler = adler32_combine(adler, strip_adler, rows_of(i).len() * line);
         idat.extend_from_slice(&deflated);
     }
     idat.extend_from_slice(&adler.to_be_bytes());
@@ -129,7 +129,7 @@ wide! {
 /// The rows from `from` on that fit in `out`, each as the Paeth filter's type byte (4) and
 /// its residuals.
 fn filter_rows(data: &[u8], row: usize, bpp: usize, from: usize, out: &mut [u8]) {
-    let zeros = vec![0u8; row];
+    let zeros = if from == 0 { vec![0u8; row] } else { Vec::new() };
     for (r, dst) in (from..).zip(out.chunks_exact_mut(row + 1)) {
         let cur = &data[r * row..(r + 1) * row];
         let up = if r == 0 { &zeros[..] } else { &data[(r - 1) * row..r * row] };

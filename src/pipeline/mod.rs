@@ -29,7 +29,7 @@ use crate::router::{PatchSlot, RoutePlan, Router, RouterLimits};
 
 pub use canvases::{Canvas, CanvasOrder, CanvasPainter};
 pub use progress::{JobSize, Progress, ProgressSink, Search};
-pub use runners::{Batched, InThread, PatchOrder};
+pub use runners::{Batched, InThread, PatchOrder, SpareCores};
 pub use search::{Courtesy, SearchWatch};
 
 /// The stages of a request, in order. `Queue` is the part of generation spent waiting for a
@@ -208,6 +208,9 @@ pub trait Runner: Sync {
     fn canvases(&self) -> Option<&Batcher<CanvasPainter>> {
         None
     }
+
+    /// The cores an encode may borrow beside its own thread's.
+    fn spare_cores(&self) -> SpareCores;
 }
 
 /// What a front end hears of a request as it passes through the stages.
@@ -329,6 +332,7 @@ impl Pipeline {
     ) -> Result<Painted, PipelineError> {
         // Compositing and encoding share one trip to a worker thread.
         let me = self.clone();
+        let spare = runner.spare_cores();
         runner
             .cpu(Stage::Composite, move || {
                 let patches = assemble(&plan, batches)?;
@@ -339,7 +343,7 @@ impl Pipeline {
                 let done = me.composite(&plan, &patches)?;
                 let composite = started.elapsed();
                 let started = Instant::now();
-                let bytes = me.encode(&done.canvas, &plan)?;
+                let bytes = me.encode(&done.canvas, &plan, &spare)?;
                 drop(stream);
                 Ok((plan, done, bytes, composite, started.elapsed()))
             })
@@ -365,10 +369,11 @@ impl Pipeline {
             painted.pop().ok_or_else(|| PipelineError::Internal("no canvas".into()))??;
         let composite = started.elapsed();
         let me = self.clone();
+        let spare = runner.spare_cores();
         let (plan, bytes, encode) = runner
             .cpu(Stage::Encode, move || {
                 let started = Instant::now();
-                let bytes = encode::encode(&pixels, me.format(&plan))?;
+                let bytes = me.encode_pixels(&pixels, &plan, &spare)?;
                 Ok((plan, bytes, started.elapsed()))
             })
             .await?;
@@ -410,15 +415,25 @@ impl Pipeline {
         }
     }
 
-    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan) -> Result<Vec<u8>, PipelineError> {
+    /// Encodes `canvas` in `plan`'s format, a PNG on its thread and the `spare` cores it can
+    /// borrow.
+    pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan, spare: &SpareCores) -> Result<Vec<u8>, PipelineError> {
         let format = self.format(plan);
         if canvas.device() == Device::Cpu {
             let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
-            return Ok(encode::encode_raw(&data, w, h, c, format)?);
+            return spare.lend(encode::png_threads_worth(data.len()), |threads| {
+                Ok(encode::encode_raw_in(&data, w, h, c, format, threads)?)
+            });
         }
         // On a GPU, convert there and move a quarter of the bytes.
         let pixels = to_pixels(&canvas.f_unsqueeze(0)?)?.f_get(0)?;
-        Ok(encode::encode(&pixels, format)?)
+        self.encode_pixels(&pixels, plan, spare)
+    }
+
+    /// [`Pipeline::encode`] for uint8 pixels [H, W, C].
+    fn encode_pixels(&self, pixels: &Tensor, plan: &RoutePlan, spare: &SpareCores) -> Result<Vec<u8>, PipelineError> {
+        let format = self.format(plan);
+        spare.lend(encode::png_threads_worth(pixels.numel()), |threads| Ok(encode::encode_in(pixels, format, threads)?))
     }
 }
 

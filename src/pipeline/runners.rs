@@ -127,6 +127,28 @@ pub fn lanes(registry: &ModelRegistry, defaults: BatchSettings) -> Vec<Lane<Mode
         .collect()
 }
 
+/// Cores an encode may borrow beside its own thread's: the machine's others (one request at a
+/// time: [`InThread`]), or the service's CPU slots that are free when it starts, held until it
+/// ends, so that it splits only over cores that nothing else wants.
+#[derive(Clone)]
+pub enum SpareCores {
+    Machine,
+    Slots(Arc<CpuSlots>),
+}
+
+impl SpareCores {
+    /// Runs `work` with how many threads it may use: its own and up to `most - 1` spare ones.
+    pub fn lend<T>(&self, most: usize, work: impl FnOnce(usize) -> T) -> T {
+        match self {
+            Self::Machine => work(most.clamp(1, std::thread::available_parallelism().map_or(1, |n| n.get()))),
+            Self::Slots(slots) => {
+                let taken = slots.take_free(most.saturating_sub(1));
+                work(1 + taken.count)
+            }
+        }
+    }
+}
+
 /// Everything in the calling thread, generating in batches of at most `max_batch`.
 pub struct InThread {
     pub max_batch: usize,
@@ -162,6 +184,10 @@ impl Runner for InThread {
             })
             .collect::<Result<Vec<_>, PipelineError>>();
         async move { Ok((batches?, Duration::ZERO)) }
+    }
+
+    fn spare_cores(&self) -> SpareCores {
+        SpareCores::Machine
     }
 }
 
@@ -234,6 +260,10 @@ impl Runner for Batched<'_> {
     fn canvases(&self) -> Option<&Batcher<CanvasPainter>> {
         self.canvases
     }
+
+    fn spare_cores(&self) -> SpareCores {
+        SpareCores::Slots(self.slots.clone())
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +271,24 @@ mod tests {
     use super::*;
     use crate::router::RouterLimits;
     use tch::Device;
+
+    /// An encode in the service splits over the CPU slots free when it starts, at most as many
+    /// threads as are worth it, and holds them until it is done; alone on the machine, over its
+    /// cores.
+    #[test]
+    fn encodes_borrow_the_free_cpu_slots_and_give_them_back() {
+        let slots = Arc::new(CpuSlots::new(4));
+        let spare = SpareCores::Slots(slots.clone());
+        let held = slots.acquire();
+        assert_eq!(spare.lend(3, |threads| (threads, slots.take_free(9).count)), (3, 1));
+        assert_eq!(spare.lend(9, |threads| threads), 4, "its own and the three free");
+        assert_eq!(spare.lend(1, |threads| threads), 1);
+        assert_eq!(slots.take_free(9).count, 3, "all given back");
+        drop(held);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(SpareCores::Machine.lend(64, |threads| threads), cores.min(64));
+        assert_eq!(SpareCores::Machine.lend(0, |threads| threads), 1);
+    }
 
     /// The background is fitted to the canvas and a region's patch to its rectangle, except a
     /// patch that mattes itself; on the CPU no order carries its fitting (nothing to copy).
