@@ -89,8 +89,8 @@ pub struct Config {
     pub canvas_batch: usize,
     /// Let cuDNN time its convolution algorithms once per shape and keep the fastest (CUDA only).
     pub cudnn_benchmark: bool,
-    /// The generator's own CPU passes for a layer's epilogue and style scaling (off, libtorch's
-    /// tensor operations do them).
+    /// The generator's own CPU passes for a layer's epilogue, style scaling and toRGB (off,
+    /// libtorch's tensor operations do them).
     pub cpu_kernels: bool,
     /// The generator's own CUDA kernels for its bytes-bound passes (CUDA only; off, libtorch's
     /// tensor operations do them).

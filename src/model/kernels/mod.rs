@@ -2,8 +2,8 @@
 //! broadcasting element-wise kernels: a layer's style scaling, its epilogue (demodulation,
 //! noise and bias, leaky ReLU, clamp) and a toRGB layer with the picture's skip sum. At 1024 px
 //! those passes are bytes-bound, and libtorch's broadcasting kernels move about a third of
-//! what the memory can; each of these reads and writes its features once. On the CPU the
-//! epilogue and the style scaling run as Rust passes ([`cpu`]), the rest as tensor ops.
+//! what the memory can; each of these reads and writes its features once. On the CPU all but
+//! the upsampling layer's filter run as Rust passes ([`cpu`]).
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
 //! hand and launched through the CUDA driver on the thread's current libtorch stream, so they
@@ -145,7 +145,7 @@ pub struct Kernels {
 }
 
 enum Backend {
-    /// The epilogue and the style scaling only ([`cpu`]).
+    /// In Rust, all but the filtering epilogue ([`cpu`]).
     Cpu,
     Cuda {
         driver: Driver,
@@ -288,9 +288,9 @@ impl Kernels {
         Err(errors.join("; "))
     }
 
-    /// Whether these are every kernel (CUDA's, or the tests' host build of them) rather than the
-    /// CPU's epilogue and style scaling: only then do they upsample, filter and make pictures.
-    pub fn complete(&self) -> bool {
+    /// Whether an upsampling layer's epilogue can filter its features ([`Kernels::up_epilogue`]):
+    /// CUDA's kernels and the tests' host build of them, not the CPU's passes.
+    pub fn filter(&self) -> bool {
         !matches!(self.backend, Backend::Cpu)
     }
 
@@ -391,7 +391,7 @@ impl Kernels {
     /// `fin`, whose `nb` and noise have the output's size. Returns the features in `t`'s
     /// layout, or `None` where the kernel cannot take the tensors.
     pub fn up_epilogue(&self, t: &Tensor, fir: &Tensor, pad: Up2Padding, fin: &Finish) -> Result<Option<Tensor>> {
-        let Some(input) = Dense::layout_of(t).filter(|_| self.complete() && self.takes(t)) else { return Ok(None) };
+        let Some(input) = Dense::layout_of(t).filter(|_| self.filter() && self.takes(t)) else { return Ok(None) };
         let taps = fir.size().first().copied().unwrap_or(0);
         let fir_fits = fir.kind() == Kind::Float
             && fir.is_contiguous()
@@ -432,7 +432,10 @@ impl Kernels {
     /// scaled for the next layer (in `x`'s type and layout, as [`Kernels::scale`] makes them:
     /// its input, made as `x` is read anyway). `None` where the kernel cannot take the tensors.
     pub fn to_rgb(&self, x: &Tensor, rgb: &Rgb) -> Result<Option<(Tensor, Option<Tensor>)>> {
-        let Some(shape) = Dense::of(x).filter(|_| self.complete() && self.takes(x)) else { return Ok(None) };
+        if let Backend::Cpu = self.backend {
+            return cpu::to_rgb(x, rgb);
+        }
+        let Some(shape) = Dense::of(x).filter(|_| self.takes(x)) else { return Ok(None) };
         let Some(l) = rgb.prepare(x, shape)? else { return Ok(None) };
         let scaled = match l.next {
             Some(_) => {
@@ -459,8 +462,10 @@ impl Kernels {
     /// reading the features back. `None` (and `y` untouched) where the kernel cannot take the
     /// tensors.
     pub fn epilogue_rgb(&self, y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option<Tensor>> {
-        let fits =
-            |_: &Dense| self.complete() && self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
+        if let Backend::Cpu = self.backend {
+            return cpu::epilogue_rgb(y, fin, rgb);
+        }
+        let fits = |_: &Dense| self.takes(y) && fin.post.is_none() && (rgb.keep || rgb.next.is_none());
         let Some(shape) = Dense::of(y).filter(fits) else { return Ok(None) };
         let Some((fin_args, _held)) = fin.args(shape, y.kind(), y.device())? else { return Ok(None) };
         let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };

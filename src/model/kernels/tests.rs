@@ -493,10 +493,10 @@ fn the_epilogue_with_torgb_is_the_two_kernels_in_one_pass() {
 #[test]
 fn tensors_elsewhere_or_in_other_layouts_are_not_taken() {
     let passes = for_device(Device::Cpu).expect("the CPU's passes");
-    assert!(!passes.complete());
-    assert!(with_host_kernels(|| for_device(Device::Cpu)).is_some_and(Kernels::complete));
+    assert!(!passes.filter());
+    assert!(with_host_kernels(|| for_device(Device::Cpu)).is_some_and(Kernels::filter));
     assert!(with_tensor_ops(|| for_device(Device::Cpu)).is_none());
-    assert!(!for_device(Device::Cpu).unwrap().complete(), "only while the closure runs");
+    assert!(!for_device(Device::Cpu).unwrap().filter(), "only while the closure runs");
     let k = host_kernels();
     let x = Tensor::ones([1, 8, 4, 4], (Kind::Float, Device::Cpu));
     let s = Tensor::ones([1, 8], (Kind::Float, Device::Cpu));

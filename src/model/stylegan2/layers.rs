@@ -205,7 +205,7 @@ impl ToRgb {
         kernels: Option<&Kernels>,
         next: Option<&Tensor>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        if let Some(k) = kernels.filter(|k| k.complete()) {
+        if let Some(k) = kernels {
             let tail = self.tail(w, prev, up)?;
             if let Some(done) = k.to_rgb(x, &self.rgb(&tail, next, true))? {
                 return Ok(done);
@@ -371,7 +371,7 @@ impl Block {
         // With the kernels, the last layer's epilogue makes the picture too (a resnet block
         // adds its skip after that layer, so its toRGB layer runs on its own).
         let tail = match (&self.torgb, &img) {
-            (Some(torgb), img) if pass.kernels.is_some_and(Kernels::complete) && !pass.fused && self.skip.is_none() => {
+            (Some(torgb), img) if pass.kernels.is_some() && !pass.fused && self.skip.is_none() => {
                 Some(torgb.tail(&w(self.num_conv)?, img.as_ref(), (&self.filter, pass.cuda))?)
             }
             _ => None,

@@ -243,7 +243,7 @@ impl StyleGan2 {
         let fused = self.conv_path == ConvPath::Fused;
         // Autograd cannot see through the kernels: the recorded pass keeps tensor ops.
         let kernels = if graph { None } else { kernels::for_device(self.device) };
-        let measure = self.fold_filters.is_none() && kernels.is_some_and(Kernels::complete) && !fused;
+        let measure = self.fold_filters.is_none() && kernels.is_some_and(Kernels::filter) && !fused;
         let fold = self.fold_filters.unwrap_or(self.device.is_cuda());
         let pass = Pass { noise, fused, cuda: self.device.is_cuda(), fold, kernels };
         let batch = ws.size()[0];
