@@ -16,7 +16,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{Dense, Finish, Result, Rgb, RgbLaunch};
+use super::{Dense, Finish, Operands, Result, Rgb, RgbLaunch};
 
 /// The sizes of `x` where these kernels take it: float32 [N, C, H, W] on the CPU, dense and
 /// channels-last (or with one pixel or one channel, where both layouts are one).
@@ -45,18 +45,7 @@ unsafe fn write_into(x: &Tensor, write: impl FnOnce(&mut [f32])) {
 pub(super) fn epilogue(y: &Tensor, fin: &Finish) -> Result<bool> {
     let Some(shape) = features(y) else { return Ok(false) };
     let Some(ops) = fin.operands(shape, Kind::Float, Device::Cpu)? else { return Ok(false) };
-    let pass = Epilogue {
-        d: values(&ops.d),
-        nb: values(&ops.nb),
-        per_pixel: ops.per_pixel,
-        noise: ops.noise.as_ref().map(values),
-        noise_gain: fin.noise_gain as f32,
-        slope: fin.slope as f32,
-        clamp: fin.clamp.map_or(f32::INFINITY, |c| c as f32),
-        post: ops.post.as_ref().map(values),
-        c: shape.c as usize,
-        hw: shape.hw as usize,
-    };
+    let pass = Epilogue::of(fin, &ops, shape);
     // SAFETY: `y` is dense (checked) and the layer's own fresh features; the operands are
     // other tensors.
     unsafe { write_into(y, |y| pass.run(y, true, &mut ())) };
@@ -105,18 +94,7 @@ pub(super) fn epilogue_rgb(y: &Tensor, fin: &Finish, rgb: &Rgb) -> Result<Option
     };
     let Some(ops) = fin.operands(shape, Kind::Float, Device::Cpu)? else { return Ok(None) };
     let Some(l) = rgb.prepare(y, shape)? else { return Ok(None) };
-    let finish = Epilogue {
-        d: values(&ops.d),
-        nb: values(&ops.nb),
-        per_pixel: ops.per_pixel,
-        noise: ops.noise.as_ref().map(values),
-        noise_gain: fin.noise_gain as f32,
-        slope: fin.slope as f32,
-        clamp: fin.clamp.map_or(f32::INFINITY, |c| c as f32),
-        post: None,
-        c: shape.c as usize,
-        hw: shape.hw as usize,
-    };
+    let finish = Epilogue::of(fin, &ops, shape);
     let pass = ToRgb::of(&l, shape);
     // SAFETY: `y` is the layer's own fresh features and `l.out` the picture (dense float32,
     // checked), distinct tensors that nothing else reads meanwhile.
@@ -207,7 +185,22 @@ fn has_fma() -> bool {
     false
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
+    fn of(fin: &Finish, ops: &'a Operands, shape: Dense) -> Self {
+        Epilogue {
+            d: values(&ops.d),
+            nb: values(&ops.nb),
+            per_pixel: ops.per_pixel,
+            noise: ops.noise.as_ref().map(values),
+            noise_gain: fin.noise_gain as f32,
+            slope: fin.slope as f32,
+            clamp: fin.clamp.map_or(f32::INFINITY, |c| c as f32),
+            post: ops.post.as_ref().map(values),
+            c: shape.c as usize,
+            hw: shape.hw as usize,
+        }
+    }
+
     /// The epilogue over each pixel's row of `y`, in place where `in_place` (else over a copy
     /// of the row, `y` untouched), then `then` with the pixel and its row.
     fn run(&self, y: &mut [f32], in_place: bool, then: &mut impl ThenRow) {
