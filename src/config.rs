@@ -174,7 +174,7 @@ impl Overrides {
 }
 
 impl Config {
-    /// The process-wide CUDA switches these settings ask for.
+    /// The process-wide generator switches these settings ask for.
     pub fn switches(&self) -> crate::model::device::Switches {
         crate::model::device::Switches {
             cpu_kernels: self.cpu_kernels,

@@ -31,8 +31,7 @@ pub enum Format {
 
 /// Encodes one uint8 image [H, W, C] (C = 1, 3 or 4), a large PNG on every core.
 pub fn encode(pixels: &Tensor, format: Format) -> Result<Vec<u8>, EncodeError> {
-    let threads = if pixels.numel() >= PARALLEL_PNG_BYTES { cores() } else { 1 };
-    encode_in(pixels, format, threads)
+    encode_in(pixels, format, every_core_if_large(pixels.numel()))
 }
 
 /// Encodes one uint8 image [H, W, C] (C = 1, 3 or 4), a PNG on up to `threads` threads.
@@ -124,6 +123,16 @@ fn cores() -> usize {
 /// From this many bytes of pixels (1024 x 1024 RGB) [`encode_raw`] makes PNGs on every core.
 const PARALLEL_PNG_BYTES: usize = 1024 * 1024 * 3;
 
+/// Threads for a PNG of `bytes` pixel bytes where the caller has no cores to say: every core
+/// from [`PARALLEL_PNG_BYTES`] on, else one.
+fn every_core_if_large(bytes: usize) -> usize {
+    if bytes >= PARALLEL_PNG_BYTES {
+        cores()
+    } else {
+        1
+    }
+}
+
 /// Pixel bytes a PNG thread should have at least: a thread's start costs some tens of
 /// microseconds, a 512 px picture's strip of rows a tenth of a millisecond.
 const PNG_BYTES_A_THREAD: usize = 256 * 1024;
@@ -135,8 +144,7 @@ pub fn png_threads_worth(bytes: usize) -> usize {
 
 /// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4), a large PNG on every core.
 pub fn encode_raw(data: &[u8], w: u32, h: u32, channels: u8, format: Format) -> Result<Vec<u8>, EncodeError> {
-    let threads = if data.len() >= PARALLEL_PNG_BYTES { cores() } else { 1 };
-    encode_raw_in(data, w, h, channels, format, threads)
+    encode_raw_in(data, w, h, channels, format, every_core_if_large(data.len()))
 }
 
 /// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4), a PNG on up to `threads` threads

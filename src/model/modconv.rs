@@ -10,7 +10,8 @@
 //!   costs four passes over its features (style scaling, `addcmul`, activation, clamp) on top
 //!   of the convolution, or one where the generator's own kernels (CUDA's, the CPU's passes)
 //!   make its epilogue;
-//! - toRGB is one batched matrix product per picture, reading the features once.
+//! - toRGB is one batched matrix product per picture, reading the features once (or, with
+//!   the kernels, a pass that also reads them once).
 //!
 //! The arithmetic is NVIDIA's up to float rounding (tests/generator_reference.rs and
 //! tests/precision.rs hold it to that). Stateless apart from those caches.

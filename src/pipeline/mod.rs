@@ -418,9 +418,9 @@ impl Pipeline {
     /// Encodes `canvas` in `plan`'s format, a PNG on its thread and the `spare` cores it can
     /// borrow.
     pub fn encode(&self, canvas: &Tensor, plan: &RoutePlan, spare: &SpareCores) -> Result<Vec<u8>, PipelineError> {
-        let format = self.format(plan);
         if canvas.device() == Device::Cpu {
             let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
+            let format = self.format(plan);
             return spare.lend(encode::png_threads_worth(data.len()), |threads| {
                 Ok(encode::encode_raw_in(&data, w, h, c, format, threads)?)
             });
