@@ -6,58 +6,34 @@
 //! the upsampling layer's filter run as Rust passes ([`cpu`]).
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
-//! hand and launched through the CUDA driver on the thread's current libtorch stream, so they
+//! hand and launched through the CUDA driver on the thread's current libtorch stream ([`cuda`]), so they
 //! queue in order with its kernels (and a CUDA graph being recorded takes them in). Both
 //! libraries are opened at run time: a CPU-only machine, or one where either is missing or the
 //! compile fails, gets `None` and the caller keeps its tensor ops. This module owns no model
 //! state and does not decide when to use a kernel; it only says which tensors it can take
 //! (dense NCHW or NHWC, 16-byte aligned).
 
-use std::collections::HashMap;
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 
 use tch::{Device, Kind, TchError, Tensor};
 
 mod cpu;
+mod cuda;
 mod ffi;
 #[cfg(test)]
 mod tests;
 
-use ffi::{check, Ctx, Driver, Func, Nvrtc};
+pub use cuda::{set_enabled, state};
+use cuda::{Arg, Cuda};
 
 use super::ops::Up2Padding;
 
 type Result<T> = std::result::Result<T, TchError>;
 
-const SOURCE: &str = include_str!("kernels.cu");
 const THREADS: u32 = 256;
 /// Elements per thread in the element-wise kernels (16 bytes of half precision).
 const VEC: i64 = 8;
-
-/// One argument of a kernel launch, held until the launch.
-enum Arg {
-    Ptr(u64),
-    I32(i32),
-    F32(f32),
-    I64(i64),
-}
-
-impl Arg {
-    fn tensor(t: Option<&Tensor>) -> Arg {
-        Arg::Ptr(t.map_or(0, |t| t.data_ptr() as u64))
-    }
-
-    fn as_ptr(&mut self) -> *mut c_void {
-        match self {
-            Arg::Ptr(v) => v as *mut u64 as *mut c_void,
-            Arg::I32(v) => v as *mut i32 as *mut c_void,
-            Arg::F32(v) => v as *mut f32 as *mut c_void,
-            Arg::I64(v) => v as *mut i64 as *mut c_void,
-        }
-    }
-}
 
 /// [`Finish`]'s tensors as a kernel reads them: `d` and `post` float32 contiguous, `nb` [C]
 /// contiguous or, `per_pixel`, [C, H, W] in the features' layout, `noise` float32 contiguous.
@@ -147,12 +123,7 @@ pub struct Kernels {
 enum Backend {
     /// In Rust, all but the filtering epilogue ([`cpu`]).
     Cpu,
-    Cuda {
-        driver: Driver,
-        ctx: Ctx,
-        ordinal: usize,
-        functions: HashMap<String, usize>,
-    },
+    Cuda(Cuda),
     #[cfg(test)]
     Host(tests::HostBuild),
 }
@@ -162,16 +133,8 @@ enum Backend {
 unsafe impl Send for Kernels {}
 unsafe impl Sync for Kernels {}
 
-static LOADED: OnceLock<Mutex<HashMap<usize, std::result::Result<&'static Kernels, String>>>> = OnceLock::new();
-
-static ENABLED: AtomicBool = AtomicBool::new(true);
 static CPU_ENABLED: AtomicBool = AtomicBool::new(true);
 static CPU: Kernels = Kernels { backend: Backend::Cpu };
-
-/// Turns the CUDA kernels on or off for the whole process (the `cuda_kernels` setting).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
 
 /// Turns the CPU's passes on or off for the whole process (the `cpu_kernels` setting).
 pub fn set_cpu_enabled(on: bool) {
@@ -192,29 +155,6 @@ pub fn for_device(device: Device) -> Option<&'static Kernels> {
     }
 }
 
-/// The kernels for `device`, or why there are none.
-pub fn state(device: Device) -> std::result::Result<&'static Kernels, String> {
-    let Device::Cuda(ordinal) = device else { return Err("not a CUDA device".into()) };
-    if !ENABLED.load(Ordering::Relaxed) {
-        return Err("turned off (cuda_kernels = false)".into());
-    }
-    let mut loaded = LOADED.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());
-    loaded
-        .entry(ordinal)
-        .or_insert_with(|| match Kernels::load(ordinal as c_int) {
-            Ok(k) => {
-                tracing::info!(device = ordinal, "the generator's CUDA kernels are compiled and loaded");
-                Ok(&*Box::leak(Box::new(k)))
-            }
-            Err(e) => {
-                tracing::warn!(device = ordinal, error = %e, "the generator's CUDA kernels are off; tensor operations instead");
-                Err(e)
-            }
-        })
-        .clone()
-}
-
-const KERNEL_NAMES: [&str; 5] = ["epilogue", "up_epilogue", "scale", "to_rgb", "epilogue_rgb"];
 const SUFFIXES: [&str; 3] = ["f32", "f16", "bf16"];
 
 /// The name suffix of a kernel's instance for values of `kind`.
@@ -226,68 +166,8 @@ fn suffix(kind: Kind) -> Option<&'static str> {
         _ => None,
     }
 }
-const ATTR_CC_MAJOR: c_int = 75;
-const ATTR_CC_MINOR: c_int = 76;
 
 impl Kernels {
-    fn load(ordinal: c_int) -> std::result::Result<Self, String> {
-        let driver = Driver::open()?;
-        let nvrtc = Nvrtc::open()?;
-        // SAFETY: the driver calls below follow the CUDA driver API's contracts: initialised
-        // first, out-pointers valid, the context pushed before the module is loaded into it.
-        unsafe {
-            check("cuInit", (driver.cu_init)(0))?;
-            let mut dev = 0;
-            check("cuDeviceGet", (driver.cu_device_get)(&mut dev, ordinal))?;
-            let (mut major, mut minor) = (0, 0);
-            check("cuDeviceGetAttribute", (driver.cu_device_get_attribute)(&mut major, ATTR_CC_MAJOR, dev))?;
-            check("cuDeviceGetAttribute", (driver.cu_device_get_attribute)(&mut minor, ATTR_CC_MINOR, dev))?;
-            let mut ctx: Ctx = std::ptr::null_mut();
-            check("cuDevicePrimaryCtxRetain", (driver.cu_primary_ctx_retain)(&mut ctx, dev))?;
-            check("cuCtxPushCurrent", (driver.cu_ctx_push)(ctx))?;
-            let module = Self::load_module(&driver, &nvrtc, major, minor);
-            let mut popped: Ctx = std::ptr::null_mut();
-            (driver.cu_ctx_pop)(&mut popped);
-            let module = module?;
-            let mut functions = HashMap::new();
-            for base in KERNEL_NAMES {
-                for suffix in SUFFIXES {
-                    let name = format!("{base}_{suffix}");
-                    let cname = CString::new(name.clone()).expect("no NUL");
-                    let mut f: Func = std::ptr::null_mut();
-                    check(&name, (driver.cu_module_get_function)(&mut f, module, cname.as_ptr()))?;
-                    functions.insert(name, f as usize);
-                }
-            }
-            Ok(Self { backend: Backend::Cuda { driver, ctx, ordinal: ordinal as usize, functions } })
-        }
-    }
-
-    /// A cubin for the device's own architecture, else PTX for the driver to finish (an NVRTC
-    /// newer than the GPU it finds).
-    unsafe fn load_module(
-        driver: &Driver,
-        nvrtc: &Nvrtc,
-        major: c_int,
-        minor: c_int,
-    ) -> std::result::Result<*mut c_void, String> {
-        let mut errors = Vec::new();
-        for arch in [format!("sm_{major}{minor}"), format!("compute_{major}{minor}")] {
-            match nvrtc.compile(SOURCE, &arch) {
-                Ok(image) => {
-                    let mut module: *mut c_void = std::ptr::null_mut();
-                    let r = (driver.cu_module_load_data)(&mut module, image.as_ptr() as *const c_void);
-                    match check("cuModuleLoadData", r) {
-                        Ok(()) => return Ok(module),
-                        Err(e) => errors.push(format!("{arch}: {e}")),
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        Err(errors.join("; "))
-    }
-
     /// Whether an upsampling layer's epilogue can filter its features ([`Kernels::up_epilogue`]):
     /// CUDA's kernels and the tests' host build of them, not the CPU's passes.
     pub fn filter(&self) -> bool {
@@ -298,7 +178,7 @@ impl Kernels {
     fn takes(&self, x: &Tensor) -> bool {
         match &self.backend {
             Backend::Cpu => x.device() == Device::Cpu,
-            Backend::Cuda { ordinal, .. } => x.device() == Device::Cuda(*ordinal),
+            Backend::Cuda(cuda) => x.device() == Device::Cuda(cuda.ordinal),
             #[cfg(test)]
             Backend::Host(_) => x.device() == Device::Cpu,
         }
@@ -309,40 +189,15 @@ impl Kernels {
         let name = format!("{base}_{suffix}");
         let mut ptrs: Vec<*mut c_void> = args.iter_mut().map(Arg::as_ptr).collect();
         let blocks = u32::try_from(blocks).map_err(|_| TchError::Shape(format!("{base}: {blocks} blocks")))?;
-        let (driver, ctx, ordinal, functions) = match &self.backend {
-            Backend::Cpu => return Err(TchError::Kind(format!("no {base} kernel on the CPU"))),
-            Backend::Cuda { driver, ctx, ordinal, functions } => (driver, *ctx, *ordinal, functions),
+        match &self.backend {
+            Backend::Cpu => Err(TchError::Kind(format!("no {base} kernel on the CPU"))),
+            Backend::Cuda(cuda) => cuda.launch(&name, blocks, &mut ptrs).map_err(TchError::Torch),
             #[cfg(test)]
             Backend::Host(host) => {
                 host.call(&name, blocks, &mut ptrs);
-                return Ok(());
+                Ok(())
             }
-        };
-        let f = functions[&name] as Func;
-        // SAFETY: the arguments match the kernel's parameters in kernels.cu one for one; every
-        // pointer is a live tensor's data on this device, sized as the caller checked. The
-        // stream is the one libtorch queues this thread's work on, so the launch orders with it.
-        let stream = super::graphs::current_stream(ordinal);
-        let r = unsafe {
-            (driver.cu_ctx_push)(ctx);
-            let r = (driver.cu_launch_kernel)(
-                f,
-                blocks,
-                1,
-                1,
-                THREADS,
-                1,
-                1,
-                0,
-                stream,
-                ptrs.as_mut_ptr(),
-                std::ptr::null_mut(),
-            );
-            let mut popped: Ctx = std::ptr::null_mut();
-            (driver.cu_ctx_pop)(&mut popped);
-            r
-        };
-        check(base, r).map_err(TchError::Torch)
+        }
     }
 
     /// `x * s`, per sample and channel: `x` [N, C, H, W] dense in either layout, `s` [N, C]

@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use libloading::Library;
 
+use super::cuda::{KERNEL_NAMES, SOURCE};
 use super::ffi::{sym, Nvrtc};
 use super::*;
 use crate::model::ops::Filter;
