@@ -192,3 +192,42 @@ fn harmonize_brings_the_border_ring_towards_the_background() {
     let with = p.render(layout("plain", "").as_bytes(), 8).unwrap();
     assert_ne!(with.bytes, without.bytes, "harmonising changed the picture");
 }
+
+/// The final matte (mask times the patch's alpha) as the CPU lays it out in one pass, from an
+/// alpha that is a window of a larger tensor as the compositor's are, equals the tensor ops'
+/// (taken for an alpha whose rows are not contiguous) bit for bit, and the mask times the
+/// alpha made by hand; outside the visible rectangle it is zero.
+#[test]
+fn the_final_matte_in_one_pass_is_the_mask_times_the_alpha() {
+    use mixgan::compositor::Compositor;
+    use mixgan::router::geometry::Rect;
+    use tch::{Kind, Tensor};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let registry = Arc::new(ModelRegistry::load(&root.join("models"), Device::Cpu).expect("bundled models"));
+    let pipeline =
+        Pipeline { registry, limits: RouterLimits::default(), device: Device::Cpu, composite_on: Default::default() };
+    let plan = pipeline.plan(&std::fs::read(root.join("examples/portrait.json")).unwrap()).unwrap();
+    let compositor = Compositor { device: Device::Cpu };
+    let bounds = Rect { x: 0, y: 0, w: plan.width, h: plan.height };
+    tch::manual_seed(9);
+    for region in &plan.regions {
+        let v = &region.visible;
+        let larger = Tensor::rand([1, v.h + 5, v.w + 9], (Kind::Float, Device::Cpu));
+        let alpha = larger.narrow(1, 3, v.h).narrow(2, 4, v.w);
+        let strided = alpha.transpose(1, 2).contiguous().transpose(1, 2);
+        assert_ne!(strided.stride()[2], 1, "the other path's input");
+        for margin in [0, 7] {
+            let win = v.expand(margin, &bounds);
+            let one_pass = compositor.matte_in(region, Some(&alpha), &win).unwrap();
+            let by_ops = compositor.matte_in(region, Some(&strided), &win).unwrap();
+            assert_eq!(one_pass.size(), [1, win.h, win.w]);
+            assert!(one_pass.equal(&by_ops), "{}: the two paths differ", region.source);
+            let mask = Tensor::from_slice(&region.mask).view([1, v.h, v.w]);
+            let inside = one_pass.narrow(1, v.y - win.y, v.h).narrow(2, v.x - win.x, v.w);
+            assert!(inside.equal(&(&mask * &alpha)), "{}: not the mask times the alpha", region.source);
+            let total = one_pass.sum(Kind::Double).double_value(&[]);
+            assert_eq!(total, inside.sum(Kind::Double).double_value(&[]), "{}: nothing outside", region.source);
+        }
+    }
+}

@@ -303,6 +303,23 @@ impl Compositor {
     /// The region's mask placed in window `win` (zeros elsewhere), [1, win.h, win.w]. The
     /// router has already limited it to where a `contain` patch lands.
     fn mask_in(&self, region: &Region, win: &Rect) -> Result<Tensor> {
+        self.placed(region, None, win)
+    }
+
+    /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
+    /// (over the visible rectangle) where the patch mattes itself.
+    pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
+        let Some(a) = alpha else { return self.mask_in(region, win) };
+        let (v, in_place) = (&region.visible, cpu::Rows::of(a));
+        match in_place.filter(|_| self.device == Device::Cpu && a.size() == [1, v.h, v.w]) {
+            Some(rows) => self.placed(region, Some(rows), win),
+            None => matted(self.mask_in(region, win)?, region, alpha, win),
+        }
+    }
+
+    /// The mask placed in `win`, times `alpha`'s rows where given (the same products
+    /// [`matted`] makes, in the same pass).
+    fn placed(&self, region: &Region, alpha: Option<cpu::Rows>, win: &Rect) -> Result<Tensor> {
         let v = &region.visible;
         if v.x < win.x || v.y < win.y || v.x + v.w > win.x + win.w || v.y + v.h > win.y + win.h {
             return Err(TchError::Shape(format!("the mask's rectangle {v:?} is not inside the window {win:?}")));
@@ -313,14 +330,20 @@ impl Compositor {
         // Laid out on the host in one pass and sent at once: on a GPU one copy instead of four
         // launches.
         let (dx, dy, vw) = ((v.x - win.x) as usize, (v.y - win.y) as usize, v.w as usize);
-        let mut rows = region.mask.chunks(vw.max(1)).take(v.h as usize);
+        let mut rows = region.mask.chunks(vw.max(1)).take(v.h as usize).enumerate();
         let placed = cpu::fresh(1, win.h as usize, win.w as usize, |out| {
             for (y, dst) in out.chunks_exact_mut(win.w as usize).enumerate() {
                 // Rows above the mask's take none of its rows.
                 match if y >= dy { rows.next() } else { None } {
-                    Some(src) => {
+                    Some((k, src)) => {
                         dst[..dx].fill(0.0);
-                        dst[dx..dx + src.len()].copy_from_slice(src);
+                        let inside = &mut dst[dx..dx + src.len()];
+                        match &alpha {
+                            Some(a) => {
+                                inside.iter_mut().zip(src.iter().zip(a.at(0, k))).for_each(|(o, (m, a))| *o = m * a)
+                            }
+                            None => inside.copy_from_slice(src),
+                        }
                         dst[dx + src.len()..].fill(0.0);
                     }
                     None => dst.fill(0.0),
@@ -328,12 +351,6 @@ impl Compositor {
             }
         })?;
         upload(&placed, self.device)
-    }
-
-    /// The region's final matte placed in window `win`: its mask, times its patch's `alpha`
-    /// (over the visible rectangle) where the patch mattes itself.
-    pub fn matte_in(&self, region: &Region, alpha: Option<&Tensor>, win: &Rect) -> Result<Tensor> {
-        matted(self.mask_in(region, win)?, region, alpha, win)
     }
 
     /// Paints `region`'s patch into `canvas`; returns the patch's alpha over the visible
@@ -376,7 +393,11 @@ impl Compositor {
         };
         let win = v.expand(margin, bounds);
         let base = window(canvas, &win)?;
-        let m = self.mask_in(region, &win)?;
+        // With a matte a Poisson clone takes the subject alone: its backdrop stays the canvas's.
+        let m = match region.blend {
+            BlendMode::Poisson => self.matte_in(region, alpha.as_ref(), &win)?,
+            _ => self.mask_in(region, &win)?,
+        };
         let at = v.within(&win);
         // Each mode changes the canvas's window in place, and only where it changes.
         match region.blend {
@@ -395,8 +416,6 @@ impl Compositor {
                 let _ = base.shallow_clone().f_add_(&change)?;
             }
             BlendMode::Poisson => {
-                // With a matte the subject alone is cloned: its backdrop stays the canvas's.
-                let m = matted(m, region, alpha.as_ref(), &win)?;
                 let solved = poisson::clone(&base, &pasted_over(&base, &p, alpha.as_ref(), &at)?, &m)?;
                 blend::mix_into(&base, &solved, &blend::clone_reach(&m)?)?;
             }

@@ -40,7 +40,7 @@ fn read(x: &Tensor) -> &[f32] {
 
 /// The rows of a float32 [C, h, w] CPU tensor whose rows are contiguous but whose planes and
 /// rows need not be (a window of a larger tensor), read in place.
-struct Rows<'a> {
+pub(in crate::compositor) struct Rows<'a> {
     x: &'a Tensor,
     plane: usize,
     row: usize,
@@ -49,14 +49,14 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     /// `None` unless `x` [`fits`] with rows of stride 1 and non-negative strides.
-    fn of(x: &'a Tensor) -> Option<Self> {
+    pub(in crate::compositor) fn of(x: &'a Tensor) -> Option<Self> {
         let (size, stride) = (x.size(), x.stride());
         let ok = fits(x) && stride[2] == 1 && stride[0] >= 0 && stride[1] >= 0;
         ok.then(|| Rows { x, plane: stride[0] as usize, row: stride[1] as usize, w: size[2] as usize })
     }
 
     /// Row `y` of plane `ch`.
-    fn at(&self, ch: usize, y: usize) -> &'a [f32] {
+    pub(in crate::compositor) fn at(&self, ch: usize, y: usize) -> &'a [f32] {
         debug_assert!((ch as i64) < self.x.size()[0] && (y as i64) < self.x.size()[1]);
         // SAFETY: `x` is a float32 CPU view whose element (ch, y, i) lies at data_ptr + ch
         // plane + y row + i, inside its storage for every index within its size; the slice
