@@ -141,9 +141,13 @@ fn every_core_if_large(bytes: usize) -> usize {
 /// microseconds, a 512 px picture's strip of rows a tenth of a millisecond.
 const PNG_BYTES_A_THREAD: usize = 256 * 1024;
 
-/// The most threads worth giving a PNG of `bytes` pixel bytes (at least one).
-pub fn png_threads_worth(bytes: usize) -> usize {
-    (bytes / PNG_BYTES_A_THREAD).max(1)
+/// The most threads worth giving a picture of `bytes` pixel bytes in `format` (at least one):
+/// only a PNG splits over threads.
+pub fn threads_worth(format: Format, bytes: usize) -> usize {
+    match format {
+        Format::Png => (bytes / PNG_BYTES_A_THREAD).max(1),
+        Format::Jpeg { .. } | Format::WebP => 1,
+    }
 }
 
 /// Encodes interleaved uint8 pixels (`channels` = 1, 3 or 4), a large PNG on every core.

@@ -421,7 +421,7 @@ impl Pipeline {
         if canvas.device() == Device::Cpu {
             let (data, w, h, c) = encode::to_interleaved_u8(canvas)?;
             let format = self.format(plan);
-            return spare.lend(encode::png_threads_worth(data.len()), |threads| {
+            return spare.lend(encode::threads_worth(format, data.len()), |threads| {
                 Ok(encode::encode_raw_in(&data, w, h, c, format, threads)?)
             });
         }
@@ -433,7 +433,9 @@ impl Pipeline {
     /// [`Pipeline::encode`] for uint8 pixels [H, W, C].
     fn encode_pixels(&self, pixels: &Tensor, plan: &RoutePlan, spare: &SpareCores) -> Result<Vec<u8>, PipelineError> {
         let format = self.format(plan);
-        spare.lend(encode::png_threads_worth(pixels.numel()), |threads| Ok(encode::encode_in(pixels, format, threads)?))
+        spare.lend(encode::threads_worth(format, pixels.numel()), |threads| {
+            Ok(encode::encode_in(pixels, format, threads)?)
+        })
     }
 }
 

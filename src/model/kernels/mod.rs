@@ -6,12 +6,12 @@
 //! the upsampling layer's filter run as Rust passes ([`cpu`]).
 //!
 //! Compiled at first use with NVRTC (the one libtorch's CUDA build ships) for the device in
-//! hand and launched through the CUDA driver on the thread's current libtorch stream ([`cuda`]), so they
-//! queue in order with its kernels (and a CUDA graph being recorded takes them in). Both
-//! libraries are opened at run time: a CPU-only machine, or one where either is missing or the
-//! compile fails, gets `None` and the caller keeps its tensor ops. This module owns no model
-//! state and does not decide when to use a kernel; it only says which tensors it can take
-//! (dense NCHW or NHWC, 16-byte aligned).
+//! hand and launched through the CUDA driver on the thread's current libtorch stream
+//! ([`cuda`]), so they queue in order with its kernels (and a CUDA graph being recorded takes
+//! them in). Both libraries are opened at run time: a CPU-only machine, or one where either
+//! is missing or the compile fails, gets `None` and the caller keeps its tensor ops. This
+//! module owns no model state and does not decide when to use a kernel; it only says which
+//! tensors it can take (dense NCHW or NHWC, 16-byte aligned).
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
